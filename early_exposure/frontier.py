@@ -1,0 +1,95 @@
+"""The frontier table shared by the theory and LM halves (CONVENTIONS.md).
+
+One row per (upstream checkpoint x fine-tuning setting). Both halves write it with
+:func:`write_frontier`, which validates columns and types, so figures and checks can
+treat ``side=theory`` and ``side=lm`` alike.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from early_exposure.io import atomic_write_bytes
+
+FRONTIER_COLUMNS: tuple[str, ...] = (
+    "side", "pipeline", "method", "mix_fraction", "compute_matched", "upstream_id",
+    "post_hparams", "ft_lr", "ft_budget", "seed", "L_im", "L_ret", "L_ft", "L_pre",
+    "diverged", "run_id",
+)
+LOSS_COLUMNS = ("L_im", "L_ret", "L_ft", "L_pre")
+SIDES = ("theory", "lm")
+_BASE_METHODS = ("unmixed", "mixed")
+_SUFFIXES = ("+replay", "+dropout", "+lora")
+
+
+def check_method(method: str) -> None:
+    """``unmixed`` or ``mixed`` followed by any of ``+replay``, ``+dropout``, ``+lora``."""
+    base, *rest = method.split("+")
+    if base not in _BASE_METHODS or any(f"+{r}" not in _SUFFIXES for r in rest):
+        raise ValueError(
+            f"method {method!r} must be 'unmixed' or 'mixed' with optional suffixes {_SUFFIXES}"
+        )
+
+
+def method_name(mixed: bool, replay: bool = False, dropout: bool = False, lora: bool = False) -> str:
+    return ("mixed" if mixed else "unmixed") + ("+replay" if replay else "") + (
+        "+dropout" if dropout else "") + ("+lora" if lora else "")
+
+
+def make_row(**kw: Any) -> dict[str, Any]:
+    """A frontier row with every column present; ``post_hparams`` dicts become JSON."""
+    missing = [c for c in FRONTIER_COLUMNS if c not in kw]
+    extra = [k for k in kw if k not in FRONTIER_COLUMNS]
+    if missing or extra:
+        raise ValueError(f"frontier row: missing {missing}, unexpected {extra}")
+    row = dict(kw)
+    if not isinstance(row["post_hparams"], str):
+        row["post_hparams"] = json.dumps(row["post_hparams"], sort_keys=True)
+    if row["diverged"]:
+        for c in LOSS_COLUMNS:
+            v = row[c]
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                row[c] = float("nan")
+    return row
+
+
+def validate_frontier(df: pd.DataFrame) -> pd.DataFrame:
+    """Check schema and types; return ``df`` with columns in canonical order."""
+    missing = [c for c in FRONTIER_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"frontier table lacks columns {missing}")
+    bad_side = set(df["side"]) - set(SIDES)
+    if bad_side:
+        raise ValueError(f"frontier side must be one of {SIDES}, got {sorted(bad_side)}")
+    for m in set(df["method"]):
+        check_method(m)
+    out = df.loc[:, list(FRONTIER_COLUMNS)].copy()
+    for c in (*LOSS_COLUMNS, "mix_fraction", "ft_lr", "ft_budget"):
+        out[c] = out[c].astype(float)
+    out["compute_matched"] = out["compute_matched"].astype(bool)
+    out["diverged"] = out["diverged"].astype(bool)
+    out["seed"] = out["seed"].astype(int)
+    finite = out.loc[~out["diverged"], list(LOSS_COLUMNS)].map(math.isfinite)
+    if not finite.all().all():
+        raise ValueError("frontier rows with non-finite losses must have diverged=true")
+    return out
+
+
+def write_frontier(df_or_rows: pd.DataFrame | list[dict[str, Any]], path: str | Path) -> Path:
+    """Validate and atomically write a frontier CSV."""
+    df = df_or_rows if isinstance(df_or_rows, pd.DataFrame) else pd.DataFrame(df_or_rows, columns=list(FRONTIER_COLUMNS))
+    df = validate_frontier(df)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def read_frontier(path: str | Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"upstream_id": str, "run_id": str, "post_hparams": str})
+    return validate_frontier(df)

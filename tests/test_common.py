@@ -1,0 +1,85 @@
+"""Shared plumbing: strict configs, atomic writes, stable hashes, frontier schema."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import math
+
+import pandas as pd
+import pytest
+
+from early_exposure.configs import apply_overrides, check_range, from_dict, to_dict
+from early_exposure.errors import ConfigError
+from early_exposure.frontier import FRONTIER_COLUMNS, make_row, read_frontier, write_frontier
+from early_exposure.io import atomic_write_json, stable_hash
+
+
+@dataclass(frozen=True)
+class _Inner:
+    lr: float = 0.1
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        check_range("inner.lr", self.lr, 0, None, lo_open=True)
+
+
+@dataclass(frozen=True)
+class _Outer:
+    inner: _Inner = _Inner()
+    basis: Literal["identity", "random"] = "identity"
+    values: tuple[float, ...] = (1.0, 2.0)
+    width: int | None = None
+
+
+def test_from_dict_roundtrip_and_overrides():
+    cfg = from_dict(_Outer, apply_overrides({"inner": {"lr": 0.5}}, ["inner.steps=3", "basis=random", "width=4"]))
+    assert cfg == _Outer(_Inner(0.5, 3), "random", (1.0, 2.0), 4)
+    assert from_dict(_Outer, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"inner": {"lr": -1.0}}, "inner.lr"),
+        ({"inner": {"lr": float("nan")}}, "inner.lr"),
+        ({"inner": {"steps": 1.5}}, "inner.steps"),
+        ({"inner": {"bogus": 1}}, "inner.bogus"),
+        ({"basis": "diagonal"}, "basis"),
+        ({"values": ["a"]}, "values[0]"),
+        ({"inner": {"steps": True}}, "inner.steps"),
+    ],
+)
+def test_bad_config_names_field(data, field):
+    with pytest.raises(ConfigError) as exc:
+        from_dict(_Outer, data)
+    assert exc.value.field == field
+
+
+def test_stable_hash_ignores_key_order_and_atomic_write(tmp_path):
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+    p = atomic_write_json(tmp_path / "x" / "r.json", {"v": float("nan")})
+    assert p.read_text().strip().endswith("}") and "null" in p.read_text()
+    assert [q.name for q in p.parent.iterdir()] == ["r.json"]
+
+
+def _row(**kw):
+    base = dict(side="theory", pipeline="a>b>c", method="mixed+replay", mix_fraction=0.5,
+                compute_matched=False, upstream_id="u", post_hparams={"lr": 0.1}, ft_lr=0.1,
+                ft_budget=100, seed=0, L_im=1.0, L_ret=2.0, L_ft=3.0, L_pre=4.0,
+                diverged=False, run_id="r")
+    base.update(kw)
+    return make_row(**base)
+
+
+def test_frontier_roundtrip_and_validation(tmp_path):
+    rows = [_row(), _row(run_id="r2", diverged=True, L_ret=float("nan"))]
+    p = write_frontier(rows, tmp_path / "frontier.csv")
+    df = read_frontier(p)
+    assert list(df.columns) == list(FRONTIER_COLUMNS)
+    assert math.isnan(df.loc[1, "L_ret"]) and bool(df.loc[1, "diverged"])
+    with pytest.raises(ValueError, match="method"):
+        write_frontier([_row(method="mixed+bogus")], tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="diverged"):
+        write_frontier(pd.DataFrame([_row(L_ret=float("nan"))]), tmp_path / "bad2.csv")
+    assert not (tmp_path / "bad.csv").exists()
