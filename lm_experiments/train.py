@@ -1,0 +1,374 @@
+"""The training loop shared by all three stages of the paper's protocol (Sec. 3, App. B).
+
+One function, :func:`train`: AdamW with betas (0.9, 0.95) and decoupled weight decay on
+matrices only, linear warmup then cosine decay to ``min_lr`` over ``len(source)`` steps
+(:func:`lr_at`), gradient clipping, bf16 autocast on GPUs, a tqdm bar with tokens/s and
+ETA, early stopping on a validation loss (post-training, Sec. 3: "early stopping on
+D_post validation loss"), divergence detection (a non-finite loss stops the run with
+``diverged=True``; never an exception), and resumable atomic checkpoints.
+
+Determinism and resume: batches come from a :class:`BatchSource` that is a pure function
+of the step; dropout randomness comes from a torch RNG seeded from ``seed`` inside
+``torch.random.fork_rng`` (the caller's RNG is untouched). A checkpoint stores model,
+optimizer, step, RNG states, early-stopping state (with the best weights) and history, so
+a resumed run replays exactly the same updates as an uninterrupted one on CPU.
+
+Checkpoint directory lifecycle: ``ckpt_dir/state.pt`` is (re)written atomically every
+``checkpoint_every`` steps; a call that finds it resumes from it (refusing a checkpoint of
+a different run). When :func:`train` returns normally (finished, stopped early or
+diverged) the files it wrote are deleted and ``ckpt_dir`` is removed if empty: the
+caller saves the final model (e.g. ``evaluate.save_checkpoint``). ``stop_after_steps``
+simulates an interruption: it writes a checkpoint and returns with the checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from early_exposure.errors import ConfigError
+from lm_experiments.device import autocast_context, check_precision
+
+STATE_FILE = "state.pt"
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + warmup/cosine hyperparameters (paper App. B; PAPER-FACTS.md (T) values)."""
+
+    lr: float
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("optim.lr", f"must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.min_lr, (int, float)) and 0 <= self.min_lr <= self.lr):
+            raise ConfigError("optim.min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ConfigError("optim.warmup_steps", f"must be an integer >= 0, got {self.warmup_steps!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ConfigError("optim.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v < 1):
+                raise ConfigError(f"optim.{name}", f"must be in [0, 1), got {v!r}")
+        if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
+            raise ConfigError("optim.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
+
+
+class BatchSource(Protocol):
+    """Deterministic stream of training batches, indexed by optimizer step."""
+
+    def __len__(self) -> int:  # number of optimizer steps
+        ...
+
+    def batch(self, step: int) -> np.ndarray:  # int64 (batch_size, seq_len) token ids of that step
+        ...
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`. ``steps`` counts completed optimizer steps (cumulative
+    over resumes); ``tokens`` the tokens fed (batch_size * seq_len per step); ``wall_s`` the
+    wall time including evaluations; ``tokens_per_s`` = tokens / (wall_s - eval_s), the
+    training throughput; ``best_step`` is the completed-step count at the best evaluation.
+    ``history`` has one dict per step: ``step`` (1-based), ``train_loss``, ``lr`` (the rate
+    used by that update) and ``val_loss`` on evaluation steps."""
+
+    steps: int
+    tokens: int
+    wall_s: float
+    tokens_per_s: float
+    diverged: bool
+    stopped_early: bool
+    best_step: int | None
+    best_val: float | None
+    history: list[dict] = field(default_factory=list)
+    eval_s: float = 0.0
+    resumed_from: int | None = None
+
+
+def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Learning rate of the update with 0-based index ``step``.
+
+    Linear warmup ``lr * (step + 1) / warmup_steps`` for ``step < warmup_steps``, then
+    cosine decay ``min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2`` with progress
+    ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` (so the first post-warmup
+    update uses ``lr`` and the rate approaches ``min_lr`` at ``total_steps``).
+    """
+    w = optim.warmup_steps
+    if step < w:
+        return optim.lr * (step + 1) / w
+    progress = min(1.0, (step - w) / max(1, total_steps - w))
+    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on matrices (ndim >= 2: linear
+    layers, embeddings), none on norm gains and biases (as nanoGPT / SmolLM2). Fused
+    kernels on CUDA."""
+    decay, no_decay = [], []
+    for p in model.parameters():  # deduplicated: a tied embedding/head appears once
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ConfigError("model", "no trainable parameters")
+    groups = [{"params": decay, "weight_decay": optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), **kwargs)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _trainable_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters (the only tensors training changes)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore_snapshot(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in snap.items():
+            params[n].copy_(t)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fingerprint(model: nn.Module, source: BatchSource, optim: OptimConfig, seed: int) -> dict[str, Any]:
+    """What must match for a checkpoint to belong to this run."""
+    shapes = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    return {"format": _FORMAT, "total_steps": len(source), "optim": asdict(optim), "seed": int(seed),
+            "trainable": shapes, "first_batch_shape": list(np.asarray(source.batch(0)).shape)}
+
+
+def _loss(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of batch ``x`` (b, t); backward is run here per
+    micro-batch (gradient accumulation), the detached mean loss is returned."""
+    b = x.shape[0]
+    mb = b if micro_batch <= 0 else min(micro_batch, b)
+    total = torch.zeros((), device=device, dtype=torch.float32)
+    for i in range(0, b, mb):
+        xi = x[i:i + mb]  # (mb, t)
+        with autocast_context(device, precision):
+            out = model(input_ids=xi, labels=xi)  # HF shifts labels: mean over mb * (t - 1) targets
+        # every row has t - 1 targets, so weighting by rows gives the full-batch mean exactly
+        loss = out.loss.float() * (xi.shape[0] / b)
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
+def train(
+    model: nn.Module,
+    source: BatchSource,
+    *,
+    optim: OptimConfig,
+    ckpt_dir: Path,
+    device: torch.device,
+    precision: str = "fp32",
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    eval_every: int = 0,
+    patience: int | None = None,
+    checkpoint_every: int = 0,
+    desc: str = "train",
+    stop_after_steps: int | None = None,
+    seed: int = 0,
+    micro_batch: int = 0,
+) -> TrainResult:
+    """Train ``model`` in place on ``len(source)`` batches (paper App. B optimisation).
+
+    Args:
+        model: a ``LlamaForCausalLM`` (or ``PeftModel``) already on ``device``.
+        source: step-indexed batches; ``len(source)`` is the schedule length.
+        optim: AdamW and schedule settings (:func:`lr_at`).
+        ckpt_dir: directory for the resumable checkpoint (see module docstring).
+        device, precision: see :mod:`lm_experiments.device`.
+        eval_fn: validation loss of the model (it may switch to eval mode; train mode is
+            restored afterwards). Called after every ``eval_every`` completed steps and
+            after the last step. With ``eval_fn``, the best-scoring trainable weights are
+            restored at the end (early stopping, Sec. 3).
+        patience: stop after this many consecutive evaluations without improvement
+            (``None``: never stop early, still restore the best weights).
+        checkpoint_every: write a checkpoint every this many steps (0: never, except at
+            ``stop_after_steps``).
+        desc: progress-bar label.
+        stop_after_steps: return after this many completed steps with a checkpoint written
+            (simulated interruption, for tests and time-sliced jobs).
+        seed: seed of the training RNG (dropout); the caller's RNG state is preserved.
+        micro_batch: rows per forward/backward (gradient accumulation); 0 = whole batch.
+
+    Returns:
+        :class:`TrainResult`. A non-finite training or validation loss ends the run with
+        ``diverged=True`` (best weights restored when an evaluation had succeeded).
+    """
+    check_precision(precision)
+    total_steps = len(source)
+    if total_steps < 1:
+        raise ConfigError("train.steps", f"the batch source has {total_steps} steps; need at least 1")
+    for name, v in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every), ("micro_batch", micro_batch)):
+        if not isinstance(v, int) or v < 0:
+            raise ConfigError(f"train.{name}", f"must be an integer >= 0, got {v!r}")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ConfigError("train.patience", f"must be a positive integer or None, got {patience!r}")
+    if eval_every and eval_fn is None:
+        raise ConfigError("train.eval_every", "eval_every > 0 needs an eval_fn")
+    if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
+        raise ConfigError("train.stop_after_steps", f"must be a positive integer or None, got {stop_after_steps!r}")
+
+    ckpt_dir = Path(ckpt_dir)
+    state_path = ckpt_dir / STATE_FILE
+    fingerprint = _fingerprint(model, source, optim, seed)
+    opt = make_optimizer(model, optim, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    # --- state that a checkpoint carries --------------------------------------------------
+    step = 0  # completed optimizer steps
+    tokens = 0
+    history: list[dict] = []
+    best_val: float | None = None
+    best_step: int | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    bad_evals = 0
+    wall_before = 0.0
+    eval_s = 0.0
+    resumed_from: int | None = None
+    diverged = stopped_early = False
+
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(int(seed))
+        if state_path.exists():
+            ck = torch.load(state_path, map_location="cpu", weights_only=False)
+            if ck["fingerprint"] != fingerprint:
+                raise ConfigError(
+                    "ckpt_dir", f"{state_path} belongs to a different run (model, steps, optimiser or seed "
+                    "differ); delete it or use another ckpt_dir")
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            step, tokens, history = ck["step"], ck["tokens"], ck["history"]
+            best_val, best_step, bad_evals = ck["best_val"], ck["best_step"], ck["bad_evals"]
+            best_weights = ck["best_weights"]
+            wall_before, eval_s = ck["wall_s"], ck["eval_s"]
+            _set_rng_state(ck["rng"], device)
+            resumed_from = step
+
+        def save_state() -> None:
+            _atomic_torch_save({
+                "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "step": step, "tokens": tokens, "history": history, "best_val": best_val,
+                "best_step": best_step, "bad_evals": bad_evals, "best_weights": best_weights,
+                "wall_s": wall_before + (time.perf_counter() - t0), "eval_s": eval_s, "rng": _rng_state(device),
+            }, state_path)
+
+        model.train()
+        t0 = time.perf_counter()
+        first = np.asarray(source.batch(0))
+        bar = tqdm(total=total_steps * first.size, initial=step * first.size, desc=desc, unit="tok",
+                   unit_scale=True, dynamic_ncols=True, mininterval=1.0, leave=False)
+        interrupted = False
+        try:
+            while step < total_steps:
+                lr = lr_at(step, optim, total_steps)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = torch.as_tensor(np.asarray(source.batch(step), dtype=np.int64)).to(device, non_blocking=True)
+                opt.zero_grad(set_to_none=True)
+                loss = float(_loss(model, x, device, precision, micro_batch))
+                if not math.isfinite(loss):
+                    history.append({"step": step + 1, "train_loss": loss, "lr": lr})
+                    diverged = True
+                    break
+                if optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
+                opt.step()
+                step += 1
+                tokens += x.numel()
+                rec: dict[str, Any] = {"step": step, "train_loss": loss, "lr": lr}
+                history.append(rec)
+                bar.update(x.numel())
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+
+                if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
+                    te = time.perf_counter()
+                    val = float(eval_fn(model))
+                    model.train()
+                    eval_s += time.perf_counter() - te
+                    rec["val_loss"] = val
+                    if not math.isfinite(val):
+                        diverged = True
+                        break
+                    if best_val is None or val < best_val:
+                        best_val, best_step, bad_evals = val, step, 0
+                        best_weights = _trainable_snapshot(model)
+                    else:
+                        bad_evals += 1
+                    if patience is not None and bad_evals >= patience:
+                        stopped_early = True
+                        break
+
+                if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
+                    save_state()
+                    interrupted = True
+                    break
+                if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
+                    save_state()
+        finally:
+            bar.close()
+
+    wall = wall_before + (time.perf_counter() - t0)
+    if not interrupted:
+        if best_weights is not None and (best_step != step or diverged):
+            _restore_snapshot(model, best_weights)
+        if state_path.exists():
+            state_path.unlink()
+        if ckpt_dir.exists() and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
+    train_s = max(wall - eval_s, 1e-9)
+    return TrainResult(steps=step, tokens=tokens, wall_s=wall, tokens_per_s=tokens / train_s, diverged=diverged,
+                       stopped_early=stopped_early, best_step=best_step, best_val=best_val, history=history,
+                       eval_s=eval_s, resumed_from=resumed_from)

@@ -1,0 +1,18 @@
+"""Paper checks: every claim of arXiv 2605.12705 judged against saved results.
+
+- :mod:`paper_checks.checks_theory` -- Appendix C theorems, assumption feasibility, errata.
+- :mod:`paper_checks.checks_lm`     -- frontier claims (a)-(e), used for both sides.
+- :mod:`paper_checks.stats`         -- bootstrap intervals over seeds / checkpoints.
+- :mod:`paper_checks.analyses`      -- sample-wise forgetting, layerwise change.
+- :mod:`paper_checks.report`        -- report.json / report.md / the verdict table.
+- :mod:`paper_checks.reproduce`     -- the one-command main job.
+
+``python -m paper_checks --results DIR --out OUT``;
+``python -m paper_checks reproduce --preset quick --out results/``.
+"""
+
+from paper_checks.checks_lm import CheckOptions
+from paper_checks.cli import build_report
+from paper_checks.report import STATUSES
+
+__all__ = ["CheckOptions", "build_report", "STATUSES"]

@@ -1,0 +1,194 @@
+"""The one-command main job: the whole study, in order, resumable.
+
+    python -m paper_checks reproduce --preset quick --out results/
+
+Runs each step as a subprocess (theory verify, assumptions, trajectories, sweep,
+frontier, compute-matched, the LM preset, figures, paper checks), prints one progress
+line per step with its wall time, and records every step (command, status, wall time,
+log file) in ``OUT/reproduce.json`` after each step. Rerunning skips the steps recorded
+as finished with the same command whose outputs still exist (the LM and sweep
+producers also resume inside a step). A failed step is recorded and the others go on;
+the job then ends with a non-zero exit. It ends by printing the verdict table and the
+paths of the figures.
+
+Presets: ``quick`` (CPU, under 25 minutes on 2 cores: LM ``cpu-quick``), ``full``
+(CPU, hours: LM ``cpu-full``, finer theory grids), ``gpu`` (LM ``gpu-135m``).
+``--dry-run`` prints the plan only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from early_exposure.errors import ConfigError
+from early_exposure.io import atomic_write_json
+from early_exposure.provenance import provenance
+
+REPO = Path(__file__).resolve().parent.parent
+PRESETS = ("quick", "full", "gpu")
+LM_PRESET = {"quick": "cpu-quick", "full": "cpu-full", "gpu": "gpu-135m"}
+GRID = {"quick": 24, "full": 64, "gpu": 64}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One subprocess of the main job; ``outputs`` (relative to OUT) mark it complete."""
+
+    name: str
+    argv: tuple[str, ...]
+    outputs: tuple[str, ...]
+    derived: bool = False  # figures / checks: rerun whenever an earlier step ran
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _config(*candidates: str) -> str:
+    """The first existing config among ``candidates`` (relative to the repository)."""
+    for c in candidates:
+        if (REPO / c).is_file():
+            return c
+    return candidates[-1]
+
+
+def plan(preset: str, out: Path) -> list[Step]:
+    """The ordered steps of ``preset`` writing under ``out`` (absolute)."""
+    if preset not in PRESETS:
+        raise ConfigError("--preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
+    py = (sys.executable,)
+    t = out / "theory"
+    default = "configs/theory/default.yaml"
+    n = GRID[preset]
+    lm = LM_PRESET[preset]
+    steps = [
+        Step("theory verify", (*py, "-m", "linear_theory", "verify", "--out", str(t / "verify")),
+             ("theory/verify/theorems.json",)),
+        Step("theory assumptions", (*py, "-m", "linear_theory", "assumptions", "--config", default,
+                                    "--out", str(t / "verify")), ("theory/verify/assumptions.json",)),
+    ]
+    for name, alpha in (("unmixed", 0.0), ("mixed", 0.5)):
+        steps.append(Step(f"theory trajectory {name}",
+                          (*py, "-m", "linear_theory", "run", "--config", default, "--set",
+                           f"stages.pre.alpha={alpha}", "--trajectory-stride", "5",
+                           "--out", str(t / "trajectories" / name)),
+                          (f"theory/trajectories/{name}/result.json", f"theory/trajectories/{name}/trajectory.csv")))
+    steps += [
+        Step("theory sweep", (*py, "-m", "linear_theory", "sweep", "--config",
+                              _config("configs/theory/sweep_alpha_beta.yaml", default),
+                              "--grid", f"alpha=0:1:{n}", "--grid", f"beta=0.1:4:{n}", "--out", str(t / "sweep")),
+             ("theory/sweep/sweep.parquet",)),
+        Step("theory frontier", (*py, "-m", "linear_theory", "frontier", "--config",
+                                 _config("configs/theory/sweep_frontier.yaml", default), "--out", str(t / "frontier")),
+             ("theory/frontier/frontier.csv",)),
+        Step("theory compute-matched", (*py, "-m", "linear_theory", "compute-matched", "--config",
+                                        _config("configs/theory/sweep_compute_matched.yaml", default),
+                                        "--out", str(t / "compute_matched")),
+             ("theory/compute_matched/frontier.csv",)),
+        Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
+                          "--out", str(out / "lm" / lm), "--no-progress"),
+             (f"lm/{lm}/frontier.csv",)),
+        Step("figures", (*py, "-m", "figures", "all", "--results", str(out), "--out", str(out / "figures")),
+             ("figures/figures.json",), derived=True),
+        Step("paper checks", (*py, "-m", "paper_checks", "--results", str(out), "--out", str(out / "report"),
+                              "--quiet"), ("report/report.json", "report/report.md"), derived=True),
+    ]
+    return steps
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def run_plan(steps: list[Step], out: Path, preset: str, log=print) -> dict[str, Any]:
+    """Run (or skip) every step; returns and keeps writing the ``reproduce.json`` record."""
+    state_path = out / "reproduce.json"
+    prev = {s["name"]: s for s in _load_state(state_path).get("steps", [])}
+    record: dict[str, Any] = {"preset": preset, "out": str(out), "steps": [], "provenance": provenance()}
+    ran_any = False
+    t_all = time.perf_counter()
+    for i, step in enumerate(steps, 1):
+        p = prev.get(step.name, {})
+        done = (p.get("status") in ("ok", "skipped") and p.get("argv") == list(step.argv)
+                and all((out / o).is_file() for o in step.outputs))
+        entry: dict[str, Any] = {"name": step.name, "argv": list(step.argv), "outputs": list(step.outputs)}
+        if done and not (step.derived and ran_any):
+            entry.update(status="skipped", wall_s=0.0, note="already complete", log=p.get("log"),
+                         previous_wall_s=p.get("wall_s") if p.get("status") == "ok" else p.get("previous_wall_s"))
+            log(f"[{i}/{len(steps)}] {step.name}: already complete, skipped")
+        else:
+            ran_any = True
+            logf = out / "logs" / f"{i:02d}_{step.name.replace(' ', '_')}.log"
+            logf.parent.mkdir(parents=True, exist_ok=True)
+            log(f"[{i}/{len(steps)}] {step.name}: running ... (log: {logf})")
+            t0 = time.perf_counter()
+            with open(logf, "w", encoding="utf-8") as fh:
+                fh.write("$ " + " ".join(step.argv) + "\n")
+                fh.flush()
+                rc = subprocess.run(list(step.argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **step.env}).returncode
+            wall = time.perf_counter() - t0
+            missing = [o for o in step.outputs if not (out / o).is_file()]
+            ok = rc == 0 and not missing
+            entry.update(status="ok" if ok else "failed", returncode=rc, wall_s=round(wall, 2), log=str(logf),
+                         missing_outputs=missing)
+            log(f"[{i}/{len(steps)}] {step.name}: {'ok' if ok else 'FAILED'} in {wall:.1f} s"
+                + ("" if ok else f" (exit {rc}, missing {missing})\n" + _tail(logf)))
+        record["steps"].append(entry)
+        record["total_wall_s"] = round(time.perf_counter() - t_all, 2)
+        atomic_write_json(state_path, record)
+    return record
+
+
+def reproduce_main(argv: list[str] | None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m paper_checks reproduce", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)}")
+    ap.add_argument("--out", default="results", help="results directory (resumed if it exists)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    steps = plan(args.preset, out)
+    if args.dry_run:
+        for i, s in enumerate(steps, 1):
+            print(f"[{i}/{len(steps)}] {s.name}: {' '.join(s.argv)}")
+        return 0
+    lm_cfg = REPO / "configs" / "lm" / f"{LM_PRESET[args.preset]}.yaml"
+    if not lm_cfg.is_file():
+        raise ConfigError("--preset", f"LM preset file {lm_cfg} not found")
+    record = run_plan(steps, out, args.preset)
+    failed = [s["name"] for s in record["steps"] if s["status"] == "failed"]
+    report = out / "report" / "report.json"
+    if report.is_file() and "paper checks" not in failed:
+        from paper_checks.report import print_table
+
+        print_table(json.loads(report.read_text(encoding="utf-8")))
+        print(f"report: {report} and {report.with_suffix('.md')}")
+    figs = out / "figures" / "figures.json"
+    if figs.is_file():
+        listed = json.loads(figs.read_text(encoding="utf-8"))
+        print("figures:")
+        for f in listed.get("figures", []):
+            if f.endswith(".png"):
+                print(f"  {f}")
+    print(f"total wall time {record['total_wall_s']:.1f} s; record: {out / 'reproduce.json'}")
+    if failed:
+        print(f"FAILED steps: {', '.join(failed)} (see their logs; rerun the same command to resume)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,107 @@
+"""Bootstrap confidence intervals over resampling units (seeds or upstream checkpoints).
+
+No claim of the paper passes on a single noisy comparison: every statistic the checks
+use (hypervolume difference, loss gap, slope in lambda, interior-minimum gap) comes with
+a percentile bootstrap interval over the independent units that produced it. Units are
+seeds when there are enough of them; the theory side's exact (noise-free) simulations
+may instead resample upstream checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided percentile bootstrap interval."""
+
+    point: float
+    lo: float
+    hi: float
+    n_boot: int
+    n_valid: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"point": self.point, "lo": self.lo, "hi": self.hi,
+                "n_boot": self.n_boot, "n_valid": self.n_valid}
+
+
+def _percentile_interval(point: float, reps: list[float], n_boot: int, level: float) -> Interval:
+    vals = np.asarray([r for r in reps if np.isfinite(r)], dtype=np.float64)
+    if len(vals) < max(10, n_boot // 2) or not np.isfinite(point):
+        return Interval(point, float("nan"), float("nan"), n_boot, int(len(vals)))
+    a = (1 - level) / 2
+    lo, hi = np.quantile(vals, [a, 1 - a])
+    return Interval(point, float(lo), float(hi), n_boot, int(len(vals)))
+
+
+def bootstrap_units(
+    stat: Callable[[Sequence[Hashable]], float],
+    units: Sequence[Hashable],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile interval of ``stat(units)`` when ``units`` are resampled with replacement.
+
+    ``stat`` receives a list of units (with repeats) and returns a float (NaN allowed:
+    such replicates are dropped; if more than half are NaN the interval is NaN).
+    """
+    units = list(units)
+    point = float(stat(units))
+    rng = np.random.default_rng(seed)
+    reps = [float(stat([units[i] for i in rng.integers(0, len(units), len(units))]))
+            for _ in range(n_boot)]
+    return _percentile_interval(point, reps, n_boot, level)
+
+
+def bootstrap_two_arms(
+    stat: Callable[[np.ndarray, np.ndarray], float],
+    arm_a: Mapping[Hashable, np.ndarray],
+    arm_b: Mapping[Hashable, np.ndarray],
+    *,
+    paired: bool,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Interval of ``stat(points_a, points_b)`` resampling the units of two arms.
+
+    Each arm maps a unit (seed or upstream checkpoint) to its (m_u, 2) points. ``paired``
+    resamples one list of shared units for both arms (same seeds); otherwise each arm is
+    resampled independently.
+    """
+    def gather(arm: Mapping[Hashable, np.ndarray], keys: Sequence[Hashable]) -> np.ndarray:
+        return np.concatenate([arm[k] for k in keys] + [np.zeros((0, 2))])
+
+    ka, kb = list(arm_a), list(arm_b)
+    point = float(stat(gather(arm_a, ka), gather(arm_b, kb)))
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        if paired:
+            idx = rng.integers(0, len(ka), len(ka))
+            sa = [ka[i] for i in idx]
+            sb = sa
+        else:
+            sa = [ka[i] for i in rng.integers(0, len(ka), len(ka))]
+            sb = [kb[i] for i in rng.integers(0, len(kb), len(kb))]
+        reps.append(float(stat(gather(arm_a, sa), gather(arm_b, sb))))
+    return _percentile_interval(point, reps, n_boot, level)
+
+
+def slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y on x (NaN when x has fewer than two distinct values)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(np.unique(x)) < 2:
+        return float("nan")
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc * xc).sum())

@@ -1,0 +1,218 @@
+"""Sweep engine: rows equal independent single ``simulate`` calls; shards, merge, resume, bad input.
+
+References: :func:`linear_theory.simulate` (its own ``jax.grad`` full-matrix path, one config
+at a time) for every number; hand-computed inequalities for the assumption flags; an
+uninterrupted / unsharded run for resume and merge (byte-identical files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from early_exposure.errors import ConfigError
+from linear_theory import default_config, simulate
+from linear_theory.sweep import make_plan, merge_parts, run_sweep
+from linear_theory.sweep_assumptions import assumption_flags
+from linear_theory.sweep_grid import apply_values, parse_grid
+
+ROOT = Path(__file__).resolve().parent.parent
+LOSSES = ("L_pretrain", "L_im", "L_ret", "L_ft", "L_pre")
+
+
+def _small(extra: list[str] | None = None):
+    base = default_config().replace(["stages.pre.steps=80", "stages.post.steps=30", "stages.ft.steps=30",
+                                      "stages.pre.lr=0.02"])
+    return base.replace(extra or [])
+
+
+def _compare(df: pd.DataFrame, cfg, axes, rtol: float = 1e-10) -> int:
+    """Every row against simulate(method='full') on the same point; returns rows checked."""
+    checked = 0
+    for _, row in df.iterrows():
+        pc = apply_values(cfg, {a.path: row[a.path] for a in axes})
+        ref = simulate(pc, method="full")
+        assert bool(row["diverged"]) == ref.diverged
+        if ref.diverged:
+            assert row["diverged_stage"] == ref.diverged_stage
+            assert np.isnan(row["L_ret"])
+            continue
+        for key in LOSSES:
+            np.testing.assert_allclose(row[key], ref.losses[key], rtol=rtol, atol=1e-12, err_msg=key)
+        for stage in ("pre", "post", "ft"):
+            s = ref.spectra[stage]
+            k = pc.task.k
+            np.testing.assert_allclose(row[f"inv_{stage}"], s[: pc.task.n - 2 * k].mean(), rtol=rtol, atol=1e-12)
+            np.testing.assert_allclose(row[f"spec_{stage}"], s[pc.task.n - k:].mean(), rtol=rtol, atol=1e-12)
+            np.testing.assert_allclose(row[f"offdiag_{stage}"], ref.offdiag[stage], rtol=1e-8, atol=1e-11)
+        np.testing.assert_allclose(row["Delta"], ref.losses["L_ret"] - ref.losses["L_im"], rtol=1e-9, atol=1e-11)
+        checked += 1
+    return checked
+
+
+def _rows(cfg, grid, method="auto", chunk_size=None):
+    from linear_theory.sweep import run_points
+
+    axes = parse_grid(grid, cfg)
+    plan = make_plan(cfg, axes, method=method, chunk_size=chunk_size)
+    df = pd.concat([run_points(plan, c) for c in range(len(plan.chunks))]).sort_values("point")
+    return df.reset_index(drop=True), axes, plan
+
+
+@pytest.mark.parametrize("extra,method,expect", [
+    ([], "auto", "spectral"),
+    ([], "full", "full"),
+    (["model.init=random", "model.width=5", "stages.post.reg=0.1", "stages.post.dropout=0.2",
+      "stages.post.replay=0.3"], "auto", "full"),
+    (["task.basis=random", "stages.post.dropout=0.1", "stages.post.reg=0.05"], "auto", "full"),
+    (["model.init=ideal", "stages.post.dropout=0.1", "stages.post.replay=0.2"], "auto", "spectral"),
+])
+def test_rows_equal_single_simulate_calls(extra, method, expect):
+    """Batched sweep rows == one simulate() call per point (a different code path), float64."""
+    cfg = _small(extra)
+    df, axes, _ = _rows(cfg, ["alpha=0:1:3", "beta=1,3"], method=method)
+    assert len(df) == 6 and set(df["method"]) == {expect}
+    assert _compare(df, cfg, axes) == 6
+
+
+def test_steps_and_width_axes_group_and_match():
+    """Axes that change loop lengths and shapes are grouped; rows still equal simulate()."""
+    cfg = _small(["model.init=random"])
+    df, axes, plan = _rows(cfg, ["post.steps=10,25", "width=3,8"])
+    assert len(plan.groups) == 4
+    assert list(df["point"]) == list(range(4))
+    assert _compare(df, cfg, axes) == 4
+
+
+def test_divergence_is_recorded_and_sweep_goes_on():
+    """A too-large ft lr diverges like simulate() says; the other points are untouched."""
+    cfg = _small()
+    df, axes, _ = _rows(cfg, ["ft.lr=0.01,3.0"])
+    assert list(df["diverged"]) == [False, True]
+    assert df.loc[1, "diverged_stage"] == "ft"
+    assert np.isnan(df.loc[1, "L_ret"]) and np.isfinite(df.loc[1, "L_im"])
+    assert _compare(df, cfg, axes) == 1
+
+
+def test_assumption_flags_hand_computed():
+    """C.3/C.4, C.5 and C.6 on a hand-checked task."""
+    task = default_config().replace(["task.beta=0.4", "task.sigma_inc_pre=[0.1,0.1]",
+                                     "task.sigma_inc_post=[1.5,1.5]", "task.sigma_inc_ft=[0.0,0.0]"]).task
+    # gap = min(1.5-0.1, 1.5-0.0) = 1.4 > 2*0.4: C3_C4 holds; min inv 3.5 > max(1.5, 0.4): C5 holds.
+    # C6: a*0.4 > (1-a)*0.1 + a*1.5 never holds for a in [0, 1] (needs 0.4 > 1.5 at a = 1).
+    f = assumption_flags(task, np.array([0.0, 0.5, 1.0]))
+    assert f["C3_C4"].all() and f["C5"].all() and not f["C6"].any()
+    task2 = default_config().replace(["task.beta=3.0", "task.sigma_inc_post=[1.4,1.3]",
+                                      "task.sigma_inc_pre=[0.4,0.3]"]).task
+    # C6 at alpha: 3a > 0.4(1-a) + 1.4a <=> a > 0.4/2.0 = 0.2 (the binding feature); gap 1.0 < 6: C3_C4 fails
+    f2 = assumption_flags(task2, np.array([0.1, 0.19, 0.21, 0.9]))
+    assert list(f2["C6"]) == [False, False, True, True]
+    assert not f2["C3_C4"].any() and not f2["assumptions_hold"].any()
+
+
+def test_shard_merge_and_resume_equal_uninterrupted(tmp_path):
+    """--shard 0/2 + 1/2 then merge == one run; an interrupted run resumed == one run (bytes)."""
+    cfg = _small(["model.init=random", "model.width=4"])
+    axes = parse_grid(["alpha=0:1:5", "beta=1,2"], cfg)
+    kw = dict(chunk_size=3, plots=False, progress=False, log=lambda *a: None)
+    full = run_sweep(cfg, axes, tmp_path / "one", **kw)
+    assert full is not None and len(full) == 10
+    for i in range(2):
+        run_sweep(cfg, axes, tmp_path / f"part{i}", shard=(i, 2), **kw)
+    merge_parts([tmp_path / "part0", tmp_path / "part1"], tmp_path / "merged", plots=False)
+    for name in ("sweep.parquet", "sweep.csv"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def stop(_c):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_sweep(cfg, axes, tmp_path / "resumed", on_chunk=stop, **kw)
+    assert len(list((tmp_path / "resumed" / "chunks").rglob("*.parquet"))) == 1
+    assert not (tmp_path / "resumed" / "sweep.parquet").exists()
+    seen = []
+    run_sweep(cfg, axes, tmp_path / "resumed", on_chunk=seen.append, **kw)
+    assert len(seen) == 3  # 4 chunks in all, the first was kept
+    for name in ("sweep.parquet", "sweep.csv"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    # merging parts of different sweeps is refused
+    other = parse_grid(["alpha=0:1:5", "beta=1,3"], cfg)
+    run_sweep(cfg, other, tmp_path / "otherpart", shard=(1, 2), **kw)
+    with pytest.raises(ConfigError, match="different sweeps"):
+        merge_parts([tmp_path / "part0", tmp_path / "otherpart"], tmp_path / "bad", plots=False)
+    with pytest.raises(ConfigError, match="missing"):
+        merge_parts([tmp_path / "part0"], tmp_path / "bad", plots=False)
+    assert not (tmp_path / "bad").exists()
+    # reusing an output dir for a different sweep is refused
+    with pytest.raises(ConfigError, match="different sweep"):
+        run_sweep(cfg, other, tmp_path / "one", **kw)
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["--grid", "gamma=0:1:3"], "gamma"),
+    (["--grid", "alpha=1:0:3"], "reversed"),
+    (["--grid", "alpha=0:1:0"], "empty"),
+    (["--grid", "alpha=0:1:3", "--grid", "beta=log:0:1:3"], "a > 0"),
+    (["--grid", "alpha=0:2:3"], "stages.pre.alpha"),
+    (["--grid", "steps=1,2"], "ambiguous"),
+    (["--grid", "alpha=0:1:3", "--shard", "2/2"], "out of range"),
+    (["--grid", "alpha=0:1:3", "--shard", "x"], "i/N"),
+    (["--grid", "alpha=0:1:3", "--set", "stages.pre.alphaa=1"], "unknown key"),
+    ([], "at least one axis"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, field):
+    from linear_theory.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["sweep", "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and field in err[0], err
+    assert not out.exists()
+
+
+def test_cli_sweep_writes_tidy_files_and_heatmaps(tmp_path, capsys):
+    from linear_theory.cli import main
+
+    cfgfile = tmp_path / "c.json"
+    cfgfile.write_text(json.dumps(_small().to_dict()))
+    out = tmp_path / "s"
+    rc = main(["sweep", "--config", str(cfgfile), "--grid", "alpha=0:1:4", "--grid", "beta=log:0.5:4:3", "--out", str(out)])
+    assert rc == 0
+    df = pd.read_parquet(out / "sweep.parquet")
+    assert len(df) == 12 and list(df["point"]) == list(range(12))
+    np.testing.assert_allclose(sorted(set(df["task.beta"])), [0.5, np.sqrt(2.0), 4.0], rtol=1e-12)
+    csv = pd.read_csv(out / "sweep.csv")
+    np.testing.assert_allclose(csv["L_ret"], df["L_ret"], rtol=1e-15)
+    for q in ("Delta", "L_im", "L_ret"):
+        assert (out / f"heatmap_{q}.png").read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["provenance"]["versions"]["jax"] and meta["spec"]["config"]["task"]["n"] == 8
+    assert "sweep plan" in capsys.readouterr().out
+
+
+def test_two_host_devices_shard_the_grid(tmp_path):
+    """With 2 XLA host devices the batch is split across them; rows equal the 1-device run."""
+    cfg = _small(["model.init=random", "model.width=4"])
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               JAX_ENABLE_X64="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "linear_theory", "sweep", "--config", str(tmp_path / "c.json"),
+           "--grid", "alpha=0:1:4", "--grid", "beta=1,2", "--out", str(tmp_path / "two"), "--no-plots"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "devices: 2" in proc.stdout
+    two = pd.read_parquet(tmp_path / "two" / "sweep.parquet")
+    axes = parse_grid(["alpha=0:1:4", "beta=1,2"], cfg)
+    one = run_sweep(cfg, axes, tmp_path / "one", plots=False, progress=False, log=lambda *a: None)
+    num = [c for c in one.columns if one[c].dtype.kind == "f"]
+    np.testing.assert_allclose(two[num].to_numpy(), one[num].to_numpy(), rtol=1e-12, atol=1e-14)
