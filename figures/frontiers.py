@@ -129,7 +129,7 @@ def theory_vs_lm(results: Path, out: Path, log=print) -> list[Path]:
         panels += [(f"LM {p.name}: {pipe}", g) for pipe, g in lm.groupby("pipeline")]
         fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)
         for ax, (t, g) in zip(axes[0], panels):
-            assert_comparable(g)
+            assert_comparable(g, p if t.startswith("LM") else None)
             for m in ("unmixed", "mixed"):
                 draw_frontier(ax, g, m, "ret_ft")
             ax.set_title(t, fontsize=9)

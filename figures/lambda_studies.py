@@ -41,17 +41,17 @@ def _lambda_figure(df: pd.DataFrame, compute_matched: bool, title: str, out: Pat
 
 
 def lambda_figures(results: Path, out: Path, log=print) -> list[Path]:
-    sources = [(f"lm-{p.name}", p / "frontier.csv") for p in lm_presets(results)]
-    sources.append(("theory", results / "theory" / "compute_matched" / "frontier.csv"))
+    sources: list[tuple[str, Path, Path | None]] = [(f"lm-{p.name}", p / "frontier.csv", p) for p in lm_presets(results)]
+    sources.append(("theory", results / "theory" / "compute_matched" / "frontier.csv", None))
     paths: list[Path] = []
-    for label, csv in sources:
+    for label, csv, root in sources:
         try:
             df = load_frontier(csv)
         except Skip as s:
             log(f"skip fig3 {label}: {s}")
             continue
         for pipe, sub in df.groupby("pipeline"):
-            assert_comparable(sub)
+            assert_comparable(sub, root)
             for key, cm, title in (("fig3a", False, "Figure 3a: more exposure (Section 4.1)"),
                                    ("fig3b", True, "Figure 3b: compute-matched (Section 4.2)")):
                 try:

@@ -105,10 +105,14 @@ def phase_figure(results: Path, out: Path, log=print) -> list[Path]:
         log(f"skip phase diagram: {f} not found")
         return []
     df = pd.read_parquet(f)
-    need = [c for c in ("alpha", "beta", "Delta") if c not in df.columns]
+    # the sweep names grid axes by their config path; accept the short names too
+    names = {"alpha": ("alpha", "stages.pre.alpha"), "beta": ("beta", "task.beta"), "Delta": ("Delta",)}
+    found = {k: next((c for c in cands if c in df.columns), None) for k, cands in names.items()}
+    need = [k for k, c in found.items() if c is None]
     if need:
         log(f"skip phase diagram: {f} lacks columns {need}")
         return []
+    df = df.rename(columns={c: k for k, c in found.items()})
     if "diverged" in df.columns:
         df = df.loc[~df["diverged"].astype(bool)]
     flag = _flag_column(df)

@@ -161,13 +161,14 @@ def _objective_full(W1: jax.Array, W2: jax.Array, A: jax.Array, C: jax.Array, w:
 
 def _record_full(W1: jax.Array, W2: jax.Array, U: jax.Array, V: jax.Array,
                  A3: jax.Array, C3: jax.Array) -> jax.Array:
-    """[diag(U^T theta V) (n), offdiag, L_pre, L_post, L_ft] for the trajectory."""
+    """[diag(U^T theta V) (n), offdiag, L_pre, L_post, L_ft, ||W1||_op, ||W2||_op] for the trajectory."""
     m = U.T @ (W1 @ W2) @ V
     d = jnp.diagonal(m)
     off = jnp.sqrt(jnp.sum((m - jnp.diag(d)) ** 2))
     D = (W1 @ W2)[None, :, :] - A3
     losses = jnp.einsum("mij,mjk,mik->m", D, C3, D)
-    return jnp.concatenate([d, off[None], losses])
+    ops = jnp.stack([jnp.linalg.norm(W1, ord=2), jnp.linalg.norm(W2, ord=2)])
+    return jnp.concatenate([d, off[None], losses, ops])
 
 
 def gd_full(W1: jax.Array, W2: jax.Array, A: jax.Array, C: jax.Array, w: jax.Array,
@@ -176,17 +177,17 @@ def gd_full(W1: jax.Array, W2: jax.Array, A: jax.Array, C: jax.Array, w: jax.Arr
             stride: int | None = None):
     """``steps`` GD steps on :func:`_objective_full`; one compiled loop.
 
-    Returns (W1, W2, diverged, steps_done, records) with records (steps//stride + 1, n + 4)
+    Returns (W1, W2, diverged, steps_done, records) with records (steps//stride + 1, n + 6)
     (or None without a stride). A3/C3 (3, n, n) are (A, C) of pre/post/ft for the records.
-    Without a stride ``steps`` is traced (no recompilation per step count).
+    ``steps`` and ``stride`` are traced: only steps // stride triggers a recompilation.
     """
     args = (W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3)
-    if stride is None:
-        return _gd_full_jit(*args, jnp.asarray(steps, dtype=jnp.int32), stride=None)
-    return _gd_full_jit_static(*args, steps=steps, stride=stride)
+    n_chunks = None if stride is None else steps // stride
+    return _gd_full_jit(*args, jnp.asarray(steps, dtype=jnp.int32), jnp.asarray(stride or 1, dtype=jnp.int32),
+                          n_chunks=n_chunks)
 
 
-def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, steps, stride):
+def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, steps, stride, n_chunks):
     grad = jax.grad(_objective_full, argnums=(0, 1))
 
     def step(carry):
@@ -199,7 +200,7 @@ def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, 
         return (jnp.where(nbad, W1, N1), jnp.where(nbad, W2, N2), nbad, done + (~nbad).astype(done.dtype))
 
     carry = (W1, W2, jnp.asarray(False), jnp.asarray(0, dtype=jnp.int32))
-    if stride is None:
+    if n_chunks is None:
         carry = jax.lax.fori_loop(0, steps, lambda _, c: step(c), carry)
         return (*carry, None)
     first = _record_full(W1, W2, U, V, A3, C3)
@@ -208,20 +209,21 @@ def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, 
         c = jax.lax.fori_loop(0, stride, lambda _, cc: step(cc), c)
         return c, _record_full(c[0], c[1], U, V, A3, C3)
 
-    carry, recs = jax.lax.scan(chunk, carry, None, length=steps // stride)
-    carry = jax.lax.fori_loop(0, steps % stride, lambda _, c: step(c), carry)
+    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
+    carry = jax.lax.fori_loop(0, steps - n_chunks * stride, lambda _, c: step(c), carry)
     return (*carry, jnp.concatenate([first[None, :], recs], axis=0))
 
 
-_gd_full_jit = jax.jit(_gd_full_impl, static_argnames=("stride",))
-_gd_full_jit_static = jax.jit(_gd_full_impl, static_argnames=("steps", "stride"))
+# steps and stride are traced; only the number of recorded chunks is static
+_gd_full_jit = jax.jit(_gd_full_impl, static_argnames=("n_chunks",))
 
 
 # --------------------------------------------------------------------------- spectral path
 def _record_spectral(a: jax.Array, b: jax.Array, sig3: jax.Array, cov3: jax.Array) -> jax.Array:
     s = a * b
     losses = jnp.sum(cov3 * (s[None, :] - sig3) ** 2, axis=1)  # (3,)
-    return jnp.concatenate([s, jnp.zeros((1,), s.dtype), losses])
+    ops = jnp.stack([jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b))])  # ||U diag(a)||_op, ||diag(b) V^T||_op
+    return jnp.concatenate([s, jnp.zeros((1,), s.dtype), losses, ops])
 
 
 def gd_spectral(a: jax.Array, b: jax.Array, sigma: jax.Array, cov: jax.Array, w: jax.Array,
@@ -233,12 +235,12 @@ def gd_spectral(a: jax.Array, b: jax.Array, sigma: jax.Array, cov: jax.Array, w:
     the records. Returns (a, b, diverged, steps_done, records) as :func:`gd_full`.
     """
     args = (a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3)
-    if stride is None:
-        return _gd_spectral_jit(*args, jnp.asarray(steps, dtype=jnp.int32), stride=None)
-    return _gd_spectral_jit_static(*args, steps=steps, stride=stride)
+    n_chunks = None if stride is None else steps // stride
+    return _gd_spectral_jit(*args, jnp.asarray(steps, dtype=jnp.int32), jnp.asarray(stride or 1, dtype=jnp.int32),
+                          n_chunks=n_chunks)
 
 
-def _gd_spectral_impl(a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3, steps, stride):
+def _gd_spectral_impl(a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3, steps, stride, n_chunks):
     cd = jnp.sum(w[:, None] * cov, axis=0)  # (n,) data-mixture input variance
 
     def step(carry):
@@ -253,7 +255,7 @@ def _gd_spectral_impl(a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3
         return (jnp.where(nbad, a, na), jnp.where(nbad, b, nb), nbad, done + (~nbad).astype(done.dtype))
 
     carry = (a, b, jnp.asarray(False), jnp.asarray(0, dtype=jnp.int32))
-    if stride is None:
+    if n_chunks is None:
         carry = jax.lax.fori_loop(0, steps, lambda _, c: step(c), carry)
         return (*carry, None)
     first = _record_spectral(a, b, sig3, cov3)
@@ -262,13 +264,13 @@ def _gd_spectral_impl(a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3
         c = jax.lax.fori_loop(0, stride, lambda _, cc: step(cc), c)
         return c, _record_spectral(c[0], c[1], sig3, cov3)
 
-    carry, recs = jax.lax.scan(chunk, carry, None, length=steps // stride)
-    carry = jax.lax.fori_loop(0, steps % stride, lambda _, c: step(c), carry)
+    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
+    carry = jax.lax.fori_loop(0, steps - n_chunks * stride, lambda _, c: step(c), carry)
     return (*carry, jnp.concatenate([first[None, :], recs], axis=0))
 
 
-_gd_spectral_jit = jax.jit(_gd_spectral_impl, static_argnames=("stride",))
-_gd_spectral_jit_static = jax.jit(_gd_spectral_impl, static_argnames=("steps", "stride"))
+# steps and stride are traced; only the number of recorded chunks is static
+_gd_spectral_jit = jax.jit(_gd_spectral_impl, static_argnames=("n_chunks",))
 
 
 # --------------------------------------------------------------------------- initialisation
@@ -320,7 +322,7 @@ class SimResult:
     offdiag: dict[str, float]  # init/pre/post/ft: ||U^T theta V - diag||_F
     diverged: bool
     diverged_stage: str | None
-    trajectory: pd.DataFrame | None  # stage, step, global_step, s_0..s_{n-1}, offdiag, L_pre, L_post, L_ft
+    trajectory: pd.DataFrame | None  # stage, step, global_step, s_0..s_{n-1}, offdiag, L_pre, L_post, L_ft, W1_op, W2_op
     config: SimConfig
     method: str = "full"  # the code path that ran
     pre_skipped: bool = False  # True for init=ideal (theta_pre = the idealized product)
@@ -439,6 +441,7 @@ def simulate(cfg: SimConfig, *, method: Literal["auto", "full", "spectral"] = "a
             df.insert(0, "stage", stage)
             df["offdiag"] = rec[keep, n]
             df["L_pre"], df["L_post"], df["L_ft"] = rec[keep, n + 1], rec[keep, n + 2], rec[keep, n + 3]
+            df["W1_op"], df["W2_op"] = rec[keep, n + 4], rec[keep, n + 5]
             rec_frames.append(df)
         offset += steps_cfg[stage]
         if bool(bad):

@@ -28,6 +28,7 @@ Columns: ``point``, the axis paths, ``method``, ``L_pretrain``, ``L_im``, ``L_re
 from __future__ import annotations
 
 import argparse
+import functools
 import io as _io
 import math
 import sys
@@ -53,7 +54,7 @@ from linear_theory.sweep_kernels import flops_full_step, full_stage, spectral_st
 from linear_theory.tasks import TaskMatrices, blocks, build_task
 
 __all__ = [
-    "SweepPlan", "make_plan", "run_points", "run_sweep", "merge_parts", "parse_shard",
+    "SweepPlan", "make_plan", "run_points", "run_sweep", "sweep_frame", "merge_parts", "parse_shard",
     "LOSS_COLUMNS", "run_sweep_cli", "run_merge_cli", "KERNEL_VERSION",
 ]
 
@@ -66,7 +67,7 @@ SCALAR_FIELDS = ("stages.pre.alpha", "stages.pre.lr", "stages.post.lr", "stages.
 #: bump when the numerics of the kernels change (enters the plan hash, so old chunks are not reused)
 KERNEL_VERSION = 1
 _EXPLODE = 1e6  # same divergence threshold as linear_theory.simulate
-_FULL_TILE = 256  # batch tile of the full path (keeps a tile's weights in L1/L2 for all steps)
+_FULL_TILE = 128  # batch tile of the full path (keeps a tile's weights in L1/L2 for all steps)
 _SPECTRAL_TILE = 16384
 _NOMINAL_GFLOPS = {"full": 10.0, "spectral": 3.0}  # for the printed time estimate only
 
@@ -142,6 +143,13 @@ class _PointConfigs:
     def struct_key(self, idx_row: np.ndarray) -> tuple:
         return tuple(int(idx_row[i]) for i in self.struct)
 
+    def unique_structs(self, idx: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+        """Distinct structural combinations among ``idx`` (P, n_axes) and each point's slot (P,)."""
+        if not self.struct:
+            return [()], np.zeros(len(idx), dtype=np.int64)
+        uniq, inv = np.unique(idx[:, self.struct], axis=0, return_inverse=True)
+        return [tuple(int(v) for v in row) for row in uniq], inv.reshape(-1)
+
     def config(self, key: tuple) -> SimConfig:
         cfg = self._cache.get(key)
         if cfg is None:
@@ -150,13 +158,13 @@ class _PointConfigs:
             self._cache[key] = cfg
         return cfg
 
-    def scalar_values(self, path: str, idx: np.ndarray, cfgs: list[SimConfig]) -> np.ndarray:
+    def scalar_values(self, path: str, idx: np.ndarray, cfgs: list[SimConfig], inv: np.ndarray) -> np.ndarray:
         """(P,) values of a stage scalar: the axis values if swept, else each point's config."""
         for i, a in enumerate(self.axes):
             if a.path == path:
                 return np.asarray(a.values, dtype=np.float64)[idx[:, i]]
-        sec, stage, name = path.split(".")
-        return np.asarray([getattr(getattr(c.stages, stage), name) for c in cfgs], dtype=np.float64)
+        _sec, stage, name = path.split(".")
+        return np.asarray([getattr(getattr(c.stages, stage), name) for c in cfgs], dtype=np.float64)[inv]
 
 
 def _path_for(cfg: SimConfig, method: str) -> str:
@@ -192,15 +200,11 @@ def make_plan(base: SimConfig, axes: list[Axis], *, method: str = "auto",
     P = int(math.prod(pc.shape))
     pts = np.arange(P)
     idx = pc.index(pts)
-    keys: dict[tuple, list[int]] = {}
-    skeys = [pc.struct_key(r) for r in idx] if pc.struct else [()] * P
-    gkey_of: dict[tuple, tuple] = {}
-    for p, sk in enumerate(skeys):
-        gk = gkey_of.get(sk)
-        if gk is None:
-            gk = gkey_of[sk] = _group_key(pc.config(sk), method)
-        keys.setdefault(gk, []).append(p)
-    groups = tuple(Group(key=k, points=np.asarray(v, dtype=np.int64)) for k, v in keys.items())
+    structs, inv = pc.unique_structs(idx)
+    gkeys = [_group_key(pc.config(sk), method) for sk in structs]  # validates every combination
+    order = list(dict.fromkeys(gkeys[u] for u in inv[np.sort(np.unique(inv, return_index=True)[1])]))
+    slot = np.asarray([order.index(g) for g in gkeys], dtype=np.int64)[inv]  # (P,) group of each point
+    groups = tuple(Group(key=g, points=pts[slot == j]) for j, g in enumerate(order))
     if chunk_size is None:
         chunk_size = min(default_chunk_size(g.key[0], g.key[1], g.key[6]) for g in groups)
     chunks = []
@@ -221,27 +225,20 @@ def _bucket(size: int, chunk: int, mult: int) -> int:
     return int(math.ceil(b / mult) * mult)
 
 
-def _stage_vectors(tm: TaskMatrices, alpha: np.ndarray, replay: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per stage, (m, t) of shape (P, n): mixture input variances and mixture targets."""
-    cp, sp = tm.pre.cov[None, :], tm.pre.sigma[None, :]
-    cq, sq = tm.post.cov[None, :], tm.post.sigma[None, :]
-    a, r = alpha[:, None], replay[:, None]
-    return {
-        "pre": ((1 - a) * cp + a * cq, (1 - a) * cp * sp + a * cq * sq),
-        "post": ((1 - r) * cq + r * cp, (1 - r) * cq * sq + r * cp * sp),
-        "ft": (np.broadcast_to(tm.ft.cov, alpha.shape + tm.ft.cov.shape),
-               np.broadcast_to(tm.ft.cov * tm.ft.sigma, alpha.shape + tm.ft.cov.shape)),
-    }
-
-
 def _losses(theta: np.ndarray, sig: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """E||theta x - A x||^2 in the singular basis: theta (P, n, n); sig, cov (P, n) -> (P,)."""
+    """E||theta x - A x||^2 = sum_ij c_j (theta_ij - delta_ij sigma_i)^2 in the singular basis.
+
+    theta (P, n, n), or (P, n) when diagonal; sig, cov (P, n) -> (P,).
+    """
+    if theta.ndim == 2:
+        return np.einsum("pi,pi->p", (theta - sig) ** 2, cov)
     d = theta.copy()
     ii = np.arange(theta.shape[1])
     d[:, ii, ii] -= sig
     return np.einsum("pij,pj->p", d * d, cov)
 
 
+@functools.lru_cache(maxsize=1)
 def _device_mesh():
     devs = jax.devices()
     if len(devs) < 2:
@@ -249,18 +246,25 @@ def _device_mesh():
     return jax.sharding.Mesh(np.asarray(devs), ("g",))
 
 
-def _run_stage(fn, mesh, arrays: list[jax.Array], **static) -> tuple:
-    """Run a batched stage kernel, split over the grid axis across devices when there are several."""
-    if mesh is None:
-        return fn(*arrays, **static)
+@functools.lru_cache(maxsize=64)
+def _sharded(fn, mesh, ndims: tuple[int, ...], static: tuple) -> Callable:
+    """``fn`` under shard_map over the last (grid) axis of every array, jitted once per signature."""
     P = jax.sharding.PartitionSpec
 
-    def spec(x):
-        return P(*([None] * (x.ndim - 1)), "g")
+    def spec(nd: int):
+        return P(*([None] * (nd - 1)), "g")
 
-    local = jax.shard_map(lambda *xs: fn(*xs, **static), mesh=mesh, in_specs=tuple(spec(x) for x in arrays),
-                          out_specs=(spec(arrays[0]), spec(arrays[1]), P("g")))
-    return jax.jit(local)(*arrays)
+    local = jax.shard_map(lambda s, *xs: fn(*xs, s, **dict(static)), mesh=mesh,
+                          in_specs=(P(), *(spec(nd) for nd in ndims)),
+                          out_specs=(spec(ndims[0]), spec(ndims[1]), P("g")))
+    return jax.jit(local)
+
+
+def _run_stage(fn, mesh, arrays: list[jax.Array], steps: jax.Array, **static) -> tuple:
+    """Run a batched stage kernel, split over the grid axis across devices when there are several."""
+    if mesh is None:
+        return fn(*arrays, steps, **static)
+    return _sharded(fn, mesh, tuple(x.ndim for x in arrays), tuple(sorted(static.items())))(steps, *arrays)
 
 
 def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
@@ -270,37 +274,31 @@ def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
     dtype = enable_precision(precision)
     pc = _PointConfigs(plan.base, plan.axes)
     idx = pc.index(pts)
-    skeys = [pc.struct_key(r) for r in idx] if pc.struct else [()] * len(pts)
-    cfgs = [pc.config(k) for k in skeys]
+    structs, inv = pc.unique_structs(idx)
+    cfgs = [pc.config(k) for k in structs]  # (U,) distinct structural configs; point p uses cfgs[inv[p]]
     P = len(pts)
-    tms: dict[tuple, TaskMatrices] = {}
-    inits: dict[tuple, tuple[np.ndarray, np.ndarray, float]] = {}
-    W1 = np.empty((P, n, h))
-    W2 = np.empty((P, h, n))
-    limit = np.empty(P)
-    sig3 = np.empty((3, P, n))
-    cov3 = np.empty((3, P, n))
-    stage_mt = {s: (np.empty((P, n)), np.empty((P, n))) for s in ("pre", "post", "ft")}
-    sc = {f.split(".", 1)[1]: pc.scalar_values(f, idx, cfgs) for f in SCALAR_FIELDS}
-    for key in dict.fromkeys(skeys):
-        sel = np.asarray([k == key for k in skeys])
-        cfg = pc.config(key)
-        tm = tms.get(key) or build_task(cfg.task)
-        tms[key] = tm
-        if key not in inits:
-            w1, w2 = initial_weights(cfg, tm)
-            max_target = float(max(np.max(np.abs(tm.pre.sigma)), np.max(np.abs(tm.post.sigma)),
-                                   np.max(np.abs(tm.ft.sigma)), 0.0))
-            lim = _EXPLODE * math.sqrt(1.0 + max_target) * max(1.0, float(np.max(np.abs(w1)) + np.max(np.abs(w2))))
-            inits[key] = (tm.U.T @ w1, w2 @ tm.V, lim)  # rotated: U^T W1 (n, h), W2 V (h, n)
-        w1r, w2r, lim = inits[key]
-        W1[sel], W2[sel], limit[sel] = w1r, w2r, lim
-        for j, t in enumerate(("pre", "post", "ft")):
-            sig3[j, sel] = getattr(tm, t).sigma
-            cov3[j, sel] = getattr(tm, t).cov
-        mt = _stage_vectors(tm, sc["pre.alpha"][sel], sc["post.replay"][sel])
-        for s in mt:
-            stage_mt[s][0][sel], stage_mt[s][1][sel] = mt[s]
+    sc = {f.split(".", 1)[1]: pc.scalar_values(f, idx, cfgs, inv) for f in SCALAR_FIELDS}
+    W1u, W2u, limu, sigu, covu = [], [], [], [], []
+    for cfg in cfgs:
+        tm = build_task(cfg.task)
+        w1, w2 = initial_weights(cfg, tm)
+        max_target = float(max(np.max(np.abs(tm.pre.sigma)), np.max(np.abs(tm.post.sigma)),
+                               np.max(np.abs(tm.ft.sigma)), 0.0))
+        limu.append(_EXPLODE * math.sqrt(1.0 + max_target) * max(1.0, float(np.max(np.abs(w1)) + np.max(np.abs(w2)))))
+        W1u.append(tm.U.T @ w1)  # rotated: U^T W1 (n, h)
+        W2u.append(w2 @ tm.V)  # W2 V (h, n)
+        sigu.append([tm.pre.sigma, tm.post.sigma, tm.ft.sigma])
+        covu.append([tm.pre.cov, tm.post.cov, tm.ft.cov])
+    W1, W2, limit = np.asarray(W1u)[inv], np.asarray(W2u)[inv], np.asarray(limu)[inv]
+    sig3 = np.moveaxis(np.asarray(sigu)[inv], 1, 0)  # (3, P, n) pre/post/ft singular values
+    cov3 = np.moveaxis(np.asarray(covu)[inv], 1, 0)  # (3, P, n) input variances
+    al, rp = sc["pre.alpha"][:, None], sc["post.replay"][:, None]
+    cp, sp, cq, sq, cf, sf = cov3[0], sig3[0], cov3[1], sig3[1], cov3[2], sig3[2]
+    stage_mt = {  # per stage (m, t), each (P, n): mixture input variances and targets
+        "pre": ((1 - al) * cp + al * cq, (1 - al) * cp * sp + al * cq * sq),
+        "post": ((1 - rp) * cq + rp * cp, (1 - rp) * cq * sq + rp * cp * sp),
+        "ft": (cf, cf * sf),
+    }
     kappa = sc["post.dropout"] / (1.0 - sc["post.dropout"])
     zero = np.zeros(P)
     stage_par = {"pre": (zero, zero, sc["pre.lr"], s_pre), "post": (sc["post.reg"], kappa, sc["post.lr"], s_post),
@@ -332,11 +330,9 @@ def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
     alive_after: dict[str, np.ndarray] = {}
 
     def theta_of(x, y) -> np.ndarray:
+        """theta in the singular basis: (P, n, n), or its diagonal (P, n) on the spectral path."""
         if path == "spectral":
-            s = host(x) * host(y)
-            th = np.zeros((P, n, n))
-            th[:, np.arange(n), np.arange(n)] = s
-            return th
+            return host(x) * host(y)
         return np.einsum("pij,pjk->pik", host(x), host(y))
 
     thetas["init"] = theta_of(x, y)
@@ -347,13 +343,14 @@ def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
             use_reg = bool(np.any(reg > 0)) if s == "post" else False
             use_drop = bool(np.any(kap > 0)) if s == "post" else False
             x, y, alive = _run_stage(fn, mesh, [x, y, dev(m), dev(t), dev(reg), dev(kap), dev(lr), lim_d, alive],
-                                     steps=steps, use_reg=use_reg, use_drop=use_drop, tile=ptile)
+                                     jnp.asarray(steps, dtype=jnp.int32),
+                                     use_reg=use_reg, use_drop=use_drop, tile=ptile)
         thetas[s] = theta_of(x, y)
         alive_after[s] = np.asarray(alive)[:P].copy()
-    return _rows(plan, pts, idx, cfgs, path, thetas, alive_after, sig3, cov3, sc["pre.alpha"])
+    return _rows(plan, pts, idx, cfgs, inv, path, thetas, alive_after, sig3, cov3, sc["pre.alpha"])
 
 
-def _rows(plan: SweepPlan, pts: np.ndarray, idx: np.ndarray, cfgs: list[SimConfig], path: str,
+def _rows(plan: SweepPlan, pts: np.ndarray, idx: np.ndarray, cfgs: list[SimConfig], inv: np.ndarray, path: str,
           thetas: dict[str, np.ndarray], alive: dict[str, np.ndarray], sig3: np.ndarray, cov3: np.ndarray,
           alpha: np.ndarray) -> pd.DataFrame:
     """Tidy rows from the stage-end products theta (P, n, n) in the singular basis."""
@@ -375,28 +372,45 @@ def _rows(plan: SweepPlan, pts: np.ndarray, idx: np.ndarray, cfgs: list[SimConfi
     n = thetas["init"].shape[1]
     k = cfgs[0].task.k
     bl = blocks(n, k)
+    diag_only = thetas["init"].ndim == 2
     for s in STAGE_KEYS:
-        d = np.einsum("pii->pi", thetas[s])
+        d = thetas[s] if diag_only else np.einsum("pii->pi", thetas[s])
         for short, name in BLOCK_KEYS:
             sl = bl[name]
             v = d[:, sl].mean(axis=1) if sl.stop > sl.start else nan
             df[f"{short}_{s}"] = np.where(ok[s], v, nan)
     for s in ("pre", "post", "ft"):
+        if diag_only:
+            df[f"offdiag_{s}"] = np.where(ok[s], 0.0, nan)
+            continue
         th = thetas[s]
         offd = th * (1.0 - np.eye(n))[None, :, :]
         off = np.sqrt(np.einsum("pij,pij->p", offd, offd))
         df[f"offdiag_{s}"] = np.where(ok[s], off, nan)
     df["diverged"] = ~ok_ft
     df["diverged_stage"] = np.where(~ok_pre, "pre", np.where(~ok_post, "post", np.where(~ok_ft, "ft", "")))
-    flags = {}
-    for key in dict.fromkeys(id(c.task) for c in cfgs):
-        sel = np.asarray([id(c.task) == key for c in cfgs])
-        task = next(c.task for c in cfgs if id(c.task) == key)
-        for name, v in assumption_flags(task, alpha[sel]).items():
+    flags: dict[str, np.ndarray] = {}
+    for u, c in enumerate(cfgs):
+        sel = inv == u
+        for name, v in assumption_flags(c.task, alpha[sel]).items():
             flags.setdefault(name, np.zeros(P, bool))[sel] = v
     for name, v in flags.items():
         df[name] = v
     return df
+
+
+def sweep_frame(base: SimConfig, axes: list[Axis], *, method: str = "auto", chunk_size: int | None = None,
+                progress: bool = False, desc: str = "sweep") -> pd.DataFrame:
+    """All rows of a sweep, in memory (no files): the engine behind ``frontier`` and friends."""
+    from tqdm import tqdm
+
+    plan = make_plan(base, axes, method=method, chunk_size=chunk_size)
+    frames = []
+    with tqdm(total=plan.n_points, unit="cfg", disable=not progress, file=sys.stderr, desc=desc) as bar:
+        for c in range(len(plan.chunks)):
+            frames.append(run_points(plan, c))
+            bar.update(len(frames[-1]))
+    return pd.concat(frames, ignore_index=True).sort_values("point", kind="stable").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- files

@@ -10,6 +10,7 @@ fails before any compute with the field's own message.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 
 from early_exposure.configs import parse_override
 from early_exposure.errors import ConfigError
-from linear_theory.config import SimConfig, config_from_dict
+from linear_theory.config import SimConfig
 
 __all__ = ["Axis", "parse_grid", "scalar_fields", "resolve_field", "apply_values", "MAX_POINTS"]
 
@@ -175,15 +176,23 @@ def parse_grid(items: list[str], cfg: SimConfig) -> list[Axis]:
 
 
 def apply_values(cfg: SimConfig, values: dict[str, Any]) -> SimConfig:
-    """``cfg`` with dotted-path ``values`` set (tuple fields broadcast a scalar), validated."""
-    d = cfg.to_dict()
+    """``cfg`` with dotted-path ``values`` set (tuple fields broadcast a scalar), validated.
+
+    Uses ``dataclasses.replace`` along the path, so every touched dataclass re-runs its own
+    ``__post_init__`` validation (and SimConfig its cross-field checks).
+    """
     for path, v in values.items():
-        node = d
-        keys = path.split(".")
-        for k in keys[:-1]:
-            node = node[k]
-        cur = node[keys[-1]]
-        if isinstance(cur, list):
-            v = [float(v)] * len(cur)
-        node[keys[-1]] = v.item() if isinstance(v, np.generic) else v
-    return config_from_dict(d)
+        v = v.item() if isinstance(v, np.generic) else v
+        cfg = _replace_path(cfg, path.split("."), v)
+    return dataclasses.replace(cfg)  # re-validate the whole config once more
+
+
+def _replace_path(obj: Any, keys: list[str], v: Any) -> Any:
+    cur = getattr(obj, keys[0])
+    if len(keys) > 1:
+        new = _replace_path(cur, keys[1:], v)
+    elif isinstance(cur, tuple):
+        new = tuple(float(v) for _ in cur)
+    else:
+        new = v
+    return dataclasses.replace(obj, **{keys[0]: new})

@@ -94,9 +94,25 @@ def _tiled(fn, tile: int | None, *arrays):
     return tuple(jnp.moveaxis(o, 0, -2).reshape(*o.shape[1:-1], B) for o in outs)
 
 
-@partial(jax.jit, static_argnames=("steps", "use_reg", "use_drop", "tile", "unroll"))
+def _loop(step, carry, steps: jax.Array, unroll: int):
+    """``steps`` (traced) applications of ``step``: blocks of ``unroll`` inlined steps, then the rest.
+
+    The trip count is a runtime value, so one compiled program serves every step count.
+    """
+    def block(_, c):
+        for _u in range(unroll):
+            c = step(c)
+        return c
+
+    carry = jax.lax.fori_loop(0, steps // unroll, block, carry)
+    if unroll > 1:
+        carry = jax.lax.fori_loop(0, steps % unroll, lambda _, c: step(c), carry)
+    return carry
+
+
+@partial(jax.jit, static_argnames=("use_reg", "use_drop", "tile", "unroll"))
 def full_stage(W1: jax.Array, W2: jax.Array, m: jax.Array, t: jax.Array, reg: jax.Array,
-               kappa: jax.Array, lr: jax.Array, limit: jax.Array, alive: jax.Array, *, steps: int,
+               kappa: jax.Array, lr: jax.Array, limit: jax.Array, alive: jax.Array, steps: jax.Array, *,
                use_reg: bool = False, use_drop: bool = False, tile: int | None = None,
                unroll: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``steps`` GD steps of one stage for a batch of grid points (full matrices).
@@ -105,6 +121,7 @@ def full_stage(W1: jax.Array, W2: jax.Array, m: jax.Array, t: jax.Array, reg: ja
       W1: (n, h, B) and W2: (h, n, B), rotated weights U^T W1, W2 V.
       m, t: (n, B) mixture input variances and targets (module docstring).
       reg, kappa, lr, limit: (B,). alive: (B,) bool, False for points that already diverged.
+      steps: int32 scalar (a runtime value: no recompilation per step count).
     Returns:
       (W1, W2, alive) after the stage; diverged points have zero weights and alive False.
     """
@@ -115,10 +132,10 @@ def full_stage(W1: jax.Array, W2: jax.Array, m: jax.Array, t: jax.Array, reg: ja
         theta0 = bmm(W1, W2) if use_reg else None
         reg, kappa, lr = reg[None, None, :], kappa[None, None, :], lr[None, None, :]
 
-        def body(c, _):
-            return _full_step(*c, m, t, eye, reg, kappa, lr, theta0, use_reg, use_drop), None
+        def body(c):
+            return _full_step(*c, m, t, eye, reg, kappa, lr, theta0, use_reg, use_drop)
 
-        return jax.lax.scan(body, (W1, W2), None, length=steps, unroll=unroll)[0]
+        return _loop(body, (W1, W2), steps, unroll)
 
     lr = jnp.where(alive, lr, 0.0)
     W1n, W2n = _tiled(run, tile, W1, W2, m, t, reg, kappa, lr)
@@ -126,9 +143,9 @@ def full_stage(W1: jax.Array, W2: jax.Array, m: jax.Array, t: jax.Array, reg: ja
     return jnp.where(ok[None, None, :], W1n, 0.0), jnp.where(ok[None, None, :], W2n, 0.0), ok
 
 
-@partial(jax.jit, static_argnames=("steps", "use_reg", "use_drop", "tile", "unroll"))
+@partial(jax.jit, static_argnames=("use_reg", "use_drop", "tile", "unroll"))
 def spectral_stage(a: jax.Array, b: jax.Array, m: jax.Array, t: jax.Array, reg: jax.Array,
-                   kappa: jax.Array, lr: jax.Array, limit: jax.Array, alive: jax.Array, *, steps: int,
+                   kappa: jax.Array, lr: jax.Array, limit: jax.Array, alive: jax.Array, steps: jax.Array, *,
                    use_reg: bool = False, use_drop: bool = False, tile: int | None = None,
                    unroll: int = 8) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``steps`` GD steps of one stage in the decoupled case: a, b, m, t (n, B); scalars (B,)."""
@@ -138,15 +155,15 @@ def spectral_stage(a: jax.Array, b: jax.Array, m: jax.Array, t: jax.Array, reg: 
         mk = m * (1.0 + kappa[None, :]) if use_drop else m  # dropout adds 2 kappa m s to g
         lr_, reg_ = lr[None, :], reg[None, :]
 
-        def body(c, _):
+        def body(c):
             a, b = c
             s = a * b
             g = 2.0 * (mk * s - t)
             if use_reg:
                 g = g + 2.0 * reg_ * (s - s0)
-            return (a - lr_ * (g * b), b - lr_ * (g * a)), None
+            return a - lr_ * (g * b), b - lr_ * (g * a)
 
-        return jax.lax.scan(body, (a, b), None, length=steps, unroll=unroll)[0]
+        return _loop(body, (a, b), steps, unroll)
 
     lr = jnp.where(alive, lr, 0.0)
     an, bn = _tiled(run, tile, a, b, m, t, reg, kappa, lr)

@@ -32,6 +32,9 @@ from lm_experiments.device import autocast_context, check_precision
 from lm_experiments.model import _eval_mode
 
 
+_CE_CHUNK_LOGITS = 1 << 26  # fp32 logits materialised at once by evaluate (256 MB)
+
+
 @dataclass
 class EvalResult:
     """``mean_loss``: mean token cross-entropy (nats) over all ``num_blocks * (seq_len - 1)``
@@ -67,13 +70,17 @@ def evaluate(model: nn.Module, blocks: np.ndarray, *, batch_size: int, device: t
         for i in range(0, n, batch_size):
             x = torch.as_tensor(blocks[i:i + batch_size], dtype=torch.long).to(device)  # (b, t)
             with autocast_context(device, precision):
-                logits = model(input_ids=x).logits  # (b, t, V)
-            logits = logits[:, :-1].float()  # (b, t-1, V) predictions of tokens 1..t-1
-            target = x[:, 1:]  # (b, t-1)
-            nll = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (b, t-1)
-            per_example[i:i + x.shape[0]] = nll.double().mean(dim=1).cpu().numpy()
-            if correct is not None:
-                correct[i:i + x.shape[0]] = (logits.argmax(dim=-1) == target).cpu().numpy()
+                logits = model(input_ids=x).logits  # (b, t, V), bf16 under autocast
+            # fp32 cross-entropy in row chunks of <= 2^26 logits, bounding the fp32 copy
+            # (a 49152-token vocabulary at t=2048 is 0.4 GB per row in fp32)
+            rows = max(1, _CE_CHUNK_LOGITS // (t * logits.shape[-1]))
+            for j in range(0, x.shape[0], rows):
+                lg = logits[j:j + rows, :-1].float()  # (r, t-1, V) predictions of tokens 1..t-1
+                target = x[j:j + rows, 1:]  # (r, t-1)
+                nll = F.cross_entropy(lg.transpose(1, 2), target, reduction="none")  # (r, t-1)
+                per_example[i + j:i + j + lg.shape[0]] = nll.double().mean(dim=1).cpu().numpy()
+                if correct is not None:
+                    correct[i + j:i + j + lg.shape[0]] = (lg.argmax(dim=-1) == target).cpu().numpy()
     # equal targets per block: the token mean is the mean of block means
     return EvalResult(mean_loss=float(per_example.mean()), per_example=per_example.astype(np.float32),
                       correct=correct)

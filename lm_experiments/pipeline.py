@@ -715,8 +715,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
     Everything that can reject the input (config, data, budgets, device) runs before the
     first write to ``out_dir``; a ``ConfigError`` leaves ``out_dir`` untouched.
     """
+    import torch
+
     from lm_experiments.device import check_precision, resolve_device
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
     from lm_experiments.model import MODEL_PRESETS

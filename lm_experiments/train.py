@@ -186,7 +186,7 @@ def _fingerprint(model: nn.Module, source: BatchSource, optim: OptimConfig, seed
             "trainable": shapes, "first_batch_shape": list(np.asarray(source.batch(0)).shape)}
 
 
-def _loss(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int) -> torch.Tensor:
+def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int) -> torch.Tensor:
     """Mean next-token cross-entropy of batch ``x`` (b, t); backward is run here per
     micro-batch (gradient accumulation), the detached mean loss is returned."""
     b = x.shape[0]
@@ -219,6 +219,7 @@ def train(
     stop_after_steps: int | None = None,
     seed: int = 0,
     micro_batch: int = 0,
+    restore_best: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place on ``len(source)`` batches (paper App. B optimisation).
 
@@ -231,7 +232,7 @@ def train(
         eval_fn: validation loss of the model (it may switch to eval mode; train mode is
             restored afterwards). Called after every ``eval_every`` completed steps and
             after the last step. With ``eval_fn``, the best-scoring trainable weights are
-            restored at the end (early stopping, Sec. 3).
+            restored at the end (early stopping, Sec. 3) unless ``restore_best=False``.
         patience: stop after this many consecutive evaluations without improvement
             (``None``: never stop early, still restore the best weights).
         checkpoint_every: write a checkpoint every this many steps (0: never, except at
@@ -241,6 +242,8 @@ def train(
             (simulated interruption, for tests and time-sliced jobs).
         seed: seed of the training RNG (dropout); the caller's RNG state is preserved.
         micro_batch: rows per forward/backward (gradient accumulation); 0 = whole batch.
+        restore_best: with ``eval_fn``, load the best-scoring weights at the end (default);
+            False keeps the last weights (evaluations are then only recorded).
 
     Returns:
         :class:`TrainResult`. A non-finite training or validation loss ends the run with
@@ -318,7 +321,7 @@ def train(
                     g["lr"] = lr
                 x = torch.as_tensor(np.asarray(source.batch(step), dtype=np.int64)).to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
-                loss = float(_loss(model, x, device, precision, micro_batch))
+                loss = float(loss_and_backward(model, x, device, precision, micro_batch))
                 if not math.isfinite(loss):
                     history.append({"step": step + 1, "train_loss": loss, "lr": lr})
                     diverged = True
@@ -362,7 +365,7 @@ def train(
 
     wall = wall_before + (time.perf_counter() - t0)
     if not interrupted:
-        if best_weights is not None and (best_step != step or diverged):
+        if best_weights is not None and (best_step != step or diverged) and (restore_best or diverged):
             _restore_snapshot(model, best_weights)
         if state_path.exists():
             state_path.unlink()

@@ -32,6 +32,9 @@ def _correct_pair(npz_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     ``correct`` and ``post``/``stage2``/``before``/``im`` for theta_post, and one containing
     ``correct`` and ``ft``/``stage3``/``after``/``ret`` for theta_ft."""
     with np.load(npz_path) as z:
+        if {"post_correct_stage2", "post_correct_stage3"} <= set(z.files):  # lm_experiments' names
+            return (np.asarray(z["post_correct_stage2"]).reshape(-1),
+                    np.asarray(z["post_correct_stage3"]).reshape(-1))
         keys = [k for k in z.files if "correct" in k.lower()]
         before = [k for k in keys if _BEFORE.search(k.replace("correct", "")) and not _AFTER.search(k.replace("correct", ""))]
         after = [k for k in keys if _AFTER.search(k.replace("correct", ""))]
@@ -41,7 +44,9 @@ def _correct_pair(npz_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _find_run_files(run_dir: Path, pattern: str) -> list[Path]:
-    return sorted(p for p in run_dir.rglob(pattern) if p.is_file())
+    """Files matching ``pattern`` directly in ``run_dir`` (``result.json`` first)."""
+    files = sorted(p for p in run_dir.glob(pattern) if p.is_file())
+    return sorted(files, key=lambda p: p.name != "result.json")
 
 
 def forgetting_analysis(frontier: pd.DataFrame | None, lm_dir: Path, k: int | None = None) -> dict[str, Any]:

@@ -136,9 +136,14 @@ def compare_frontiers(
     data.update(unit=unit, n_units={"baseline": len(ga), "candidate": len(gb)}, shared_seeds=len(shared),
                 hv_diff=hv_iv.as_dict(), hv_diff_relative=hv_iv.point / max(hv_a, 1e-12),
                 loss_gap=gap_iv.as_dict(), min_effect_area=eps)
+    # immediate post-training loss of each arm: a lower L_im alone can explain a lower L_ret
+    im_a = float(a.drop_duplicates("upstream_id")["L_im"].min())
+    im_b = float(b.drop_duplicates("upstream_id")["L_im"].min())
+    data.update(best_L_im={"baseline": im_a, "candidate": im_b})
     desc = (f"HV({candidate}) - HV({baseline}) in ({x}, {y}) = {_fmt(hv_iv)} "
             f"({100 * data['hv_diff_relative']:+.1f}% of baseline area); "
-            f"{y} gap at matched {x} = {_fmt(gap_iv)}; CI over {len(ga)}/{len(gb)} {unit}s")
+            f"{y} gap at matched {x} = {_fmt(gap_iv)}; CI over {len(ga)}/{len(gb)} {unit}s; "
+            f"best L_im {im_b:.3g} vs {im_a:.3g}")
     noise_free = side == "theory" and unit == "upstream_id"
     if unit != "seed" and not noise_free:
         return "INCONCLUSIVE", (f"too few seeds ({len(shared)} shared < {opts.min_seeds}); "
@@ -316,11 +321,12 @@ def frontier_checks(df: pd.DataFrame | None, side: str, prefix: str, opts: Check
             for view in views:
                 cid = f"{prefix}.{letter}.{name}.{view}.{tag}"
                 text = f"{claim} ({VIEWS[view][1]} vs {VIEWS[view][0]})"
+                key = f"{letter}.{name}.{view}"  # the same key on both sides: the side-by-side row
                 if sub is None:
-                    out.append(no_data(cid, text, source, side, what, pipe, letter))
+                    out.append(no_data(cid, text, source, side, what, pipe, key))
                     continue
                 status, ev, data = compare_frontiers(sub, base, cand, view, side, opts)
-                out.append(make_check(cid, text, source, side, status, ev, data, pipe, letter))
+                out.append(make_check(cid, text, source, side, status, ev, data, pipe, key))
     return out
 
 
@@ -336,8 +342,8 @@ def lambda_checks(df: pd.DataFrame | None, side: str, prefix: str, opts: CheckOp
         for letter, name, source, claim, fn in specs:
             cid = f"{prefix}.{letter}.{name}.{pipe or 'all'}"
             if pipe is None:
-                out.append(no_data(cid, claim, source, side, what, pipe, letter))
+                out.append(no_data(cid, claim, source, side, what, pipe, f"{letter}.{name}"))
                 continue
             status, ev, data = fn(df.loc[df["pipeline"] == pipe], side, opts)
-            out.append(make_check(cid, claim, source, side, status, ev, data, pipe, letter))
+            out.append(make_check(cid, claim, source, side, status, ev, data, pipe, f"{letter}.{name}"))
     return out

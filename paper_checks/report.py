@@ -30,7 +30,8 @@ def make_check(
     id: str, claim: str, source: str, side: str, status: str, evidence: str,
     data: dict[str, Any] | None = None, pipeline: str | None = None, analogue: str | None = None,
 ) -> dict[str, Any]:
-    """One verdict record; ``analogue`` names the paper claim letter shared by both sides."""
+    """One verdict record; ``analogue`` is the claim key shared by the theory and LM records
+    of the same paper claim (e.g. ``a.mixing.ret_ft``), used for the side-by-side table."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     if side not in SIDES:
@@ -65,16 +66,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     side_by_side = [c for c in report["checks"] if c.get("analogue")]
     if side_by_side:
         lines += ["", "## Theory and LM side by side", "",
-                  "| claim | pipeline / view | theory | LM |", "|---|---|---|---|"]
-        keys: dict[tuple[str, str], dict[str, list[str]]] = {}
+                  "| claim | source | theory | LM |", "|---|---|---|---|"]
+        rows: dict[str, dict[str, Any]] = {}
         for c in side_by_side:
-            view = c["data"].get("view") or c["data"].get("comparison") or ""
-            k = (c["analogue"], view)
-            keys.setdefault(k, {"theory": [], "lm": []})[c["side"]].append(
-                f"{c['status']}" + (f" ({c['pipeline']})" if c.get("pipeline") else ""))
-        for (claim, view), v in sorted(keys.items()):
-            lines.append(f"| ({claim}) | {_md_escape(view)} | {_md_escape('; '.join(v['theory']) or '-')} "
-                         f"| {_md_escape('; '.join(v['lm']) or '-')} |")
+            r = rows.setdefault(c["analogue"], {"claim": c["claim"], "source": c["source"], "theory": [], "lm": []})
+            where = c["id"].split(".")[1] + ": " if c["side"] == "lm" else ""
+            r[c["side"]].append(f"{c['status']} ({where}{c['pipeline'] or 'all'})")
+        for key, r in rows.items():
+            lines.append(f"| ({key}) {_md_escape(r['claim'])} | {_md_escape(r['source'])} | "
+                         f"{_md_escape('; '.join(r['theory']) or '-')} | {_md_escape('; '.join(r['lm']) or '-')} |")
     if report["errata"]:
         lines += ["", "## Errata", "", "| id | location | printed | corrected | observed |",
                   "|---|---|---|---|---|"]

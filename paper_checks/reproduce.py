@@ -35,7 +35,7 @@ from early_exposure.provenance import provenance
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = ("quick", "full", "gpu")
 LM_PRESET = {"quick": "cpu-quick", "full": "cpu-full", "gpu": "gpu-135m"}
-GRID = {"quick": 24, "full": 64, "gpu": 64}
+GRID = {"quick": 32, "full": 64, "gpu": 64}
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,6 @@ def reproduce_main(argv: list[str] | None) -> int:
         for i, s in enumerate(steps, 1):
             print(f"[{i}/{len(steps)}] {s.name}: {' '.join(s.argv)}")
         return 0
-    lm_cfg = REPO / "configs" / "lm" / f"{LM_PRESET[args.preset]}.yaml"
-    if not lm_cfg.is_file():
-        raise ConfigError("--preset", f"LM preset file {lm_cfg} not found")
     record = run_plan(steps, out, args.preset)
     failed = [s["name"] for s in record["steps"] if s["status"] == "failed"]
     report = out / "report" / "report.json"

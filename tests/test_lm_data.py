@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from early_exposure.configs import from_dict
+from early_exposure.configs import from_dict, to_dict
 from early_exposure.errors import ConfigError
 from lm_experiments.data import CorpusSpec, DataConfig, PreparedData, default_cache_root, prepare_data
 from lm_experiments.data import prepare as prepare_mod
@@ -250,6 +251,7 @@ def test_val_sets_fixed_across_train_caps_and_a_changed_corpus_changes_fingerpri
     data, cache = prepared
     capped = prepare_data(_cfg(files, max_train_tokens=64), cache_root=cache, progress=False)
     assert capped.fingerprint != data.fingerprint
+    assert capped.stats["eval_fingerprint"] == data.stats["eval_fingerprint"]
     for role in data.splits:
         assert capped.splits[role].train.shape == (4, 16)
         np.testing.assert_array_equal(capped.splits[role].train, data.splits[role].train[:4])
@@ -334,3 +336,41 @@ def test_unreachable_hub_dataset_is_a_config_error(monkeypatch, tmp_path):
     with pytest.raises(ConfigError) as exc:
         sources.corpus_identity(spec, "data.pre", tmp_path)
     assert exc.value.field == "data.pre.name" and "embedded" in exc.value.message
+
+
+def test_named_tokenizer_from_a_local_directory_and_offline_failure(prepared, files, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    data, cache = prepared
+    named = prepare_data(_cfg(files, tokenizer=str(data.tokenizer_dir)), cache_root=tmp_path, progress=False)
+    assert named.fingerprint != data.fingerprint
+    for role in data.splits:  # same tokenizer, same documents -> the same blocks
+        np.testing.assert_array_equal(named.splits[role].val, data.splits[role].val)
+        np.testing.assert_array_equal(named.splits[role].train, data.splits[role].train)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as exc:
+        prepare_data(_cfg(files, tokenizer="no-such-org/no-such-tokenizer"), cache_root=tmp_path, progress=False)
+    assert exc.value.field == "data.tokenizer" and "bpe" in exc.value.message
+
+
+def test_cli_prepare_writes_stats_and_bad_input_exits_2(prepared, files, tmp_path, capsys):
+    from early_exposure.errors import cli_main  # noqa: PLC0415 (CLI module imported only here)
+    from lm_experiments.data.__main__ import main  # noqa: PLC0415
+
+    data, cache = prepared
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg = _cfg(files)
+    cfg_path.write_text(yaml.safe_dump({"data": to_dict(cfg)}))
+    out = tmp_path / "out" / "stats.json"
+    assert cli_main(main, ["prepare", "--config", str(cfg_path), "--cache-root", str(cache), "--quiet",
+                           "--json", str(out)]) == 0
+    stats = json.loads(out.read_text())
+    assert stats["fingerprint"] == data.fingerprint and stats["roles"]["post"]["val"]["tokens"] == 64
+    capsys.readouterr()
+    bad = tmp_path / "bad" / "stats.json"
+    rc = cli_main(main, ["prepare", "--config", str(cfg_path), "--cache-root", str(cache), "--quiet",
+                         "--set", "data.val_fraction=0.7", "--json", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: data.val_fraction:")
+    assert not bad.parent.exists()

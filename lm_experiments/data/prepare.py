@@ -1,10 +1,11 @@
 """``prepare_data``: corpora -> tokenizer -> packed train/validation token blocks, cached.
 
-For each role (pre, post, ft) of the paper's protocol (Sec. 3): documents are
+For each role (pre, post, ft) of the paper's protocol (Sec. 3.1-3.3): documents are
 deduplicated and ordered by content hash, capped (``max_docs``/``max_chars``), split by
 hash into train/validation (:mod:`~lm_experiments.data.split`), tokenized and packed
 with EOS between documents (:mod:`~lm_experiments.data.packing`).  The validation blocks
-are the fixed held-out sets on which L_pre, L_im/L_ret and L_ft are measured: the same
+are the fixed held-out sets on which L_pre, L_im/L_ret and L_ft are measured (Sec. 3:
+"all losses are computed on held-out splits of the corresponding datasets"): the same
 tokens for every run with the same :class:`DataConfig` (identified by ``fingerprint``).
 
 Everything is cached under ``cache_root`` keyed by hashes of the config and of the
@@ -18,6 +19,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,14 +101,13 @@ def _roles_docs(cfg: DataConfig, cache_root: Path) -> dict[str, tuple[list[str],
 
 
 def _tokenizer(cfg: DataConfig, idents: dict, docs: dict | None, cache_root: Path,
-               loader) -> tuple[PreTrainedTokenizerFast, Path, str]:
+               loader: Callable[[], dict]) -> tuple[PreTrainedTokenizerFast, Path, str]:
     """Train (or load from cache) the BPE, or load the named tokenizer; return it, its
     directory and its cache key.  The BPE sees each role's first ``bpe_sample_chars``
     characters of training documents in hash order (never validation documents)."""
     key = stable_hash({"v": DATA_VERSION, "tokenizer": cfg.tokenizer, "vocab": cfg.vocab_size,
                        "sample": cfg.bpe_sample_chars, "val_fraction": cfg.val_fraction,
-                       "corpora": {r: (idents[r]["sha256"], getattr(cfg, r).max_docs, getattr(cfg, r).max_chars)
-                                   for r in ROLES}}, 16)
+                       "corpora": {r: (idents[r]["sha256"], to_dict(getattr(cfg, r))) for r in ROLES}}, 16)
     tdir = cache_root / "tokenizers" / key
     done = tdir / "done.json"
     if done.is_file():
@@ -207,15 +208,18 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
     stats: dict = {"fingerprint": fingerprint, "tokenizer": cfg.tokenizer, "vocab_size": len(tok),
                    "tokenizer_key": tok_key, "seq_len": cfg.seq_len, "roles": {}}
     files: dict[str, str] = {}
+    vals = {}
+    for role in ROLES:  # all held-out sets first: a too-small one fails before the long part
+        texts, hashes, tr, va = docs[role]
+        vals[role] = _pack_role(tok, texts, hashes, va, cfg.seq_len, cfg.num_val_blocks, f"{role} val", progress)
+        if vals[role][0].shape[0] < cfg.num_val_blocks:
+            raise ConfigError(f"{SECTION}.val_tokens",
+                              f"role {role!r}: its validation documents hold {vals[role][2]['stream_tokens']} tokens, "
+                              f"fewer than val_tokens={cfg.val_tokens}; lower val_tokens, raise val_fraction or add "
+                              f"data ({SECTION}.{role}.max_chars / max_docs)")
     for role in ROLES:
         texts, hashes, tr, va = docs[role]
-        val, val_h, vinfo = _pack_role(tok, texts, hashes, va, cfg.seq_len, cfg.num_val_blocks,
-                                       f"{role} val", progress)
-        if val.shape[0] < cfg.num_val_blocks:
-            raise ConfigError(f"{SECTION}.val_tokens",
-                              f"role {role!r}: its validation documents hold {vinfo['stream_tokens']} tokens, fewer "
-                              f"than val_tokens={cfg.val_tokens}; lower val_tokens, raise val_fraction or add data "
-                              f"(data.{role}.max_chars / max_docs)")
+        val, val_h, vinfo = vals[role]
         train, train_h, tinfo = _pack_role(tok, texts, hashes, tr, cfg.seq_len, max_train_blocks,
                                            f"{role} train", progress)
         if train.shape[0] == 0:
@@ -232,6 +236,8 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
             files[p.name] = sha256_file(p)
             p = atomic_write_bytes(pdir / f"{role}_{split}_docs.json", json.dumps(sorted(hs)).encode())
             files[p.name] = sha256_file(p)
+    # identifies the held-out token sets alone (unchanged by e.g. max_train_tokens)
+    stats["eval_fingerprint"] = stable_hash({r: files[f"{r}_val.npy"] for r in ROLES}, 16)
     stats["seconds_build"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": to_dict(cfg), "tokenizer_dir": str(tdir),
                                   "files": files, "stats": stats})

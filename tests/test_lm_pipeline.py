@@ -1,0 +1,200 @@
+"""End-to-end three-stage pipeline on tiny local corpora (CLI in-process, CPU, ~tens of s).
+
+References used: the saved theta_post is reloaded with Hugging Face's own
+``AutoModelForCausalLM.from_pretrained`` and its loss on the held-out D_post blocks is
+recomputed with ``torch.nn.functional.cross_entropy`` (a second code path) to check the
+recorded L_im; token counts are checked against the configured budgets; the frontier is
+read back through the shared schema validator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from early_exposure.frontier import read_frontier
+from lm_experiments.cli import run
+
+SEQ = 16
+
+
+def _write_corpora(root: Path) -> dict[str, str]:
+    """Three small synthetic corpora with distinct alphabets (blank-line separated docs)."""
+    r = random.Random(0)
+    words = "the a of and to in is was he she it that for on with as his her they at by".split()
+
+    def doc(alpha: str, n: int) -> str:
+        return " ".join("".join(r.choice(alpha) for _ in range(r.randint(2, 6))) for _ in range(n))
+
+    texts = {
+        "pre": "\n\n".join(" ".join(r.choice(words) for _ in range(r.randint(30, 60))) for _ in range(160)),
+        "post": "\n\n".join(doc("ABCDEFGabcdefg|/2", r.randint(30, 60)) for _ in range(120)),
+        "ft": "\n\n".join(doc("CNOc1=()[]@H", r.randint(30, 60)) for _ in range(120)),
+    }
+    paths = {}
+    for role, text in texts.items():
+        p = root / f"{role}.txt"
+        p.write_text(text)
+        paths[role] = str(p)
+    return paths
+
+
+def _config(paths: dict[str, str]) -> dict:
+    return {
+        "data": {role: {"source": "local", "name": role, "path": p} for role, p in paths.items()}
+        | {"vocab_size": 300, "seq_len": SEQ, "val_tokens": 128, "val_fraction": 0.1, "bpe_sample_chars": 20000},
+        "model": {"preset": "tiny-1m"},
+        "stage1": {"tokens": 6 * 4 * SEQ, "batch_size": 4, "mix_fractions": [0.0, 1.0], "warmup_steps": 1,
+                   "checkpoint_every": 0},
+        "stage2": {"lr": [1.0e-3], "batch_size": [4], "extra": [{"replay": 0.1}], "max_epochs": 2,
+                   "eval_every_epochs": 1.0, "patience": 1, "post_train_tokens": 20 * SEQ,
+                   "compute_matched": [0.5], "warmup_steps": 1, "min_lr": 1.0e-4},
+        "stage3": {"lrs": [1.0e-3, 1.0e6], "tokens": 3 * 4 * SEQ, "batch_size": 4, "warmup_steps": 0},
+        "eval": {"batch_size": 8},
+        "seeds": [0],
+        "device": "cpu",
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    torch.set_num_threads(1)  # tiny model: threads only add overhead (and contend in CI)
+    root = tmp_path_factory.mktemp("lm_pipeline")
+    paths = _write_corpora(root)
+    cfg_path = root / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(paths)))
+    out = root / "out"
+    cache = root / "cache"
+    rc = run(["run", "--config", str(cfg_path), "--out", str(out), "--cache", str(cache), "--no-progress"])
+    return {"root": root, "cfg": cfg_path, "out": out, "cache": cache, "rc": rc}
+
+
+def _results(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
+
+
+def test_end_to_end_writes_valid_frontier_and_run_json(setup: dict) -> None:
+    assert setup["rc"] == 0
+    out = setup["out"]
+    df = read_frontier(out / "frontier.csv")  # shared schema validation
+    # runs: lambda {0, 1} x (base, replay) + compute-matched lambda 0.5, each at 2 ft lrs
+    assert len(df) == 5 * 2
+    assert set(df["side"]) == {"lm"} and set(df["pipeline"]) == {"pre>post>ft"}
+    assert set(df["method"]) == {"unmixed", "unmixed+replay", "mixed", "mixed+replay"}
+    assert df["compute_matched"].sum() == 2 and set(df.loc[df["compute_matched"], "mix_fraction"]) == {0.5}
+    assert df["run_id"].is_unique and df["upstream_id"].nunique() == 5
+    # lr 1e6 diverges (AdamW decay factor 1 - 1e5 per step overflows): recorded, sweep continued
+    bad = df[df["ft_lr"] == 1e6]
+    good = df[df["ft_lr"] == 1e-3]
+    assert bad["diverged"].all() and bad["L_ret"].isna().all()
+    assert not good["diverged"].any()
+    assert np.isfinite(good[["L_im", "L_ret", "L_ft", "L_pre"]].to_numpy()).all()
+    # every loss is a plausible cross-entropy: below uniform over the vocabulary + margin
+    assert (good[["L_im", "L_ret", "L_ft", "L_pre"]].to_numpy() < math.log(300) + 1).all()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"]["complete"] and manifest["status"]["stage3"]["done"] == 10
+    for res in _results(out):
+        assert res["seed"] == 0 and res["config"]["stage3"]["lrs"] == [1.0e-3, 1.0e6]
+        assert "git_commit" in res["provenance"] and res["provenance"]["versions"]["torch"]
+        assert res["data_fingerprint"] == manifest["data_fingerprint"]
+        # tokens per stage: budgets rounded to full batches of 4 x SEQ
+        assert res["tokens"]["stage1"].get("pre", 0) + res["tokens"]["stage1"].get("post", 0) == 6 * 4 * SEQ
+        if res["mix_fraction"] == 1.0:
+            assert res["tokens"]["stage1"]["post"] == 20 * SEQ  # lambda = 1: one pass over D_post
+        if res["compute_matched"]:  # 10 blocks in stage 1 + the other 10 in stage 2: one pass
+            assert res["tokens"]["stage1"]["post"] + res["tokens"]["stage2"]["post"] == 20 * SEQ
+        if not res["diverged"]:
+            assert res["tokens"]["stage3"] == {"ft": 3 * 4 * SEQ}
+            assert res["stages"]["stage3"]["tokens_per_s"] > 0
+            assert res["layerwise_change"] and all(v >= 0 for v in res["layerwise_change"].values())
+            z = np.load(out / "runs" / res["run_id"] / "eval.npz")
+            n_val = 128 // SEQ
+            assert z["post_correct_stage3"].shape == (n_val, SEQ - 1) and z["post_correct_stage2"].dtype == bool
+            # per-example losses average (equal-length blocks) to the recorded mean losses
+            np.testing.assert_allclose(z["post_loss_stage3"].mean(), res["losses"]["L_ret"], rtol=1e-5)
+            np.testing.assert_allclose(z["post_loss_stage2"].mean(), res["losses"]["L_im"], rtol=1e-5)
+
+
+def test_theta_post_loads_in_hf_and_reproduces_L_im(setup: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from lm_experiments.data import prepare_data
+    from lm_experiments.config import load_config
+
+    out = setup["out"]
+    res = next(r for r in _results(out) if not r["diverged"] and r["method"] == "mixed")
+    model = AutoModelForCausalLM.from_pretrained(out / "upstream" / f"post-{res['upstream_id']}" / "model")
+    model.eval()
+    cfg = load_config(setup["cfg"])
+    val = prepare_data(cfg.data, cache_root=setup["cache"], progress=False).splits["post"].val
+    x = torch.as_tensor(val, dtype=torch.long)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits  # (n, T, V)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    assert float(ce) == pytest.approx(res["losses"]["L_im"], rel=1e-4)
+    # theta_pre is saved too and differs from theta_post (stage 2 trained)
+    pre = AutoModelForCausalLM.from_pretrained(out / "upstream" / f"pre-{res['pre_id']}" / "model")
+    assert not torch.equal(pre.model.norm.weight, model.model.norm.weight) or not torch.equal(
+        pre.lm_head.weight, model.lm_head.weight)
+
+
+def test_rerun_skips_finished_and_recomputes_missing_identically(setup: dict, monkeypatch) -> None:
+    out = setup["out"]
+    before = (out / "frontier.csv").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("**/result.json")}
+    import lm_experiments.train as engine
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was retrained")
+
+    monkeypatch.setattr(engine, "train", no_training)
+    args = ["run", "--config", str(setup["cfg"]), "--out", str(out), "--cache", str(setup["cache"]), "--no-progress"]
+    assert run(args) == 0
+    assert (out / "frontier.csv").read_text() == before
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    monkeypatch.undo()
+    # an interrupted stage-3 run (no result.json) is redone with the same losses (seeded)
+    victim = next(r for r in _results(out) if not r["diverged"])
+    (out / "runs" / victim["run_id"] / "result.json").unlink()
+    assert run(args) == 0
+    again = json.loads((out / "runs" / victim["run_id"] / "result.json").read_text())
+    for k in ("L_ret", "L_ft", "L_pre"):
+        assert again["losses"][k] == pytest.approx(victim["losses"][k], rel=1e-6)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("stage1.mix_fractions=[0.0,1.5]", "stage1.mix_fractions[1]"),
+    ("stage2.bogus=1", "stage2.bogus"),
+    ("stage2.post_train_tokens=100000000", "stage2.post_train_tokens"),
+    ("stage2.replay=[1.0]", "stage2.replay[0]"),
+])
+def test_bad_input_exits_2_before_training_and_writes_nothing(setup: dict, override: str, field: str,
+                                                              capsys, monkeypatch, tmp_path: Path) -> None:
+    import lm_experiments.train as engine
+
+    monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("training started"))
+    out = tmp_path / "never"
+    rc = run(["run", "--config", str(setup["cfg"]), "--out", str(out), "--cache", str(setup["cache"]),
+              "--no-progress", "--set", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith(f"error: {field}:")
+    assert not out.exists()
+
+
+def test_dry_run_prints_plan_and_writes_nothing(setup: dict, capsys, tmp_path: Path) -> None:
+    out = tmp_path / "dry"
+    rc = run(["run", "--config", str(setup["cfg"]), "--out", str(out), "--cache", str(setup["cache"]),
+              "--no-progress", "--dry-run"])
+    text = capsys.readouterr().out
+    assert rc == 0 and not out.exists()
+    assert "stage 1: 3 runs" in text and "stage 2: 5 runs" in text and "stage 3: 10 runs" in text
+    assert "estimated time on this machine" in text
