@@ -183,11 +183,12 @@ def gd_full(W1: jax.Array, W2: jax.Array, A: jax.Array, C: jax.Array, w: jax.Arr
     """
     args = (W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3)
     n_chunks = None if stride is None else steps // stride
-    return _gd_full_jit(*args, jnp.asarray(steps, dtype=jnp.int32), jnp.asarray(stride or 1, dtype=jnp.int32),
-                          n_chunks=n_chunks)
+    return _gd_full_jit(*args, jnp.asarray(steps, dtype=jnp.int32),
+                        jnp.asarray(stride or 1, dtype=jnp.int32), n_chunks=n_chunks)
 
 
 def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, steps, stride, n_chunks):
+    """Body of :func:`gd_full` (jitted with ``n_chunks`` static)."""
     grad = jax.grad(_objective_full, argnums=(0, 1))
 
     def step(carry):
@@ -236,11 +237,12 @@ def gd_spectral(a: jax.Array, b: jax.Array, sigma: jax.Array, cov: jax.Array, w:
     """
     args = (a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3)
     n_chunks = None if stride is None else steps // stride
-    return _gd_spectral_jit(*args, jnp.asarray(steps, dtype=jnp.int32), jnp.asarray(stride or 1, dtype=jnp.int32),
-                          n_chunks=n_chunks)
+    return _gd_spectral_jit(*args, jnp.asarray(steps, dtype=jnp.int32),
+                            jnp.asarray(stride or 1, dtype=jnp.int32), n_chunks=n_chunks)
 
 
 def _gd_spectral_impl(a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3, steps, stride, n_chunks):
+    """Body of :func:`gd_spectral` (jitted with ``n_chunks`` static)."""
     cd = jnp.sum(w[:, None] * cov, axis=0)  # (n,) data-mixture input variance
 
     def step(carry):

@@ -261,6 +261,8 @@ class PipelineConfig:
         pipeline: label of the frontier rows (default ``PRE>POST>FT`` corpus names).
         micro_batch: sequences per forward/backward pass (gradient accumulation up to each
             stage's batch size; 0 = the whole batch at once). Results do not depend on it.
+        fallback_set: ``--set``-style overrides applied together with ``data_fallback``
+            (budgets sized for the online corpora rarely fit the small offline ones).
         threads: CPU threads for torch (``torch.set_num_threads``; 0 = torch's default).
             On a small shared CPU, 1 thread can be several times faster than 2 for tiny
             models (no oversubscription). Not part of any run key.
@@ -279,6 +281,7 @@ class PipelineConfig:
     data_fallback: DataConfig | None = None
     micro_batch: int = 0
     threads: int = 0
+    fallback_set: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_int("micro_batch", self.micro_batch, 0)
@@ -287,6 +290,11 @@ class PipelineConfig:
             raise ConfigError("seeds", f"must list at least one distinct integer seed, got {list(self.seeds)}")
         for i, s in enumerate(self.seeds):
             _check_int(f"seeds[{i}]", s, 0)
+        if self.fallback_set and self.data_fallback is None:
+            raise ConfigError("fallback_set", "only meaningful with a data_fallback section")
+        for i, item in enumerate(self.fallback_set):
+            if "=" not in item or item.split("=", 1)[0].split(".")[0] == "data":
+                raise ConfigError(f"fallback_set[{i}]", f"expected KEY=VALUE outside data (use data_fallback), got {item!r}")
         if self.pipeline is not None and not self.pipeline.strip():
             raise ConfigError("pipeline", "must be a non-empty label such as 'general>music>chem' or null")
 
@@ -334,6 +342,15 @@ def config_from_mapping(data: dict[str, Any]) -> PipelineConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a preset file, apply ``--set`` overrides, validate (``ConfigError`` on problems)."""
     return config_from_mapping(apply_overrides(load_mapping(path), overrides))
+
+
+def fallback_config(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with ``data`` replaced by ``data_fallback`` and ``fallback_set`` applied."""
+    if cfg.data_fallback is None:
+        raise ConfigError("data_fallback", "no fallback configured")
+    d = to_dict(cfg)
+    d["data"], d["data_fallback"], d["fallback_set"] = d["data_fallback"], None, []
+    return config_from_mapping(apply_overrides(d, list(cfg.fallback_set)))
 
 
 def config_to_dict(cfg: PipelineConfig) -> dict[str, Any]:

@@ -546,7 +546,9 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Run every stage of the plan (skipping finished ones); write frontier + manifest."""
         from tqdm.auto import tqdm
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # per-load "Loading weights" bars would drown the sweep's bars
         t0 = time.time()
         total = self.plan.tokens["stage1"] + self.plan.tokens["stage2_max"] + self.plan.tokens["stage3"]
         status = {"stage1": {"done": 0, "diverged": 0}, "stage2": {"done": 0, "diverged": 0},
@@ -609,27 +611,29 @@ def _short(setting: dict[str, Any]) -> str:
 
 
 def prepare(cfg: PipelineConfig, *, cache_root: Path | None = None, progress: bool = True,
-            log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
-    """Prepare the data of ``cfg`` (or of ``cfg.data_fallback`` when ``cfg.data`` cannot be
-    loaded, e.g. the hub is unreachable). Returns ``(PreparedData, data_used)``."""
+            log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any], PipelineConfig]:
+    """Prepare the data of ``cfg``, or fall back to ``cfg.data_fallback`` (with
+    ``cfg.fallback_set`` applied) when a hub corpus of ``cfg.data`` cannot be loaded, e.g.
+    offline. Returns ``(PreparedData, data_used, effective config)``."""
+    from lm_experiments.config import fallback_config
     from lm_experiments.data import prepare_data
 
     primary_error = None
-    data_cfg = cfg.data
     try:
-        prepared = prepare_data(data_cfg, cache_root=cache_root, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - any loading failure may fall back
+        prepared = prepare_data(cfg.data, cache_root=cache_root, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - any loading failure of a hub corpus may fall back
         uses_hub = any(getattr(cfg.data, r).source == "hf" for r in ("pre", "post", "ft"))
         if cfg.data_fallback is None or not uses_hub:
             raise
         primary_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        log(f"[data] primary corpora unavailable ({primary_error}); using data_fallback")
-        data_cfg = cfg.data_fallback
-        prepared = prepare_data(data_cfg, cache_root=cache_root, progress=progress)
-    summary = {"config": to_dict(data_cfg), "fallback_used": primary_error is not None,
+        log(f"[data] primary corpora unavailable ({primary_error}); using data_fallback"
+            + (f" with {list(cfg.fallback_set)}" if cfg.fallback_set else ""))
+        cfg = fallback_config(cfg)
+        prepared = prepare_data(cfg.data, cache_root=cache_root, progress=progress)
+    summary = {"config": to_dict(cfg.data), "fallback_used": primary_error is not None,
                "primary_error": primary_error, "fingerprint": prepared.fingerprint,
                "stats": prepared.stats, "tokenizer_vocab": len(prepared.tokenizer)}
-    return prepared, {"config": data_cfg, "summary": summary}
+    return prepared, {"config": cfg.data, "summary": summary}, cfg
 
 
 def estimate_seconds(cfg: PipelineConfig, plan: Plan, prepared: Any, device: Any) -> dict[str, float]:
@@ -728,8 +732,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
     if cfg.model.preset not in MODEL_PRESETS:
         raise ConfigError("model.preset", f"unknown preset {cfg.model.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
     t0 = time.time()
-    prepared, data_used = prepare(cfg, cache_root=cache_root, progress=progress, log=log)
+    prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress, log=log)
     data_s = time.time() - t0
+    if cfg.model.preset not in MODEL_PRESETS:  # a fallback_set may have changed it
+        raise ConfigError("model.preset", f"unknown preset {cfg.model.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+    check_precision(cfg.precision)
+    device = resolve_device(cfg.device)
     sizes = _sizes(prepared)
     plan = make_plan(cfg, sizes, prepared.fingerprint)
     pipeline = cfg.pipeline_label(data_used["config"])

@@ -91,7 +91,8 @@ class TrainResult:
     wall time including evaluations; ``tokens_per_s`` = tokens / (wall_s - eval_s), the
     training throughput; ``best_step`` is the completed-step count at the best evaluation.
     ``history`` has one dict per step: ``step`` (1-based), ``train_loss``, ``lr`` (the rate
-    used by that update) and ``val_loss`` on evaluation steps."""
+    used by that update), ``grad_norm`` (before clipping; when clipping is on) and
+    ``val_loss`` on evaluation steps. After a divergence the last entry is the failed step."""
 
     steps: int
     tokens: int
@@ -246,7 +247,8 @@ def train(
             False keeps the last weights (evaluations are then only recorded).
 
     Returns:
-        :class:`TrainResult`. A non-finite training or validation loss ends the run with
+        :class:`TrainResult`. A non-finite training loss, gradient norm or validation loss
+        ends the run (before the weights are updated) with
         ``diverged=True`` (best weights restored when an evaluation had succeeded).
     """
     check_precision(precision)
@@ -326,12 +328,17 @@ def train(
                     history.append({"step": step + 1, "train_loss": loss, "lr": lr})
                     diverged = True
                     break
+                rec: dict[str, Any] = {"step": step + 1, "train_loss": loss, "lr": lr}
                 if optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
+                    # norm before clipping; a non-finite one would poison the weights: stop first
+                    rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip))
+                    if not math.isfinite(rec["grad_norm"]):
+                        history.append(rec)
+                        diverged = True
+                        break
                 opt.step()
                 step += 1
                 tokens += x.numel()
-                rec: dict[str, Any] = {"step": step, "train_loss": loss, "lr": lr}
                 history.append(rec)
                 bar.update(x.numel())
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)

@@ -335,3 +335,24 @@ def test_throughput_benchmark_runs_and_counts_flops(tmp_path, capsys):
 
 def model_total(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def test_non_finite_gradient_stops_before_the_update(tmp_path):
+    model = _model()
+    w = model.model.layers[0].mlp.up_proj.weight
+    calls = {"n": 0}
+    after_first: list[torch.Tensor] = []
+
+    def poison(g: torch.Tensor) -> torch.Tensor:  # finite loss, infinite gradient at step 2
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return g
+        after_first.append(w.detach().clone())
+        return g * float("inf")
+
+    w.register_hook(poison)
+    res = train(model, ArraySource(5), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "ck", device=CPU)
+    assert res.diverged and res.steps == 1 and len(res.history) == 2
+    assert math.isfinite(res.history[-1]["train_loss"]) and not math.isfinite(res.history[-1]["grad_norm"])
+    assert torch.equal(w, after_first[0])  # the poisoned step never touched the weights
+    assert all(torch.isfinite(p).all() for p in model.parameters())
