@@ -175,6 +175,8 @@ def test_rerun_skips_finished_and_recomputes_missing_identically(setup: dict, mo
     ("stage2.bogus=1", "stage2.bogus"),
     ("stage2.post_train_tokens=100000000", "stage2.post_train_tokens"),
     ("stage2.replay=[1.0]", "stage2.replay[0]"),
+    ("data.post.path=/nonexistent/music.txt", "data.post.path"),
+    ("stage1.tokens=200", "stage1.tokens"),
 ])
 def test_bad_input_exits_2_before_training_and_writes_nothing(setup: dict, override: str, field: str,
                                                               capsys, monkeypatch, tmp_path: Path) -> None:

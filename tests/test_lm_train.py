@@ -224,7 +224,9 @@ def test_nan_loss_marks_diverged_without_crash_and_keeps_caller_rng(tmp_path):
     state = torch.get_rng_state()
     res = train(_model(), ArraySource(30), optim=OptimConfig(lr=1e6), ckpt_dir=tmp_path / "ck", device=CPU)
     assert res.diverged and res.steps < 30
-    assert not math.isfinite(res.history[-1]["train_loss"])
+    last = res.history[-1]
+    assert not (math.isfinite(last["train_loss"]) and math.isfinite(last.get("grad_norm", 0.0)))
+    assert last["step"] == res.steps + 1  # the failed step is recorded, not counted
     assert torch.equal(torch.get_rng_state(), state)
     assert not (tmp_path / "ck").exists()
 

@@ -40,6 +40,16 @@ def test_run_writes_result_and_trajectory(tmp_path):
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
+def test_json_config_equivalent_to_yaml(tmp_path):
+    p = tmp_path / "cfg.json"
+    p.write_text(json.dumps(to_dict(default_config())))
+    for name, cfg in (("j", str(p)), ("y", str(ROOT / "configs/theory/default.yaml"))):
+        assert main(["run", "--config", cfg, "--out", str(tmp_path / name), *_FAST]) == 0
+    a = json.loads((tmp_path / "j" / "result.json").read_text())
+    b = json.loads((tmp_path / "y" / "result.json").read_text())
+    assert a["losses"] == b["losses"] and a["config"] == b["config"]
+
+
 def test_diverged_run_records_nulls(tmp_path):
     out = tmp_path / "div"
     assert main(["run", "--out", str(out), *_FAST, "--set", "stages.post.lr=5"]) == 0

@@ -128,8 +128,10 @@ def test_c17_delta_mixed_zero_under_idealized_inits(body):
     assert ev["idealized"]["unmixed"]["Delta"] > 1.0
     np.testing.assert_allclose(ev["idealized"]["unmixed"]["Delta"], ev["predicted_Delta_unmixed_gradient_flow"],
                                rtol=1e-2)
-    # after real pretraining the retention advantage of mixing is in L_ret
+    # after real pretraining the retention advantage of mixing is in L_ret, at every pretraining budget
     assert ev["real_L_ret_mixed_lt_unmixed"]
+    for row in ev["real_pretraining_vs_pre_budget"]:
+        assert row["L_ret_mixed"] < row["L_ret_unmixed"]
     assert c["passed"]
 
 

@@ -1,0 +1,157 @@
+"""Finite-sample mode, sampled dropout, compute-matched study and the theory frontier table.
+
+References: :func:`linear_theory.simulate` (exact-expectation GD, its own code path) for the
+N -> infinity limit and for frontier rows; the closed-form expected dropout penalty of
+``linear_theory.simulate._objective_full`` for Monte Carlo dropout; hand-computed budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from early_exposure.errors import ConfigError
+from early_exposure.frontier import read_frontier
+from linear_theory import default_config, simulate
+from linear_theory.finite import FiniteSpec, dropout_loss_sampled, prepare, run_finite
+from linear_theory.simulate import _objective_full
+from linear_theory.tasks import build_task
+
+
+def _cfg(alpha: float = 0.0, extra: list[str] | None = None):
+    return default_config().replace(["stages.pre.steps=80", "stages.post.steps=30", "stages.ft.steps=30",
+                                     "stages.pre.lr=0.02", f"stages.pre.alpha={alpha}", *(extra or [])])
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_finite_sample_mode_converges_to_exact_path(lam):
+    """Full-batch SGD on N samples (30 epochs = the 30 exact post steps) -> simulate() as N grows.
+
+    With lam = 0.5 and pre_pool = lam N_total, the mixing share is exactly alpha = 0.5.
+    """
+    cfg = _cfg(alpha=lam)
+    ref = simulate(cfg, method="full").losses
+    errs = []
+    for N in (100, 1000, 10000):
+        total = int(N / (1 - lam))
+        specs = [FiniteSpec(total, lam, seed, pre_pool=total - N if lam else 1.0, batch=N, epochs=30)
+                 for seed in (0, 1)]
+        res = run_finite(cfg, specs)
+        errs.append(np.mean([abs(r[k] - ref[k]) / ref[k] for r in res for k in ("L_im", "L_ret", "L_ft")]))
+    assert errs[0] > errs[1] > errs[2], errs
+    assert errs[2] < 5e-3 and errs[0] > 3 * errs[2], errs
+
+
+def test_sampled_dropout_matches_closed_form_in_expectation():
+    """Mean of the sampled inverted-dropout loss and gradient == the closed-form expected loss.
+
+    Reference: simulate's objective data + p/(1-p) sum_j ||W1[:, j]||^2 W2[j] C W2[j]^T, C = I (D_post).
+    """
+    cfg = _cfg()
+    tm = build_task(cfg.task)
+    n, h, p, M = cfg.task.n, 5, 0.3, 200_000
+    rng = np.random.default_rng(0)
+    W1 = jnp.asarray(rng.standard_normal((n, h)) * 0.5)
+    W2 = jnp.asarray(rng.standard_normal((h, n)) * 0.5)
+    A, C = jnp.asarray(tm.A("post")), jnp.asarray(tm.C("post"))
+    X = jnp.asarray(rng.standard_normal((M, n)))  # x ~ N(0, I): D_post
+    masks = jnp.asarray((rng.random((M, h)) >= p) / (1 - p))
+    per = jax.vmap(lambda x, d: dropout_loss_sampled(W1, W2, x[None], jnp.ones(1), d[None], A))(X, masks)
+    closed = _objective_full(W1, W2, A[None], C[None], jnp.ones(1), W1 @ W2, jnp.asarray(0.0),
+                             jnp.asarray(p / (1 - p)))
+    se = float(jnp.std(per)) / math.sqrt(M)
+    assert abs(float(jnp.mean(per)) - float(closed)) < 4 * se, (float(jnp.mean(per)), float(closed), se)
+    g_mc = jax.grad(lambda a, b: dropout_loss_sampled(a, b, X, jnp.full(M, 1.0 / M), masks, A), argnums=(0, 1))(W1, W2)
+    g_cf = jax.grad(lambda a, b: _objective_full(a, b, A[None], C[None], jnp.ones(1), W1 @ W2, jnp.asarray(0.0),
+                                                 jnp.asarray(p / (1 - p))), argnums=(0, 1))(W1, W2)
+    for gm, gc in zip(g_mc, g_cf):
+        assert float(jnp.linalg.norm(gm - gc) / jnp.linalg.norm(gc)) < 0.02
+    # without dropout the penalty vanishes: the sampled mean estimates the exact data term only
+    assert float(closed) > float(_objective_full(W1, W2, A[None], C[None], jnp.ones(1), W1 @ W2,
+                                                 jnp.asarray(0.0), jnp.asarray(0.0))) + 10 * se
+
+
+def test_finite_budget_is_one_pass_and_seeded():
+    """lambda N samples go to pretraining, the rest once to post-training; seeds reproduce."""
+    cfg = _cfg(extra=["stages.post.dropout=0.2"])
+    specs = [FiniteSpec(50, lam, 3, pre_pool=50.0, batch=8, epochs=1) for lam in (0.0, 0.3, 1.0)]
+    fb = prepare(cfg, specs)
+    assert list(fb.n_mix) == [0, 15, 50]
+    assert list(fb.post_steps) == [math.ceil(50 / 8), math.ceil(35 / 8), 0]
+    # every post sample is used once: weights of real samples sum to one per real step
+    w = fb.post_w.sum(axis=2)
+    np.testing.assert_allclose(w[fb.post_valid > 0], 1.0)
+    assert np.all(w[fb.post_valid == 0] == 0)
+    # mixing share a_t = |B_t| / (|B_t| + pre_pool / steps): 15 samples over 80 steps, pool 50/80 per step
+    a = fb.pre_a[1][fb.pre_a[1] > 0]
+    assert len(a) == 15 and np.allclose(a, 1.0 / (1.0 + 50.0 / 80.0))
+    # inverted dropout masks: values 0 or 1/(1-p), mean near 1 on real samples
+    real = fb.masks[0][fb.post_w[0] > 0]
+    assert set(np.unique(real)) <= {0.0, 1.0 / 0.8} and abs(real.mean() - 1.0) < 0.1
+    again = prepare(cfg, specs)
+    np.testing.assert_array_equal(again.post_X, fb.post_X)
+    other = prepare(cfg, [FiniteSpec(50, 0.3, 4, 50.0, 8, 1)])
+    assert not np.array_equal(other.post_X[0], fb.post_X[1])
+
+
+def test_compute_matched_cli_writes_frontier_and_tidy_rows(tmp_path):
+    from linear_theory.cli import main
+
+    cfgfile = tmp_path / "cm.yaml"
+    cfgfile.write_text(json.dumps({
+        "set": ["stages.pre.steps=40", "stages.post.lr=0.02", "stages.ft.steps=20"],
+        "n_samples": 24, "lambdas": [0.0, 0.5, 1.0], "seeds": [0, 1], "pre_pool": 24, "batch": 4,
+        "sec41": {"lambdas": [0.0, 1.0], "n_samples": [12], "epochs": 2}}))
+    out = tmp_path / "cm"
+    assert main(["compute-matched", "--config", str(cfgfile), "--out", str(out)]) == 0
+    fr = read_frontier(out / "frontier.csv")
+    assert len(fr) == 3 * 2 + 2 * 2 and set(fr["side"]) == {"theory"}
+    cm = fr[fr["compute_matched"]]
+    assert len(cm) == 6 and set(cm["mix_fraction"]) == {0.0, 0.5, 1.0}
+    assert set(fr.loc[fr["mix_fraction"] == 0, "method"]) == {"unmixed"}
+    tidy = pd.read_csv(out / "compute_matched.csv")
+    assert set(tidy["study"].astype(str)) == {"4.2", "4.1"}
+    # lambda = 1 in the compute-matched study leaves nothing for post-training
+    assert list(tidy.loc[(tidy["study"].astype(str) == "4.2") & (tidy["lambda"] == 1.0), "post_steps"]) == [0, 0]
+    assert (out / "compute_matched.png").read_bytes()[:4] == b"\x89PNG"
+    bad = tmp_path / "bad"
+    assert main(["compute-matched", "--set", "lambdas=[0.5,1.5]", "--out", str(bad)]) == 2
+    assert not bad.exists()
+
+
+def test_theory_frontier_rows_match_simulate(tmp_path):
+    """Frontier rows in the shared schema; sampled rows equal a direct simulate() call."""
+    from linear_theory.cli import main
+    from linear_theory.frontier import FrontierConfig, base_config
+
+    cfgfile = tmp_path / "fr.json"
+    spec = {"set": ["stages.pre.steps=80", "stages.pre.lr=0.02"], "mixed_alpha": [0.5],
+            "post": {"steps": [10, 20], "lr": [0.01], "reg": [0.0, 0.1]}, "ft": {"lr": [0.01, 0.03], "steps": [15]}}
+    cfgfile.write_text(json.dumps(spec))
+    out = tmp_path / "fr"
+    assert main(["frontier", "--config", str(cfgfile), "--out", str(out)]) == 0
+    fr = read_frontier(out / "frontier.csv")
+    assert len(fr) == 6 * 4 * 2
+    assert set(fr["method"]) == {"unmixed", "mixed", "mixed+replay", "mixed+dropout", "unmixed+replay",
+                                 "unmixed+dropout"}
+    # one upstream checkpoint per (method, post setting), shared by its ft settings
+    assert fr.groupby("upstream_id")["ft_lr"].nunique().eq(2).all() and fr["upstream_id"].nunique() == 24
+    assert fr["run_id"].nunique() == len(fr)
+    base = base_config(FrontierConfig(**{k: v for k, v in spec.items() if k in ("set", "mixed_alpha")}))
+    for method in ("mixed+dropout", "unmixed+replay"):
+        row = fr[(fr["method"] == method) & (fr["ft_lr"] == 0.03)].iloc[-1]
+        hp = json.loads(row["post_hparams"])
+        cfg = base.replace([f"stages.pre.alpha={row['mix_fraction']}", f"stages.post.steps={hp['steps']}",
+                            f"stages.post.reg={hp['reg']}", f"stages.post.replay={hp['replay']}",
+                            f"stages.post.dropout={hp['dropout']}", "stages.ft.lr=0.03", "stages.ft.steps=15"])
+        ref = simulate(cfg, method="full").losses
+        for k in ("L_im", "L_ret", "L_ft", "L_pre"):
+            np.testing.assert_allclose(row[k], ref[k], rtol=1e-9)
+    with pytest.raises(ConfigError, match="methods"):
+        FrontierConfig(methods=("mixed+lora",))
