@@ -9,6 +9,7 @@ one place both halves (theory and LM) get frontiers and their quantitative compa
 - :func:`hypervolume`: the area dominated by a point set and bounded by a reference point
   (``moocore``, exact in 2D); a larger area is a better frontier;
 - :func:`common_reference`: one reference point for every set being compared;
+- :func:`front_box`: the box spanned by the fronts, to normalise both axes to [0, 1];
 - :func:`loss_gap_at_matched_x`: the mean vertical distance between two frontiers over the
   range of the first coordinate where both exist (e.g. L_ret gap at matched L_ft).
 
@@ -71,6 +72,26 @@ def common_reference(point_sets: Sequence[ArrayLike], margin: float = 0.1) -> ND
     span = hi - allp.min(axis=0)
     pad = np.where(span > 0, span, np.where(np.abs(hi) > 0, np.abs(hi), 1.0)) * margin
     return hi + pad
+
+
+def front_box(point_sets: Sequence[ArrayLike], min_frac: float = 0.05) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(lo (2,), span (2,)) of the box spanned by the Pareto fronts of all ``point_sets``.
+
+    Dividing ``(p - lo) / span`` puts every front point in [0, 1]^2, so areas compare
+    across axes with different units and are not inflated by dominated outliers; with the
+    reference point (1 + margin, 1 + margin) every front point counts. Each span is at
+    least ``min_frac`` times the extent of all points (so nearly coincident fronts do not
+    blow a negligible difference up to the whole box), and at least 1e-12.
+    """
+    pts = [finite_points(s) for s in point_sets]
+    fronts = [pareto_front(p) for p in pts]
+    allf = np.concatenate(fronts + [np.zeros((0, 2))])
+    if len(allf) == 0:
+        raise ValueError("front_box: no finite points in any set")
+    allp = np.concatenate(pts)
+    lo = allf.min(axis=0)
+    span = np.maximum(allf.max(axis=0) - lo, min_frac * (allp.max(axis=0) - allp.min(axis=0)))
+    return lo, np.maximum(span, 1e-12)
 
 
 def hypervolume(points: ArrayLike, ref: ArrayLike) -> float:

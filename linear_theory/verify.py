@@ -24,7 +24,7 @@ import numpy as np
 from linear_theory.config import (
     FtConfig, ModelConfig, PostConfig, PreConfig, SimConfig, StagesConfig, TaskConfig, default_config,
 )
-from linear_theory.simulate import simulate, spectrum
+from linear_theory.simulate import enable_precision, simulate, spectrum
 from linear_theory.spectral import (
     learning_time, printed_eq2_step, rank_truncation, regularized_fixed_point, saxe_closed_form,
     true_eq2_step,
@@ -286,6 +286,7 @@ def check_c16(steps: int = 200, lr: float = 0.01) -> Check:
     the directions D_ft excites (aligned/ideal inits, any hidden rotation); for a generic init it moves.
     Also compares the printed W2 update of the proof with the true gradient step.
     """
+    enable_precision("float64")  # the update-rule comparison below is at machine precision
     base = default_config()
     task = dataclasses.replace(base.task, basis="random", seed=3)
     tm = build_task(task)

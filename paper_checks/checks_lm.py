@@ -23,6 +23,7 @@ noise-free theory frontier may resample upstream checkpoints instead).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.errors import ConfigError
-from early_exposure.pareto import common_reference, hypervolume, loss_gap_at_matched_x, pareto_front
+from early_exposure.pareto import front_box, hypervolume, loss_gap_at_matched_x, pareto_front
 from paper_checks.report import make_check, no_data
 from paper_checks.stats import Interval, bootstrap_two_arms, bootstrap_units, slope
 
@@ -46,7 +47,7 @@ class CheckOptions:
     min_seeds: int = 3          # fewer independent seeds -> INCONCLUSIVE on noisy data
     n_boot: int = 1000          # bootstrap replicates
     level: float = 0.95         # two-sided interval level
-    min_effect: float = 0.01    # an improvement below this fraction of the baseline area is "none"
+    min_effect: float = 0.01    # a gain below this fraction of the baseline loss is "not meaningful"
     flat_frac: float = 0.5      # (b): "nearly flat" = |change of L_im| < flat_frac * |change of L_ret|
     seed: int = 0               # bootstrap RNG seed
 
@@ -62,6 +63,8 @@ class CheckOptions:
 def _fmt(iv: Interval, digits: int = 3) -> str:
     if not np.isfinite(iv.point):
         return "undefined"
+    if iv.n_boot == 0:
+        return f"{iv.point:.{digits}g}"
     return f"{iv.point:.{digits}g} [{iv.lo:.{digits}g}, {iv.hi:.{digits}g}]"
 
 
@@ -117,9 +120,13 @@ def compare_frontiers(
     if a.empty or b.empty:
         return "INCONCLUSIVE", "no data: every run of one arm diverged", data
     pa, pb = a[[x, y]].to_numpy(np.float64), b[[x, y]].to_numpy(np.float64)
-    ref = common_reference([pa, pb])
-    hv_a, hv_b = hypervolume(pa, ref), hypervolume(pb, ref)
-    data.update(reference_point=ref.tolist(), hv_baseline=hv_a, hv_candidate=hv_b,
+    # both axes scaled to the box spanned by the two fronts; reference point (1.1, 1.1), so
+    # areas are comparable across views and not inflated by dominated outliers
+    lo, span = front_box([pa, pb])
+    ref = np.array([1.1, 1.1])
+    hv_a, hv_b = hypervolume((pa - lo) / span, ref), hypervolume((pb - lo) / span, ref)
+    data.update(normalisation={"lo": lo.tolist(), "span": span.tolist()}, reference_point_normalised=ref.tolist(),
+                hv_baseline=hv_a, hv_candidate=hv_b,
                 front_baseline=pareto_front(pa).tolist(), front_candidate=pareto_front(pb).tolist())
 
     shared = sorted(set(a["seed"]) & set(b["seed"]))
@@ -128,34 +135,59 @@ def compare_frontiers(
     else:
         unit, paired, keep = "upstream_id", False, None
     ga, gb = _groups(a, unit, view, keep), _groups(b, unit, view, keep)
-    hv_iv = bootstrap_two_arms(lambda p, q: hypervolume(q, ref) - hypervolume(p, ref), ga, gb,
-                               paired=paired, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
-    gap_iv = bootstrap_two_arms(lambda p, q: loss_gap_at_matched_x(p, q)["gap"], ga, gb,
-                                paired=paired, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
-    eps = opts.min_effect * max(hv_a, 1e-12)
+    na = {k: (v - lo) / span for k, v in ga.items()}
+    nb = {k: (v - lo) / span for k, v in gb.items()}
+    # exact theory losses with one seed: nothing to resample, the values are the answer
+    noise_free = side == "theory" and len(set(a["seed"]) | set(b["seed"])) == 1
+    kw = dict(paired=paired, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
+    if noise_free:
+        hv0 = hv_b - hv_a
+        g0 = loss_gap_at_matched_x(pa, pb)["gap"]
+        hv_iv, gap_iv = Interval(hv0, hv0, hv0, 0, 0), Interval(g0, g0, g0, 0, 0)
+    else:
+        hv_iv = bootstrap_two_arms(lambda p, q: hypervolume(q, ref) - hypervolume(p, ref), na, nb, **kw)
+        gap_iv = bootstrap_two_arms(lambda p, q: loss_gap_at_matched_x(p, q)["gap"], ga, gb, **kw)
     data.update(unit=unit, n_units={"baseline": len(ga), "candidate": len(gb)}, shared_seeds=len(shared),
                 hv_diff=hv_iv.as_dict(), hv_diff_relative=hv_iv.point / max(hv_a, 1e-12),
-                loss_gap=gap_iv.as_dict(), min_effect_area=eps)
+                loss_gap=gap_iv.as_dict())
     # immediate post-training loss of each arm: a lower L_im alone can explain a lower L_ret
     im_a = float(a.drop_duplicates("upstream_id")["L_im"].min())
     im_b = float(b.drop_duplicates("upstream_id")["L_im"].min())
     data.update(best_L_im={"baseline": im_a, "candidate": im_b})
-    desc = (f"HV({candidate}) - HV({baseline}) in ({x}, {y}) = {_fmt(hv_iv)} "
+    desc = (f"HV({candidate}) - HV({baseline}) in normalised ({x}, {y}) = {_fmt(hv_iv)} "
             f"({100 * data['hv_diff_relative']:+.1f}% of baseline area); "
             f"{y} gap at matched {x} = {_fmt(gap_iv)}; CI over {len(ga)}/{len(gb)} {unit}s; "
             f"best L_im {im_b:.3g} vs {im_a:.3g}")
-    noise_free = side == "theory" and unit == "upstream_id"
     if unit != "seed" and not noise_free:
         return "INCONCLUSIVE", (f"too few seeds ({len(shared)} shared < {opts.min_seeds}); "
                                 f"estimate only: {desc}"), data
-    if not np.isfinite(hv_iv.lo):
-        return "INCONCLUSIVE", f"bootstrap interval undefined; {desc}", data
     if noise_free:
-        desc += " (theory: exact losses, resampled upstream checkpoints)"
-    if hv_iv.lo > 0:
+        desc = desc.replace(f"; CI over {len(ga)}/{len(gb)} {unit}s", "") + " (theory: exact losses, one seed)"
+        hv_lo = hv_hi = hv_iv.point
+        gap_lo = gap_hi = gap_iv.point
+    else:
+        if not np.isfinite(hv_iv.lo):
+            return "INCONCLUSIVE", f"bootstrap interval undefined; {desc}", data
+        hv_lo, hv_hi, gap_lo, gap_hi = hv_iv.lo, hv_iv.hi, gap_iv.lo, gap_iv.hi
+    data["decision"] = "exact values" if noise_free else "bootstrap interval over seeds"
+    # meaningful = the candidate's second loss is lower by >= min_effect of the baseline
+    # front's mean, at matched first loss (where the fronts overlap)
+    scale = float(np.abs(pareto_front(pa)[:, 1]).mean())
+    m = opts.min_effect * scale
+    tol = 1e-9 if noise_free else 0.0
+    gap_defined = bool(np.isfinite(gap_lo) and np.isfinite(gap_hi))
+    better_area, no_better_area = hv_lo > tol, hv_hi <= tol
+    data.update(min_effect_gap=m)
+    if better_area and (not gap_defined or gap_lo >= m):
         return "PASS", desc, data
-    if hv_iv.hi < eps:
-        return "FAIL", f"no improvement beyond {opts.min_effect:.0%} of baseline area: {desc}", data
+    if no_better_area and not (gap_defined and gap_lo > 0):
+        return "FAIL", f"no larger dominated area: {desc}", data
+    if gap_defined and gap_hi < m and not better_area:
+        return "FAIL", f"no meaningful gain (< {m:.3g}) at matched {x}: {desc}", data
+    if better_area:
+        return "INCONCLUSIVE", f"larger area but gain at matched {x} not meaningful (< {m:.3g}): {desc}", data
+    if no_better_area:
+        return "INCONCLUSIVE", f"area and loss gap disagree: {desc}", data
     return "INCONCLUSIVE", f"interval includes zero: {desc}", data
 
 
@@ -221,21 +253,23 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
     d_im, d_ret = bootstrap_units(im_stat, seeds, **kw), bootstrap_units(ret_stat, seeds, **kw)
     per_lr = {str(l): bootstrap_units(_lambda_stat(t, "L_ret", l)[0], seeds, **kw).as_dict() for l in lrs}
     band = opts.flat_frac * abs(d_ret.point)
+    eps = opts.min_effect * float(t.loc[t["ft_lr"] == lr, "L_ret"].abs().mean())
     data = {"comparison": "L_im and L_ret vs lambda", "lambdas": [float(v) for v in lams], "ft_lr": lr,
             "delta_L_im": d_im.as_dict(), "delta_L_ret": d_ret.as_dict(), "delta_L_ret_per_ft_lr": per_lr,
             "flat_band": band, "seeds": len(seeds),
             "means": t.groupby("mix_fraction")[["L_im"]].mean()["L_im"].to_dict(),
             "means_L_ret": t.loc[t["ft_lr"] == lr].groupby("mix_fraction")["L_ret"].mean().to_dict()}
     desc = (f"change over lambda {lams[0]:g}->{lams[-1]:g}: L_im {_fmt(d_im)}, L_ret (ft lr {lr:g}) "
-            f"{_fmt(d_ret)}; flat band +-{band:.3g}; {seeds_note}")
+            f"{_fmt(d_ret)}; flat band +-{band:.3g}; meaningful L_ret drop > {eps:.3g}; {seeds_note}")
+    data["min_effect_L_ret"] = eps
     if not ok:
         return "INCONCLUSIVE", f"{seeds_note}; estimate only: {desc}", data
-    ret_falls = d_ret.hi < 0
+    ret_falls = d_ret.hi < -eps
     im_flat = -band <= d_im.lo and d_im.hi <= band
     if ret_falls and im_flat:
         return "PASS", desc, data
-    if d_ret.lo >= 0 or d_im.lo > band or d_im.hi < -band:
-        why = "L_ret does not fall" if d_ret.lo >= 0 else "L_im is not flat"
+    if d_ret.lo > -eps or d_im.lo > band or d_im.hi < -band:
+        why = "L_ret does not fall meaningfully" if d_ret.lo > -eps else "L_im is not flat"
         return "FAIL", f"{why}: {desc}", data
     return "INCONCLUSIVE", f"intervals too wide to decide: {desc}", data
 
@@ -282,10 +316,13 @@ def check_sec42(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
             f"(ft lr {lr:g}) = {_fmt(gap)}; best lambda {means.idxmin():g}; {n_seeds} seeds")
     if not ok:
         return "INCONCLUSIVE", f"too few seeds ({n_seeds} < {opts.min_seeds}); estimate only: {desc}", data
-    if d_im.lo > 0 and gap.lo > 0:
+    eps_im = opts.min_effect * float(t.drop_duplicates(["mix_fraction", "seed"])["L_im"].abs().mean())
+    eps_ret = opts.min_effect * float(ret["L_ret"].abs().mean())
+    data.update(min_effect_L_im=eps_im, min_effect_L_ret=eps_ret)
+    if d_im.lo > eps_im and gap.lo > eps_ret:
         return "PASS", desc, data
-    if d_im.hi < 0 or gap.hi < 0:
-        why = "L_im does not worsen with lambda" if d_im.hi < 0 else "an endpoint lambda is best"
+    if d_im.hi < eps_im or gap.hi < eps_ret:
+        why = "L_im does not worsen with lambda" if d_im.hi < eps_im else "no interior lambda is meaningfully best"
         return "FAIL", f"{why}: {desc}", data
     return "INCONCLUSIVE", f"intervals include zero: {desc}", data
 
@@ -344,6 +381,30 @@ def lambda_checks(df: pd.DataFrame | None, side: str, prefix: str, opts: CheckOp
             if pipe is None:
                 out.append(no_data(cid, claim, source, side, what, pipe, f"{letter}.{name}"))
                 continue
-            status, ev, data = fn(df.loc[df["pipeline"] == pipe], side, opts)
-            out.append(make_check(cid, claim, source, side, status, ev, data, pipe, f"{letter}.{name}"))
+            sub = df.loc[df["pipeline"] == pipe]
+            # Section 4.1 varies |D_post|: one verdict per post-training data size
+            for size, part in _split_by_size(sub, compute_matched=(letter == "c")):
+                status, ev, data = fn(part, side, opts)
+                suffix = "" if size is None else f".{size}"
+                if size is not None:
+                    data["post_data_size"] = size
+                out.append(make_check(cid + suffix, claim + ("" if size is None else f" ({size})"), source, side,
+                                      status, ev, data, pipe, f"{letter}.{name}"))
     return out
+
+
+_SIZE_KEYS = ("N", "n_samples", "post_train_tokens", "post_tokens")
+
+
+def _split_by_size(df: pd.DataFrame, compute_matched: bool) -> list[tuple[str | None, pd.DataFrame]]:
+    """[(\"N=100\", rows), ...] when the study's rows differ in a post-training data-size
+    field of ``post_hparams``; [(None, df)] otherwise. Other rows are kept in every part."""
+    study = df["compute_matched"].astype(bool) == compute_matched
+    hp = df.loc[study, "post_hparams"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
+    for key in _SIZE_KEYS:
+        vals = hp.map(lambda d: d.get(key) if isinstance(d, dict) else None)
+        distinct = sorted(v for v in vals.dropna().unique())
+        if len(distinct) > 1:
+            return [(f"{key}={v:g}" if isinstance(v, (int, float)) else f"{key}={v}",
+                     pd.concat([df.loc[~study], df.loc[study].loc[vals == v]])) for v in distinct]
+    return [(None, df)]
