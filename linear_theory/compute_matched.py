@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from early_exposure.configs import apply_overrides, check_range, from_dict, load_mapping, to_dict

@@ -51,7 +51,7 @@ from linear_theory.simulate import enable_precision, initial_weights, spectral_a
 from linear_theory.sweep_assumptions import assumption_flags
 from linear_theory.sweep_grid import Axis, apply_values, parse_grid
 from linear_theory.sweep_kernels import flops_full_step, full_stage, spectral_stage
-from linear_theory.tasks import TaskMatrices, blocks, build_task
+from linear_theory.tasks import blocks, build_task
 
 __all__ = [
     "SweepPlan", "make_plan", "run_points", "run_sweep", "sweep_frame", "merge_parts", "parse_shard",
@@ -68,7 +68,6 @@ SCALAR_FIELDS = ("stages.pre.alpha", "stages.pre.lr", "stages.post.lr", "stages.
 KERNEL_VERSION = 1
 _EXPLODE = 1e6  # same divergence threshold as linear_theory.simulate
 _FULL_TILE = 128  # batch tile of the full path (keeps a tile's weights in L1/L2 for all steps)
-_SPECTRAL_TILE = 16384
 _NOMINAL_GFLOPS = {"full": 10.0, "spectral": 3.0}  # for the printed time estimate only
 
 
@@ -304,10 +303,22 @@ def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
     stage_par = {"pre": (zero, zero, sc["pre.lr"], s_pre), "post": (sc["post.reg"], kappa, sc["post.lr"], s_post),
                  "ft": (zero, zero, sc["ft.lr"], s_ft)}
 
+    if path == "spectral":
+        thetas, alive_after = _spectral_chunk(np.einsum("pii->pi", W1), np.einsum("pii->pi", W2), stage_mt,
+                                              stage_par, limit, dtype)
+    else:
+        thetas, alive_after = _full_chunk(W1, W2, stage_mt, stage_par, limit, dtype, plan.chunk_size)
+    return _rows(plan, pts, idx, cfgs, inv, path, thetas, alive_after, sig3, cov3, sc["pre.alpha"])
+
+
+def _full_chunk(W1: np.ndarray, W2: np.ndarray, stage_mt: dict, stage_par: dict, limit: np.ndarray,
+                dtype, chunk_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Full-matrix path for one chunk: W1 (P, n, h), W2 (P, h, n) rotated. Returns stage-end
+    products theta (P, n, n) and the alive mask after each stage."""
+    P = W1.shape[0]
     mesh = _device_mesh()
     ndev = 1 if mesh is None else len(mesh.devices)
-    tile = _FULL_TILE if path == "full" else _SPECTRAL_TILE
-    B = _bucket(P, plan.chunk_size, ndev * (tile if P >= tile * ndev else 1))
+    B = _bucket(P, chunk_size, ndev * (_FULL_TILE if P >= _FULL_TILE * ndev else 1))
 
     def dev(x: np.ndarray) -> jax.Array:  # (P, ...) host -> batch-last (..., B) device, edge-padded
         x = np.moveaxis(np.asarray(x, dtype=np.float64), 0, -1)
@@ -317,37 +328,91 @@ def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
     def host(x: jax.Array) -> np.ndarray:  # batch-last device -> (P, ...) float64 host
         return np.moveaxis(np.asarray(x, dtype=np.float64), -1, 0)[:P]
 
-    if path == "spectral":
-        x, y = dev(np.einsum("pii->pi", W1)), dev(np.einsum("pii->pi", W2))
-        fn = spectral_stage
-    else:
-        x, y = dev(W1), dev(W2)
-        fn = full_stage
+    x, y = dev(W1), dev(W2)
     alive = jnp.asarray(np.ones(B, dtype=bool))
     lim_d = dev(limit)
-    ptile = tile if B % (tile * ndev) == 0 and B > tile * ndev else None
-    thetas: dict[str, np.ndarray] = {}
+    tile = _FULL_TILE if B % (_FULL_TILE * ndev) == 0 and B > _FULL_TILE * ndev else None
+    thetas = {"init": np.einsum("pij,pjk->pik", W1, W2)}
     alive_after: dict[str, np.ndarray] = {}
-
-    def theta_of(x, y) -> np.ndarray:
-        """theta in the singular basis: (P, n, n), or its diagonal (P, n) on the spectral path."""
-        if path == "spectral":
-            return host(x) * host(y)
-        return np.einsum("pij,pjk->pik", host(x), host(y))
-
-    thetas["init"] = theta_of(x, y)
     for s in ("pre", "post", "ft"):
         reg, kap, lr, steps = stage_par[s]
         m, t = stage_mt[s]
         if steps > 0:
-            use_reg = bool(np.any(reg > 0)) if s == "post" else False
-            use_drop = bool(np.any(kap > 0)) if s == "post" else False
-            x, y, alive = _run_stage(fn, mesh, [x, y, dev(m), dev(t), dev(reg), dev(kap), dev(lr), lim_d, alive],
-                                     jnp.asarray(steps, dtype=jnp.int32),
-                                     use_reg=use_reg, use_drop=use_drop, tile=ptile)
-        thetas[s] = theta_of(x, y)
+            x, y, alive = _run_stage(full_stage, mesh, [x, y, dev(m), dev(t), dev(reg), dev(kap), dev(lr), lim_d, alive],
+                                     jnp.asarray(steps, dtype=jnp.int32), use_reg=bool(np.any(reg > 0)),
+                                     use_drop=bool(np.any(kap > 0)), tile=tile)
+        thetas[s] = np.einsum("pij,pjk->pik", host(x), host(y))
         alive_after[s] = np.asarray(alive)[:P].copy()
-    return _rows(plan, pts, idx, cfgs, inv, path, thetas, alive_after, sig3, cov3, sc["pre.alpha"])
+    return thetas, alive_after
+
+
+def _distinct_rows(cols: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Exact deduplication of rows given as equal-length float64 columns.
+
+    Returns (first, inv): indices of one representative per distinct row and, per row, the
+    index of its representative in ``first``. Rows are hashed (pandas' vectorised hash +
+    factorize, O(rows)); the result is then verified element by element, and a hash
+    collision falls back to an exact sort-based ``np.unique``.
+    """
+    h = np.zeros(len(cols[0]), dtype=np.uint64)
+    for c in cols:
+        h = (h * np.uint64(0x9E3779B97F4A7C15)) ^ pd.util.hash_array(np.ascontiguousarray(c))
+    codes, _ = pd.factorize(h)
+    first = np.full(codes.max() + 1 if len(codes) else 0, -1, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # first occurrence of each code
+    if all(np.array_equal(c[first][codes], c) for c in cols):
+        return first, codes
+    rec = np.ascontiguousarray(np.stack(cols, axis=1))
+    _, first, inv = np.unique(rec.view(np.dtype((np.void, rec.dtype.itemsize * rec.shape[1]))).ravel(),
+                              return_index=True, return_inverse=True)
+    return first, inv.ravel()
+
+
+def _spectral_chunk(a: np.ndarray, b: np.ndarray, stage_mt: dict, stage_par: dict, limit: np.ndarray,
+                    dtype) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Spectral path for one chunk: a, b (P, n) diagonals of the rotated weights.
+
+    Modes are decoupled, so a mode's trajectory is a function of its own scalars
+    (a, b, m, t, reg, kappa, lr) only. Each stage simulates every *distinct* mode once (exact
+    deduplication on the bit patterns) and scatters the results back: on an alpha x beta grid
+    the invariant modes are shared by all points and the inconsistent ones by each alpha.
+    Returns the stage-end diagonals theta_ii (P, n) and the alive mask after each stage.
+    """
+    P, n = a.shape
+    alive = np.ones(P, dtype=bool)
+    thetas = {"init": a * b}
+    alive_after: dict[str, np.ndarray] = {}
+    for s in ("pre", "post", "ft"):
+        reg, kap, lr, steps = stage_par[s]
+        m, t = stage_mt[s]
+        if steps > 0:
+            lr_eff = np.where(alive, lr, 0.0)
+            cols7 = [a.ravel(), b.ravel(), np.asarray(m, np.float64).ravel(), np.asarray(t, np.float64).ravel(),
+                     np.repeat(reg, n), np.repeat(kap, n), np.repeat(lr_eff, n)]
+            first, inv = _distinct_rows(cols7)
+            u = np.stack([c[first] for c in cols7], axis=1)  # (U, 7) distinct modes
+            U = len(u)
+            Bu = _bucket(U, U, 1)
+
+            def dev(col: np.ndarray) -> jax.Array:
+                return jnp.asarray(np.pad(col, (0, Bu - U), mode="edge"), dtype=dtype)
+
+            cols = [dev(u[:, j]) for j in range(7)]
+            an, bn, fin = spectral_stage(cols[0][None, :], cols[1][None, :], cols[2][None, :], cols[3][None, :],
+                                       cols[4], cols[5], cols[6], jnp.full((Bu,), jnp.inf, dtype),
+                                       jnp.ones(Bu, dtype=bool), jnp.asarray(steps, dtype=jnp.int32),
+                                       use_reg=bool(np.any(reg > 0)), use_drop=bool(np.any(kap > 0)))
+            a = np.asarray(an, dtype=np.float64)[0, :U][inv.ravel()].reshape(P, n)
+            b = np.asarray(bn, dtype=np.float64)[0, :U][inv.ravel()].reshape(P, n)
+            fin_p = np.asarray(fin)[:U][inv.ravel()].reshape(P, n).all(axis=1)  # kernel zeroes non-finite modes
+            big = np.maximum(np.abs(a), np.abs(b)).max(axis=1)
+            ok = alive & fin_p & (big < limit)
+            a = np.where(ok[:, None], a, 0.0)
+            b = np.where(ok[:, None], b, 0.0)
+            alive = ok
+        thetas[s] = a * b
+        alive_after[s] = alive.copy()
+    return thetas, alive_after
 
 
 def _rows(plan: SweepPlan, pts: np.ndarray, idx: np.ndarray, cfgs: list[SimConfig], inv: np.ndarray, path: str,

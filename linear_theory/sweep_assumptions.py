@@ -12,7 +12,10 @@ These are the inequalities as printed, evaluated directly from the task values:
 - ``C6`` (Assumption C.6, at the point's own alpha rather than "there exists alpha"):
   alpha beta > (1 - alpha) sigma_pre_i + alpha sigma_post_i for every inconsistent i.
 
-An empty block makes its condition vacuous (True).
+An empty block makes its condition vacuous (True). Note that ``C3_C4`` and ``C6`` exclude each
+other for beta > 0: C.6 needs alpha beta > alpha sigma_post_i + (1 - alpha) sigma_pre_i, hence
+beta > sigma_post_i >= c_mis + sigma_pre_i > 2 beta. So ``assumptions_hold`` is False
+everywhere; heatmaps outline C.5 & C.6 instead.
 """
 
 from __future__ import annotations

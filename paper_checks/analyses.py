@@ -43,6 +43,13 @@ def _correct_pair(npz_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         return np.asarray(z[before[0]]).reshape(-1), np.asarray(z[after[0]]).reshape(-1)
 
 
+def _label(row: Any) -> str:
+    """Method name, with lambda for mixed runs and a compute-matched tag, so different
+    upstream recipes are never averaged together."""
+    lam = "" if str(row.method).startswith("unmixed") else f" lambda={float(row.mix_fraction):g}"
+    return f"{row.method}{lam}" + (" compute-matched" if bool(row.compute_matched) else "")
+
+
 def _find_run_files(run_dir: Path, pattern: str) -> list[Path]:
     """Files matching ``pattern`` directly in ``run_dir`` (``result.json`` first)."""
     files = sorted(p for p in run_dir.glob(pattern) if p.is_file())
@@ -67,7 +74,7 @@ def forgetting_analysis(frontier: pd.DataFrame | None, lm_dir: Path, k: int | No
             skipped += 1
             continue
         m = forgetting_metrics(pair[0], pair[1], k=k)
-        recs.append({"pipeline": row.pipeline, "method": row.method, "ft_lr": float(row.ft_lr), **m})
+        recs.append({"pipeline": row.pipeline, "method": _label(row), "ft_lr": float(row.ft_lr), **m})
     if not recs:
         return {"note": f"no data: no run directory holds before/after correctness arrays ({skipped} runs looked at)",
                 "table": []}
@@ -110,7 +117,7 @@ def layerwise_analysis(frontier: pd.DataFrame | None, lm_dir: Path) -> dict[str,
             if groups:
                 break
         if groups:
-            recs += [{"method": row.method, "group": g, "change": v} for g, v in groups.items()]
+            recs += [{"method": _label(row), "group": g, "change": v} for g, v in groups.items()]
     if not recs:
         return {"note": "no data: no run holds layerwise changes (group/<g> keys)", "table": []}
     df = pd.DataFrame(recs)

@@ -155,7 +155,7 @@ def compare_frontiers(
     im_b = float(b.drop_duplicates("upstream_id")["L_im"].min())
     data.update(best_L_im={"baseline": im_a, "candidate": im_b})
     desc = (f"HV({candidate}) - HV({baseline}) in normalised ({x}, {y}) = {_fmt(hv_iv)} "
-            f"({100 * data['hv_diff_relative']:+.1f}% of baseline area); "
+            f"({100 * data['hv_diff_relative']:+.3g}% of baseline area); "
             f"{y} gap at matched {x} = {_fmt(gap_iv)}; CI over {len(ga)}/{len(gb)} {unit}s; "
             f"best L_im {im_b:.3g} vs {im_a:.3g}")
     if unit != "seed" and not noise_free:

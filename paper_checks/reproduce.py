@@ -117,7 +117,7 @@ def _tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def run_plan(steps: list[Step], out: Path, preset: str, log=print) -> dict[str, Any]:
+def run_plan(steps: list[Step], out: Path, preset: str, log=print, heartbeat_s: float = 60.0) -> dict[str, Any]:
     """Run (or skip) every step; returns and keeps writing the ``reproduce.json`` record."""
     state_path = out / "reproduce.json"
     prev = {s["name"]: s for s in _load_state(state_path).get("steps", [])}
@@ -142,8 +142,20 @@ def run_plan(steps: list[Step], out: Path, preset: str, log=print) -> dict[str, 
             with open(logf, "w", encoding="utf-8") as fh:
                 fh.write("$ " + " ".join(step.argv) + "\n")
                 fh.flush()
-                rc = subprocess.run(list(step.argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **step.env}).returncode
+                proc = subprocess.Popen(list(step.argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **step.env})
+                try:
+                    while True:  # a heartbeat line while a long step runs
+                        try:
+                            rc = proc.wait(timeout=heartbeat_s)
+                            break
+                        except subprocess.TimeoutExpired:
+                            log(f"[{i}/{len(steps)}] {step.name}: still running, "
+                                f"{time.perf_counter() - t0:.0f} s elapsed")
+                except BaseException:
+                    proc.terminate()
+                    proc.wait()
+                    raise
             wall = time.perf_counter() - t0
             missing = [o for o in step.outputs if not (out / o).is_file()]
             ok = rc == 0 and not missing

@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from early_exposure.frontier import write_frontier
@@ -138,3 +139,19 @@ def test_loss_gap_reported_with_interval(reports):
     assert gap["lo"] <= gap["point"] <= gap["hi"]
     front = np.asarray(c["data"]["front_candidate"])  # sorted by L_ft, L_ret strictly falling
     assert (np.diff(front[:, 0]) >= 0).all() and (np.diff(front[:, 1]) < 0).all()
+
+
+def test_sec41_one_verdict_per_post_data_size():
+    from paper_checks.checks_lm import lambda_checks
+    from paper_checks.synthetic import lambda_rows
+
+    parts = []
+    for n, slope_ret in ((100, -0.5), (400, 0.3)):  # the claim holds for N=100, not for N=400
+        df = lambda_rows("theory", "p", [0, 1, 2], compute_matched=False, ret=(3.5, slope_ret, 0.0), rng_seed=n)
+        df["post_hparams"] = f'{{"N": {n}}}'
+        df["upstream_id"] = df["upstream_id"] + f"-{n}"
+        parts.append(df)
+    got = {c["id"]: c for c in lambda_checks(pd.concat(parts), "theory", "theory", OPTS)}
+    assert got["theory.b.sec41.p.N=100"]["status"] == "PASS"
+    assert got["theory.b.sec41.p.N=400"]["status"] == "FAIL"
+    assert got["theory.b.sec41.p.N=400"]["data"]["post_data_size"] == "N=400"

@@ -39,7 +39,7 @@ def lm_dir(tmp_path):
 def test_forgetting_per_method_matches_hand_counts(lm_dir):
     df, root = lm_dir
     res = forgetting_analysis(df, root)
-    t = pd.DataFrame(res["table"]).set_index("method")
+    t = pd.DataFrame(res["table"]).set_index("method").rename(index=lambda m: m.split(" ")[0])
     assert t.loc["unmixed", "forgetting"] == pytest.approx(3 / 10)
     assert t.loc["unmixed", "forgetting_relative"] == pytest.approx(3 / 7)
     assert t.loc["unmixed", "backward_transfer"] == 0.0
@@ -50,7 +50,7 @@ def test_forgetting_per_method_matches_hand_counts(lm_dir):
 
 def test_layerwise_summary(lm_dir):
     df, root = lm_dir
-    t = pd.DataFrame(layerwise_analysis(df, root)["table"]).set_index("method")
+    t = pd.DataFrame(layerwise_analysis(df, root)["table"]).set_index("method").rename(index=lambda m: m.split(" ")[0])
     assert t.loc["unmixed", "most_changed"] == "mlp"
     assert t.loc["unmixed", "mean_mlp"] == pytest.approx((0.05 + 0.2) / 2)
     assert int(t.loc["unmixed", "most_changed_layer"]) == 1

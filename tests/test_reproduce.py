@@ -65,3 +65,12 @@ def test_bad_preset_exits_2(tmp_path, capsys):
     assert main(["reproduce", "--preset", "huge", "--out", str(tmp_path / "r")]) == 2
     assert "--preset" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_heartbeat_while_a_step_runs(tmp_path):
+    out = tmp_path / "results"
+    step = Step("slow", (sys.executable, "-c", "import time; time.sleep(0.6)"), ())
+    lines = []
+    rec = run_plan([step], out, "quick", log=lines.append, heartbeat_s=0.1)
+    assert rec["steps"][0]["status"] == "ok"
+    assert any("still running" in line for line in lines)
