@@ -16,11 +16,12 @@ from pathlib import Path
 
 from early_exposure.errors import ConfigError, cli_main
 from early_exposure.io import atomic_write_json
+from figures.common import Logger
 
 FAMILIES = ("frontiers", "lambda", "spectra", "phase", "theory_vs_lm")
 
 
-def make_figures(results: Path, out: Path, which: str = "all", log=print) -> tuple[list[Path], list[str]]:
+def make_figures(results: Path, out: Path, which: str = "all", log: Logger = print) -> tuple[list[Path], list[str]]:
     """Draw the chosen family (or all) -> (paths written, refusals)."""
     from figures.common import NotComparable
     from figures.frontiers import frontier_figures, theory_vs_lm

@@ -9,7 +9,7 @@ printed note, never a crash.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ from early_exposure.io import atomic_write_bytes  # noqa: E402
 COLOURS = {"unmixed": "black", "mixed": "tab:purple", "mixed+replay": "tab:green", "mixed+dropout": "tab:orange",
            "unmixed+replay": "tab:olive", "unmixed+dropout": "tab:brown", "unmixed+lora": "dimgray",
            "mixed+lora": "mediumpurple"}
+
+
+#: where progress notes go (``print`` on the command line, a list in tests)
+Logger = Callable[[str], None]
 
 
 class Skip(Exception):

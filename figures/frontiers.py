@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.pareto import pareto_front
-from figures.common import COLOURS, Skip, assert_comparable, load_frontier, lm_presets, safe_name, save
+from figures.common import COLOURS, Logger, Skip, assert_comparable, load_frontier, lm_presets, safe_name, save
 from paper_checks.checks_lm import VIEWS, select_arm
 
 LABELS = {"L_ft": "fine-tuning loss $L_{ft}$", "L_ret": "retained post-training loss $L_{ret}$",
@@ -84,7 +84,7 @@ def _sources(results: Path) -> list[tuple[str, Path, Path | None]]:
     return out
 
 
-def frontier_figures(results: Path, out: Path, log=print) -> tuple[list[Path], list[str]]:
+def frontier_figures(results: Path, out: Path, log: Logger = print) -> tuple[list[Path], list[str]]:
     """All frontier figures for every source and pipeline -> (paths written, failures)."""
     from figures.common import NotComparable
 
@@ -111,7 +111,7 @@ def frontier_figures(results: Path, out: Path, log=print) -> tuple[list[Path], l
     return paths, failures
 
 
-def theory_vs_lm(results: Path, out: Path, log=print) -> list[Path]:
+def theory_vs_lm(results: Path, out: Path, log: Logger = print) -> list[Path]:
     """Theory and LM (L_ft, L_ret) frontiers, mixed vs unmixed, side by side."""
     try:
         th = load_frontier(results / "theory" / "frontier" / "frontier.csv")

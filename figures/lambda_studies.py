@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from figures.common import Skip, assert_comparable, load_frontier, lm_presets, safe_name, save
+from figures.common import Logger, Skip, assert_comparable, load_frontier, lm_presets, safe_name, save
 
 BASE = ("unmixed", "mixed")
 
@@ -40,7 +40,7 @@ def _lambda_figure(df: pd.DataFrame, compute_matched: bool, title: str, out: Pat
     return save(fig, out, name)
 
 
-def lambda_figures(results: Path, out: Path, log=print) -> list[Path]:
+def lambda_figures(results: Path, out: Path, log: Logger = print) -> list[Path]:
     sources: list[tuple[str, Path, Path | None]] = [(f"lm-{p.name}", p / "frontier.csv", p) for p in lm_presets(results)]
     sources.append(("theory", results / "theory" / "compute_matched" / "frontier.csv", None))
     paths: list[Path] = []

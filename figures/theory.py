@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from figures.common import NotComparable, Skip, save
+from figures.common import Logger, NotComparable, Skip, save
 
 STAGES = ("pre", "post", "ft")
 BLOCK_COLOURS = {"invariant": "tab:blue", "inconsistent": "tab:red", "specialized": "tab:green"}
@@ -55,7 +55,7 @@ def _load_trajectory(d: Path) -> tuple[pd.DataFrame, int, int]:
     return t, n, int(k)
 
 
-def spectra_figure(results: Path, out: Path, log=print) -> list[Path]:
+def spectra_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     root = results / "theory" / "trajectories"
     runs = {}
     for name in ("unmixed", "mixed"):
@@ -99,7 +99,7 @@ def _flag_column(df: pd.DataFrame) -> str | None:
     return None
 
 
-def phase_figure(results: Path, out: Path, log=print) -> list[Path]:
+def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     f = results / "theory" / "sweep" / "sweep.parquet"
     if not f.is_file():
         log(f"skip phase diagram: {f} not found")

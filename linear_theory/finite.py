@@ -16,7 +16,9 @@ Pipeline of one run (original coordinates, full matrices, float64):
   of ``batch``; each step minimises (1 - r) L_hat(B) + r L_pre + reg ||theta - theta_0||^2 with
   **sampled** inverted dropout: every sample draws its own Bernoulli(1 - p) / (1 - p) mask on the
   h hidden units (W1 diag(d) W2 x). Its expectation over masks is the closed form of
-  :func:`linear_theory.simulate` (tested in ``tests/test_sweep_finite.py``).
+  :func:`linear_theory.simulate` (tested in ``tests/test_sweep_finite.py``); the replayed D_pre
+  term, an exact expectation, carries the closed-form penalty, so the expected objective is
+  exactly simulate's post-training objective.
 - **ft**: ``stages.ft.steps`` exact GD steps on L_ft (Section C.4).
 
 Runs that share shapes (same N, batch, epochs, steps) are vmapped over (lambda, seed).
@@ -132,7 +134,7 @@ def _exact_loss(theta: jax.Array, A: jax.Array, C: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("pre_steps", "ft_steps"))
-def _pipeline(W1, W2, A_pre, A_post, A_ft, C_pre, C_post, C_ft, lrs, reg, replay,
+def _pipeline(W1, W2, A_pre, A_post, A_ft, C_pre, C_post, C_ft, lrs, reg, replay, kappa,
               pre_S, pre_a, post_X, post_w, post_valid, masks, *, pre_steps: int, ft_steps: int):
     """One run (vmapped over runs by the caller). Returns (theta_post, theta_ft) (n, n) each."""
     lr_pre, lr_post, lr_ft = lrs[0], lrs[1], lrs[2]
@@ -149,7 +151,10 @@ def _pipeline(W1, W2, A_pre, A_post, A_ft, C_pre, C_post, C_ft, lrs, reg, replay
     def post_obj(W1, W2, X, w, mk):
         theta = W1 @ W2
         data = dropout_loss_sampled(W1, W2, X, w, mk, A_post)
-        return ((1.0 - replay) * data + replay * _exact_loss(theta, A_pre, C_pre)
+        # the replayed D_pre term is an exact expectation, so its dropout is the closed form
+        # kappa sum_j ||W1[:, j]||^2 W2[j] C_pre W2[j]^T (the post samples' dropout is sampled)
+        pen = kappa * jnp.sum(jnp.sum(W1 * W1, axis=0) * jnp.einsum("ji,ik,jk->j", W2, C_pre, W2))
+        return ((1.0 - replay) * data + replay * (_exact_loss(theta, A_pre, C_pre) + pen)
                 + reg * jnp.sum((theta - theta0) ** 2))
 
     grad = jax.grad(post_obj, argnums=(0, 1))
@@ -187,8 +192,9 @@ def run_finite(cfg: SimConfig, specs: list[FiniteSpec]) -> list[dict[str, float]
     mats = [c(tm.A(t)) for t in ("pre", "post", "ft")] + [c(tm.C(t)) for t in ("pre", "post", "ft")]
     lrs = c([cfg.stages.pre.lr, cfg.stages.post.lr, cfg.stages.ft.lr])
     run = jax.vmap(partial(_pipeline, pre_steps=cfg.stages.pre.steps, ft_steps=cfg.stages.ft.steps),
-                   in_axes=(None,) * 11 + (0,) * 6)
-    th_post, th_ft = run(c(W1), c(W2), *mats, lrs, c(cfg.stages.post.reg), c(cfg.stages.post.replay),
+                   in_axes=(None,) * 12 + (0,) * 6)
+    p = cfg.stages.post.dropout
+    th_post, th_ft = run(c(W1), c(W2), *mats, lrs, c(cfg.stages.post.reg), c(cfg.stages.post.replay), c(p / (1 - p)),
                          c(fb.pre_S), c(fb.pre_a), c(fb.post_X), c(fb.post_w), c(fb.post_valid), c(fb.masks))
     th_post = np.asarray(th_post, dtype=np.float64)
     th_ft = np.asarray(th_ft, dtype=np.float64)

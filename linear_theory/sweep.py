@@ -139,9 +139,6 @@ class _PointConfigs:
         """(P,) point ids -> (P, n_axes) value indices."""
         return np.stack(np.unravel_index(points, self.shape), axis=1) if self.shape else np.zeros((len(points), 0), int)
 
-    def struct_key(self, idx_row: np.ndarray) -> tuple:
-        return tuple(int(idx_row[i]) for i in self.struct)
-
     def unique_structs(self, idx: np.ndarray) -> tuple[list[tuple], np.ndarray]:
         """Distinct structural combinations among ``idx`` (P, n_axes) and each point's slot (P,)."""
         if not self.struct:
@@ -238,7 +235,8 @@ def _losses(theta: np.ndarray, sig: np.ndarray, cov: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def _device_mesh():
+def _device_mesh() -> jax.sharding.Mesh | None:
+    """A 1-D mesh over all JAX devices (None with a single device)."""
     devs = jax.devices()
     if len(devs) < 2:
         return None
@@ -246,7 +244,7 @@ def _device_mesh():
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded(fn, mesh, ndims: tuple[int, ...], static: tuple) -> Callable:
+def _sharded(fn: Callable, mesh: jax.sharding.Mesh, ndims: tuple[int, ...], static: tuple) -> Callable:
     """``fn`` under shard_map over the last (grid) axis of every array, jitted once per signature."""
     P = jax.sharding.PartitionSpec
 
@@ -259,7 +257,8 @@ def _sharded(fn, mesh, ndims: tuple[int, ...], static: tuple) -> Callable:
     return jax.jit(local)
 
 
-def _run_stage(fn, mesh, arrays: list[jax.Array], steps: jax.Array, **static) -> tuple:
+def _run_stage(fn: Callable, mesh: jax.sharding.Mesh | None, arrays: list[jax.Array], steps: jax.Array,
+               **static: Any) -> tuple:
     """Run a batched stage kernel, split over the grid axis across devices when there are several."""
     if mesh is None:
         return fn(*arrays, steps, **static)
@@ -520,7 +519,8 @@ def write_outputs(df: pd.DataFrame, out: Path, meta: dict[str, Any], *, plots: b
 def run_sweep(base: SimConfig, axes: list[Axis], out: str | Path, *, method: str = "auto",
               chunk_size: int | None = None, shard: tuple[int, int] = (0, 1), plots: bool = True,
               progress: bool = True, max_chunks: int | None = None,
-              on_chunk: Callable[[int], None] | None = None, log=print) -> pd.DataFrame | None:
+              on_chunk: Callable[[int], None] | None = None,
+              log: Callable[..., None] = print) -> pd.DataFrame | None:
     """Run (or resume) a sweep into ``out``; returns the rows (None if stopped by ``max_chunks``).
 
     ``on_chunk(c)`` is called after each chunk file is written (tests use it to interrupt).

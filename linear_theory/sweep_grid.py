@@ -24,7 +24,7 @@ from linear_theory.config import SimConfig
 __all__ = ["Axis", "parse_grid", "scalar_fields", "resolve_field", "apply_values", "MAX_POINTS"]
 
 #: refuse grids beyond this many points (a typo like 1e9 should not start a week-long job)
-MAX_POINTS = 50_000_000
+MAX_POINTS = 10_000_000
 
 
 @dataclass(frozen=True)

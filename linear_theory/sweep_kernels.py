@@ -32,6 +32,7 @@ is flagged; its weights are zeroed (so no inf/NaN flows on) and its later stages
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,10 @@ def flops_full_step(n: int, h: int) -> int:
     return 3 * 2 * n * h * n
 
 
-def _full_step(W1, W2, m, t, eye, reg, kappa, lr, theta0, use_reg: bool, use_drop: bool):
+def _full_step(W1: jax.Array, W2: jax.Array, m: jax.Array, t: jax.Array, eye: jax.Array, reg: jax.Array,
+               kappa: jax.Array, lr: jax.Array, theta0: jax.Array | None, use_reg: bool,
+               use_drop: bool) -> tuple[jax.Array, jax.Array]:
+    """One GD step (module docstring): W1 (n, h, B), W2 (h, n, B), m/t (n, B), scalars (1, 1, B)."""
     theta = bmm(W1, W2)  # (n, n, B)
     G = 2.0 * (theta * m[None, :, :] - eye * t[:, None, :])
     if use_reg:
@@ -82,7 +86,7 @@ def _check(x: jax.Array, y: jax.Array, limit: jax.Array) -> jax.Array:
     return fin & (big < limit)
 
 
-def _tiled(fn, tile: int | None, *arrays):
+def _tiled(fn: Callable[..., tuple], tile: int | None, *arrays: jax.Array) -> tuple:
     """Run ``fn`` on batch tiles of ``tile`` points (sequentially, so a tile's state stays in
     cache for all steps); arrays are batch-last. ``tile=None`` runs the whole batch at once."""
     B = arrays[0].shape[-1]
@@ -94,7 +98,7 @@ def _tiled(fn, tile: int | None, *arrays):
     return tuple(jnp.moveaxis(o, 0, -2).reshape(*o.shape[1:-1], B) for o in outs)
 
 
-def _loop(step, carry, steps: jax.Array, unroll: int):
+def _loop(step: Callable[[tuple], tuple], carry: tuple, steps: jax.Array, unroll: int) -> tuple:
     """``steps`` (traced) applications of ``step``: blocks of ``unroll`` inlined steps, then the rest.
 
     The trip count is a runtime value, so one compiled program serves every step count.

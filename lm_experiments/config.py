@@ -294,7 +294,8 @@ class PipelineConfig:
             raise ConfigError("fallback_set", "only meaningful with a data_fallback section")
         for i, item in enumerate(self.fallback_set):
             if "=" not in item or item.split("=", 1)[0].split(".")[0] == "data":
-                raise ConfigError(f"fallback_set[{i}]", f"expected KEY=VALUE outside data (use data_fallback), got {item!r}")
+                raise ConfigError(f"fallback_set[{i}]",
+                                  f"expected KEY=VALUE outside data (use data_fallback), got {item!r}")
         if self.pipeline is not None and not self.pipeline.strip():
             raise ConfigError("pipeline", "must be a non-empty label such as 'general>music>chem' or null")
 

@@ -14,7 +14,8 @@ measured on fixed held-out sets (the same tokens for every run):
 plus the losses right after stage 1. Output layout (a pure function of the config)::
 
     OUT/manifest.json                       resolved config, plan, status, data, provenance
-    OUT/frontier.csv                        shared schema (early_exposure.frontier), side=lm
+    OUT/frontier.csv                        shared schema (early_exposure.frontier), side=lm; written
+                                            when the sweep is complete (frontier.partial.csv before)
     OUT/upstream/pre-<pre_id>/              theta_pre (model/, loadable by from_pretrained), result.json
     OUT/upstream/post-<upstream_id>/        theta_post (model/), result.json, eval_post.npz
     OUT/runs/<run_id>/result.json           one stage-3 run: config, seed, tokens/wall/tok-s per
@@ -30,6 +31,7 @@ diverged (its descendants too) while the sweep goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -267,6 +269,7 @@ class Runner:
         self.data_used = data_used
         self.sizes = _sizes(prepared)
         self.plan = plan
+        self.last_optim: dict[str, Any] = {}
         sp = prepared.splits
         self.pools = {"pre": sp["pre"].train, "post": sp["post"].train, "ft": sp["ft"].train}
         self.val = {"pre": sp["pre"].val, "post": sp["post"].val, "ft": sp["ft"].val}
@@ -311,6 +314,7 @@ class Runner:
 
         optim = OptimConfig(lr=lr, min_lr=min_lr, warmup_steps=_warmup(warmup, len(source)),
                             weight_decay=weight_decay)
+        self.last_optim = dataclasses.asdict(optim)  # effective settings, recorded with the result
         return train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
                      precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
                      checkpoint_every=checkpoint_every, desc=desc, seed=seed,
@@ -362,7 +366,7 @@ class Runner:
                 res.diverged = True
         result = {"stage": 1, "pre_id": r.pre_id, "seed": r.seed, "mix_fraction": r.mix_fraction,
                   "diverged": res.diverged, "losses": losses,
-                  "train": self._train_summary(res, source, {"lr": cfg.stage1.lr, "min_lr": cfg.stage1.min_lr}),
+                  "train": self._train_summary(res, source, self.last_optim),
                   "mixed_post_blocks": int(len(mixed)), "wall_s": time.time() - t0,
                   "data_fingerprint": self.prepared.fingerprint, "model_dir": None}
         if not res.diverged:
@@ -428,7 +432,7 @@ class Runner:
             arrays = {"post_loss_stage2": np.asarray(ev_post.per_example, dtype=np.float32),
                       "post_correct_stage2": np.asarray(ev_post.correct, dtype=bool)}
         result = {**base, "diverged": diverged, "losses": losses,
-                  "train": self._train_summary(res, source, {"lr": st["lr"], "min_lr": s2.min_lr}),
+                  "train": self._train_summary(res, source, self.last_optim if res is not None else {}),
                   "post_blocks": int(len(post_indices)), "epochs_allowed": epochs,
                   "wall_s": time.time() - t0, "model_dir": None, "eval_npz": None}
         if not diverged:
@@ -499,13 +503,14 @@ class Runner:
         if not diverged:
             row.update(losses)
         all_losses = {**pre_result.get("losses", {}), **post_result.get("losses", {}), **row}
+        s3_summary = self._train_summary(res, source, self.last_optim if res is not None else {})
         result = {**base, "diverged": diverged, "reason": reason, "losses": all_losses,
                   "ft_budget": source.num_tokens,
                   "tokens": {"stage1": pre_result.get("train", {}).get("tokens_by_source", {}),
                              "stage2": post_result.get("train", {}).get("tokens_by_source", {}),
-                             "stage3": self._train_summary(res, source, {})["tokens_by_source"]},
+                             "stage3": s3_summary["tokens_by_source"]},
                   "stages": {"stage1": _strip(pre_result.get("train")), "stage2": _strip(post_result.get("train")),
-                             "stage3": _strip(self._train_summary(res, source, {"lr": r.ft_lr}))},
+                             "stage3": _strip(s3_summary)},
                   "wall_s": {"stage1": pre_result.get("wall_s"), "stage2": post_result.get("wall_s"),
                              "stage3": time.time() - t0},
                   "layerwise_change": layerwise,
@@ -569,11 +574,13 @@ class Runner:
                         ft_res = self.run_ft(ft, pre_res, post_res)
                         _tally(status["stage3"], ft_res)
                         bar.update(ft_res["ft_budget"])
-                    write_frontier(self.frontier_rows(), self.out / "frontier.csv")
+                    # partial table while the sweep runs; frontier.csv appears only when complete
+                    write_frontier(self.frontier_rows(), self.out / "frontier.partial.csv")
         finally:
             bar.close()
         status["complete"] = True
         write_frontier(self.frontier_rows(), self.out / "frontier.csv")
+        (self.out / "frontier.partial.csv").unlink(missing_ok=True)
         manifest = self.manifest(status, time.time() - t0)
         atomic_write_json(self.out / "manifest.json", manifest)
         return manifest

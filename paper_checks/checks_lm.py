@@ -24,6 +24,7 @@ noise-free theory frontier may resample upstream checkpoints instead).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,7 +221,7 @@ def _seed_status(t: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[bool, 
     return False, f"too few seeds ({n} < {opts.min_seeds})"
 
 
-def _lambda_stat(t: pd.DataFrame, col: str, ft_lr: float | None):
+def _lambda_stat(t: pd.DataFrame, col: str, ft_lr: float | None) -> tuple[Callable[[list[Any]], float], list[Any]]:
     """stat(seeds) -> change of ``col`` over the lambda range from a least-squares line."""
     sub = t if ft_lr is None else t.loc[t["ft_lr"] == ft_lr]
     if ft_lr is None:  # L_im: one value per upstream checkpoint

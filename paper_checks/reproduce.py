@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from early_exposure.provenance import provenance
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = ("quick", "full", "gpu")
 LM_PRESET = {"quick": "cpu-quick", "full": "cpu-full", "gpu": "gpu-135m"}
+Logger = Callable[[str], None]
 GRID = {"quick": 32, "full": 64, "gpu": 64}
 
 
@@ -117,7 +119,7 @@ def _tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def run_plan(steps: list[Step], out: Path, preset: str, log=print, heartbeat_s: float = 60.0) -> dict[str, Any]:
+def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, heartbeat_s: float = 60.0) -> dict[str, Any]:
     """Run (or skip) every step; returns and keeps writing the ``reproduce.json`` record."""
     state_path = out / "reproduce.json"
     prev = {s["name"]: s for s in _load_state(state_path).get("steps", [])}

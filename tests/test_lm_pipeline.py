@@ -53,7 +53,8 @@ def _config(paths: dict[str, str]) -> dict:
         "model": {"preset": "tiny-1m"},
         "stage1": {"tokens": 6 * 4 * SEQ, "batch_size": 4, "mix_fractions": [0.0, 1.0], "warmup_steps": 1,
                    "checkpoint_every": 0},
-        "stage2": {"lr": [1.0e-3], "batch_size": [4], "extra": [{"replay": 0.1}], "max_epochs": 2,
+        "stage2": {"lr": [1.0e-3], "batch_size": [4], "extra": [{"replay": 0.1}, {"lora": True, "dropout": 0.05}],
+                   "max_epochs": 2, "lora_rank": 4, "lora_alpha": 8,
                    "eval_every_epochs": 1.0, "patience": 1, "post_train_tokens": 20 * SEQ,
                    "compute_matched": [0.5], "warmup_steps": 1, "min_lr": 1.0e-4},
         "stage3": {"lrs": [1.0e-3, 1.0e6], "tokens": 3 * 4 * SEQ, "batch_size": 4, "warmup_steps": 0},
@@ -84,12 +85,14 @@ def test_end_to_end_writes_valid_frontier_and_run_json(setup: dict) -> None:
     assert setup["rc"] == 0
     out = setup["out"]
     df = read_frontier(out / "frontier.csv")  # shared schema validation
-    # runs: lambda {0, 1} x (base, replay) + compute-matched lambda 0.5, each at 2 ft lrs
-    assert len(df) == 5 * 2
+    assert not (out / "frontier.partial.csv").exists()  # only a complete sweep leaves frontier.csv
+    # runs: lambda {0, 1} x (base, replay, lora) + compute-matched lambda 0.5, each at 2 ft lrs
+    assert len(df) == 7 * 2
     assert set(df["side"]) == {"lm"} and set(df["pipeline"]) == {"pre>post>ft"}
-    assert set(df["method"]) == {"unmixed", "unmixed+replay", "mixed", "mixed+replay"}
+    assert set(df["method"]) == {"unmixed", "unmixed+replay", "unmixed+dropout+lora", "mixed", "mixed+replay",
+                                 "mixed+dropout+lora"}
     assert df["compute_matched"].sum() == 2 and set(df.loc[df["compute_matched"], "mix_fraction"]) == {0.5}
-    assert df["run_id"].is_unique and df["upstream_id"].nunique() == 5
+    assert df["run_id"].is_unique and df["upstream_id"].nunique() == 7
     # lr 1e6 diverges (AdamW decay factor 1 - 1e5 per step overflows): recorded, sweep continued
     bad = df[df["ft_lr"] == 1e6]
     good = df[df["ft_lr"] == 1e-3]
@@ -100,7 +103,7 @@ def test_end_to_end_writes_valid_frontier_and_run_json(setup: dict) -> None:
     assert (good[["L_im", "L_ret", "L_ft", "L_pre"]].to_numpy() < math.log(300) + 1).all()
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"]["complete"] and manifest["status"]["stage3"]["done"] == 10
+    assert manifest["status"]["complete"] and manifest["status"]["stage3"]["done"] == 14
     for res in _results(out):
         assert res["seed"] == 0 and res["config"]["stage3"]["lrs"] == [1.0e-3, 1.0e6]
         assert "git_commit" in res["provenance"] and res["provenance"]["versions"]["torch"]
@@ -144,6 +147,34 @@ def test_theta_post_loads_in_hf_and_reproduces_L_im(setup: dict) -> None:
     pre = AutoModelForCausalLM.from_pretrained(out / "upstream" / f"pre-{res['pre_id']}" / "model")
     assert not torch.equal(pre.model.norm.weight, model.model.norm.weight) or not torch.equal(
         pre.lm_head.weight, model.lm_head.weight)
+
+
+def test_lora_upstream_is_merged_and_loads(setup: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out = setup["out"]
+    res = next(r for r in _results(out) if r["method"] == "mixed+dropout+lora" and not r["diverged"])
+    post_dir = out / "upstream" / f"post-{res['upstream_id']}"
+    merged = AutoModelForCausalLM.from_pretrained(post_dir / "model")  # plain Llama: no adapters left
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    pre = AutoModelForCausalLM.from_pretrained(out / "upstream" / f"pre-{res['pre_id']}" / "model")
+    # LoRA leaves q/k/v (not targeted, paper Table 9) untouched and changes o_proj
+    layer_pre, layer_post = pre.model.layers[0].self_attn, merged.model.layers[0].self_attn
+    assert torch.equal(layer_pre.q_proj.weight, layer_post.q_proj.weight)
+    assert not torch.equal(layer_pre.o_proj.weight, layer_post.o_proj.weight)
+
+
+def test_fallback_corpora_when_primary_unavailable(setup: dict, capsys, tmp_path: Path) -> None:
+    cfg = yaml.safe_load(setup["cfg"].read_text())
+    cfg["data_fallback"] = cfg["data"]
+    cfg["data"] = {**cfg["data"], "pre": {"source": "hf", "name": "nobody/none", "path": str(tmp_path / "no.jsonl")}}
+    cfg["fallback_set"] = ["stage3.lrs=[0.001]"]
+    p = tmp_path / "fb.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    rc = run(["run", "--config", str(p), "--out", str(tmp_path / "o"), "--cache", str(setup["cache"]),
+              "--no-progress", "--dry-run"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "using data_fallback" in text and "stage 3: 7 runs (lr [0.001])" in text
 
 
 def test_rerun_skips_finished_and_recomputes_missing_identically(setup: dict, monkeypatch) -> None:
@@ -198,5 +229,25 @@ def test_dry_run_prints_plan_and_writes_nothing(setup: dict, capsys, tmp_path: P
               "--no-progress", "--dry-run"])
     text = capsys.readouterr().out
     assert rc == 0 and not out.exists()
-    assert "stage 1: 3 runs" in text and "stage 2: 5 runs" in text and "stage 3: 10 runs" in text
+    assert "stage 1: 3 runs" in text and "stage 2: 7 runs" in text and "stage 3: 14 runs" in text
     assert "estimated time on this machine" in text
+
+
+@pytest.mark.parametrize("preset", ["cpu-quick", "cpu-full", "gpu-135m", "gpu-1b"])
+def test_presets_validate(preset: str) -> None:
+    from lm_experiments.config import fallback_config, load_config
+    from lm_experiments.model import MODEL_PRESETS
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "configs" / "lm" / f"{preset}.yaml")
+    assert cfg.model.preset in MODEL_PRESETS
+    assert 0.0 in cfg.stage1.mix_fractions and any(f > 0 for f in cfg.stage1.mix_fractions)
+    assert len(cfg.stage3.lrs) >= 3 and len(cfg.stage2.settings()) >= 3
+    if preset.startswith("gpu"):
+        assert cfg.precision == "bf16" and cfg.data.pre.source == "hf"
+        fb = fallback_config(cfg)  # the offline fallback is itself a valid config
+        assert fb.data.pre.source == "embedded" and fb.data_fallback is None
+    else:
+        assert cfg.data.pre.source == "embedded" and cfg.device == "cpu"
+    if preset == "cpu-full":
+        assert len(cfg.seeds) >= 3 and len(cfg.stage2.compute_matched) >= 3

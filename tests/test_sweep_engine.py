@@ -216,3 +216,34 @@ def test_two_host_devices_shard_the_grid(tmp_path):
     one = run_sweep(cfg, axes, tmp_path / "one", plots=False, progress=False, log=lambda *a: None)
     num = [c for c in one.columns if one[c].dtype.kind == "f"]
     np.testing.assert_allclose(two[num].to_numpy(), one[num].to_numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(tmp_path):
+    """A sweep process killed with SIGKILL after its first chunk resumes to the same bytes."""
+    import signal
+    import time
+
+    cfg = _small(["model.init=random", "model.width=3"])
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    grid = ["alpha=0:1:12", "beta=1,2,3"]
+    out = tmp_path / "killed"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, "-m", "linear_theory", "sweep", "--config", str(tmp_path / "c.json"),
+           *[a for g in grid for a in ("--grid", g)], "--chunk-size", "1", "--out", str(out), "--no-plots"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob("chunks/*/c*.parquet")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = list(out.glob("chunks/*/c*.parquet"))
+    assert proc.returncode == -signal.SIGKILL and 1 <= len(done) < 36 and not (out / "sweep.parquet").exists()
+    axes = parse_grid(grid, cfg)
+    kw = dict(chunk_size=1, plots=False, progress=False, log=lambda *a: None)
+    seen = []
+    run_sweep(cfg, axes, out, on_chunk=seen.append, **kw)
+    assert len(seen) == 36 - len(done)
+    run_sweep(cfg, axes, tmp_path / "whole", **kw)
+    for name in ("sweep.parquet", "sweep.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

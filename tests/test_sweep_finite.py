@@ -29,13 +29,18 @@ def _cfg(alpha: float = 0.0, extra: list[str] | None = None):
                                      "stages.pre.lr=0.02", f"stages.pre.alpha={alpha}", *(extra or [])])
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.5])
-def test_finite_sample_mode_converges_to_exact_path(lam):
+@pytest.mark.parametrize("lam,extra", [
+    (0.0, []),
+    (0.5, []),
+    (0.0, ["stages.post.dropout=0.2", "stages.post.replay=0.1", "stages.post.reg=0.05"]),
+])
+def test_finite_sample_mode_converges_to_exact_path(lam, extra):
     """Full-batch SGD on N samples (30 epochs = the 30 exact post steps) -> simulate() as N grows.
 
-    With lam = 0.5 and pre_pool = lam N_total, the mixing share is exactly alpha = 0.5.
+    With lam = 0.5 and pre_pool = lam N_total, the mixing share is exactly alpha = 0.5. With
+    sampled dropout (one mask per sample) the full-batch gradient tends to the closed form.
     """
-    cfg = _cfg(alpha=lam)
+    cfg = _cfg(alpha=lam, extra=extra)
     ref = simulate(cfg, method="full").losses
     errs = []
     for N in (50, 500, 5000):
