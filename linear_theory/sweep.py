@@ -31,6 +31,7 @@ import argparse
 import functools
 import io as _io
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -310,38 +311,62 @@ def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
     return _rows(plan, pts, idx, cfgs, inv, path, thetas, alive_after, sig3, cov3, sc["pre.alpha"])
 
 
+def _cpu_parallelism() -> int:
+    """Cores this process may use (XLA runs each small fused loop on one thread)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _full_chunk(W1: np.ndarray, W2: np.ndarray, stage_mt: dict, stage_par: dict, limit: np.ndarray,
                 dtype, chunk_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Full-matrix path for one chunk: W1 (P, n, h), W2 (P, h, n) rotated. Returns stage-end
-    products theta (P, n, n) and the alive mask after each stage."""
+    products theta (P, n, n) and the alive mask after each stage.
+
+    With several JAX devices the batch is split across them (``shard_map``). With one device
+    it is cut into one part per core and the parts' stage calls are dispatched asynchronously,
+    so XLA runs them concurrently (every point's arithmetic is the same either way).
+    """
     P = W1.shape[0]
     mesh = _device_mesh()
     ndev = 1 if mesh is None else len(mesh.devices)
     B = _bucket(P, chunk_size, ndev * (_FULL_TILE if P >= _FULL_TILE * ndev else 1))
+    parts = 1
+    if mesh is None:
+        parts = max(1, min(_cpu_parallelism(), B // _FULL_TILE))
+        while parts > 1 and B % (parts * _FULL_TILE):
+            parts -= 1
+    Bp = B // parts
 
-    def dev(x: np.ndarray) -> jax.Array:  # (P, ...) host -> batch-last (..., B) device, edge-padded
+    def dev(x: np.ndarray) -> list[jax.Array]:  # (P, ...) host -> per part batch-last (..., Bp), edge-padded
         x = np.moveaxis(np.asarray(x, dtype=np.float64), 0, -1)
         pad = [(0, 0)] * (x.ndim - 1) + [(0, B - P)]
-        return jnp.asarray(np.pad(x, pad, mode="edge"), dtype=dtype)
+        x = np.pad(x, pad, mode="edge")
+        return [jnp.asarray(x[..., i * Bp:(i + 1) * Bp], dtype=dtype) for i in range(parts)]
 
-    def host(x: jax.Array) -> np.ndarray:  # batch-last device -> (P, ...) float64 host
-        return np.moveaxis(np.asarray(x, dtype=np.float64), -1, 0)[:P]
+    def host(xs: list[jax.Array]) -> np.ndarray:  # per-part batch-last device -> (P, ...) float64 host
+        return np.moveaxis(np.concatenate([np.asarray(x, dtype=np.float64) for x in xs], axis=-1), -1, 0)[:P]
 
-    x, y = dev(W1), dev(W2)
-    alive = jnp.asarray(np.ones(B, dtype=bool))
-    lim_d = dev(limit)
-    tile = _FULL_TILE if B % (_FULL_TILE * ndev) == 0 and B > _FULL_TILE * ndev else None
-    thetas = {"init": np.einsum("pij,pjk->pik", W1, W2)}
-    alive_after: dict[str, np.ndarray] = {}
+    x, y, lim_d = dev(W1), dev(W2), dev(limit)
+    alive = [jnp.asarray(np.ones(Bp, dtype=bool)) for _ in range(parts)]
+    tile = _FULL_TILE if Bp % (_FULL_TILE * ndev) == 0 and Bp > _FULL_TILE * ndev else None
+    states: dict[str, tuple] = {}
     for s in ("pre", "post", "ft"):
         reg, kap, lr, steps = stage_par[s]
         m, t = stage_mt[s]
         if steps > 0:
-            x, y, alive = _run_stage(full_stage, mesh, [x, y, dev(m), dev(t), dev(reg), dev(kap), dev(lr), lim_d, alive],
-                                     jnp.asarray(steps, dtype=jnp.int32), use_reg=bool(np.any(reg > 0)),
-                                     use_drop=bool(np.any(kap > 0)), tile=tile)
-        thetas[s] = np.einsum("pij,pjk->pik", host(x), host(y))
-        alive_after[s] = np.asarray(alive)[:P].copy()
+            ins = [dev(v) for v in (m, t, reg, kap, lr)]
+            outs = [_run_stage(full_stage, mesh, [x[i], y[i], *(v[i] for v in ins), lim_d[i], alive[i]],
+                               jnp.asarray(steps, dtype=jnp.int32), use_reg=bool(np.any(reg > 0)),
+                               use_drop=bool(np.any(kap > 0)), tile=tile) for i in range(parts)]
+            x, y, alive = ([o[j] for o in outs] for j in range(3))
+        states[s] = (x, y, alive)  # device arrays; no sync until all stages are dispatched
+    thetas = {"init": np.einsum("pij,pjk->pik", W1, W2)}
+    alive_after: dict[str, np.ndarray] = {}
+    for s, (xs, ys, al) in states.items():
+        thetas[s] = np.einsum("pij,pjk->pik", host(xs), host(ys))
+        alive_after[s] = np.concatenate([np.asarray(a) for a in al])[:P].copy()
     return thetas, alive_after
 
 

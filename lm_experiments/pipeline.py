@@ -405,7 +405,14 @@ class Runner:
                                       replay=st["replay"], batch_size=st["batch_size"], seed=r.pre.seed,
                                       max_tokens=s2.max_tokens)
             if st["lora"]:
-                model = apply_lora(model, rank=s2.lora_rank, alpha=s2.lora_alpha, dropout=st["dropout"])
+                import torch
+
+                # peft initialises the adapters from the global torch RNG: seed it from the root
+                # seed (and restore it) so a LoRA run does not depend on what ran before it
+                cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    torch.manual_seed(_torch_seed(r.pre.seed, "lora-init", r.upstream_id))
+                    model = apply_lora(model, rank=s2.lora_rank, alpha=s2.lora_alpha, dropout=st["dropout"])
             else:
                 set_dropout(model, st["dropout"])
             steps_per_epoch = math.ceil(len(post_indices) / st["batch_size"])

@@ -141,7 +141,7 @@ def compare_frontiers(
     # exact theory losses with one seed: nothing to resample, the values are the answer
     noise_free = side == "theory" and len(set(a["seed"]) | set(b["seed"])) == 1
     kw = dict(paired=paired, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
-    if noise_free:
+    if noise_free or unit != "seed":  # exact theory, or too few seeds: point estimates only
         hv0 = hv_b - hv_a
         g0 = loss_gap_at_matched_x(pa, pb)["gap"]
         hv_iv, gap_iv = Interval(hv0, hv0, hv0, 0, 0), Interval(g0, g0, g0, 0, 0)
@@ -156,10 +156,11 @@ def compare_frontiers(
     im_b = float(b.drop_duplicates("upstream_id")["L_im"].min())
     data.update(best_L_im={"baseline": im_a, "candidate": im_b})
     desc = (f"HV({candidate}) - HV({baseline}) in normalised ({x}, {y}) = {_fmt(hv_iv)} "
-            f"({100 * data['hv_diff_relative']:+.3g}% of baseline area); "
+            f"(HV baseline {hv_a:.3g}, box 1.21); "
             f"{y} gap at matched {x} = {_fmt(gap_iv)}; CI over {len(ga)}/{len(gb)} {unit}s; "
             f"best L_im {im_b:.3g} vs {im_a:.3g}")
     if unit != "seed" and not noise_free:
+        desc = desc.replace(f"; CI over {len(ga)}/{len(gb)} {unit}s", "")
         return "INCONCLUSIVE", (f"too few seeds ({len(shared)} shared < {opts.min_seeds}); "
                                 f"estimate only: {desc}"), data
     if noise_free:
@@ -237,6 +238,17 @@ def _lambda_stat(t: pd.DataFrame, col: str, ft_lr: float | None) -> tuple[Callab
     return stat, sorted(by_seed)
 
 
+def _booter(opts: CheckOptions, resample: bool) -> Callable[[Callable[[list[Any]], float], list[Any]], Interval]:
+    """Bootstrap over seeds, or (``resample=False``: one exact seed, or too few seeds to
+    judge) the point estimate alone, shown without an interval."""
+    def boot(stat: Callable[[list[Any]], float], units: list[Any]) -> Interval:
+        if resample:
+            return bootstrap_units(stat, units, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
+        v = float(stat(list(units)))
+        return Interval(v, v, v, 0, 0)
+    return boot
+
+
 def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, str, dict[str, Any]]:
     """(b) Section 4.1: L_im nearly flat in lambda while L_ret falls (non-compute-matched)."""
     t = _per_lambda_table(df, compute_matched=False)
@@ -250,9 +262,9 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
     lr = lrs[0]  # the gentlest common fine-tuning rate (the paper uses one small LR, 5e-5)
     im_stat, seeds = _lambda_stat(t, "L_im", None)
     ret_stat, _ = _lambda_stat(t, "L_ret", lr)
-    kw = dict(n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
-    d_im, d_ret = bootstrap_units(im_stat, seeds, **kw), bootstrap_units(ret_stat, seeds, **kw)
-    per_lr = {str(l): bootstrap_units(_lambda_stat(t, "L_ret", l)[0], seeds, **kw).as_dict() for l in lrs}
+    boot = _booter(opts, resample=ok and len(seeds) > 1)
+    d_im, d_ret = boot(im_stat, seeds), boot(ret_stat, seeds)
+    per_lr = {str(l): boot(_lambda_stat(t, "L_ret", l)[0], seeds).as_dict() for l in lrs}
     band = opts.flat_frac * abs(d_ret.point)
     eps = opts.min_effect * float(t.loc[t["ft_lr"] == lr, "L_ret"].abs().mean())
     data = {"comparison": "L_im and L_ret vs lambda", "lambdas": [float(v) for v in lams], "ft_lr": lr,
@@ -264,7 +276,7 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
             f"{_fmt(d_ret)}; flat band +-{band:.3g}; meaningful L_ret drop > {eps:.3g}; {seeds_note}")
     data["min_effect_L_ret"] = eps
     if not ok:
-        return "INCONCLUSIVE", f"{seeds_note}; estimate only: {desc}", data
+        return "INCONCLUSIVE", f"{seeds_note}; estimate only: {desc.rsplit('; ', 1)[0]}", data
     ret_falls = d_ret.hi < -eps
     im_flat = -band <= d_im.lo and d_im.hi <= band
     if ret_falls and im_flat:
@@ -306,9 +318,9 @@ def check_sec42(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
         m = acc[0] / acc[1]
         return float(min(m[0], m[-1]) - m[1:-1].min())
 
-    kw = dict(n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
-    d_im = bootstrap_units(im_stat, seeds, **kw)
-    gap = bootstrap_units(gap_stat, sorted(by_seed), **kw)
+    boot = _booter(opts, resample=ok)
+    d_im = boot(im_stat, seeds)
+    gap = boot(gap_stat, sorted(by_seed))
     means = ret.groupby("mix_fraction")["L_ret"].mean()
     data = {"comparison": "compute-matched L_im and L_ret vs lambda", "lambdas": [float(v) for v in lams],
             "ft_lr": lr, "delta_L_im": d_im.as_dict(), "endpoint_minus_interior_L_ret": gap.as_dict(),

@@ -69,9 +69,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "| claim | source | theory | LM |", "|---|---|---|---|"]
         rows: dict[str, dict[str, Any]] = {}
         for c in side_by_side:
-            r = rows.setdefault(c["analogue"], {"claim": c["claim"], "source": c["source"], "theory": [], "lm": []})
+            size = c["data"].get("post_data_size")
+            claim = c["claim"].replace(f" ({size})", "") if size else c["claim"]
+            r = rows.setdefault(c["analogue"], {"claim": claim, "source": c["source"], "theory": [], "lm": []})
             where = c["id"].split(".")[1] + ": " if c["side"] == "lm" else ""
-            r[c["side"]].append(f"{c['status']} ({where}{c['pipeline'] or 'all'})")
+            r[c["side"]].append(f"{c['status']} ({where}{c['pipeline'] or 'all'}{', ' + size if size else ''})")
         for key, r in rows.items():
             lines.append(f"| ({key}) {_md_escape(r['claim'])} | {_md_escape(r['source'])} | "
                          f"{_md_escape('; '.join(r['theory']) or '-')} | {_md_escape('; '.join(r['lm']) or '-')} |")

@@ -5,11 +5,11 @@
 Runs each step as a subprocess (theory verify, assumptions, trajectories, sweep,
 frontier, compute-matched, the LM preset, figures, paper checks), prints one progress
 line per step with its wall time, and records every step (command, status, wall time,
-log file) in ``OUT/reproduce.json`` after each step. Rerunning skips the steps recorded
-as finished with the same command whose outputs still exist (the LM and sweep
-producers also resume inside a step). A failed step is recorded and the others go on;
-the job then ends with a non-zero exit. It ends by printing the verdict table and the
-paths of the figures.
+log file) in ``OUT/reproduce.json`` after each step. Rerunning skips the producer steps
+recorded as finished with the same command whose outputs still exist (the LM and sweep
+producers also resume inside a step); figures and checks always rerun (seconds). A
+failed step is recorded and the others go on; the job then ends with a non-zero exit.
+It ends by printing the verdict table and the paths of the figures.
 
 Presets: ``quick`` (CPU, under 25 minutes on 2 cores: LM ``cpu-quick``), ``full``
 (CPU, hours: LM ``cpu-full``, finer theory grids), ``gpu`` (LM ``gpu-135m``).
@@ -47,7 +47,7 @@ class Step:
     name: str
     argv: tuple[str, ...]
     outputs: tuple[str, ...]
-    derived: bool = False  # figures / checks: rerun whenever an earlier step ran
+    derived: bool = False  # figures / checks: cheap, always rerun so they match the current data
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -124,19 +124,17 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
     state_path = out / "reproduce.json"
     prev = {s["name"]: s for s in _load_state(state_path).get("steps", [])}
     record: dict[str, Any] = {"preset": preset, "out": str(out), "steps": [], "provenance": provenance()}
-    ran_any = False
     t_all = time.perf_counter()
     for i, step in enumerate(steps, 1):
         p = prev.get(step.name, {})
         done = (p.get("status") in ("ok", "skipped") and p.get("argv") == list(step.argv)
                 and all((out / o).is_file() for o in step.outputs))
         entry: dict[str, Any] = {"name": step.name, "argv": list(step.argv), "outputs": list(step.outputs)}
-        if done and not (step.derived and ran_any):
+        if done and not step.derived:
             entry.update(status="skipped", wall_s=0.0, note="already complete", log=p.get("log"),
                          previous_wall_s=p.get("wall_s") if p.get("status") == "ok" else p.get("previous_wall_s"))
             log(f"[{i}/{len(steps)}] {step.name}: already complete, skipped")
         else:
-            ran_any = True
             logf = out / "logs" / f"{i:02d}_{step.name.replace(' ', '_')}.log"
             logf.parent.mkdir(parents=True, exist_ok=True)
             log(f"[{i}/{len(steps)}] {step.name}: running ... (log: {logf})")

@@ -251,3 +251,35 @@ def test_presets_validate(preset: str) -> None:
         assert cfg.data.pre.source == "embedded" and cfg.device == "cpu"
     if preset == "cpu-full":
         assert len(cfg.seeds) >= 3 and len(cfg.stage2.compute_matched) >= 3
+
+
+def test_interrupted_sweep_resumes_to_the_same_losses(setup: dict, monkeypatch, tmp_path: Path) -> None:
+    """Kill the sweep inside a post-training run (after the engine's checkpoint at step 3),
+    rerun: the run resumes from that checkpoint and every loss equals the uninterrupted sweep's."""
+    import lm_experiments.train as engine
+
+    real_train = engine.train
+    calls = {"n": 0}
+
+    def interrupting_train(model, source, **kw):
+        if kw["desc"].startswith("stage2") and calls["n"] == 0:
+            calls["n"] += 1
+            real_train(model, source, **{**kw, "stop_after_steps": 3})
+            raise KeyboardInterrupt
+        return real_train(model, source, **kw)
+
+    out = tmp_path / "resumed"
+    args = ["run", "--config", str(setup["cfg"]), "--out", str(out), "--cache", str(setup["cache"]), "--no-progress"]
+    monkeypatch.setattr(engine, "train", interrupting_train)
+    assert run(args) == 130  # interrupted (cli_main's code), finished work kept
+    assert not (out / "frontier.csv").exists()
+    assert list(out.glob("upstream/post-*/train_state/state.pt"))
+    monkeypatch.setattr(engine, "train", real_train)
+    assert run(args) == 0
+    resumed = [json.loads(p.read_text()) for p in out.glob("upstream/post-*/result.json")]
+    assert sorted(r["train"].get("resumed_from") or 0 for r in resumed)[-1] == 3
+    a = read_frontier(setup["out"] / "frontier.csv").set_index("run_id").sort_index()
+    b = read_frontier(out / "frontier.csv").set_index("run_id").sort_index()
+    assert list(a.index) == list(b.index)
+    np.testing.assert_allclose(b[["L_im", "L_ret", "L_ft", "L_pre"]].to_numpy(),
+                               a[["L_im", "L_ret", "L_ft", "L_pre"]].to_numpy(), rtol=1e-6, equal_nan=True)

@@ -55,3 +55,16 @@ def test_loss_gap_hand_case():
     # reversed roles: negative gap; disjoint ranges: NaN
     assert loss_gap_at_matched_x(cand, ref_front)["gap"] == pytest.approx(-1.0, abs=1e-12)
     assert np.isnan(loss_gap_at_matched_x([[0, 1]], [[2, 0]])["gap"])
+
+
+def test_front_box_hand_case():
+    from early_exposure.pareto import front_box
+
+    a = np.array([[1.0, 4.0], [3.0, 2.0], [9.0, 9.0]])   # (9, 9) is dominated: not in the box
+    b = np.array([[2.0, 3.0]])
+    lo, span = front_box([a, b], min_frac=0.05)
+    np.testing.assert_allclose(lo, [1.0, 2.0])
+    np.testing.assert_allclose(span, [2.0, 2.0])
+    # nearly coincident single-point fronts: each span is floored at 5% of all points' extent
+    lo, span = front_box([[[1.0, 1.0], [21.0, 11.0]], [[1.0, 1.0]]], min_frac=0.05)
+    np.testing.assert_allclose(span, [1.0, 0.5])
