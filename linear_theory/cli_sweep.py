@@ -52,6 +52,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="grid points per chunk")
     p.add_argument("--shard", default=None, metavar="i/N", help="run the i-th (0-based) of N slices")
     p.add_argument("--no-plots", action="store_true", help="skip heatmap PNGs")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="XLA CPU devices to split the grid over (default: the usable cores; 1 = off)")
     p.add_argument("--max-chunks", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_sweep)
 

@@ -56,7 +56,7 @@ from linear_theory.tasks import blocks, build_task
 
 __all__ = [
     "SweepPlan", "make_plan", "run_points", "run_sweep", "sweep_frame", "merge_parts", "parse_shard",
-    "LOSS_COLUMNS", "run_sweep_cli", "run_merge_cli", "KERNEL_VERSION",
+    "LOSS_COLUMNS", "run_sweep_cli", "run_merge_cli", "KERNEL_VERSION", "use_cpu_devices",
 ]
 
 LOSS_COLUMNS = ("L_pretrain", "L_im", "L_ret", "L_ft", "L_pre")
@@ -311,62 +311,42 @@ def run_points(plan: SweepPlan, chunk_id: int) -> pd.DataFrame:
     return _rows(plan, pts, idx, cfgs, inv, path, thetas, alive_after, sig3, cov3, sc["pre.alpha"])
 
 
-def _cpu_parallelism() -> int:
-    """Cores this process may use (XLA runs each small fused loop on one thread)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _full_chunk(W1: np.ndarray, W2: np.ndarray, stage_mt: dict, stage_par: dict, limit: np.ndarray,
                 dtype, chunk_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Full-matrix path for one chunk: W1 (P, n, h), W2 (P, h, n) rotated. Returns stage-end
     products theta (P, n, n) and the alive mask after each stage.
 
-    With several JAX devices the batch is split across them (``shard_map``). With one device
-    it is cut into one part per core and the parts' stage calls are dispatched asynchronously,
-    so XLA runs them concurrently (every point's arithmetic is the same either way).
+    With several JAX devices the batch is split across them (``shard_map``); on a multi-core
+    CPU expose them with ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``.
     """
     P = W1.shape[0]
     mesh = _device_mesh()
     ndev = 1 if mesh is None else len(mesh.devices)
     B = _bucket(P, chunk_size, ndev * (_FULL_TILE if P >= _FULL_TILE * ndev else 1))
-    parts = 1
-    if mesh is None:
-        parts = max(1, min(_cpu_parallelism(), B // _FULL_TILE))
-        while parts > 1 and B % (parts * _FULL_TILE):
-            parts -= 1
-    Bp = B // parts
 
-    def dev(x: np.ndarray) -> list[jax.Array]:  # (P, ...) host -> per part batch-last (..., Bp), edge-padded
+    def dev(x: np.ndarray) -> jax.Array:  # (P, ...) host -> batch-last (..., B) device, edge-padded
         x = np.moveaxis(np.asarray(x, dtype=np.float64), 0, -1)
         pad = [(0, 0)] * (x.ndim - 1) + [(0, B - P)]
-        x = np.pad(x, pad, mode="edge")
-        return [jnp.asarray(x[..., i * Bp:(i + 1) * Bp], dtype=dtype) for i in range(parts)]
+        return jnp.asarray(np.pad(x, pad, mode="edge"), dtype=dtype)
 
-    def host(xs: list[jax.Array]) -> np.ndarray:  # per-part batch-last device -> (P, ...) float64 host
-        return np.moveaxis(np.concatenate([np.asarray(x, dtype=np.float64) for x in xs], axis=-1), -1, 0)[:P]
+    def host(x: jax.Array) -> np.ndarray:  # batch-last device -> (P, ...) float64 host
+        return np.moveaxis(np.asarray(x, dtype=np.float64), -1, 0)[:P]
 
-    x, y, lim_d = dev(W1), dev(W2), dev(limit)
-    alive = [jnp.asarray(np.ones(Bp, dtype=bool)) for _ in range(parts)]
-    tile = _FULL_TILE if Bp % (_FULL_TILE * ndev) == 0 and Bp > _FULL_TILE * ndev else None
-    states: dict[str, tuple] = {}
+    x, y = dev(W1), dev(W2)
+    alive = jnp.asarray(np.ones(B, dtype=bool))
+    lim_d = dev(limit)
+    tile = _FULL_TILE if B % (_FULL_TILE * ndev) == 0 and B > _FULL_TILE * ndev else None
+    thetas = {"init": np.einsum("pij,pjk->pik", W1, W2)}
+    alive_after: dict[str, np.ndarray] = {}
     for s in ("pre", "post", "ft"):
         reg, kap, lr, steps = stage_par[s]
         m, t = stage_mt[s]
         if steps > 0:
-            ins = [dev(v) for v in (m, t, reg, kap, lr)]
-            outs = [_run_stage(full_stage, mesh, [x[i], y[i], *(v[i] for v in ins), lim_d[i], alive[i]],
-                               jnp.asarray(steps, dtype=jnp.int32), use_reg=bool(np.any(reg > 0)),
-                               use_drop=bool(np.any(kap > 0)), tile=tile) for i in range(parts)]
-            x, y, alive = ([o[j] for o in outs] for j in range(3))
-        states[s] = (x, y, alive)  # device arrays; no sync until all stages are dispatched
-    thetas = {"init": np.einsum("pij,pjk->pik", W1, W2)}
-    alive_after: dict[str, np.ndarray] = {}
-    for s, (xs, ys, al) in states.items():
-        thetas[s] = np.einsum("pij,pjk->pik", host(xs), host(ys))
-        alive_after[s] = np.concatenate([np.asarray(a) for a in al])[:P].copy()
+            x, y, alive = _run_stage(full_stage, mesh, [x, y, dev(m), dev(t), dev(reg), dev(kap), dev(lr), lim_d, alive],
+                                     jnp.asarray(steps, dtype=jnp.int32), use_reg=bool(np.any(reg > 0)),
+                                     use_drop=bool(np.any(kap > 0)), tile=tile)
+        thetas[s] = np.einsum("pij,pjk->pik", host(x), host(y))
+        alive_after[s] = np.asarray(alive)[:P].copy()
     return thetas, alive_after
 
 
@@ -637,11 +617,37 @@ def merge_parts(parts: list[str | Path], out: str | Path, *, plots: bool = True)
 
 
 # --------------------------------------------------------------------------- CLI handlers
+def use_cpu_devices(n: int | None) -> int:
+    """Expose ``n`` XLA CPU devices (default: the usable cores) so the full path splits the grid
+    over the cores (XLA runs each of the engine's small fused loops on one thread).
+
+    Only possible before JAX runs its first computation; later calls keep the current devices.
+    Returns the number of devices in use.
+    """
+    if n is not None and n < 1:
+        raise ConfigError("--cpu-devices", f"must be >= 1, got {n}")
+    if n is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            n = os.cpu_count() or 1
+    if n > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", int(n))
+        except RuntimeError:  # the backend is already initialised (e.g. called in-process)
+            pass
+    return jax.device_count()
+
+
 def run_sweep_cli(args: argparse.Namespace) -> int:
     """``python -m linear_theory sweep`` (see :func:`linear_theory.cli_sweep.add_subcommands`)."""
+    cpu_devices = getattr(args, "cpu_devices", None)
+    if cpu_devices is not None and cpu_devices < 1:
+        raise ConfigError("--cpu-devices", f"must be >= 1, got {cpu_devices}")
     cfg = load_config(args.config, args.set)
     axes = parse_grid(args.grid, cfg)
     shard = parse_shard(args.shard)
+    use_cpu_devices(cpu_devices)
     run_sweep(cfg, axes, args.out, method=args.method, chunk_size=args.chunk_size, shard=shard,
               plots=not args.no_plots, max_chunks=args.max_chunks)
     return 0

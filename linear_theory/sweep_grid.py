@@ -144,7 +144,9 @@ def parse_axis(item: str, cfg: SimConfig) -> Axis:
         raise ConfigError(f"--grid {field}", "n and k change the lengths of the sigma_* lists; "
                           "sweep them with one config file per (n, k) (width can be swept)")
     current = scalar_fields(cfg)[path]
-    if ":" in spec and not spec.startswith("[") and isinstance(current, (int, float, list)) and not isinstance(current, bool):
+    numeric = (isinstance(current, (int, float, list)) and not isinstance(current, bool)) or (
+        current is None and path.endswith(("width", "ideal_rank")))
+    if ":" in spec and not spec.startswith("[") and numeric:
         raw, spacing = _spaced(field, spec)
     else:
         items = [s.strip() for s in spec.strip("[]").split(",") if s.strip()]

@@ -653,8 +653,8 @@ def prepare(cfg: PipelineConfig, *, cache_root: Path | None = None, progress: bo
 def estimate_seconds(cfg: PipelineConfig, plan: Plan, prepared: Any, device: Any) -> dict[str, float]:
     """Rough wall time of ``plan`` from a quick throughput probe on this machine.
 
-    Three optimizer steps and two evaluation batches of the configured model are timed
-    (after one warm-up each); training tokens are divided by the measured training rate,
+    Three optimizer steps (of ``micro_batch`` rows when set) and two evaluation batches of
+    the configured model are timed (after one warm-up each); training tokens are divided by the measured training rate,
     evaluation tokens (all held-out sets after each stage, plus stage-2 early-stopping
     evaluations at most every ``eval_every_epochs``) by the evaluation rate. Stage 2 is an
     upper bound (all ``max_epochs``); early stopping usually ends it sooner.
@@ -667,7 +667,9 @@ def estimate_seconds(cfg: PipelineConfig, plan: Plan, prepared: Any, device: Any
     T = plan.sizes["seq_len"]
     model = build_model(cfg.model.preset, vocab_size=len(prepared.tokenizer), max_seq_len=T, seed=0).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    b = cfg.stage1.batch_size
+    b = min(cfg.stage1.batch_size, cfg.micro_batch or cfg.stage1.batch_size)  # one forward's rows
+    if device.type == "cpu":  # keep the probe small (a GPU preset dry-run on a CPU must not exhaust memory)
+        b = max(1, min(b, 2048 // T))
     x = torch.as_tensor(np.asarray(prepared.splits["pre"].train[:b], dtype=np.int64)).to(device)
 
     def step() -> None:
@@ -684,7 +686,8 @@ def estimate_seconds(cfg: PipelineConfig, plan: Plan, prepared: Any, device: Any
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_tps = 3 * x.numel() / (time.perf_counter() - t)
-    xe = torch.as_tensor(np.asarray(prepared.splits["post"].val[:cfg.eval.batch_size], dtype=np.int64)).to(device)
+    be = cfg.eval.batch_size if device.type != "cpu" else max(1, min(cfg.eval.batch_size, 4096 // T))
+    xe = torch.as_tensor(np.asarray(prepared.splits["post"].val[:be], dtype=np.int64)).to(device)
     model.eval()
     with torch.no_grad(), autocast_context(device, cfg.precision):
         model(input_ids=xe)
