@@ -318,7 +318,7 @@ class Runner:
         return train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
                      precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
                      checkpoint_every=checkpoint_every, desc=desc, seed=seed,
-                     micro_batch=self.cfg.micro_batch)
+                     micro_batch=self.cfg.micro_batch, progress=self.progress)
 
     @staticmethod
     def _train_summary(res: Any, source: PlannedSource | None, optim: dict[str, Any]) -> dict[str, Any]:

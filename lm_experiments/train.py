@@ -221,6 +221,7 @@ def train(
     seed: int = 0,
     micro_batch: int = 0,
     restore_best: bool = True,
+    progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place on ``len(source)`` batches (paper App. B optimisation).
 
@@ -239,6 +240,7 @@ def train(
         checkpoint_every: write a checkpoint every this many steps (0: never, except at
             ``stop_after_steps``).
         desc: progress-bar label.
+        progress: show the tqdm bar (False for logs and batch jobs).
         stop_after_steps: return after this many completed steps with a checkpoint written
             (simulated interruption, for tests and time-sliced jobs).
         seed: seed of the training RNG (dropout); the caller's RNG state is preserved.
@@ -314,7 +316,8 @@ def train(
         t0 = time.perf_counter()
         first = np.asarray(source.batch(0))
         bar = tqdm(total=total_steps * first.size, initial=step * first.size, desc=desc, unit="tok",
-                   unit_scale=True, dynamic_ncols=True, mininterval=1.0, leave=False)
+                   unit_scale=True, dynamic_ncols=True, mininterval=1.0, leave=False,
+                   disable=not progress)
         interrupted = False
         try:
             while step < total_steps:
