@@ -4,7 +4,7 @@ Command (from the repository root)::
 
     python benchmarks/theory_sweep.py            # the issue's sizes (a few minutes on 2 cores)
     python benchmarks/theory_sweep.py --steps 200 --spectral-grid 64   # quick look
-    python benchmarks/theory_sweep.py --host-devices 2   # engine split over 2 XLA host devices (2 cores)
+    python benchmarks/theory_sweep.py --cpu-devices 1   # the engine on a single XLA device
 
 Times, in one process on the same machine, float32:
 
@@ -17,8 +17,9 @@ Times, in one process on the same machine, float32:
 3. the spectral path on a 256 x 256 grid with the same schedule;
 4. one large sgemm (4096^3) for the machine's matmul rate.
 
-XLA runs the engine's small fused loops on one thread; ``--host-devices 2`` exposes two XLA
-host devices so the full path splits the grid across both cores (``jax.shard_map``).
+XLA runs the engine's small fused loops on one thread per device; like the sweep CLI, the
+benchmark exposes one XLA CPU device per usable core (``--cpu-devices``) and the full path
+splits the grid across them (``jax.shard_map``).
 
 Prints times, the speedup over the baseline, GFLOP/s (counted as 2 n h n per small matmul,
 3 per step for the engine) and the fraction of the sgemm rate. Targets (2-core CPU):
@@ -35,29 +36,13 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _host_devices_from_argv(argv: list[str]) -> int:
-    """``--host-devices N`` must act before jax is imported (XLA reads XLA_FLAGS once)."""
-    for i, a in enumerate(argv):
-        if a == "--host-devices" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if a.startswith("--host-devices="):
-            return int(a.split("=", 1)[1])
-    return 1
-
-
-_HOST_DEVICES = _host_devices_from_argv(sys.argv[1:])
-if _HOST_DEVICES > 1:  # one XLA host device per core: the engine splits the grid across them
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={_HOST_DEVICES}").strip()
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from linear_theory.config import SimConfig, config_from_dict  # noqa: E402
 from linear_theory.simulate import stage_specs  # noqa: E402
-from linear_theory.sweep import make_plan, run_points  # noqa: E402
+from linear_theory.sweep import make_plan, run_points, use_cpu_devices  # noqa: E402
 from linear_theory.sweep_grid import parse_grid  # noqa: E402
 from linear_theory.sweep_kernels import flops_full_step  # noqa: E402
 from linear_theory.tasks import build_task  # noqa: E402
@@ -168,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spectral-grid", type=int, default=256, help="spectral grid side (issue: 256)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    ap.add_argument("--host-devices", type=int, default=1,
-                    help="expose N XLA host devices (e.g. the core count): the engine's full path splits "
-                         "the grid across them; the baseline and sgemm run as usual")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="XLA CPU devices the engine's full path splits the grid over (default: the usable "
+                         "cores, as the sweep CLI; 1 = one device); the baseline and sgemm run as usual")
     args = ap.parse_args(argv)
+    use_cpu_devices(args.cpu_devices)  # before any JAX computation
     n = h = 16
     pts = args.grid ** 2
     total_steps = 3 * args.steps
@@ -183,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     gf = flops / full_s / 1e9
     print(f"full-matrix engine  {args.grid}x{args.grid}, n=h=16, 3x{args.steps} steps: {full_s:.2f} s "
           f"(compile/warm-up {warm:.2f} s)  {gf:.1f} GFLOP/s = {gf / peak:.3f} of sgemm (1/{peak / gf:.1f})")
-    res = {"host_devices": jax.device_count(), "sgemm_gflops": peak, "full_seconds": full_s, "full_compile_seconds": warm, "full_gflops": gf,
+    res = {"cpu_devices": jax.device_count(), "sgemm_gflops": peak, "full_seconds": full_s, "full_compile_seconds": warm, "full_gflops": gf,
            "full_fraction_of_sgemm": gf / peak, "grid": args.grid, "steps_per_stage": args.steps}
     if not args.skip_baseline:
         comp, base_s = naive_baseline(args.steps, args.grid)

@@ -65,8 +65,9 @@ BLOCK_KEYS = (("inv", "invariant"), ("inc", "inconsistent"), ("spec", "specializ
 #: stage-scalar fields that enter the kernels as per-point arrays (no recompilation)
 SCALAR_FIELDS = ("stages.pre.alpha", "stages.pre.lr", "stages.post.lr", "stages.post.reg",
                  "stages.post.replay", "stages.post.dropout", "stages.ft.lr")
-#: bump when the numerics of the kernels change (enters the plan hash, so old chunks are not reused)
-KERNEL_VERSION = 1
+#: bump when the kernels' numerics or the row columns change (enters the plan hash, so chunk
+#: files of an older version are never mixed into a resumed sweep)
+KERNEL_VERSION = 2
 _EXPLODE = 1e6  # same divergence threshold as linear_theory.simulate
 _FULL_TILE = 128  # batch tile of the full path (keeps a tile's weights in L1/L2 for all steps)
 _NOMINAL_GFLOPS = {"full": 10.0, "spectral": 3.0}  # for the printed time estimate only

@@ -28,7 +28,7 @@ __all__ = ["assumption_flags"]
 
 
 def assumption_flags(task: TaskConfig, alpha: np.ndarray) -> dict[str, np.ndarray]:
-    """Flags ``C3_C4``, ``C5``, ``C6`` and ``assumptions_hold`` for ``alpha`` (P,) -> bool (P,)."""
+    """Flags ``C3_C4``, ``C5``, ``C6``, ``C5_C6_hold``, ``assumptions_hold``: alpha (P,) -> bool (P,)."""
     alpha = np.asarray(alpha, dtype=np.float64)
     inv = np.asarray(task.sigma_inv, dtype=np.float64)
     pre = np.asarray(task.sigma_inc_pre, dtype=np.float64)
@@ -50,5 +50,6 @@ def assumption_flags(task: TaskConfig, alpha: np.ndarray) -> dict[str, np.ndarra
         c5 = True
     full = np.ones(alpha.shape, dtype=bool)
     out = {"C3_C4": full & c34, "C5": full & c5, "C6": np.asarray(c6, dtype=bool)}
+    out["C5_C6_hold"] = out["C5"] & out["C6"]  # the pretraining assumptions of Theorem C.10
     out["assumptions_hold"] = out["C3_C4"] & out["C5"] & out["C6"]
     return out

@@ -54,7 +54,7 @@ def heatmaps(df: pd.DataFrame, axes: list[dict[str, Any]], out: Path) -> list[Pa
                 ax.set_xscale("log")
             ax.set_xlabel(a["path"])
             ax.set_ylabel(q)
-            hold = sel["C5"].to_numpy(bool) & sel["C6"].to_numpy(bool)
+            hold = sel["C5_C6_hold"].to_numpy(bool)
             if hold.any():
                 ax.fill_between(x, 0, 1, where=hold, color="tab:green", alpha=0.15,
                                 transform=ax.get_xaxis_transform(), label="C.5 & C.6 hold")
@@ -73,7 +73,7 @@ def heatmaps(df: pd.DataFrame, axes: list[dict[str, Any]], out: Path) -> list[Pa
     # C.3/C.4 (beta < c_mis / 2) and C.6 cannot hold together (C.6 needs beta > sigma_post_inc
     # >= c_mis > 2 beta), so the outlined region is where the pretraining assumptions C.5 and
     # C.6 hold; the title says where C.3/C.4 hold.
-    hold = (sel["C5"].to_numpy(bool) & sel["C6"].to_numpy(bool)).reshape(shape)
+    hold = sel["C5_C6_hold"].to_numpy(bool).reshape(shape)
     c34 = sel["C3_C4"].to_numpy(bool)
     c34_txt = "everywhere" if c34.all() else ("nowhere" if not c34.any() else "in part")
     for q in QUANTITIES:

@@ -108,12 +108,12 @@ def test_assumption_flags_hand_computed():
     # gap = min(1.5-0.1, 1.5-0.0) = 1.4 > 2*0.4: C3_C4 holds; min inv 3.5 > max(1.5, 0.4): C5 holds.
     # C6: a*0.4 > (1-a)*0.1 + a*1.5 never holds for a in [0, 1] (needs 0.4 > 1.5 at a = 1).
     f = assumption_flags(task, np.array([0.0, 0.5, 1.0]))
-    assert f["C3_C4"].all() and f["C5"].all() and not f["C6"].any()
+    assert f["C3_C4"].all() and f["C5"].all() and not f["C6"].any() and not f["C5_C6_hold"].any()
     task2 = default_config().replace(["task.beta=3.0", "task.sigma_inc_post=[1.4,1.3]",
                                       "task.sigma_inc_pre=[0.4,0.3]"]).task
     # C6 at alpha: 3a > 0.4(1-a) + 1.4a <=> a > 0.4/2.0 = 0.2 (the binding feature); gap 1.0 < 6: C3_C4 fails
     f2 = assumption_flags(task2, np.array([0.1, 0.19, 0.21, 0.9]))
-    assert list(f2["C6"]) == [False, False, True, True]
+    assert list(f2["C6"]) == [False, False, True, True] and list(f2["C5_C6_hold"]) == [False, False, True, True]
     assert not f2["C3_C4"].any() and not f2["assumptions_hold"].any()
 
 
@@ -169,6 +169,7 @@ def test_shard_merge_and_resume_equal_uninterrupted(tmp_path):
     (["--grid", "alpha=0:1:3", "--shard", "x"], "i/N"),
     (["--grid", "alpha=0:1:3", "--set", "stages.pre.alphaa=1"], "unknown key"),
     ([], "at least one axis"),
+    (["--grid", "alpha=0:1:3", "--cpu-devices", "0"], "--cpu-devices"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, field):
     from linear_theory.cli import main
