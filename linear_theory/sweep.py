@@ -1,6 +1,6 @@
 """Vectorised, chunked, resumable sweeps of the three-stage simulation over any config fields.
 
-Command (see ``docs/README_sweeps.md``)::
+Command (see ``docs/sweeps.md``)::
 
     python -m linear_theory sweep --config configs/theory/sweep_alpha_beta.yaml \
         --grid alpha=0:1:64 --grid beta=0.1:4:64 --out results/theory/sweep

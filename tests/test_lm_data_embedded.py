@@ -2,7 +2,7 @@
 
 No download happens here: the archives (wheels = zip files, Debian packages = ar +
 data.tar.xz) are written by the tests in the real formats and handed to the builders in
-place of the downloaded ones.  The real build is measured separately (README_lm_data).
+place of the downloaded ones.  The real build is measured separately (docs/lm_data.md).
 """
 
 from __future__ import annotations
