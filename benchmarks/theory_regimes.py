@@ -1,6 +1,6 @@
 """Regimes of the paper's claims (a)-(d) in the Appendix C linear model.
 
-Command (from the repository root; about 1-3 minutes on the shared 2-core machine)::
+Command (from the repository root; 52 s wall measured on the shared 2-core machine)::
 
     nice -n 19 python benchmarks/theory_regimes.py
 
@@ -12,6 +12,10 @@ studies, the paper-check functions that judge them). Prints, in order:
    (evaluate every ``EVAL_EVERY`` steps, stop after ``PATIENCE`` evaluations without a relative
    improvement > r, restore the best step; budget ``MAX_POST``), over T (init scale), beta and
    r; per cell the stop steps and the Section 4.1 verdict (``check_sec41``) of the rows.
+   2b: coupled models (random init, wider hidden layer, random basis, large init) at a short
+   and a converged budget. 2c: Section 4.1 with finite D_post, minibatch SGD and the LM side's
+   rule (every epoch, patience 2, strict improvement, best epoch restored). Then claim (a) on
+   the early-stopped checkpoints of 2.
 3. Frontier claims (a) and (d) (``frontier_checks``) with the shipped post-training grid, with
    post-training run to convergence, and with early-stopped post-training.
 4. Compute-matched study (Section 4.2, finite samples, SGD): N x lambda (and one-pass vs
@@ -120,7 +124,11 @@ def run_es(T: float, beta: float) -> dict:
         tr = res.trajectory
         post = tr[tr["stage"] == "post"]
         L, st = post["L_post"].to_numpy(), post["step"].to_numpy()
-        per_r = {}
+        per_r = {"plateau": float("nan")}
+        on_plateau = L[1:] > 1.0  # before the unmixed model's escape (L_post > 1)
+        if a == 0.0 and on_plateau.any():
+            rel = (L[:-1] - L[1:]) / L[:-1]
+            per_r["plateau"] = float(rel[on_plateau].min())
         cache: dict[int, dict] = {}
         for r in MIN_DELTAS:
             s = early_stop(L, st, r)
@@ -146,6 +154,7 @@ def study_early_stopping() -> dict:
                               "L_im(a=0)": es[0.0][r][1]["L_im"], "L_im(a=1)": es[1.0][r][1]["L_im"],
                               "L_ret(a=0)": es[0.0][r][1]["L_ret"], "L_ret(a=.5)": es[0.5][r][1]["L_ret"],
                               "L_ret(a=1)": es[1.0][r][1]["L_ret"], "dL_im": d_im, "dL_ret": d_ret,
+                              "min rel impr (a=0)": es[0.0]["plateau"],
                               "verdict (b)": status})
             log(f"   beta={beta:g} T={T:g} done")
     print("\nEarly stopping (eval every %d steps, patience %d, budget %d, best step restored); "
@@ -155,21 +164,63 @@ def study_early_stopping() -> dict:
 
 
 def study_coupled() -> None:
-    """Is there a non-decoupled setting where converged arms differ? (full-matrix path)"""
-    log("2b coupled models (random init, wider hidden layer, random basis): alpha x post budget, pre 3000 steps")
+    """Non-decoupled models (full-matrix path): can converged arms differ in L_ret?"""
+    log("2b coupled models (random init; small e^-T or large e^0, e^-1 scale; width; basis), pre 3000 steps")
     rows = []
-    for over in (["model.init=random"], ["model.init=random", "model.width=12"],
-                 ["model.init=random", "task.basis=random"]):
+    settings = (["model.init=random"], ["model.init=random", "model.width=12"],
+                ["model.init=random", "task.basis=random"], ["model.init=random", "model.T=1"],
+                ["model.init=random", "model.T=0"], ["model.init=random", "model.T=0", "task.basis=random"])
+    for over in settings:
         for post in (50, MAX_POST):
             rec = {"setting": " ".join(o.split(".")[-1] for o in over), "post.steps": post}
-            for a in (0.0, 0.5, 1.0):
+            trs = []
+            for a in ALPHAS:
                 cfg = load_config(DEFAULT, over + [f"stages.pre.alpha={a}", f"stages.post.steps={post}",
                                                    "stages.pre.steps=3000"])
                 res = simulate(cfg)
-                rec[f"L_im(a={a:g})"] = res.losses["L_im"]
-                rec[f"L_ret(a={a:g})"] = res.losses["L_ret"]
+                trs.append(theory_row(cfg, a, res.losses, {"steps": post, "setting": rec["setting"]}))
+                if a in (0.0, 1.0):
+                    rec[f"L_im(a={a:g})"] = res.losses["L_im"]
+            for a, r in zip(ALPHAS, trs):
+                rec[f"L_ret(a={a:g})"] = r["L_ret"]
+            rec["verdict (b)"] = sec41_verdict(trs)[0]
             rows.append(rec)
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+
+
+def study_sgd_early_stopping() -> None:
+    """Section 4.1 analogue with finite D_post, minibatch SGD and the LM side's rule."""
+    log("2c Section 4.1 with SGD on finite D_post + early stopping (eval every epoch, patience 2, strict, "
+        "best restored; validation = exact L_post), 3 seeds, batch 8, post lr 0.02, pre steps 60 T")
+    table = []
+    for T in (10.0, 20.0):
+        cfg = load_config(DEFAULT, ["stages.post.lr=0.02", f"model.T={T}", f"stages.pre.steps={int(60 * T)}"])
+        for N, E in ((100, 30), (400, 12)):
+            rows, stops = [], {}
+            for seed in (0, 1, 2):
+                specs, keys = [], []
+                for lam in ALPHAS:
+                    extra = int(round(lam * N))
+                    for e in range(1, E + 1):  # the e-epoch run is the prefix of the (e+1)-epoch run
+                        specs.append(FiniteSpec(N + extra, extra / (N + extra), seed, 400.0, 8, e))
+                        keys.append((lam, e))
+                res = dict(zip(keys, run_finite(cfg, specs)))
+                for lam in ALPHAS:
+                    L = np.array([res[(lam, e)]["L_im"] for e in range(1, E + 1)])
+                    best = early_stop(L, np.arange(1, E + 1), 0.0)
+                    stops.setdefault(lam, []).append(best)
+                    r = res[(lam, best)]
+                    rows.append(theory_row(cfg, lam, r, {"N": N, "epochs": best, "seed": seed}, seed=seed))
+            df = validate_frontier(pd.DataFrame(rows))
+            status, _, data = check_sec41(df, "theory", OPTS)
+            m_im, m_ret = data["means"], data["means_L_ret"]
+            table.append({"T": T, "N": N, "max ep": E,
+                          **{f"stop ep(l={a:g})": "/".join(map(str, stops[a])) for a in (0.0, 0.5, 1.0)},
+                          **{f"L_im(l={a:g})": m_im[a] for a in (0.0, 0.5, 1.0)},
+                          **{f"L_ret(l={a:g})": m_ret[a] for a in (0.0, 0.5, 1.0)},
+                          "verdict (b)": status})
+            log(f"   T={T:g} N={N} done")
+    print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 # ---------------------------------------------------------------- 3. frontier (a), (d)
@@ -191,6 +242,14 @@ def study_frontier() -> None:
     res += frontier_verdicts(conv, f"converged (post.steps {MAX_POST})")
     for r in res:
         print(f"{r['protocol']:<30} {r['claim']:<28} {r['status']:<13} {r['evidence']}")
+    print("\nverdicts per single post-training budget (post lr {0.01, 0.02}; ft grid as shipped)")
+    table = []
+    for steps in (25, 50, 100, 200, 500, MAX_POST):
+        for reg in ((0.0, 0.1), (0.0,)):
+            fc = replace(shipped, post=replace(shipped.post, steps=(steps,), reg=reg))
+            v = {r["claim"]: r["status"] for r in frontier_verdicts(fc, "")}
+            table.append({"post.steps": steps, "reg": "/".join(map(str, reg)), **v})
+    print(pd.DataFrame(table).to_string(index=False))
 
 
 def frontier_es(keep: dict) -> None:
@@ -256,6 +315,7 @@ def main() -> None:
     study_budget()
     keep = study_early_stopping()
     study_coupled()
+    study_sgd_early_stopping()
     frontier_es(keep)
     study_frontier()
     study_compute_matched()
