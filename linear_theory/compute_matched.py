@@ -31,12 +31,12 @@ from typing import Any
 
 import pandas as pd
 
-from early_exposure.configs import apply_overrides, check_range, from_dict, load_mapping, to_dict
+from early_exposure.configs import check_range, to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import make_row, method_name, write_frontier
 from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
 from early_exposure.provenance import provenance
-from linear_theory.config import SimConfig, default_config, load_config
+from linear_theory.config import SimConfig, load_study_config, study_base_config
 from linear_theory.finite import FiniteSpec, run_finite
 
 __all__ = ["ComputeMatchedConfig", "Sec41Config", "study_rows", "run_compute_matched_cli"]
@@ -93,17 +93,11 @@ class ComputeMatchedConfig:
 
 
 def load_cm_config(path: str | None, overrides: list[str] | None = None) -> ComputeMatchedConfig:
-    data = {} if path is None else load_mapping(path)
-    cm = from_dict(ComputeMatchedConfig, apply_overrides(data, overrides))
-    if cm.base is not None and path is not None and not Path(cm.base).is_absolute():
-        candidate = Path(path).parent / cm.base
-        if candidate.is_file():
-            cm = from_dict(ComputeMatchedConfig, dict(to_dict(cm), base=str(candidate)))
-    return cm
+    return load_study_config(ComputeMatchedConfig, path, overrides)
 
 
 def base_config(cm: ComputeMatchedConfig) -> SimConfig:
-    return load_config(cm.base, list(cm.set)) if cm.base is not None else default_config().replace(list(cm.set))
+    return study_base_config(cm.base, cm.set)
 
 
 def study_rows(cm: ComputeMatchedConfig, *, progress: bool = False) -> pd.DataFrame:

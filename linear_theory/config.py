@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from early_exposure.configs import apply_overrides, check_range, from_dict, load_mapping, to_dict
 from early_exposure.errors import ConfigError
+
+_S = TypeVar("_S")
 
 __all__ = [
     "TaskConfig", "ModelConfig", "PreConfig", "PostConfig", "FtConfig", "StagesConfig",
@@ -254,3 +256,23 @@ def default_config() -> SimConfig:
         ),
         precision="float64",
     )
+
+
+def load_study_config(cls: type[_S], path: str | Path | None, overrides: list[str] | None = None) -> _S:
+    """Load a study config (frontier, compute-matched) with a ``base`` SimConfig path.
+
+    A relative ``base`` is resolved against the study file's folder when it exists there.
+    """
+    data = {} if path is None else load_mapping(path)
+    cfg = from_dict(cls, apply_overrides(data, overrides))
+    base = getattr(cfg, "base")
+    if base is not None and path is not None and not Path(base).is_absolute():
+        candidate = Path(path).parent / base
+        if candidate.is_file():
+            cfg = from_dict(cls, dict(to_dict(cfg), base=str(candidate)))
+    return cfg
+
+
+def study_base_config(base: str | None, overrides: tuple[str, ...] | list[str]) -> SimConfig:
+    """The SimConfig a study starts from: ``base`` file (or the default task) + its ``set`` list."""
+    return load_config(base, list(overrides)) if base is not None else default_config().replace(list(overrides))

@@ -25,12 +25,12 @@ from typing import Any
 
 import pandas as pd
 
-from early_exposure.configs import apply_overrides, check_range, from_dict, load_mapping, to_dict
+from early_exposure.configs import check_range, to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import make_row, method_name, write_frontier
 from early_exposure.io import atomic_write_json, stable_hash
 from early_exposure.provenance import provenance
-from linear_theory.config import SimConfig, default_config, load_config
+from linear_theory.config import SimConfig, load_study_config, study_base_config
 from linear_theory.sweep import sweep_frame
 from linear_theory.sweep_grid import Axis, apply_values
 
@@ -100,17 +100,11 @@ class FrontierConfig:
 
 
 def load_frontier_config(path: str | None, overrides: list[str] | None = None) -> FrontierConfig:
-    data = {} if path is None else load_mapping(path)
-    fc = from_dict(FrontierConfig, apply_overrides(data, overrides))
-    if fc.base is not None and path is not None and not Path(fc.base).is_absolute():
-        candidate = Path(path).parent / fc.base
-        if candidate.is_file():
-            fc = from_dict(FrontierConfig, dict(to_dict(fc), base=str(candidate)))
-    return fc
+    return load_study_config(FrontierConfig, path, overrides)
 
 
 def base_config(fc: FrontierConfig) -> SimConfig:
-    return load_config(fc.base, list(fc.set)) if fc.base is not None else default_config().replace(list(fc.set))
+    return study_base_config(fc.base, fc.set)
 
 
 def _variants(fc: FrontierConfig) -> list[tuple[str, float, float, float]]:

@@ -24,9 +24,7 @@ simulates an interruption: it writes a checkpoint and returns with the checkpoin
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from early_exposure.errors import ConfigError
+from early_exposure.io import atomic_write_via
 from lm_experiments.device import autocast_context, check_precision
 
 STATE_FILE = "state.pt"
@@ -166,18 +165,7 @@ def _restore_snapshot(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_via(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _fingerprint(model: nn.Module, source: BatchSource, optim: OptimConfig, seed: int) -> dict[str, Any]:
