@@ -187,6 +187,34 @@ def gd_full(W1: jax.Array, W2: jax.Array, A: jax.Array, C: jax.Array, w: jax.Arr
                         jnp.asarray(stride or 1, dtype=jnp.int32), n_chunks=n_chunks)
 
 
+def _guarded(x: jax.Array, y: jax.Array, nx: jax.Array, ny: jax.Array, bad: jax.Array,
+             done: jax.Array, limit: jax.Array) -> tuple:
+    """Accept the update (nx, ny) unless it is non-finite or beyond ``limit``; once diverged,
+    the weights stay frozen at the last finite step and ``done`` stops counting."""
+    ok = jnp.all(jnp.isfinite(nx)) & jnp.all(jnp.isfinite(ny)) & (
+        jnp.maximum(jnp.max(jnp.abs(nx)), jnp.max(jnp.abs(ny))) < limit)
+    nbad = bad | ~ok
+    return (jnp.where(nbad, x, nx), jnp.where(nbad, y, ny), nbad, done + (~nbad).astype(done.dtype))
+
+
+def _run_loop(step, x: jax.Array, y: jax.Array, record, steps, stride, n_chunks):
+    """``steps`` calls of ``step`` on (x, y, diverged, steps_done); with ``n_chunks`` also the
+    records ``record(x, y)`` at step 0 and every ``stride`` steps (shape (n_chunks + 1, ...))."""
+    carry = (x, y, jnp.asarray(False), jnp.asarray(0, dtype=jnp.int32))
+    if n_chunks is None:
+        carry = jax.lax.fori_loop(0, steps, lambda _, c: step(c), carry)
+        return (*carry, None)
+    first = record(x, y)
+
+    def chunk(c, _):
+        c = jax.lax.fori_loop(0, stride, lambda _, cc: step(cc), c)
+        return c, record(c[0], c[1])
+
+    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
+    carry = jax.lax.fori_loop(0, steps - n_chunks * stride, lambda _, c: step(c), carry)
+    return (*carry, jnp.concatenate([first[None, :], recs], axis=0))
+
+
 def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, steps, stride, n_chunks):
     """Body of :func:`gd_full` (jitted with ``n_chunks`` static)."""
     grad = jax.grad(_objective_full, argnums=(0, 1))
@@ -194,25 +222,9 @@ def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, 
     def step(carry):
         W1, W2, bad, done = carry
         g1, g2 = grad(W1, W2, A, C, w, theta0, reg, kappa)
-        N1, N2 = W1 - lr * g1, W2 - lr * g2
-        ok = jnp.all(jnp.isfinite(N1)) & jnp.all(jnp.isfinite(N2)) & (
-            jnp.maximum(jnp.max(jnp.abs(N1)), jnp.max(jnp.abs(N2))) < limit)
-        nbad = bad | ~ok
-        return (jnp.where(nbad, W1, N1), jnp.where(nbad, W2, N2), nbad, done + (~nbad).astype(done.dtype))
+        return _guarded(W1, W2, W1 - lr * g1, W2 - lr * g2, bad, done, limit)
 
-    carry = (W1, W2, jnp.asarray(False), jnp.asarray(0, dtype=jnp.int32))
-    if n_chunks is None:
-        carry = jax.lax.fori_loop(0, steps, lambda _, c: step(c), carry)
-        return (*carry, None)
-    first = _record_full(W1, W2, U, V, A3, C3)
-
-    def chunk(c, _):
-        c = jax.lax.fori_loop(0, stride, lambda _, cc: step(cc), c)
-        return c, _record_full(c[0], c[1], U, V, A3, C3)
-
-    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
-    carry = jax.lax.fori_loop(0, steps - n_chunks * stride, lambda _, c: step(c), carry)
-    return (*carry, jnp.concatenate([first[None, :], recs], axis=0))
+    return _run_loop(step, W1, W2, lambda x, y: _record_full(x, y, U, V, A3, C3), steps, stride, n_chunks)
 
 
 # steps and stride are traced; only the number of recorded chunks is static
@@ -250,25 +262,9 @@ def _gd_spectral_impl(a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3
         s = a * b
         g = (2.0 * jnp.sum(w[:, None] * cov * (s[None, :] - sigma), axis=0)
              + 2.0 * reg * (s - s0) + 2.0 * kappa * cd * s)
-        na, nb = a - lr * g * b, b - lr * g * a
-        ok = jnp.all(jnp.isfinite(na)) & jnp.all(jnp.isfinite(nb)) & (
-            jnp.maximum(jnp.max(jnp.abs(na)), jnp.max(jnp.abs(nb))) < limit)
-        nbad = bad | ~ok
-        return (jnp.where(nbad, a, na), jnp.where(nbad, b, nb), nbad, done + (~nbad).astype(done.dtype))
+        return _guarded(a, b, a - lr * g * b, b - lr * g * a, bad, done, limit)
 
-    carry = (a, b, jnp.asarray(False), jnp.asarray(0, dtype=jnp.int32))
-    if n_chunks is None:
-        carry = jax.lax.fori_loop(0, steps, lambda _, c: step(c), carry)
-        return (*carry, None)
-    first = _record_spectral(a, b, sig3, cov3)
-
-    def chunk(c, _):
-        c = jax.lax.fori_loop(0, stride, lambda _, cc: step(cc), c)
-        return c, _record_spectral(c[0], c[1], sig3, cov3)
-
-    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
-    carry = jax.lax.fori_loop(0, steps - n_chunks * stride, lambda _, c: step(c), carry)
-    return (*carry, jnp.concatenate([first[None, :], recs], axis=0))
+    return _run_loop(step, a, b, lambda x, y: _record_spectral(x, y, sig3, cov3), steps, stride, n_chunks)
 
 
 # steps and stride are traced; only the number of recorded chunks is static

@@ -37,6 +37,15 @@ PRE, POST, FT = 0, 1, 2
 SOURCE_NAMES: dict[int, str] = {PRE: "pre", POST: "post", FT: "ft"}
 
 
+def budget_steps(tokens: int, batch_size: int, seq_len: int, stage: str) -> int:
+    """Full batches of ``batch_size x seq_len`` tokens that fit in a ``tokens`` budget (>= 1)."""
+    steps = tokens // (batch_size * seq_len)
+    if steps < 1:
+        raise ValueError(f"{stage} budget of {tokens} tokens is less than one batch "
+                         f"({batch_size} x {seq_len} tokens)")
+    return steps
+
+
 def stage_rng(seed: int, *tags: str | int) -> np.random.Generator:
     """Generator for one use of randomness, derived from the root ``seed`` and ``tags``.
 
@@ -171,11 +180,7 @@ def pretrain_source(pre_blocks: np.ndarray, post_blocks: np.ndarray, mixed_post:
         mixed_post: int64 ``(n_mix,)`` distinct indices into ``post_blocks``
             (``split_post_blocks(...)[0]``).
     """
-    seq_len = int(pre_blocks.shape[1])
-    steps = tokens // (batch_size * seq_len)
-    if steps < 1:
-        raise ValueError(f"stage-1 budget of {tokens} tokens is less than one batch "
-                         f"({batch_size} x {seq_len} tokens)")
+    steps = budget_steps(tokens, batch_size, int(pre_blocks.shape[1]), "stage-1")
     n_slots = steps * batch_size
     mixed_post = np.asarray(mixed_post, dtype=np.int64)
     if np.unique(mixed_post).size != mixed_post.size:
@@ -243,11 +248,7 @@ def posttrain_source(post_blocks: np.ndarray, post_indices: np.ndarray, pre_bloc
 def finetune_source(ft_blocks: np.ndarray, *, tokens: int, batch_size: int, seed: int) -> PlannedSource:
     """Stage 3: a fixed budget of ``tokens // (batch_size * T)`` full batches over D_ft,
     reshuffled each epoch (the paper's fixed 200M-token fine-tuning, scaled)."""
-    seq_len = int(ft_blocks.shape[1])
-    steps = tokens // (batch_size * seq_len)
-    if steps < 1:
-        raise ValueError(f"stage-3 budget of {tokens} tokens is less than one batch "
-                         f"({batch_size} x {seq_len} tokens)")
+    steps = budget_steps(tokens, batch_size, int(ft_blocks.shape[1]), "stage-3")
     n_slots = steps * batch_size
     indices = epoch_stream(ft_blocks.shape[0], n_slots, stage_rng(seed, "stage3-ft"))
     return PlannedSource(np.full(n_slots, FT, dtype=np.int8), indices, {FT: ft_blocks}, batch_size)
