@@ -51,7 +51,7 @@ from linear_theory.config import SimConfig, load_config
 from linear_theory.simulate import enable_precision, initial_weights, spectral_applicable
 from linear_theory.sweep_assumptions import assumption_flags
 from linear_theory.sweep_grid import Axis, apply_values, parse_grid
-from linear_theory.sweep_kernels import flops_full_step, full_stage, spectral_stage
+from linear_theory.sweep_kernels import COMPILER_OPTIONS, flops_full_step, full_stage, spectral_stage
 from linear_theory.tasks import blocks, build_task
 
 __all__ = [
@@ -69,7 +69,7 @@ SCALAR_FIELDS = ("stages.pre.alpha", "stages.pre.lr", "stages.post.lr", "stages.
 #: files of an older version are never mixed into a resumed sweep)
 KERNEL_VERSION = 2
 _EXPLODE = 1e6  # same divergence threshold as linear_theory.simulate
-_FULL_TILE = 128  # batch tile of the full path (keeps a tile's weights in L1/L2 for all steps)
+_FULL_TILE = 256  # batch tile of the full path (keeps a tile's weights in L2 for all steps)
 _NOMINAL_GFLOPS = {"full": 10.0, "spectral": 3.0}  # for the printed time estimate only
 
 
@@ -247,16 +247,21 @@ def _device_mesh() -> jax.sharding.Mesh | None:
 
 @functools.lru_cache(maxsize=64)
 def _sharded(fn: Callable, mesh: jax.sharding.Mesh, ndims: tuple[int, ...], static: tuple) -> Callable:
-    """``fn`` under shard_map over the last (grid) axis of every array, jitted once per signature."""
+    """``fn`` under shard_map over the last (grid) axis of every array, jitted once per signature.
+
+    ``fn`` is a jitted kernel of :mod:`linear_theory.sweep_kernels`; its traced body
+    (``__wrapped__``) goes inside, since XLA options can only be set on the outermost jit.
+    """
     P = jax.sharding.PartitionSpec
+    body = fn.__wrapped__
 
     def spec(nd: int):
         return P(*([None] * (nd - 1)), "g")
 
-    local = jax.shard_map(lambda s, *xs: fn(*xs, s, **dict(static)), mesh=mesh,
+    local = jax.shard_map(lambda s, *xs: body(*xs, s, **dict(static)), mesh=mesh,
                           in_specs=(P(), *(spec(nd) for nd in ndims)),
                           out_specs=(spec(ndims[0]), spec(ndims[1]), P("g")))
-    return jax.jit(local)
+    return jax.jit(local, compiler_options=COMPILER_OPTIONS)
 
 
 def _run_stage(fn: Callable, mesh: jax.sharding.Mesh | None, arrays: list[jax.Array], steps: jax.Array,
