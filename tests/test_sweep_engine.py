@@ -82,6 +82,22 @@ def test_rows_equal_single_simulate_calls(extra, method, expect):
     assert _compare(df, cfg, axes) == 6
 
 
+def test_tiled_lane_layout_rows_equal_simulate_at_sampled_points():
+    """A grid big enough for the engine's tiled path (several 256-point tiles, 8-point float64
+    lane blocks, padding): rows at the edges of lane blocks and tiles equal simulate()."""
+    import linear_theory.sweep as sweep_mod
+
+    cfg = _small(["task.basis=random", "stages.post.dropout=0.1", "stages.post.reg=0.05",
+                  "stages.pre.steps=20", "stages.post.steps=10", "stages.ft.steps=10"])
+    axes = parse_grid(["alpha=0:1:10", "beta=1:3:6", "post.lr=0.02:0.06:5"], cfg)
+    plan = make_plan(cfg, axes, method="full")
+    assert len(plan.chunks) == 1 and len(plan.chunks[0][1]) == 300 > sweep_mod._FULL_TILE
+    df = sweep_mod.run_points(plan, 0).sort_values("point").reset_index(drop=True)
+    assert list(df["point"]) == list(range(300)) and set(df["method"]) == {"full"}
+    sample = df.iloc[[0, 7, 8, 15, 16, 131, 255, 256, 263, 299]]
+    assert _compare(sample, cfg, axes) == 10
+
+
 def test_steps_and_width_axes_group_and_match():
     """Axes that change loop lengths and shapes are grouped; rows still equal simulate()."""
     cfg = _small(["model.init=random"])
