@@ -17,20 +17,23 @@ matrix, the usual convention). Peaks are dense bf16 figures (H100 SXM 989 TFLOP/
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
 
-import numpy as np
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable from a checkout
 
-from early_exposure.errors import ConfigError, cli_main
-from early_exposure.io import atomic_write_json
-from early_exposure.provenance import provenance
-from lm_experiments.device import resolve_device, uses_bf16
-from lm_experiments.evaluate import evaluate
-from lm_experiments.model import MODEL_PRESETS, build_model, count_parameters
-from lm_experiments.train import OptimConfig, loss_and_backward, make_optimizer
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from early_exposure.errors import ConfigError, cli_main  # noqa: E402
+from early_exposure.io import atomic_write_json  # noqa: E402
+from early_exposure.provenance import provenance  # noqa: E402
+from lm_experiments.device import resolve_device, uses_bf16  # noqa: E402
+from lm_experiments.evaluate import evaluate  # noqa: E402
+from lm_experiments.model import MODEL_PRESETS, build_model, count_parameters  # noqa: E402
+from lm_experiments.train import OptimConfig, loss_and_backward, make_optimizer  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s), matched against torch.cuda.get_device_name().
 _PEAKS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0),

@@ -262,7 +262,8 @@ class PipelineConfig:
         micro_batch: sequences per forward/backward pass (gradient accumulation up to each
             stage's batch size; 0 = the whole batch at once). Results do not depend on it.
         fallback_set: ``--set``-style overrides applied together with ``data_fallback``
-            (budgets sized for the online corpora rarely fit the small offline ones).
+            (budgets sized for the online corpora rarely fit the small offline ones). A field
+            given on the command line with ``--set`` keeps the command line's value.
         threads: CPU threads for torch (``torch.set_num_threads``; 0 = torch's default).
             On a small shared CPU, 1 thread can be several times faster than 2 for tiny
             models (no oversubscription). Not part of any run key.
@@ -341,8 +342,23 @@ def config_from_mapping(data: dict[str, Any]) -> PipelineConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a preset file, apply ``--set`` overrides, validate (``ConfigError`` on problems)."""
-    return config_from_mapping(apply_overrides(load_mapping(path), overrides))
+    """Read a preset file, apply ``--set`` overrides, validate (``ConfigError`` on problems).
+
+    A field set explicitly with ``--set`` also wins over the preset's ``fallback_set``: its
+    ``fallback_set`` entries for that field are dropped, so the value the user asked for holds
+    whichever corpora end up in use.
+    """
+    mapping = apply_overrides(load_mapping(path), overrides)
+    user_keys = {_override_key(o) for o in overrides or []}
+    if user_keys and isinstance(mapping.get("fallback_set"), list):
+        mapping["fallback_set"] = [o for o in mapping["fallback_set"]
+                                   if not (isinstance(o, str) and _override_key(o) in user_keys)]
+    return config_from_mapping(mapping)
+
+
+def _override_key(item: str) -> str:
+    """``'stage1.tokens'`` of ``'stage1.tokens=3e7'``."""
+    return item.split("=", 1)[0].strip()
 
 
 def fallback_config(cfg: PipelineConfig) -> PipelineConfig:

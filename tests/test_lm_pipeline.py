@@ -257,6 +257,25 @@ def test_presets_validate(preset: str) -> None:
         assert len(cfg.seeds) >= 3 and len(cfg.stage2.compute_matched) >= 3
 
 
+def test_command_line_set_wins_over_fallback_set(tmp_path: Path) -> None:
+    """gpu-135m's fallback_set sizes stage 1 for the offline corpora; an explicit --set of the
+    same field keeps the user's value after the fallback, the other fallback entries still apply."""
+    import yaml
+
+    from lm_experiments.config import fallback_config, load_config
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "lm" / "gpu-135m.yaml"
+    raw = yaml.safe_load(path.read_text())
+    preset_fb = dict(item.split("=", 1) for item in raw["fallback_set"])
+    assert "stage1.tokens" in preset_fb and "stage3.tokens" in preset_fb
+    plain = fallback_config(load_config(path))
+    assert plain.stage1.tokens == int(float(preset_fb["stage1.tokens"])) != 12_000_000
+    fb = fallback_config(load_config(path, ["stage1.tokens=12000000", "seeds=[0]"]))
+    assert fb.stage1.tokens == 12_000_000 and fb.seeds == (0,)
+    assert fb.stage3.tokens == int(float(preset_fb["stage3.tokens"]))  # untouched entries still apply
+    assert load_config(path, ["stage1.tokens=12000000"]).stage1.tokens == 12_000_000  # primary too
+
+
 def test_interrupted_sweep_resumes_to_the_same_losses(setup: dict, monkeypatch, tmp_path: Path) -> None:
     """Kill the sweep inside a post-training run (after the engine's checkpoint at step 3),
     rerun: the run resumes from that checkpoint and every loss equals the uninterrupted sweep's."""

@@ -325,7 +325,7 @@ def test_throughput_benchmark_runs_and_counts_flops(tmp_path, capsys):
     n = 2 * (4 * 128 * 128 + 3 * 128 * 512 + 2 * 128) + 128 + 64 * 128
     assert bench.train_flops_per_token(model, T) == 6 * n + 12 * 2 * 128 * T
     out = tmp_path / "b.json"
-    rc = bench.main(["--preset", "tiny-1m", "--vocab", "64", "--batch", "2", "--seq-len", str(T), "--steps", "2",
+    rc = bench.main(["--preset", "tiny-1m", "--device", "cpu", "--vocab", "64", "--batch", "2", "--seq-len", str(T), "--steps", "2",
                      "--warmup", "1", "--eval-batches", "1", "--threads", "1", "--json", str(out)])
     assert rc == 0
     rec = json.loads(out.read_text())
