@@ -70,7 +70,7 @@ SCALAR_FIELDS = ("stages.pre.alpha", "stages.pre.lr", "stages.post.lr", "stages.
 KERNEL_VERSION = 2
 _EXPLODE = 1e6  # same divergence threshold as linear_theory.simulate
 _FULL_TILE = 256  # batch tile of the full path (keeps a tile's weights in L2 for all steps)
-_NOMINAL_GFLOPS = {"full": 10.0, "spectral": 3.0}  # for the printed time estimate only
+_NOMINAL_GFLOPS = {"full": 30.0, "spectral": 3.0}  # per device, for the printed time estimate only
 
 
 # --------------------------------------------------------------------------- plan
@@ -115,7 +115,8 @@ class SweepPlan:
         for g in self.groups:
             n, h, s1, s2, s3, _, path = g.key
             per = flops_full_step(n, h) if path == "full" else 10 * n
-            total += per * (s1 + s2 + s3) * len(g.points) / (_NOMINAL_GFLOPS[path] * 1e9)
+            rate = _NOMINAL_GFLOPS[path] * (jax.device_count() if path == "full" else 1)  # full: split over devices
+            total += per * (s1 + s2 + s3) * len(g.points) / (rate * 1e9)
         return total
 
 
