@@ -79,10 +79,17 @@ def test_sampled_dropout_matches_closed_form_in_expectation():
     closed = _expected_dropout_loss(W1, W2, A, C, kappa)
     se = float(jnp.std(per)) / math.sqrt(M)
     assert abs(float(jnp.mean(per)) - float(closed)) < 4 * se, (float(jnp.mean(per)), float(closed), se)
+    # conditioned on the drawn x (empirical covariance), only the masks are random: the mean is
+    # then pinned to a few mask-noise standard errors (a 5% error in the penalty is ~5 of them)
+    C_hat = X.T @ X / M
+    per0 = jnp.sum(((X @ W2.T) @ W1.T - X @ A.T) ** 2, axis=1)  # same x, no dropout
+    se_mask = float(jnp.std(per - per0)) / math.sqrt(M)
+    closed_hat = _expected_dropout_loss(W1, W2, A, C_hat, kappa)
+    assert abs(float(jnp.mean(per)) - float(closed_hat)) < 4 * se_mask, (float(jnp.mean(per)), float(closed_hat))
     g_mc = jax.grad(lambda a, b: dropout_loss_sampled(a, b, X, jnp.full(M, 1.0 / M), masks, A), argnums=(0, 1))(W1, W2)
-    g_cf = jax.grad(lambda a, b: _expected_dropout_loss(a, b, A, C, kappa), argnums=(0, 1))(W1, W2)
+    g_cf = jax.grad(lambda a, b: _expected_dropout_loss(a, b, A, C_hat, kappa), argnums=(0, 1))(W1, W2)
     for gm, gc in zip(g_mc, g_cf):
-        assert float(jnp.linalg.norm(gm - gc) / jnp.linalg.norm(gc)) < 0.025  # MC noise ~0.8% at M=2e5
+        assert float(jnp.linalg.norm(gm - gc) / jnp.linalg.norm(gc)) < 0.01  # mask noise ~0.4% at M=2e5
     # without dropout the penalty vanishes: the sampled mean estimates the exact data term only
     assert float(closed) > float(_expected_dropout_loss(W1, W2, A, C, 0.0)) + 10 * se
 
