@@ -51,7 +51,7 @@ from linear_theory.config import SimConfig, load_config
 from linear_theory.simulate import enable_precision, initial_weights, spectral_applicable
 from linear_theory.sweep_assumptions import assumption_flags
 from linear_theory.sweep_grid import Axis, apply_values, parse_grid
-from linear_theory.sweep_kernels import COMPILER_OPTIONS, flops_full_step, full_stage, spectral_stage
+from linear_theory.sweep_kernels import compiler_options, flops_full_step, full_stage, spectral_stage
 from linear_theory.tasks import blocks, build_task
 
 __all__ = [
@@ -262,7 +262,7 @@ def _sharded(fn: Callable, mesh: jax.sharding.Mesh, ndims: tuple[int, ...], stat
     local = jax.shard_map(lambda s, *xs: body(*xs, s, **dict(static)), mesh=mesh,
                           in_specs=(P(), *(spec(nd) for nd in ndims)),
                           out_specs=(spec(ndims[0]), spec(ndims[1]), P("g")))
-    return jax.jit(local, compiler_options=COMPILER_OPTIONS)
+    return jax.jit(local, compiler_options=compiler_options())
 
 
 def _run_stage(fn: Callable, mesh: jax.sharding.Mesh | None, arrays: list[jax.Array], steps: jax.Array,

@@ -32,14 +32,15 @@ is flagged; its weights are zeroed (so no inf/NaN flows on) and its later stages
 
 from __future__ import annotations
 
-from functools import partial
+import functools
+import warnings
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 __all__ = ["bmm", "full_stage", "spectral_stage", "flops_full_step", "lanes_for", "UNROLL_MAX",
-           "COMPILER_OPTIONS"]
+           "COMPILER_OPTIONS", "compiler_options"]
 
 #: contraction sizes up to this are unrolled into fused multiply-adds; larger use einsum
 UNROLL_MAX = 32
@@ -48,6 +49,38 @@ UNROLL_MAX = 32
 #: AVX-512 the lane-tiled loops below run about 1.4x faster with 512-bit ones (LLVM falls back to
 #: the widest available width elsewhere; other backends ignore the option).
 COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": "512"}
+
+
+@functools.cache
+def compiler_options() -> dict[str, str]:
+    """:data:`COMPILER_OPTIONS` if this XLA accepts them (checked once by compiling a no-op, at
+    first use, so after any device setup), else ``{}`` with a warning: the options are XLA debug
+    options, and an XLA without them must still run the engine (slower), not fail."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=COMPILER_OPTIONS).lower(jnp.zeros(1)).compile()
+    except Exception as exc:  # noqa: BLE001 - e.g. "No such compile option": fall back to defaults
+        warnings.warn(f"XLA rejects the sweep engine's compiler options {COMPILER_OPTIONS} "
+                      f"({str(exc).splitlines()[0]}); compiling without them", RuntimeWarning, stacklevel=2)
+        return {}
+    return dict(COMPILER_OPTIONS)
+
+
+_STATIC = ("use_reg", "use_drop", "tile", "unroll")
+
+
+@functools.cache
+def _jitted(fn):
+    return jax.jit(fn, static_argnames=_STATIC, compiler_options=compiler_options())
+
+
+def _engine_kernel(fn):
+    """Jit ``fn`` at its first call with :func:`compiler_options`; ``__wrapped__`` is the traced body
+    (for callers that put it inside their own jit, where options can only be set on the outer one)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return _jitted(fn)(*args, **kwargs)
+
+    return call
 
 #: SIMD lanes of a 512-bit vector per dtype size in bytes
 _LANES = {4: 16, 8: 8, 2: 32}
@@ -142,7 +175,7 @@ def _loop(step: Callable[[tuple], tuple], carry: tuple, steps: jax.Array, unroll
     return carry
 
 
-@partial(jax.jit, static_argnames=("use_reg", "use_drop", "tile", "unroll"), compiler_options=COMPILER_OPTIONS)
+@_engine_kernel
 def full_stage(W1: jax.Array, W2: jax.Array, m: jax.Array, t: jax.Array, reg: jax.Array,
                kappa: jax.Array, lr: jax.Array, limit: jax.Array, alive: jax.Array, steps: jax.Array, *,
                use_reg: bool = False, use_drop: bool = False, tile: int | None = None,
@@ -181,7 +214,7 @@ def full_stage(W1: jax.Array, W2: jax.Array, m: jax.Array, t: jax.Array, reg: ja
     return jnp.where(ok[None, None, :], W1n, 0.0), jnp.where(ok[None, None, :], W2n, 0.0), ok
 
 
-@partial(jax.jit, static_argnames=("use_reg", "use_drop", "tile", "unroll"), compiler_options=COMPILER_OPTIONS)
+@_engine_kernel
 def spectral_stage(a: jax.Array, b: jax.Array, m: jax.Array, t: jax.Array, reg: jax.Array,
                    kappa: jax.Array, lr: jax.Array, limit: jax.Array, alive: jax.Array, steps: jax.Array, *,
                    use_reg: bool = False, use_drop: bool = False, tile: int | None = None,

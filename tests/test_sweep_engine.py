@@ -98,6 +98,26 @@ def test_tiled_lane_layout_rows_equal_simulate_at_sampled_points():
     assert _compare(sample, cfg, axes) == 10
 
 
+def test_rejected_compiler_options_fall_back_with_a_warning(monkeypatch):
+    """An XLA that does not know the engine's (debug) compiler options: a warning, default
+    compilation, and the same rows as simulate()."""
+    import linear_theory.sweep as sweep_mod
+    import linear_theory.sweep_kernels as K
+
+    monkeypatch.setattr(K, "COMPILER_OPTIONS", {"xla_cpu_no_such_option_for_this_test": "1"})
+    for cached in (K.compiler_options, K._jitted, sweep_mod._sharded):
+        cached.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="compiling without them"):
+            assert K.compiler_options() == {}
+        cfg = _small()
+        df, axes, _ = _rows(cfg, ["alpha=0:1:2", "beta=1,2"], method="full")
+        assert _compare(df, cfg, axes) == 4
+    finally:
+        for cached in (K.compiler_options, K._jitted, sweep_mod._sharded):
+            cached.cache_clear()
+
+
 def test_steps_and_width_axes_group_and_match():
     """Axes that change loop lengths and shapes are grouped; rows still equal simulate()."""
     cfg = _small(["model.init=random"])
