@@ -49,6 +49,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return atomic_write_via(path, write)
 
 
+def atomic_write_figure(path: str | os.PathLike[str], fig: Any, **savefig_kw: Any) -> Path:
+    """Save a matplotlib figure to ``path`` atomically, in the format its suffix names."""
+    path = Path(path)
+    return atomic_write_via(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip("."), **savefig_kw))
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -9,7 +9,7 @@ printed note, never a crash.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from early_exposure.frontier import read_frontier  # noqa: E402
-from early_exposure.io import atomic_write_bytes  # noqa: E402
+from early_exposure.io import atomic_write_figure  # noqa: E402
 
 #: one colour per method family, as in the paper (unmixed black, mixed purple)
 COLOURS = {"unmixed": "black", "mixed": "tab:purple", "mixed+replay": "tab:green", "mixed+dropout": "tab:orange",
@@ -48,6 +48,23 @@ def load_frontier(path: Path) -> pd.DataFrame:
 
 def lm_presets(results: Path) -> list[Path]:
     return sorted(p.parent for p in (results / "lm").glob("*/frontier.csv"))
+
+
+def frontier_tables(results: Path, theory_study: str, log: Logger,
+                    what: str) -> Iterator[tuple[str, str, pd.DataFrame, Path | None]]:
+    """``(label, pipeline, rows, run root)`` for each pipeline of every frontier table present:
+    each LM preset, then the theory study ``results/theory/<theory_study>`` (run root None).
+    An absent table is logged as ``skip <what> <label>: ...`` and skipped."""
+    sources = [(f"lm-{p.name}", p / "frontier.csv", p) for p in lm_presets(results)]
+    sources.append(("theory", results / "theory" / theory_study / "frontier.csv", None))
+    for label, csv, root in sources:
+        try:
+            df = load_frontier(csv)
+        except Skip as s:
+            log(f"skip {what} {label}: {s}")
+            continue
+        for pipe, sub in df.groupby("pipeline"):
+            yield label, pipe, sub, root
 
 
 def _find_fingerprints(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -93,13 +110,7 @@ def assert_comparable(df: pd.DataFrame, run_root: Path | None = None) -> dict[st
 
 def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf atomically; close the figure."""
-    import io
-
-    paths = []
-    for ext in ("png", "pdf"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=130, bbox_inches="tight")
-        paths.append(atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue()))
+    paths = [atomic_write_figure(out / f"{name}.{ext}", fig, dpi=130, bbox_inches="tight") for ext in ("png", "pdf")]
     plt.close(fig)
     return paths
 

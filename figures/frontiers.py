@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.pareto import pareto_front
-from figures.common import COLOURS, Logger, Skip, assert_comparable, load_frontier, lm_presets, safe_name, save
+from figures.common import (
+    COLOURS, Logger, Skip, assert_comparable, frontier_tables, load_frontier, lm_presets, safe_name, save,
+)
 from paper_checks.checks_lm import VIEWS, select_arm
 
 LABELS = {"L_ft": "fine-tuning loss $L_{ft}$", "L_ret": "retained post-training loss $L_{ret}$",
@@ -77,37 +79,24 @@ FIGS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
 }
 
 
-def _sources(results: Path) -> list[tuple[str, Path, Path | None]]:
-    """(label, frontier.csv, run root for fingerprints) of every frontier table present."""
-    out = [(f"lm-{p.name}", p / "frontier.csv", p) for p in lm_presets(results)]
-    out.append(("theory", results / "theory" / "frontier" / "frontier.csv", None))
-    return out
-
-
 def frontier_figures(results: Path, out: Path, log: Logger = print) -> tuple[list[Path], list[str]]:
     """All frontier figures for every source and pipeline -> (paths written, failures)."""
     from figures.common import NotComparable
 
     paths, failures = [], []
-    for label, csv, root in _sources(results):
+    for label, pipe, sub, root in frontier_tables(results, "frontier", log, "frontier figures"):
         try:
-            df = load_frontier(csv)
-        except Skip as s:
-            log(f"skip {label} frontier figures: {s}")
+            assert_comparable(sub, root)
+        except NotComparable as e:
+            failures.append(f"{label} {pipe}: {e}")
+            log(f"REFUSED {label} {pipe}: not comparable: {e}")
             continue
-        for pipe, sub in df.groupby("pipeline"):
+        for key, (title, panels) in FIGS.items():
+            name = f"{key}_{label}_{safe_name(pipe)}"
             try:
-                assert_comparable(sub, root)
-            except NotComparable as e:
-                failures.append(f"{label} {pipe}: {e}")
-                log(f"REFUSED {label} {pipe}: not comparable: {e}")
-                continue
-            for key, (title, panels) in FIGS.items():
-                name = f"{key}_{label}_{safe_name(pipe)}"
-                try:
-                    paths += _panels(sub, f"{title}\n{label}: {pipe}", panels, out, name)
-                except Skip as s:
-                    log(f"skip {s}")
+                paths += _panels(sub, f"{title}\n{label}: {pipe}", panels, out, name)
+            except Skip as s:
+                log(f"skip {s}")
     return paths, failures
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from figures.common import Logger, Skip, assert_comparable, load_frontier, lm_presets, safe_name, save
+from figures.common import Logger, Skip, assert_comparable, frontier_tables, safe_name, save
 
 BASE = ("unmixed", "mixed")
 
@@ -41,22 +41,14 @@ def _lambda_figure(df: pd.DataFrame, compute_matched: bool, title: str, out: Pat
 
 
 def lambda_figures(results: Path, out: Path, log: Logger = print) -> list[Path]:
-    sources: list[tuple[str, Path, Path | None]] = [(f"lm-{p.name}", p / "frontier.csv", p) for p in lm_presets(results)]
-    sources.append(("theory", results / "theory" / "compute_matched" / "frontier.csv", None))
     paths: list[Path] = []
-    for label, csv, root in sources:
-        try:
-            df = load_frontier(csv)
-        except Skip as s:
-            log(f"skip fig3 {label}: {s}")
-            continue
-        for pipe, sub in df.groupby("pipeline"):
-            assert_comparable(sub, root)
-            for key, cm, title in (("fig3a", False, "Figure 3a: more exposure (Section 4.1)"),
-                                   ("fig3b", True, "Figure 3b: compute-matched (Section 4.2)")):
-                try:
-                    paths += _lambda_figure(sub, cm, f"{title}\n{label}: {pipe}", out,
-                                            f"{key}_{label}_{safe_name(pipe)}")
-                except Skip as s:
-                    log(f"skip {s}")
+    for label, pipe, sub, root in frontier_tables(results, "compute_matched", log, "fig3"):
+        assert_comparable(sub, root)
+        for key, cm, title in (("fig3a", False, "Figure 3a: more exposure (Section 4.1)"),
+                               ("fig3b", True, "Figure 3b: compute-matched (Section 4.2)")):
+            try:
+                paths += _lambda_figure(sub, cm, f"{title}\n{label}: {pipe}", out,
+                                        f"{key}_{label}_{safe_name(pipe)}")
+            except Skip as s:
+                log(f"skip {s}")
     return paths

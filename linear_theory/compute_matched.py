@@ -34,7 +34,7 @@ import pandas as pd
 from early_exposure.configs import check_range, to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import make_row, method_name, write_frontier
-from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
+from early_exposure.io import atomic_write_bytes, atomic_write_figure, atomic_write_json, stable_hash
 from early_exposure.provenance import provenance
 from linear_theory.config import SimConfig, load_study_config, study_base_config
 from linear_theory.finite import FiniteSpec, run_finite
@@ -164,10 +164,8 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel(q)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_figure(path, fig, dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def run_compute_matched_cli(args: argparse.Namespace) -> int:

@@ -250,8 +250,8 @@ def _device_mesh() -> jax.sharding.Mesh | None:
 def _sharded(fn: Callable, mesh: jax.sharding.Mesh, ndims: tuple[int, ...], static: tuple) -> Callable:
     """``fn`` under shard_map over the last (grid) axis of every array, jitted once per signature.
 
-    ``fn`` is a jitted kernel of :mod:`linear_theory.sweep_kernels`; its traced body
-    (``__wrapped__``) goes inside, since XLA options can only be set on the outermost jit.
+    ``fn`` is a kernel of :mod:`linear_theory.sweep_kernels`; its traced body (``__wrapped__``)
+    goes inside, since XLA options can only be set on the outermost jit.
     """
     P = jax.sharding.PartitionSpec
     body = fn.__wrapped__

@@ -15,19 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from early_exposure.io import atomic_write_bytes
+from early_exposure.io import atomic_write_figure
 
 __all__ = ["heatmaps", "QUANTITIES"]
 
 QUANTITIES = ("Delta", "L_im", "L_ret")
-
-
-def _png(fig) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def heatmaps(df: pd.DataFrame, axes: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -36,6 +28,11 @@ def heatmaps(df: pd.DataFrame, axes: list[dict[str, Any]], out: Path) -> list[Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    def save(fig, path: Path) -> Path:
+        atomic_write_figure(path, fig, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
 
     paths: list[Path] = []
     sel = df
@@ -60,10 +57,7 @@ def heatmaps(df: pd.DataFrame, axes: list[dict[str, Any]], out: Path) -> list[Pa
                                 transform=ax.get_xaxis_transform(), label="C.5 & C.6 hold")
                 ax.legend(fontsize=8)
             ax.set_title(f"{q}{note}", fontsize=9)
-            p = out / f"line_{q}.png"
-            atomic_write_bytes(p, _png(fig))
-            plt.close(fig)
-            paths.append(p)
+            paths.append(save(fig, out / f"line_{q}.png"))
         return paths
     ax0, ax1 = axes[0], axes[1]
     x = np.asarray(ax0["values"], dtype=float) if not isinstance(ax0["values"][0], str) else np.arange(len(ax0["values"]))
@@ -95,8 +89,5 @@ def heatmaps(df: pd.DataFrame, axes: list[dict[str, Any]], out: Path) -> list[Pa
             ax.set_yscale("log")
         region = "everywhere" if hold.all() else ("nowhere" if not hold.any() else "inside black line")
         ax.set_title(f"{q}{note}\nC.5 & C.6 hold: {region}; C.3/C.4 hold: {c34_txt}", fontsize=9)
-        p = out / f"heatmap_{q}.png"
-        atomic_write_bytes(p, _png(fig))
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save(fig, out / f"heatmap_{q}.png"))
     return paths

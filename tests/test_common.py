@@ -11,7 +11,7 @@ import pytest
 from early_exposure.configs import apply_overrides, check_range, from_dict, to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import FRONTIER_COLUMNS, make_row, read_frontier, write_frontier
-from early_exposure.io import atomic_write_json, stable_hash
+from early_exposure.io import atomic_write_figure, atomic_write_json, stable_hash
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,21 @@ def _row(**kw):
                 diverged=False, run_id="r")
     base.update(kw)
     return make_row(**base)
+
+
+def test_atomic_write_figure_format_from_suffix_and_no_temp_left(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = atomic_write_figure(tmp_path / "sub" / "f.png", fig, dpi=50)
+    pdf = atomic_write_figure(tmp_path / "sub" / "f.pdf", fig)
+    plt.close(fig)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["f.pdf", "f.png"]
 
 
 def test_frontier_roundtrip_and_validation(tmp_path):

@@ -23,14 +23,7 @@ from lm_experiments.model import (
 from lm_experiments.train import OptimConfig, train
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two on a shared 2-core machine; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 V, T = 64, 16  # tiny vocabulary and sequence length for fast tests
 CPU = torch.device("cpu")

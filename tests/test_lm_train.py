@@ -23,14 +23,7 @@ from lm_experiments.model import build_model
 from lm_experiments.train import OptimConfig, lr_at, make_optimizer, train
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two on a shared 2-core machine; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 V, T = 64, 16
 CPU = torch.device("cpu")
