@@ -40,7 +40,7 @@ from linear_theory.finite import FiniteSpec, run_finite
 from linear_theory.frontier import FrontierConfig, frontier_rows, load_frontier_config
 from linear_theory.sweep import sweep_frame
 from linear_theory.sweep_grid import Axis
-from paper_checks.checks_lm import CheckOptions, check_sec41, check_sec42, frontier_checks
+from paper_checks.checks_frontier import CheckOptions, check_sec41, check_sec42, frontier_checks
 
 warnings.filterwarnings("ignore")
 pd.set_option("display.width", 200)

@@ -1,9 +1,12 @@
 """Strict mapping between config files (YAML/JSON) and frozen dataclasses.
 
-Rules (CONVENTIONS.md 3-4): unknown keys and wrong types are errors naming the field;
-numbers must be finite; ``--set section.field=value`` overrides are parsed as YAML
-scalars. Range checks live in each dataclass's ``__post_init__`` (raise
-:class:`~early_exposure.errors.ConfigError` with the field path).
+Rules: unknown keys and wrong types are errors naming the field; numbers must be
+finite; files and ``--set section.field=value`` overrides are read with YAML 1.2 number
+rules (``1e-3`` is a float, as YAML 1.2 and JSON mean, not the string PyYAML's YAML 1.1
+would make of it). Range checks live in each dataclass's ``__post_init__`` and name the
+field *relative to the section* (``check_int("steps", ...)``); :func:`from_dict` prefixes
+the section's path, so the same section reads ``stages.pre.steps`` in one config and
+``pre.steps`` in another, and no dataclass hard-codes where it is mounted.
 
 Example::
 
@@ -12,7 +15,10 @@ Example::
         steps: int = 100
         lr: float = 0.1
 
-    cfg = from_dict(Stage, {"steps": 10}, path="stages.pre")
+        def __post_init__(self) -> None:
+            check_int("steps", self.steps, 1)
+
+    from_dict(Stage, {"steps": 0}, path="stages.pre")   # ConfigError "stages.pre.steps: ..."
 """
 
 from __future__ import annotations
@@ -25,11 +31,32 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import re
+
 import yaml
 
 from early_exposure.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float rule (``1e-3``, ``2E5`` are numbers)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats; every config of the project is read by it."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:
@@ -39,7 +66,7 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
         raise ConfigError("--config", f"file not found: {p}")
     text = p.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if p.suffix == ".json" else yaml_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError("--config", f"cannot parse {p}: {exc}".splitlines()[0]) from None
     if data is None:
@@ -57,15 +84,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError("--set", f"empty key in {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    # YAML 1.1 reads "1e-3" as a string; accept it as a float.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
     return key.strip().split("."), value
 
 
@@ -179,10 +200,26 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{path + '.' if path else ''}{name}")
+    missing = [f.name for f in fields.values()
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        where = f"{path + '.' if path else ''}{missing[0]}"
+        raise ConfigError(where, f"required {'section' if dataclasses.is_dataclass(hints[missing[0]]) else 'field'}"
+                          f" is missing; add {missing[0]}: ... {'in ' + path if path else 'at top level'}")
     try:
         return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        raise ConfigError(path or cls.__name__, str(exc)) from None
+    except ConfigError as exc:  # a __post_init__ check names the field relative to this section
+        raise ConfigError(join_path(path, exc.field), exc.message) from None
+
+
+def join_path(prefix: str, field: str) -> str:
+    """``join_path("stages.pre", "lr") == "stages.pre.lr"``; index paths (``[2]``) attach directly."""
+    if not prefix:
+        return field
+    if not field:
+        return prefix
+    return prefix + field if field.startswith("[") else f"{prefix}.{field}"
 
 
 def to_dict(obj: Any) -> Any:
@@ -207,3 +244,23 @@ def check_range(path: str, value: float, lo: float | None = None, hi: float | No
         rb = ")" if hi_open else "]"
         rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
         raise ConfigError(path, f"must be in {rng}, got {value!r}")
+
+
+def check_int(path: str, value: int, lo: int, hi: int | None = None) -> None:
+    """Raise ConfigError unless ``value`` is an integer in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(path, f"must be an integer {rng}, got {value!r}")
+
+
+def check_list(path: str, values: tuple[Any, ...], lo: float | None = None, hi: float | None = None, *,
+               lo_open: bool = False, hi_open: bool = False, distinct: bool = True) -> None:
+    """A non-empty list (of distinct values unless ``distinct=False``), each in the range."""
+    if len(values) == 0:
+        raise ConfigError(path, "must list at least one value")
+    if distinct and len(set(values)) != len(values):
+        raise ConfigError(path, f"values must be distinct, got {list(values)}")
+    if lo is None and hi is None:
+        return
+    for i, v in enumerate(values):
+        check_range(f"{path}[{i}]", v, lo, hi, lo_open=lo_open, hi_open=hi_open)

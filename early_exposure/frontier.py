@@ -1,8 +1,17 @@
-"""The frontier table shared by the theory and LM halves (CONVENTIONS.md).
+"""The frontier table shared by the theory and LM halves, and its vocabulary.
 
 One row per (upstream checkpoint x fine-tuning setting). Both halves write it with
 :func:`write_frontier`, which validates columns and types, so figures and checks can
 treat ``side=theory`` and ``side=lm`` alike.
+
+The protocol's words, used by both halves in configs, tables and figures:
+
+- stages ``pre`` (pretraining on D_pre, a fraction ``mix_fraction`` of D_post mixed in:
+  the paper's lambda in Sec. 4 and alpha in Appendix C), ``post`` (post-training on D_post),
+  ``ft`` (fine-tuning on D_ft);
+- the four losses of the table (:data:`LOSS_COLUMNS`): ``L_im`` = L(theta_post; D_post),
+  ``L_ret`` = L(theta_ft; D_post), ``L_ft`` = L(theta_ft; D_ft), ``L_pre`` = L(theta_ft; D_pre);
+- the two views of the frontier (:data:`VIEWS`) and the arm of a method (:func:`select_arm`).
 """
 
 from __future__ import annotations
@@ -22,16 +31,21 @@ FRONTIER_COLUMNS: tuple[str, ...] = (
     "post_hparams", "ft_lr", "ft_budget", "seed", "L_im", "L_ret", "L_ft", "L_pre",
     "diverged", "run_id",
 )
-LOSS_COLUMNS = ("L_im", "L_ret", "L_ft", "L_pre")
+#: the protocol's three stages, in order (theory configs ``stages.pre`` ..., LM sections ``pre`` ...)
+STAGES: tuple[str, ...] = ("pre", "post", "ft")
+#: the paper's four losses, the loss columns of the frontier table
+LOSS_COLUMNS: tuple[str, ...] = ("L_im", "L_ret", "L_ft", "L_pre")
 SIDES = ("theory", "lm")
-_BASE_METHODS = ("unmixed", "mixed")
+#: view name -> (x column, y column) of a frontier plot or check; both minimised
+VIEWS: dict[str, tuple[str, str]] = {"ret_ft": ("L_ft", "L_ret"), "pre_ret": ("L_ret", "L_pre")}
+BASE_METHODS: tuple[str, ...] = ("unmixed", "mixed")
 _SUFFIXES = ("+replay", "+dropout", "+lora")
 
 
 def check_method(method: str) -> None:
     """``unmixed`` or ``mixed`` followed by any of ``+replay``, ``+dropout``, ``+lora``."""
     base, *rest = method.split("+")
-    if base not in _BASE_METHODS or any(f"+{r}" not in _SUFFIXES for r in rest):
+    if base not in BASE_METHODS or any(f"+{r}" not in _SUFFIXES for r in rest):
         raise ValueError(
             f"method {method!r} must be 'unmixed' or 'mixed' with optional suffixes {_SUFFIXES}"
         )
@@ -88,6 +102,19 @@ def write_frontier(df_or_rows: pd.DataFrame | list[dict[str, Any]], path: str | 
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     return atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def select_arm(df: pd.DataFrame, method: str) -> tuple[pd.DataFrame, float | None]:
+    """Non-compute-matched rows of ``method``; for mixed methods, the one mixing fraction
+    with the most rows (ties: the largest), so an arm is one upstream recipe, not a union."""
+    rows = df.loc[(df["method"] == method) & ~df["compute_matched"].astype(bool)]
+    if rows.empty:
+        return rows, None
+    if method.startswith("unmixed"):
+        return rows, float(rows["mix_fraction"].iloc[0])
+    counts = rows.groupby("mix_fraction").size()
+    lam = float(max(counts.index, key=lambda v: (counts[v], v)))
+    return rows.loc[rows["mix_fraction"] == lam], lam
 
 
 def read_frontier(path: str | Path) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 dropout, with and without mixing), Figure 7 (LoRA vs full fine-tuning), and the
 theory-vs-LM frontiers side by side. One figure per (source, pipeline).
 
-Each arm is selected exactly as the checks select it (:func:`paper_checks.checks_lm.select_arm`),
+Each arm is selected exactly as the checks select it (:func:`early_exposure.frontier.select_arm`),
 so a figure shows the frontiers a verdict was computed from.
 """
 
@@ -18,7 +18,7 @@ from early_exposure.pareto import pareto_front
 from figures.common import (
     COLOURS, Logger, Skip, assert_comparable, frontier_tables, load_frontier, lm_presets, safe_name, save,
 )
-from paper_checks.checks_lm import VIEWS, select_arm
+from early_exposure.frontier import VIEWS, select_arm
 
 LABELS = {"L_ft": "fine-tuning loss $L_{ft}$", "L_ret": "retained post-training loss $L_{ret}$",
           "L_pre": "retained pretraining loss $L_{pre}$"}

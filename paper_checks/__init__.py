@@ -1,7 +1,7 @@
 """Paper checks: every claim of arXiv 2605.12705 judged against saved results.
 
 - :mod:`paper_checks.checks_theory` -- Appendix C theorems, assumption feasibility, errata.
-- :mod:`paper_checks.checks_lm`     -- frontier claims (a)-(e), used for both sides.
+- :mod:`paper_checks.checks_frontier`     -- frontier claims (a)-(e), used for both sides.
 - :mod:`paper_checks.stats`         -- bootstrap intervals over seeds / checkpoints.
 - :mod:`paper_checks.analyses`      -- sample-wise forgetting, layerwise change.
 - :mod:`paper_checks.report`        -- report.json / report.md / the verdict table.
@@ -11,7 +11,7 @@
 ``python -m paper_checks reproduce --preset quick --out results/``.
 """
 
-from paper_checks.checks_lm import CheckOptions
+from paper_checks.checks_frontier import CheckOptions
 from paper_checks.cli import build_report
 from paper_checks.report import STATUSES
 

@@ -26,7 +26,7 @@ from early_exposure.errors import ConfigError, cli_main
 from early_exposure.frontier import read_frontier
 from early_exposure.provenance import provenance
 from paper_checks.analyses import forgetting_analysis, layerwise_analysis
-from paper_checks.checks_lm import CheckOptions, frontier_checks, lambda_checks
+from paper_checks.checks_frontier import CheckOptions, frontier_checks, lambda_checks
 from paper_checks.checks_theory import collect_errata, theory_checks
 from paper_checks.report import print_table, summarise, write_report
 

@@ -11,7 +11,7 @@ import pytest
 from early_exposure.frontier import write_frontier
 from early_exposure.io import atomic_write_json
 from paper_checks import CheckOptions, build_report
-from paper_checks.checks_lm import compare_frontiers
+from paper_checks.checks_frontier import compare_frontiers
 from paper_checks.checks_theory import theory_checks
 from paper_checks.cli import main
 from paper_checks.report import STATUSES
@@ -142,7 +142,7 @@ def test_loss_gap_reported_with_interval(reports):
 
 
 def test_sec41_one_verdict_per_post_data_size():
-    from paper_checks.checks_lm import lambda_checks
+    from paper_checks.checks_frontier import lambda_checks
     from paper_checks.synthetic import lambda_rows
 
     parts = []

@@ -20,7 +20,7 @@ class _Inner:
     steps: int = 10
 
     def __post_init__(self) -> None:
-        check_range("inner.lr", self.lr, 0, None, lo_open=True)
+        check_range("lr", self.lr, 0, None, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,60 @@ def test_frontier_roundtrip_and_validation(tmp_path):
     with pytest.raises(ValueError, match="diverged"):
         write_frontier(pd.DataFrame([_row(L_ret=float("nan"))]), tmp_path / "bad2.csv")
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_section_checks_are_prefixed_by_where_the_loader_mounts_them():
+    @dataclass(frozen=True)
+    class _Two:
+        a: _Inner = _Inner()
+        b: _Inner = _Inner()
+
+    for where in ("a", "b"):
+        with pytest.raises(ConfigError) as exc:
+            from_dict(_Two, {where: {"lr": 0.0}})
+        assert exc.value.field == f"{where}.lr"
+    with pytest.raises(ConfigError) as exc:
+        from_dict(_Inner, {"lr": -2.0}, path="stages.pre")
+    assert exc.value.field == "stages.pre.lr"
+
+
+def test_required_section_missing_names_it():
+    @dataclass(frozen=True)
+    class _Req:
+        inner: _Inner
+        width: int = 1
+
+    with pytest.raises(ConfigError) as exc:
+        from_dict(_Req, {"width": 2})
+    assert exc.value.field == "inner" and "missing" in exc.value.message
+
+
+def test_yaml_files_and_overrides_read_numbers_as_yaml_1_2(tmp_path):
+    from early_exposure.configs import load_mapping, parse_override
+
+    p = tmp_path / "c.yaml"
+    p.write_text("inner: {lr: 1e-2, steps: 3}\nvalues: [2E3, -1.5e-1, .5]\nbasis: random\n")
+    m = load_mapping(p)
+    assert m["inner"]["lr"] == 0.01 and isinstance(m["inner"]["lr"], float)
+    assert m["values"] == [2000.0, -0.15, 0.5] and m["basis"] == "random"
+    assert from_dict(_Outer, m).inner.lr == 0.01
+    assert parse_override("inner.lr=3e-4") == (["inner", "lr"], 0.0003)
+    assert parse_override("basis=1e") == (["basis"], "1e")  # not a number in YAML 1.2 either
+
+
+def test_seed_streams_integer_tags_are_spawn_children_and_strings_are_stable():
+    import numpy as np
+    import zlib
+
+    from early_exposure.seeding import int_seed, stream
+
+    for seed in (0, 7, 123456):
+        kids = np.random.SeedSequence(seed).spawn(3)
+        for i, kid in enumerate(kids):
+            np.testing.assert_array_equal(np.random.default_rng(kid).integers(2**40, size=4),
+                                          stream(seed, i).integers(2**40, size=4))
+        # string tags: CRC32 of the text in the spawn key (written out independently here)
+        ref = np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(b"stage2-replay"), zlib.crc32(b"0.5")))
+        np.testing.assert_array_equal(np.random.default_rng(ref).integers(2**40, size=4),
+                                      stream(seed, "stage2-replay", 0.5).integers(2**40, size=4))
+    assert int_seed(1, "a") != int_seed(1, "b") and int_seed(1, "a") == int_seed(1, "a")

@@ -32,13 +32,11 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.errors import ConfigError
+from early_exposure.frontier import BASE_METHODS, VIEWS, select_arm
 from early_exposure.pareto import front_box, hypervolume, loss_gap_at_matched_x, pareto_front
 from paper_checks.report import make_check, no_data
 from paper_checks.stats import Interval, bootstrap_two_arms, bootstrap_units, slope
 
-#: view name -> (x column, y column); both minimised.
-VIEWS: dict[str, tuple[str, str]] = {"ret_ft": ("L_ft", "L_ret"), "pre_ret": ("L_ret", "L_pre")}
-BASE_METHODS = ("unmixed", "mixed")
 
 
 @dataclass(frozen=True)
@@ -71,19 +69,6 @@ def _fmt(iv: Interval, digits: int = 3) -> str:
 
 def _usable(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[~df["diverged"].astype(bool)]
-
-
-def select_arm(df: pd.DataFrame, method: str) -> tuple[pd.DataFrame, float | None]:
-    """Non-compute-matched rows of ``method``; for mixed methods, the one mixing fraction
-    with the most rows (ties: the largest), so an arm is one upstream recipe, not a union."""
-    rows = df.loc[(df["method"] == method) & ~df["compute_matched"].astype(bool)]
-    if rows.empty:
-        return rows, None
-    if method.startswith("unmixed"):
-        return rows, float(rows["mix_fraction"].iloc[0])
-    counts = rows.groupby("mix_fraction").size()
-    lam = float(max(counts.index, key=lambda v: (counts[v], v)))
-    return rows.loc[rows["mix_fraction"] == lam], lam
 
 
 def _groups(rows: pd.DataFrame, unit: str, view: str, keep: list[Any] | None = None) -> dict[Any, np.ndarray]:
