@@ -199,6 +199,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         )
     kwargs = {}
     for name, value in data.items():
+        default = fields[name].default
+        if isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type):
+            # a partial section takes its other values from the enclosing section's default
+            # (e.g. pretraining's own optimizer defaults), not from the section class's
+            value = {**to_dict(default), **value}
         kwargs[name] = _coerce(hints[name], value, f"{path + '.' if path else ''}{name}")
     missing = [f.name for f in fields.values()
                if f.name not in kwargs and f.default is dataclasses.MISSING

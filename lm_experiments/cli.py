@@ -4,7 +4,7 @@ Run a preset (CPU, under 15 minutes including data preparation)::
 
     python -m lm_experiments run --config configs/lm/cpu-quick.yaml --out results/lm/cpu-quick
 
-Options: ``--set stage2.lr=[1e-3,3e-3]`` (repeatable overrides of any config field),
+Options: ``--set post.sweep.lr=[1e-3,3e-3]`` (repeatable overrides of any config field),
 ``--dry-run`` (print runs, tokens per stage and an estimated time; train nothing),
 ``--cache DIR`` (data cache; default ``$EARLY_EXPOSURE_CACHE`` or ``~/.cache/early_exposure``),
 ``--no-progress``. Rerunning the same command skips finished runs and resumes
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="preset file, e.g. configs/lm/cpu-quick.yaml")
     run.add_argument("--out", required=True, help="output directory (frontier.csv, runs/, upstream/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. --set stage2.lr=1e-3 (repeatable)")
+                     help="override a config field, e.g. --set post.sweep.lr=[1e-3] (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and estimated time; train nothing")
     run.add_argument("--cache", default=None, help="data cache directory")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed one usage line
         return int(exc.code or 0)
     from lm_experiments.config import load_config
-    from lm_experiments.pipeline import run_pipeline
+    from lm_experiments.sweep import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)

@@ -1,51 +1,51 @@
 """Typed configuration of the LM three-stage pipeline (one frozen dataclass per section).
 
-A preset file (``configs/lm/*.yaml``) maps 1:1 onto :class:`PipelineConfig`::
+A preset file (``configs/lm/*.yaml``) maps 1:1 onto :class:`PipelineConfig`; the stage
+sections carry the protocol's stage names (``pre``, ``post``, ``ft``, as in the theory
+configs and :data:`early_exposure.frontier.STAGES`)::
 
-    data:      DataConfig (lm_experiments.data): corpora of the three roles, tokenizer, seq_len
-    model:     {preset}
-    stage1:    pretraining on D_pre with a fraction lambda of D_post (Sec. 4.1)
-    stage2:    post-training sweep on D_post (grid of lr x dropout x batch x replay x lora,
-               plus extra settings), early stopping, compute-matched fractions (Sec. 4.2-4.4)
-    stage3:    fine-tuning on D_ft at each learning rate for a fixed token budget
-    eval:      {batch_size}
-    seeds, device, precision, pipeline, data_fallback, micro_batch, threads
+    data:   DataConfig (lm_experiments.data): corpora of the three roles, tokenizer, seq_len
+    model:  {preset}
+    pre:    pretraining on D_pre with a fraction mix_fraction (the paper's lambda) of D_post
+            mixed in (Sec. 4.1): {tokens, batch_size, mix_fraction: [...], optim, checkpoint_every}
+    post:   post-training sweep on D_post (Secs. 4.1-4.4): {sweep: {axis: [values]}, extra,
+            optim, early stopping, compute_matched, LoRA shape, checkpoint_every}
+    ft:     fine-tuning on D_ft over an LR sweep for a fixed token budget:
+            {lr: [...], tokens, batch_size, optim, checkpoint_every, save_checkpoints}
+    eval:   {batch_size}
+    seeds, device, precision, pipeline, data_fallback, fallback_set, micro_batch, threads
+
+Every stage has the same optimizer section (:class:`OptimSection`: lr, min_lr or
+min_lr_ratio, warmup_steps, weight_decay). A stage's sweep lists values of some fields:
+the post-training axes that name an optimizer field (``lr``, ``weight_decay``) and the
+fine-tuning ``lr`` list override that stage's ``optim`` value run by run.
+
+The post-training axes are the fields of :class:`PostSetting`, and nothing else: the grid,
+the extras, the run keys, the labels and the method names all read them from there, so a
+new axis is one field (with its metadata) there.
 
 :func:`load_config` reads the file, applies ``--set a.b=value`` overrides and builds the
 dataclasses with ``early_exposure.configs.from_dict`` (unknown keys and wrong types are
-errors naming the field). Each dataclass checks its ranges on construction and raises
-``ConfigError("stage1.mix_fractions[2]", "must be in [0, 1] ...")``. Checks that need the
-prepared data (is D_post big enough for the budget?) live in
-:func:`lm_experiments.pipeline.check_budgets` and run before any training.
+errors naming the field; the loader prefixes each section's path). Keys of the earlier
+layout (``stage1``, ``stage2.lr``, ``stage3.lrs``, ...) are refused with a message naming
+the new key. Checks that need the prepared data live in :func:`lm_experiments.plan.check_budgets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from early_exposure.configs import apply_overrides, check_range, from_dict, load_mapping, to_dict
+from early_exposure.configs import (
+    apply_overrides, check_int, check_list, check_range, from_dict, join_path, load_mapping, to_dict,
+)
+from early_exposure.configs import _coerce as coerce_value
 from early_exposure.errors import ConfigError
 from lm_experiments.data import DataConfig
-
-
-def _check_list(path: str, values: tuple, lo: float | None, hi: float | None, *, hi_open: bool = False,
-                lo_open: bool = False) -> None:
-    if len(values) == 0:
-        raise ConfigError(path, "must list at least one value")
-    if len(set(values)) != len(values):
-        raise ConfigError(path, f"values must be distinct, got {list(values)}")
-    for i, v in enumerate(values):
-        check_range(f"{path}[{i}]", v, lo, hi, lo_open=lo_open, hi_open=hi_open)
-
-
-def _check_int(path: str, value: int, lo: int) -> None:
-    if value < lo:
-        raise ConfigError(path, f"must be an integer >= {lo}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,86 +56,167 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
-class Stage1Config:
-    """Pretraining on D_pre with lambda of D_post mixed in (Sec. 4.1, at most one pass).
+class OptimSection:
+    """AdamW (0.9, 0.95) with linear warmup and cosine decay, the same words in every stage.
+
+    Attributes:
+        lr: peak learning rate (a stage's sweep may list several; they override it).
+        min_lr: floor of the cosine decay (absolute).
+        min_lr_ratio: floor as a fraction of each run's peak lr instead (for LR sweeps);
+            when set, ``min_lr`` must be left at 0.
+        warmup_steps: linear warmup, capped at 10% of the run's steps.
+        weight_decay: decoupled weight decay.
+    """
+
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    min_lr_ratio: float | None = None
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("lr", self.lr, 0.0, None, lo_open=True)
+        check_range("min_lr", self.min_lr, 0.0, None)
+        if self.min_lr_ratio is not None:
+            check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+            if self.min_lr:
+                raise ConfigError("min_lr", "set either min_lr or min_lr_ratio, not both")
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_range("weight_decay", self.weight_decay, 0.0, None)
+
+    def floor(self, lr: float) -> float:
+        """The cosine floor of a run with peak ``lr``."""
+        return self.min_lr_ratio * lr if self.min_lr_ratio is not None else self.min_lr
+
+
+@dataclass(frozen=True)
+class PreSection:
+    """Pretraining on D_pre with ``mix_fraction`` of D_post mixed in (Sec. 4.1, at most one pass).
 
     Attributes:
         tokens: token budget of each pretraining run (rounded down to full batches).
-        lr, min_lr, warmup_steps, weight_decay: AdamW (0.9, 0.95) with linear warmup and
-            cosine decay to ``min_lr`` over the budget.
         batch_size: sequences per step.
-        mix_fractions: the lambdas to pretrain with (each seed pretrains once per lambda).
+        mix_fraction: the lambdas to pretrain with (each seed pretrains once per lambda).
+        optim: optimizer and schedule over the budget.
         checkpoint_every: steps between resumable checkpoints (0 = none).
     """
 
     tokens: int = 600_000
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 50
     batch_size: int = 16
-    weight_decay: float = 0.1
-    mix_fractions: tuple[float, ...] = (0.0, 1.0)
+    mix_fraction: tuple[float, ...] = (0.0, 1.0)
+    optim: OptimSection = OptimSection(lr=2e-3, min_lr=2e-4, warmup_steps=50)
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
-        _check_int("stage1.tokens", self.tokens, 1)
-        check_range("stage1.lr", self.lr, 0.0, None, lo_open=True)
-        check_range("stage1.min_lr", self.min_lr, 0.0, self.lr)
-        _check_int("stage1.warmup_steps", self.warmup_steps, 0)
-        _check_int("stage1.batch_size", self.batch_size, 1)
-        check_range("stage1.weight_decay", self.weight_decay, 0.0, None)
-        _check_list("stage1.mix_fractions", self.mix_fractions, 0.0, 1.0)
-        _check_int("stage1.checkpoint_every", self.checkpoint_every, 0)
+        check_int("tokens", self.tokens, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_list("mix_fraction", self.mix_fraction, 0.0, 1.0)
+        if self.optim.min_lr > self.optim.lr:
+            raise ConfigError("optim.min_lr", f"must be in [0, {self.optim.lr}] (optim.lr), got {self.optim.min_lr}")
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+
+
+def _axis(default: Any, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+          hi_open: bool = False, label: str, suffix: str | None = None, optim: bool = False) -> Any:
+    """A post-training sweep axis: its default, allowed range, label format, method suffix
+    (added to the method name when the value is non-zero / true) and whether it overrides
+    the optimizer field of the same name."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+                                            "label": label, "suffix": suffix, "optim": optim})
 
 
 @dataclass(frozen=True)
-class Stage2Setting:
-    """One extra point of the post-training sweep; unset fields take the grid's first value."""
+class PostSetting:
+    """One point of the post-training sweep. Its fields ARE the sweep axes.
 
-    lr: float | None = None
-    dropout: float | None = None
-    batch_size: int | None = None
-    replay: float | None = None
-    lora: bool | None = None
+    ``dropout`` is real dropout in the network (LoRA runs: the LoRA dropout, paper Table 9);
+    ``replay`` is the fraction of D_pre blocks mixed into post-training (paper: 1%);
+    ``lr`` overrides ``post.optim.lr``.
+    """
+
+    lr: float = _axis(1e-3, lo=0.0, lo_open=True, label="lr={:g}", optim=True)
+    dropout: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="p={:g}", suffix="+dropout")
+    batch_size: int = _axis(16, lo=1, label="b={}")
+    replay: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="r={:g}", suffix="+replay")
+    lora: bool = _axis(False, label="lora={}", suffix="+lora")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            m = f.metadata
+            if m["lo"] is not None or m["hi"] is not None:
+                check_range(f.name, getattr(self, f.name), m["lo"], m["hi"], lo_open=m["lo_open"],
+                            hi_open=m["hi_open"])
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{axis: value}`` (the frontier's ``post_hparams``)."""
+        return {a: getattr(self, a) for a in POST_AXES}
+
+    def optim_overrides(self) -> dict[str, Any]:
+        """The axes that override ``post.optim`` fields, ``{field: value}``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["optim"]}
+
+    def label(self) -> str:
+        """Short label, e.g. ``lr=0.002 p=0 b=16 r=0.01 lora`` (a false boolean axis is left out)."""
+        parts = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool):
+                if v:
+                    parts.append(f.name)
+            else:
+                parts.append(f.metadata["label"].format(v))
+        return " ".join(parts)
+
+    def method_suffix(self) -> str:
+        """``+replay``, ``+dropout``, ``+lora`` in the frontier's canonical order."""
+        on = {f.metadata["suffix"] for f in dataclasses.fields(self) if f.metadata["suffix"] and getattr(self, f.name)}
+        return "".join(s for s in ("+replay", "+dropout", "+lora") if s in on)
+
+
+#: the post-training sweep axes, in order (the fields of :class:`PostSetting`)
+POST_AXES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PostSetting))
+_AXIS_TYPES: dict[str, Any] = typing.get_type_hints(PostSetting)
+
+
+def _axis_values(path: str, mapping: dict[str, Any], *, lists: bool) -> dict[str, Any]:
+    """Check a ``{axis: value(s)}`` mapping against :data:`POST_AXES` and coerce its types."""
+    out = {}
+    for name, value in mapping.items():
+        if name not in POST_AXES:
+            raise ConfigError(join_path(path, name), f"unknown post-training axis; axes: {', '.join(POST_AXES)}")
+        tp = tuple[_AXIS_TYPES[name], ...] if lists else _AXIS_TYPES[name]
+        out[name] = coerce_value(tp, value, join_path(path, name))
+    return out
 
 
 @dataclass(frozen=True)
-class Stage2Config:
+class PostSection:
     """Post-training on D_post from every theta_pre (Secs. 4.1-4.4, App. A.5-A.6).
 
-    The sweep is the grid ``lr x dropout x batch_size x replay x lora`` plus the ``extra``
-    settings (e.g. one dropout and one replay variant without the full cross product).
-    Every setting runs from every theta_pre with early stopping on D_post validation loss
-    (evaluated every ``eval_every_epochs`` epochs, ``patience`` evaluations without
-    improvement, best weights restored), for at most ``max_epochs`` epochs and
-    ``max_tokens`` tokens.
+    The sweep is the grid of ``sweep`` (``{axis: [values]}``, axes of :class:`PostSetting`;
+    an axis left out takes ``optim``'s value for ``lr``/``weight_decay`` and its
+    :class:`PostSetting` default otherwise) plus the ``extra`` settings (partial settings;
+    unset axes take the grid's first values). Every setting runs from every theta_pre
+    with early stopping on D_post validation loss (evaluated every ``eval_every_epochs``
+    epochs, ``patience`` evaluations without improvement, best weights restored), for at
+    most ``max_epochs`` epochs and ``max_tokens`` tokens.
 
     Attributes:
-        lr, dropout, batch_size, replay, lora: the grid. ``dropout`` is real dropout in the
-            network (LoRA runs: the LoRA dropout, paper Table 9); ``replay`` is the fraction
-            of D_pre blocks mixed into post-training (paper: 1%).
-        extra: settings added to the grid.
-        min_lr, warmup_steps, weight_decay: AdamW schedule (warmup + cosine to ``min_lr``
-            over the longest allowed run).
+        sweep, extra: the settings (above).
+        optim: schedule over the longest allowed run (``min_lr`` at most the lowest lr).
         max_epochs, max_tokens, eval_every_epochs, patience: early-stopping protocol.
         post_train_tokens: use only this many D_post training tokens (a fixed subset, the
             same for every seed; the paper's |D_post|); None = all of D_post.
         compute_matched: lambdas of the compute-matched study (Sec. 4.2): lambda of D_post
-            in stage 1, the disjoint rest in ONE stage-2 epoch with the base setting (the
-            grid's first values), no early stopping.
+            in pretraining, the disjoint rest in ONE post-training epoch with the base setting
+            (the grid's first values), no early stopping.
         lora_rank, lora_alpha: LoRA shape (paper: 64, 128).
         checkpoint_every: steps between resumable checkpoints (0 = none).
     """
 
-    lr: tuple[float, ...] = (1e-3,)
-    dropout: tuple[float, ...] = (0.0,)
-    batch_size: tuple[int, ...] = (16,)
-    replay: tuple[float, ...] = (0.0,)
-    lora: tuple[bool, ...] = (False,)
-    extra: tuple[Stage2Setting, ...] = ()
-    min_lr: float = 1e-4
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
+    sweep: dict[str, Any] = field(default_factory=dict)
+    extra: tuple[dict[str, Any], ...] = ()
+    optim: OptimSection = OptimSection(lr=1e-3, min_lr=1e-4, warmup_steps=20)
     max_epochs: int = 6
     max_tokens: int | None = None
     eval_every_epochs: float = 0.5
@@ -147,102 +228,105 @@ class Stage2Config:
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
-        _check_list("stage2.lr", self.lr, 0.0, None, lo_open=True)
-        _check_list("stage2.dropout", self.dropout, 0.0, 1.0, hi_open=True)
-        _check_list("stage2.batch_size", self.batch_size, 1, None)
-        _check_list("stage2.replay", self.replay, 0.0, 1.0, hi_open=True)
-        if len(self.lora) == 0 or len(set(self.lora)) != len(self.lora):
-            raise ConfigError("stage2.lora", f"must list distinct true/false values, got {list(self.lora)}")
-        for i, s in enumerate(self.extra):
-            p = f"stage2.extra[{i}]"
-            if s.lr is not None:
-                check_range(f"{p}.lr", s.lr, 0.0, None, lo_open=True)
-            if s.dropout is not None:
-                check_range(f"{p}.dropout", s.dropout, 0.0, 1.0, hi_open=True)
-            if s.batch_size is not None:
-                _check_int(f"{p}.batch_size", s.batch_size, 1)
-            if s.replay is not None:
-                check_range(f"{p}.replay", s.replay, 0.0, 1.0, hi_open=True)
-        lowest = min([*self.lr, *(s.lr for s in self.extra if s.lr is not None)])
-        check_range("stage2.min_lr", self.min_lr, 0.0, lowest)
-        _check_int("stage2.warmup_steps", self.warmup_steps, 0)
-        check_range("stage2.weight_decay", self.weight_decay, 0.0, None)
-        _check_int("stage2.max_epochs", self.max_epochs, 1)
+        grid = _axis_values("sweep", dict(self.sweep), lists=True)
+        meta = {f.name: f.metadata for f in dataclasses.fields(PostSetting)}
+        for name, values in grid.items():
+            m = meta[name]
+            check_list(join_path("sweep", name), values, m["lo"], m["hi"], lo_open=m["lo_open"], hi_open=m["hi_open"])
+        object.__setattr__(self, "sweep", grid)
+        extra = tuple(_axis_values(f"extra[{i}]", dict(s), lists=False) for i, s in enumerate(self.extra))
+        object.__setattr__(self, "extra", extra)
+        settings = self._checked_settings()
+        lowest = min(s.lr for s in settings)
+        if self.optim.min_lr > lowest:
+            raise ConfigError("optim.min_lr", f"must be in [0, {lowest}] (the lowest post-training lr), "
+                              f"got {self.optim.min_lr}")
+        check_int("max_epochs", self.max_epochs, 1)
         if self.max_tokens is not None:
-            _check_int("stage2.max_tokens", self.max_tokens, 1)
-        check_range("stage2.eval_every_epochs", self.eval_every_epochs, 0.0, float(self.max_epochs), lo_open=True)
-        _check_int("stage2.patience", self.patience, 1)
+            check_int("max_tokens", self.max_tokens, 1)
+        check_range("eval_every_epochs", self.eval_every_epochs, 0.0, float(self.max_epochs), lo_open=True)
+        check_int("patience", self.patience, 1)
         if self.post_train_tokens is not None:
-            _check_int("stage2.post_train_tokens", self.post_train_tokens, 1)
+            check_int("post_train_tokens", self.post_train_tokens, 1)
         if self.compute_matched:
-            _check_list("stage2.compute_matched", self.compute_matched, 0.0, 1.0)
-        _check_int("stage2.lora_rank", self.lora_rank, 1)
-        _check_int("stage2.lora_alpha", self.lora_alpha, 1)
-        _check_int("stage2.checkpoint_every", self.checkpoint_every, 0)
+            check_list("compute_matched", self.compute_matched, 0.0, 1.0)
+        check_int("lora_rank", self.lora_rank, 1)
+        check_int("lora_alpha", self.lora_alpha, 1)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+
+    def _axis_grid(self) -> list[tuple[Any, ...]]:
+        """The values of every axis in :data:`POST_AXES` order (unlisted axes: one value)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(PostSetting)}
+        for f in dataclasses.fields(PostSetting):
+            if f.metadata["optim"]:
+                defaults[f.name] = getattr(self.optim, f.name)
+        return [tuple(self.sweep.get(a, (defaults[a],))) for a in POST_AXES]
+
+    def _checked_settings(self) -> list[PostSetting]:
+        out: list[PostSetting] = []
+        for values in itertools.product(*self._axis_grid()):
+            try:
+                out.append(PostSetting(**dict(zip(POST_AXES, values))))
+            except ConfigError as exc:
+                raise ConfigError(join_path("sweep", exc.field), exc.message) from None
+        base = out[0]
+        for i, partial in enumerate(self.extra):
+            try:
+                out.append(dataclasses.replace(base, **partial))
+            except ConfigError as exc:
+                raise ConfigError(join_path(f"extra[{i}]", exc.field), exc.message) from None
+        unique: list[PostSetting] = []
+        for s in out:
+            if s not in unique:
+                unique.append(s)
+        return unique
 
     @property
-    def base(self) -> dict[str, Any]:
-        """The base setting: the first value of every grid list."""
-        return {"lr": self.lr[0], "dropout": self.dropout[0], "batch_size": self.batch_size[0],
-                "replay": self.replay[0], "lora": self.lora[0]}
+    def base(self) -> PostSetting:
+        """The base setting: the first value of every axis."""
+        return PostSetting(**dict(zip(POST_AXES, (v[0] for v in self._axis_grid()))))
 
-    def settings(self) -> list[dict[str, Any]]:
-        """All distinct sweep settings (grid then extras), each a dict with the five keys."""
-        out: list[dict[str, Any]] = []
-        for lr, p, b, r, lo in itertools.product(self.lr, self.dropout, self.batch_size, self.replay, self.lora):
-            out.append({"lr": lr, "dropout": p, "batch_size": b, "replay": r, "lora": lo})
-        for s in self.extra:
-            d = dict(self.base)
-            d.update({k: v for k, v in dataclasses.asdict(s).items() if v is not None})
-            out.append(d)
-        unique: list[dict[str, Any]] = []
-        for d in out:
-            if d not in unique:
-                unique.append(d)
-        return unique
+    def settings(self) -> list[PostSetting]:
+        """All distinct sweep settings (grid in axis order, then extras)."""
+        return self._checked_settings()
 
 
 @dataclass(frozen=True)
-class Stage3Config:
+class FtSection:
     """Fine-tuning every theta_post on D_ft at each learning rate for a fixed budget
     (the paper's fixed 200M tokens over an LR sweep, scaled).
 
     Attributes:
-        lrs: peak learning rates of the sweep.
+        lr: peak learning rates of the sweep (override ``optim.lr``).
         tokens: fixed token budget per run (rounded down to full batches).
-        batch_size, warmup_steps, weight_decay: AdamW schedule.
-        min_lr_ratio: cosine decays to ``min_lr_ratio * lr``.
+        batch_size: sequences per step.
+        optim: schedule (``min_lr_ratio``: the floor scales with each lr).
         checkpoint_every: steps between resumable checkpoints (0 = none).
         save_checkpoints: also save theta_ft (off by default: results keep losses only).
     """
 
-    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    lr: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     tokens: int = 100_000
     batch_size: int = 16
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    min_lr_ratio: float = 0.1
+    optim: OptimSection = OptimSection(min_lr_ratio=0.1, warmup_steps=10)
     checkpoint_every: int = 200
     save_checkpoints: bool = False
 
     def __post_init__(self) -> None:
-        _check_list("stage3.lrs", self.lrs, 0.0, None, lo_open=True)
-        _check_int("stage3.tokens", self.tokens, 1)
-        _check_int("stage3.batch_size", self.batch_size, 1)
-        _check_int("stage3.warmup_steps", self.warmup_steps, 0)
-        check_range("stage3.weight_decay", self.weight_decay, 0.0, None)
-        check_range("stage3.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check_int("stage3.checkpoint_every", self.checkpoint_every, 0)
+        check_list("lr", self.lr, 0.0, None, lo_open=True)
+        check_int("tokens", self.tokens, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalSection:
     """Evaluation of the fixed held-out sets (mean token cross-entropy, nats)."""
 
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _check_int("eval.batch_size", self.batch_size, 1)
+        check_int("batch_size", self.batch_size, 1)
 
 
 @dataclass(frozen=True)
@@ -254,7 +338,7 @@ class PipelineConfig:
         data_fallback: used instead of ``data`` when a corpus of ``data`` cannot be loaded
             (e.g. the Hugging Face hub is unreachable): the GPU presets fall back to the
             embedded offline corpora. The fallback in use is recorded in every result.
-        model, stage1, stage2, stage3, eval: the sections above.
+        model, pre, post, ft, eval: the sections above.
         seeds: root seeds; every run is repeated for each.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
         precision: ``fp32`` or ``bf16`` (autocast on accelerators; fp32 on CPU).
@@ -271,10 +355,10 @@ class PipelineConfig:
 
     data: DataConfig
     model: ModelSection = ModelSection()
-    stage1: Stage1Config = Stage1Config()
-    stage2: Stage2Config = Stage2Config()
-    stage3: Stage3Config = Stage3Config()
-    eval: EvalConfig = EvalConfig()
+    pre: PreSection = PreSection()
+    post: PostSection = PostSection()
+    ft: FtSection = FtSection()
+    eval: EvalSection = EvalSection()
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -285,12 +369,12 @@ class PipelineConfig:
     fallback_set: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_int("micro_batch", self.micro_batch, 0)
-        _check_int("threads", self.threads, 0)
+        check_int("micro_batch", self.micro_batch, 0)
+        check_int("threads", self.threads, 0)
         if len(self.seeds) == 0 or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("seeds", f"must list at least one distinct integer seed, got {list(self.seeds)}")
         for i, s in enumerate(self.seeds):
-            _check_int(f"seeds[{i}]", s, 0)
+            check_int(f"seeds[{i}]", s, 0)
         if self.fallback_set and self.data_fallback is None:
             raise ConfigError("fallback_set", "only meaningful with a data_fallback section")
         for i, item in enumerate(self.fallback_set):
@@ -308,36 +392,42 @@ class PipelineConfig:
         return ">".join(spec.name.rstrip("/").split("/")[-1] for spec in (d.pre, d.post, d.ft))
 
     @property
-    def stage1_fractions(self) -> tuple[float, ...]:
+    def pre_fractions(self) -> tuple[float, ...]:
         """Every lambda that needs a pretraining run (mix fractions and compute-matched)."""
-        out = list(self.stage1.mix_fractions)
-        out += [f for f in self.stage2.compute_matched if f not in out]
+        out = list(self.pre.mix_fraction)
+        out += [f for f in self.post.compute_matched if f not in out]
         return tuple(out)
 
 
-_YAML12_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-_NUMERIC_SECTIONS = ("stage1", "stage2", "stage3", "eval")
+#: keys of the earlier layout -> where they live now (refused with this message)
+_MOVED: dict[str, str] = {
+    "stage1": "pre", "stage2": "post", "stage3": "ft",
+    "pre.mix_fractions": "pre.mix_fraction",
+    "ft.lrs": "ft.lr", "ft.min_lr_ratio": "ft.optim.min_lr_ratio",
+    **{f"pre.{k}": f"pre.optim.{k}" for k in ("lr", "min_lr", "warmup_steps", "weight_decay")},
+    **{f"post.{k}": f"post.optim.{k}" for k in ("min_lr", "warmup_steps", "weight_decay")},
+    **{f"post.{k}": f"post.sweep.{k}" for k in ("lr", "dropout", "batch_size", "replay", "lora")},
+    **{f"ft.{k}": f"ft.optim.{k}" for k in ("warmup_steps", "weight_decay")},
+}
 
 
-def _yaml12_floats(node: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string; read it as the float YAML 1.2 means."""
-    if isinstance(node, dict):
-        return {k: _yaml12_floats(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_yaml12_floats(v) for v in node]
-    if isinstance(node, str) and _YAML12_FLOAT.match(node.strip()):
-        return float(node)
-    return node
+def _refuse_moved_keys(data: dict[str, Any]) -> None:
+    for old, new in _MOVED.items():
+        head, _, tail = old.partition(".")
+        node = data.get(head)
+        if (not tail and node is not None) or (tail and isinstance(node, dict) and tail in node):
+            raise ConfigError(old, f"renamed: this is now {new} (see docs/lm_pipeline.md, 'Config')")
+    for i, item in enumerate(data.get("fallback_set") or []):
+        key = _override_key(item) if isinstance(item, str) else ""
+        for old, new in _MOVED.items():
+            if key == old or key.startswith(old + "."):
+                raise ConfigError(f"fallback_set[{i}]", f"{old} is now {new} (see docs/lm_pipeline.md, 'Config')")
 
 
 def config_from_mapping(data: dict[str, Any]) -> PipelineConfig:
-    """Build and validate a :class:`PipelineConfig` from a plain mapping.
-
-    In the numeric sections (stages, eval) exponent-only numbers such as ``1e-3``, which
-    PyYAML leaves as strings, are read as floats.
-    """
+    """Build and validate a :class:`PipelineConfig` from a plain mapping."""
     if isinstance(data, dict):
-        data = {k: (_yaml12_floats(v) if k in _NUMERIC_SECTIONS else v) for k, v in data.items()}
+        _refuse_moved_keys(data)
     return from_dict(PipelineConfig, data)
 
 
@@ -348,6 +438,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     ``fallback_set`` entries for that field are dropped, so the value the user asked for holds
     whichever corpora end up in use.
     """
+    for item in overrides or []:
+        key = _override_key(item)
+        for old, new in _MOVED.items():
+            if key == old or key.startswith(old + "."):
+                raise ConfigError("--set", f"{old} is now {new} (see docs/lm_pipeline.md, 'Config')")
     mapping = apply_overrides(load_mapping(path), overrides)
     user_keys = {_override_key(o) for o in overrides or []}
     if user_keys and isinstance(mapping.get("fallback_set"), list):
@@ -357,7 +452,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def _override_key(item: str) -> str:
-    """``'stage1.tokens'`` of ``'stage1.tokens=3e7'``."""
+    """``'pre.tokens'`` of ``'pre.tokens=3e7'``."""
     return item.split("=", 1)[0].strip()
 
 

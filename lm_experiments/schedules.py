@@ -20,17 +20,19 @@ The plans realise the paper's protocol (arXiv 2605.12705, Sections 3-4):
   so every model sees exactly one pass over D_post in total (Section 4.2).
 * Stage 3 (:func:`finetune_source`): a fixed token budget over D_ft, reshuffled per epoch.
 
-All randomness comes from :func:`stage_rng` (``np.random.SeedSequence`` keyed by the root
-seed and a stage tag); nothing touches a global RNG.
+All randomness comes from :func:`stage_rng` (the project's one seeding helper,
+:mod:`early_exposure.seeding`, keyed by the root seed and a stream name); nothing touches a
+global RNG.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
+
+from early_exposure.seeding import stream
 
 #: Source codes stored in a slot plan.
 PRE, POST, FT = 0, 1, 2
@@ -46,14 +48,15 @@ def budget_steps(tokens: int, batch_size: int, seq_len: int, stage: str) -> int:
     return steps
 
 
-def stage_rng(seed: int, *tags: str | int) -> np.random.Generator:
-    """Generator for one use of randomness, derived from the root ``seed`` and ``tags``.
+def stage_rng(seed: int, *tags: str | float) -> np.random.Generator:
+    """Generator of one named stream under the root ``seed`` (:func:`early_exposure.seeding.stream`).
 
-    ``stage_rng(s, "stage1", 0.5)`` is independent of ``stage_rng(s, "stage2", ...)`` and
-    reproducible across processes (string tags are mapped through CRC32, not ``hash``).
+    ``stage_rng(s, "stage2-replay")`` is independent of ``stage_rng(s, "stage3-ft")`` and
+    reproducible across processes. The stream names used here (``post-split``,
+    ``stage1-pre``, ``stage2-post``, ``stage2-replay``, ``stage3-ft``) are part of the
+    results' identity: renaming one changes every run that draws from it.
     """
-    key = tuple(zlib.crc32(str(t).encode("utf-8")) for t in tags)
-    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=key))
+    return stream(seed, *tags)
 
 
 def epoch_stream(num_blocks: int, count: int, rng: np.random.Generator) -> np.ndarray:

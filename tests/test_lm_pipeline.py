@@ -51,13 +51,13 @@ def _config(paths: dict[str, str]) -> dict:
         "data": {role: {"source": "local", "name": role, "path": p} for role, p in paths.items()}
         | {"vocab_size": 300, "seq_len": SEQ, "val_tokens": 128, "val_fraction": 0.1, "bpe_sample_chars": 20000},
         "model": {"preset": "tiny-1m"},
-        "stage1": {"tokens": 6 * 4 * SEQ, "batch_size": 4, "mix_fractions": [0.0, 1.0], "warmup_steps": 1,
-                   "checkpoint_every": 0},
-        "stage2": {"lr": [1.0e-3], "batch_size": [4], "extra": [{"replay": 0.1}, {"lora": True, "dropout": 0.05}],
-                   "max_epochs": 2, "lora_rank": 4, "lora_alpha": 8,
-                   "eval_every_epochs": 1.0, "patience": 1, "post_train_tokens": 20 * SEQ,
-                   "compute_matched": [0.5], "warmup_steps": 1, "min_lr": 1.0e-4},
-        "stage3": {"lrs": [1.0e-3, 1.0e6], "tokens": 3 * 4 * SEQ, "batch_size": 4, "warmup_steps": 0},
+        "pre": {"tokens": 6 * 4 * SEQ, "batch_size": 4, "mix_fraction": [0.0, 1.0], "optim": {"warmup_steps": 1},
+                "checkpoint_every": 0},
+        "post": {"sweep": {"lr": [1.0e-3], "batch_size": [4]}, "extra": [{"replay": 0.1}, {"lora": True, "dropout": 0.05}],
+                 "max_epochs": 2, "lora_rank": 4, "lora_alpha": 8,
+                 "eval_every_epochs": 1.0, "patience": 1, "post_train_tokens": 20 * SEQ,
+                 "compute_matched": [0.5], "optim": {"warmup_steps": 1, "min_lr": 1.0e-4}},
+        "ft": {"lr": [1.0e-3, 1.0e6], "tokens": 3 * 4 * SEQ, "batch_size": 4, "optim": {"warmup_steps": 0}},
         "eval": {"batch_size": 8},
         "seeds": [0],
         "device": "cpu",
@@ -103,20 +103,20 @@ def test_end_to_end_writes_valid_frontier_and_run_json(setup: dict) -> None:
     assert (good[["L_im", "L_ret", "L_ft", "L_pre"]].to_numpy() < math.log(300) + 1).all()
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"]["complete"] and manifest["status"]["stage3"]["done"] == 14
+    assert manifest["status"]["complete"] and manifest["status"]["ft"]["done"] == 14
     for res in _results(out):
-        assert res["seed"] == 0 and res["config"]["stage3"]["lrs"] == [1.0e-3, 1.0e6]
+        assert res["seed"] == 0 and res["config"]["ft"]["lr"] == [1.0e-3, 1.0e6]
         assert "git_commit" in res["provenance"] and res["provenance"]["versions"]["torch"]
         assert res["data_fingerprint"] == manifest["data_fingerprint"]
         # tokens per stage: budgets rounded to full batches of 4 x SEQ
-        assert res["tokens"]["stage1"].get("pre", 0) + res["tokens"]["stage1"].get("post", 0) == 6 * 4 * SEQ
+        assert res["tokens"]["pre"].get("pre", 0) + res["tokens"]["pre"].get("post", 0) == 6 * 4 * SEQ
         if res["mix_fraction"] == 1.0:
-            assert res["tokens"]["stage1"]["post"] == 20 * SEQ  # lambda = 1: one pass over D_post
+            assert res["tokens"]["pre"]["post"] == 20 * SEQ  # lambda = 1: one pass over D_post
         if res["compute_matched"]:  # 10 blocks in stage 1 + the other 10 in stage 2: one pass
-            assert res["tokens"]["stage1"]["post"] + res["tokens"]["stage2"]["post"] == 20 * SEQ
+            assert res["tokens"]["pre"]["post"] + res["tokens"]["post"]["post"] == 20 * SEQ
         if not res["diverged"]:
-            assert res["tokens"]["stage3"] == {"ft": 3 * 4 * SEQ}
-            assert res["stages"]["stage3"]["tokens_per_s"] > 0
+            assert res["tokens"]["ft"] == {"ft": 3 * 4 * SEQ}
+            assert res["stages"]["ft"]["tokens_per_s"] > 0
             assert res["layerwise_change"] and all(v >= 0 for v in res["layerwise_change"].values())
             z = np.load(out / "runs" / res["run_id"] / "eval.npz")
             n_val = 128 // SEQ
@@ -168,7 +168,7 @@ def test_fallback_corpora_when_primary_unavailable(setup: dict, capsys, tmp_path
     cfg = yaml.safe_load(setup["cfg"].read_text())
     cfg["data_fallback"] = cfg["data"]
     cfg["data"] = {**cfg["data"], "pre": {"source": "hf", "name": "nobody/none", "path": str(tmp_path / "no.jsonl")}}
-    cfg["fallback_set"] = ["stage3.lrs=[0.001]"]
+    cfg["fallback_set"] = ["ft.lr=[0.001]"]
     p = tmp_path / "fb.yaml"
     p.write_text(yaml.safe_dump(cfg))
     rc = run(["run", "--config", str(p), "--out", str(tmp_path / "o"), "--cache", str(setup["cache"]),
@@ -202,12 +202,12 @@ def test_rerun_skips_finished_and_recomputes_missing_identically(setup: dict, mo
 
 
 @pytest.mark.parametrize("override, field", [
-    ("stage1.mix_fractions=[0.0,1.5]", "stage1.mix_fractions[1]"),
-    ("stage2.bogus=1", "stage2.bogus"),
-    ("stage2.post_train_tokens=100000000", "stage2.post_train_tokens"),
-    ("stage2.replay=[1.0]", "stage2.replay[0]"),
+    ("pre.mix_fraction=[0.0,1.5]", "pre.mix_fraction[1]"),
+    ("post.bogus=1", "post.bogus"),
+    ("post.post_train_tokens=100000000", "post.post_train_tokens"),
+    ("post.sweep.replay=[1.0]", "post.sweep.replay[0]"),
     ("data.post.path=/nonexistent/music.txt", "data.post.path"),
-    ("stage1.tokens=200", "stage1.tokens"),
+    ("pre.tokens=200", "pre.tokens"),
 ])
 def test_bad_input_exits_2_before_training_and_writes_nothing(setup: dict, override: str, field: str,
                                                               capsys, monkeypatch, tmp_path: Path) -> None:
@@ -241,12 +241,12 @@ def test_presets_validate(preset: str) -> None:
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "configs" / "lm" / f"{preset}.yaml")
     assert cfg.model.preset in MODEL_PRESETS
-    assert 0.0 in cfg.stage1.mix_fractions and any(f > 0 for f in cfg.stage1.mix_fractions)
-    assert len(cfg.stage3.lrs) >= 3
+    assert 0.0 in cfg.pre.mix_fraction and any(f > 0 for f in cfg.pre.mix_fraction)
+    assert len(cfg.ft.lr) >= 3
     if preset == "cpu-seeds":  # the seed study: one stage-2 setting, >= 3 seeds, >= 3 lambdas (Sec. 4.1)
-        assert len(cfg.seeds) >= 3 and len(cfg.stage1.mix_fractions) >= 3
+        assert len(cfg.seeds) >= 3 and len(cfg.pre.mix_fraction) >= 3
     else:  # a stage-2 sweep
-        assert len(cfg.stage2.settings()) >= 3
+        assert len(cfg.post.settings()) >= 3
     if preset.startswith("gpu"):
         assert cfg.precision == "bf16" and cfg.data.pre.source == "hf"
         fb = fallback_config(cfg)  # the offline fallback is itself a valid config
@@ -254,11 +254,11 @@ def test_presets_validate(preset: str) -> None:
     else:
         assert cfg.data.pre.source == "embedded" and cfg.device == "cpu"
     if preset == "cpu-full":
-        assert len(cfg.seeds) >= 3 and len(cfg.stage2.compute_matched) >= 3
+        assert len(cfg.seeds) >= 3 and len(cfg.post.compute_matched) >= 3
 
 
 def test_command_line_set_wins_over_fallback_set(tmp_path: Path) -> None:
-    """gpu-135m's fallback_set sizes stage 1 for the offline corpora; an explicit --set of the
+    """gpu-135m's fallback_set sizes pretraining for the offline corpora; an explicit --set of the
     same field keeps the user's value after the fallback, the other fallback entries still apply."""
     import yaml
 
@@ -267,13 +267,13 @@ def test_command_line_set_wins_over_fallback_set(tmp_path: Path) -> None:
     path = Path(__file__).resolve().parent.parent / "configs" / "lm" / "gpu-135m.yaml"
     raw = yaml.safe_load(path.read_text())
     preset_fb = dict(item.split("=", 1) for item in raw["fallback_set"])
-    assert "stage1.tokens" in preset_fb and "stage3.tokens" in preset_fb
+    assert "pre.tokens" in preset_fb and "ft.tokens" in preset_fb
     plain = fallback_config(load_config(path))
-    assert plain.stage1.tokens == int(float(preset_fb["stage1.tokens"])) != 12_000_000
-    fb = fallback_config(load_config(path, ["stage1.tokens=12000000", "seeds=[0]"]))
-    assert fb.stage1.tokens == 12_000_000 and fb.seeds == (0,)
-    assert fb.stage3.tokens == int(float(preset_fb["stage3.tokens"]))  # untouched entries still apply
-    assert load_config(path, ["stage1.tokens=12000000"]).stage1.tokens == 12_000_000  # primary too
+    assert plain.pre.tokens == int(float(preset_fb["pre.tokens"])) != 12_000_000
+    fb = fallback_config(load_config(path, ["pre.tokens=12000000", "seeds=[0]"]))
+    assert fb.pre.tokens == 12_000_000 and fb.seeds == (0,)
+    assert fb.ft.tokens == int(float(preset_fb["ft.tokens"]))  # untouched entries still apply
+    assert load_config(path, ["pre.tokens=12000000"]).pre.tokens == 12_000_000  # primary too
 
 
 def test_interrupted_sweep_resumes_to_the_same_losses(setup: dict, monkeypatch, tmp_path: Path) -> None:
@@ -285,7 +285,7 @@ def test_interrupted_sweep_resumes_to_the_same_losses(setup: dict, monkeypatch, 
     calls = {"n": 0}
 
     def interrupting_train(model, source, **kw):
-        if kw["desc"].startswith("stage2") and calls["n"] == 0:
+        if kw["desc"].startswith("post") and calls["n"] == 0:
             calls["n"] += 1
             real_train(model, source, **{**kw, "stop_after_steps": 3})
             raise KeyboardInterrupt

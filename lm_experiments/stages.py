@@ -1,0 +1,386 @@
+"""The three stages of the protocol, each a function of (context, run record).
+
+:func:`run_pre`, :func:`run_post` and :func:`run_ft` train one run, evaluate it on the
+fixed held-out sets, write its directory (``result.json`` last, atomically) and return a
+:class:`StageResult`. They read their upstream run's ``result.json`` and model from disk,
+so a run needs only its record, the resolved config and the output directory
+(:meth:`StageContext.open` prepares the rest from the data cache): that is the unit a
+distributed executor calls. A run whose ``result.json`` exists is returned as it is; an
+interrupted run resumes from the engine's checkpoint (``train_state/``); a non-finite loss
+marks the run (and its descendants) diverged.
+
+Losses (nats per token, fixed held-out sets)::
+
+    L_im  = L(theta_post; D_post)    L_ret = L(theta_ft; D_post)
+    L_ft  = L(theta_ft; D_ft)        L_pre = L(theta_ft; D_pre)
+
+plus ``L_{post,pre,ft}_stage1`` after pretraining and ``L_{pre,ft}_stage2`` after
+post-training. Every optimizer is built by :func:`optim_for` from the stage's ``optim``
+section. Random streams (``early_exposure.seeding``): the training RNG of each run is
+``int_seed(seed, "torch", "stage1"|"stage2"|"stage3", run id)``, LoRA's initialisation
+``int_seed(seed, "torch", "lora-init", upstream id)``; data order in
+:mod:`lm_experiments.schedules`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from early_exposure.configs import to_dict
+from early_exposure.frontier import method_name
+from early_exposure.io import atomic_write_bytes, atomic_write_json
+from early_exposure.provenance import provenance
+from early_exposure.seeding import int_seed
+from lm_experiments.config import OptimSection, PipelineConfig
+from lm_experiments.plan import FtRun, PostRun, PreRun, post_subset
+from lm_experiments.schedules import PlannedSource, finetune_source, posttrain_source, pretrain_source, split_post_blocks
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage function returns: where the run lives and what ``result.json`` says."""
+
+    stage: str                # "pre" | "post" | "ft"
+    run_dir: Path
+    diverged: bool
+    losses: dict[str, float]
+    record: dict[str, Any]    # the run's result.json
+
+
+def pre_dir(out: Path, r: PreRun) -> Path:
+    return Path(out) / "upstream" / f"pre-{r.pre_id}"
+
+
+def post_dir(out: Path, r: PostRun) -> Path:
+    return Path(out) / "upstream" / f"post-{r.upstream_id}"
+
+
+def ft_dir(out: Path, r: FtRun) -> Path:
+    return Path(out) / "runs" / r.run_id
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs besides its record: config, prepared data, device, output dir.
+
+    ``data_used`` is the summary of :func:`lm_experiments.sweep.prepare` (which corpora,
+    whether the fallback was used); ``cfg`` is the *effective* config (fallback applied).
+    """
+
+    cfg: PipelineConfig
+    prepared: Any
+    out: Path
+    device: Any
+    data_used: dict[str, Any]
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        sp = self.prepared.splits
+        self.pools = {role: sp[role].train for role in ("pre", "post", "ft")}
+        self.val = {role: sp[role].val for role in ("pre", "post", "ft")}
+        self.seq_len = int(sp["pre"].train.shape[1])
+        self.post_idx = post_subset(int(sp["post"].train.shape[0]), self.cfg.post.post_train_tokens, self.seq_len)
+        self.pipeline = self.cfg.pipeline_label(self.data_used["config"])
+        self.provenance = provenance()
+        self.config_dict = to_dict(self.cfg)
+
+    @classmethod
+    def open(cls, cfg: PipelineConfig, out: Path, *, cache_root: Path | None = None,
+             progress: bool = False) -> StageContext:
+        """Build the context in a fresh process from the config alone (data from the cache)."""
+        from lm_experiments.device import resolve_device
+        from lm_experiments.sweep import prepare
+
+        prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress, log=lambda _: None)
+        return cls(cfg, prepared, Path(out), resolve_device(cfg.device), data_used, progress)
+
+    # ---- helpers ----------------------------------------------------------------------
+    def evaluate(self, model: Any, role: str, *, correct: bool = False) -> Any:
+        from lm_experiments.evaluate import evaluate
+
+        return evaluate(model, self.val[role], batch_size=self.cfg.eval.batch_size, device=self.device,
+                        precision=self.cfg.precision, return_correct=correct)
+
+    def load(self, path: Path) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path).to(self.device)
+
+    def save_model(self, model: Any, path: Path, extra: dict[str, Any]) -> None:
+        from lm_experiments.evaluate import save_checkpoint
+
+        save_checkpoint(model, self.prepared.tokenizer, path, extra)
+
+    def train(self, model: Any, source: PlannedSource, optim: Any, *, ckpt_dir: Path, seed: int, desc: str,
+              checkpoint_every: int, eval_fn: Any = None, eval_every: int = 0, patience: int | None = None) -> Any:
+        from lm_experiments import train as engine
+
+        return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
+                            precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
+                            checkpoint_every=checkpoint_every, desc=desc, seed=seed,
+                            micro_batch=self.cfg.micro_batch, progress=self.progress)
+
+
+def optim_for(section: OptimSection, *, steps: int, **overrides: Any) -> Any:
+    """The engine's optimizer settings of one run of ``steps`` steps: ``section`` with a
+    sweep's ``overrides`` (``lr=...``), its floor at that lr, warmup capped at 10% of the
+    run (short compute-matched runs keep a real decay)."""
+    from lm_experiments.train import OptimConfig
+
+    sec = dataclasses.replace(section, **overrides) if overrides else section
+    return OptimConfig(lr=sec.lr, min_lr=sec.floor(sec.lr), warmup_steps=min(sec.warmup_steps, steps // 10),
+                       weight_decay=sec.weight_decay)
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _finished(stage: str, d: Path) -> StageResult | None:
+    p = d / "result.json"
+    if not p.exists():
+        return None
+    rec = json.loads(p.read_text())
+    return StageResult(stage, d, bool(rec["diverged"]), rec.get("losses", {}), rec)
+
+
+def train_summary(res: Any, source: PlannedSource | None, optim: Any) -> dict[str, Any]:
+    """A run's training record: steps, tokens (seen, by source), throughput, early stopping."""
+    optim_d = dataclasses.asdict(optim) if optim is not None else {}
+    if res is None:
+        return {"steps": 0, "tokens": 0, "tokens_by_source": {}, "wall_s": 0.0, "tokens_per_s": None,
+                "diverged": False, "stopped_early": False, "optim": optim_d}
+    planned = source.tokens_by_source() if source is not None else {}
+    seen = {}  # tokens actually seen by source, when training stopped before the plan's end
+    if source is not None:
+        n_slots = min(res.steps * source.batch_size, source.num_slots)
+        codes = np.bincount(source.sources[:n_slots].astype(np.int64), minlength=3)
+        seen = {name: int(codes[c]) * source.seq_len for c, name in ((0, "pre"), (1, "post"), (2, "ft"))
+                if codes[c]}
+    return {"steps": res.steps, "tokens": res.tokens, "tokens_by_source": seen,
+            "planned_tokens_by_source": planned, "wall_s": res.wall_s, "eval_s": res.eval_s,
+            "tokens_per_s": res.tokens_per_s, "diverged": res.diverged, "stopped_early": res.stopped_early,
+            "best_step": res.best_step, "best_val": res.best_val, "resumed_from": res.resumed_from,
+            "planned_steps": len(source) if source is not None else 0, "optim": optim_d,
+            "history": res.history}
+
+
+# ---- pretraining ------------------------------------------------------------------------
+def run_pre(ctx: StageContext, r: PreRun) -> StageResult:
+    """Pretrain on D_pre with ``r.mix_fraction`` of D_post spread through the budget (Sec. 4.1)."""
+    d = pre_dir(ctx.out, r)
+    done = _finished("pre", d)
+    if done is not None:
+        return done
+    from lm_experiments.model import build_model
+
+    sec = ctx.cfg.pre
+    mixed, _ = split_post_blocks(len(ctx.post_idx), r.mix_fraction, seed=r.seed)
+    source = pretrain_source(ctx.pools["pre"], ctx.pools["post"], ctx.post_idx[mixed],
+                             tokens=sec.tokens, batch_size=sec.batch_size, seed=r.seed)
+    model = build_model(ctx.cfg.model.preset, vocab_size=len(ctx.prepared.tokenizer),
+                        max_seq_len=ctx.seq_len, seed=r.seed).to(ctx.device)
+    t0 = time.time()
+    optim = optim_for(sec.optim, steps=len(source))
+    res = ctx.train(model, source, optim, ckpt_dir=d / "train_state",
+                    seed=int_seed(r.seed, "torch", "stage1", r.pre_id), desc=f"pre lam={r.mix_fraction}",
+                    checkpoint_every=sec.checkpoint_every)
+    losses: dict[str, float] = {}
+    if not res.diverged:
+        for role in ("post", "pre", "ft"):
+            losses[f"L_{role}_stage1"] = ctx.evaluate(model, role).mean_loss
+        if not all(math.isfinite(v) for v in losses.values()):
+            res.diverged = True
+    result = {"stage": "pre", "pre_id": r.pre_id, "seed": r.seed, "mix_fraction": r.mix_fraction,
+              "diverged": res.diverged, "losses": losses, "train": train_summary(res, source, optim),
+              "mixed_post_blocks": int(len(mixed)), "wall_s": time.time() - t0,
+              "data_fingerprint": ctx.prepared.fingerprint, "model_dir": None}
+    if not res.diverged:
+        ctx.save_model(model, d / "model", {"stage": "pre", "pre_id": r.pre_id, "seed": r.seed,
+                                            "mix_fraction": r.mix_fraction})
+        result["model_dir"] = "model"
+    atomic_write_json(d / "result.json", result)
+    shutil.rmtree(d / "train_state", ignore_errors=True)
+    return StageResult("pre", d, bool(res.diverged), losses, result)
+
+
+# ---- post-training ----------------------------------------------------------------------
+def run_post(ctx: StageContext, r: PostRun) -> StageResult:
+    """Post-train theta_pre on D_post with ``r.setting`` and early stopping (Secs. 4.1-4.4),
+    or one epoch over the D_post blocks pretraining did not see (compute-matched, Sec. 4.2)."""
+    d = post_dir(ctx.out, r)
+    done = _finished("post", d)
+    if done is not None:
+        return done
+    sec, st = ctx.cfg.post, r.setting
+    base = {"stage": "post", "upstream_id": r.upstream_id, "pre_id": r.pre.pre_id, "seed": r.pre.seed,
+            "mix_fraction": r.pre.mix_fraction, "compute_matched": r.compute_matched, "setting": st.as_dict(),
+            "data_fingerprint": ctx.prepared.fingerprint}
+    upstream = _finished("pre", pre_dir(ctx.out, r.pre))
+    if upstream is None:
+        raise RuntimeError(f"post-training {r.upstream_id} needs its pretraining run {r.pre.pre_id} first")
+    if upstream.diverged:
+        result = {**base, "diverged": True, "reason": "stage 1 diverged", "losses": {}, "model_dir": None}
+        atomic_write_json(d / "result.json", result)
+        return StageResult("post", d, True, {}, result)
+    from lm_experiments.model import apply_lora, merge_lora, set_dropout
+
+    t0 = time.time()
+    model = ctx.load(pre_dir(ctx.out, r.pre) / "model")
+    if r.compute_matched:
+        _, rest = split_post_blocks(len(ctx.post_idx), r.pre.mix_fraction, seed=r.pre.seed)
+        post_indices, epochs, patience = ctx.post_idx[rest], 1, None
+    else:
+        post_indices, epochs, patience = ctx.post_idx, sec.max_epochs, sec.patience
+    res, source, optim = None, None, None
+    if len(post_indices) > 0:  # compute-matched lambda = 1: nothing left for post-training
+        source = posttrain_source(ctx.pools["post"], post_indices, ctx.pools["pre"], epochs=epochs,
+                                  replay=st.replay, batch_size=st.batch_size, seed=r.pre.seed,
+                                  max_tokens=sec.max_tokens)
+        if st.lora:
+            import torch
+
+            # peft initialises the adapters from the global torch RNG: seed it from the root
+            # seed (and restore it) so a LoRA run does not depend on what ran before it
+            cuda = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(int_seed(r.pre.seed, "torch", "lora-init", r.upstream_id))
+                model = apply_lora(model, rank=sec.lora_rank, alpha=sec.lora_alpha, dropout=st.dropout)
+        else:
+            set_dropout(model, st.dropout)
+        steps_per_epoch = math.ceil(len(post_indices) / st.batch_size)
+        eval_every = max(1, round(sec.eval_every_epochs * steps_per_epoch))
+        optim = optim_for(sec.optim, steps=len(source), **st.optim_overrides())
+        res = ctx.train(model, source, optim, ckpt_dir=d / "train_state",
+                        seed=int_seed(r.pre.seed, "torch", "stage2", r.upstream_id),
+                        desc=f"post lam={r.pre.mix_fraction} {st.label()}{' cm' if r.compute_matched else ''}",
+                        checkpoint_every=sec.checkpoint_every,
+                        eval_fn=lambda m: ctx.evaluate(m, "post").mean_loss,
+                        eval_every=eval_every, patience=patience)
+        if st.lora:
+            model = merge_lora(model)
+        set_dropout(model, 0.0)
+    diverged = bool(res is not None and res.diverged)
+    losses: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    if not diverged:
+        ev_post = ctx.evaluate(model, "post", correct=True)
+        losses["L_im"] = ev_post.mean_loss
+        losses["L_pre_stage2"] = ctx.evaluate(model, "pre").mean_loss
+        losses["L_ft_stage2"] = ctx.evaluate(model, "ft").mean_loss
+        diverged = not all(math.isfinite(v) for v in losses.values())
+        arrays = {"post_loss_stage2": np.asarray(ev_post.per_example, dtype=np.float32),
+                  "post_correct_stage2": np.asarray(ev_post.correct, dtype=bool)}
+    result = {**base, "diverged": diverged, "losses": losses, "train": train_summary(res, source, optim),
+              "post_blocks": int(len(post_indices)), "epochs_allowed": epochs,
+              "wall_s": time.time() - t0, "model_dir": None, "eval_npz": None}
+    if not diverged:
+        atomic_write_bytes(d / "eval_post.npz", _npz_bytes(**arrays))
+        ctx.save_model(model, d / "model", {"stage": "post", "upstream_id": r.upstream_id, "setting": st.as_dict(),
+                                            "compute_matched": r.compute_matched})
+        result["model_dir"], result["eval_npz"] = "model", "eval_post.npz"
+    atomic_write_json(d / "result.json", result)
+    shutil.rmtree(d / "train_state", ignore_errors=True)
+    return StageResult("post", d, diverged, losses, result)
+
+
+# ---- fine-tuning ------------------------------------------------------------------------
+def _strip(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stage's training summary without its per-step history (kept in the stage dirs)."""
+    return None if summary is None else {k: v for k, v in summary.items() if k != "history"}
+
+
+def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
+    """Fine-tune theta_post on D_ft at ``r.ft_lr`` for the fixed budget; measure the four losses."""
+    d = ft_dir(ctx.out, r)
+    done = _finished("ft", d)
+    if done is not None:
+        return done
+    sec, st = ctx.cfg.ft, r.post.setting
+    pre_up, post_up = _finished("pre", pre_dir(ctx.out, r.post.pre)), _finished("post", post_dir(ctx.out, r.post))
+    if pre_up is None or post_up is None:
+        raise RuntimeError(f"fine-tuning {r.run_id} needs its upstream runs first")
+    pre_result, post_result = pre_up.record, post_up.record
+    method = method_name(mixed=r.post.pre.mix_fraction > 0) + st.method_suffix()
+    base = {"run_id": r.run_id, "upstream_id": r.post.upstream_id, "pre_id": r.post.pre.pre_id,
+            "seed": r.post.pre.seed, "pipeline": ctx.pipeline, "method": method,
+            "mix_fraction": r.post.pre.mix_fraction, "compute_matched": r.post.compute_matched,
+            "post_hparams": st.as_dict(), "ft_lr": r.ft_lr,
+            "data_fingerprint": ctx.prepared.fingerprint, "data": ctx.data_used["summary"],
+            "config": ctx.config_dict, "provenance": ctx.provenance}
+    t0 = time.time()
+    res, optim = None, None
+    losses: dict[str, float] = {}
+    layerwise: dict[str, float] = {}
+    diverged = bool(post_result["diverged"])
+    reason = "upstream diverged" if diverged else None
+    source = finetune_source(ctx.pools["ft"], tokens=sec.tokens, batch_size=sec.batch_size, seed=r.post.pre.seed)
+    if not diverged:
+        from lm_experiments.evaluate import layerwise_change
+
+        theta_post = ctx.load(post_dir(ctx.out, r.post) / "model")
+        model = ctx.load(post_dir(ctx.out, r.post) / "model")
+        optim = optim_for(sec.optim, steps=len(source), lr=r.ft_lr)
+        res = ctx.train(model, source, optim, ckpt_dir=d / "train_state",
+                        seed=int_seed(r.post.pre.seed, "torch", "stage3", r.run_id),
+                        desc=f"ft lr={r.ft_lr:g}", checkpoint_every=sec.checkpoint_every)
+        diverged = res.diverged
+        reason = "stage 3 diverged" if diverged else None
+    if not diverged:
+        ev_post = ctx.evaluate(model, "post", correct=True)
+        ev_ft = ctx.evaluate(model, "ft")
+        ev_pre = ctx.evaluate(model, "pre")
+        losses = {"L_im": post_result["losses"]["L_im"], "L_ret": ev_post.mean_loss, "L_ft": ev_ft.mean_loss,
+                  "L_pre": ev_pre.mean_loss}
+        if not all(math.isfinite(v) for v in losses.values()):
+            diverged, reason = True, "non-finite evaluation loss"
+        else:
+            up = np.load(post_dir(ctx.out, r.post) / "eval_post.npz")
+            atomic_write_bytes(d / "eval.npz", _npz_bytes(
+                post_loss_stage2=up["post_loss_stage2"], post_correct_stage2=up["post_correct_stage2"],
+                post_loss_stage3=np.asarray(ev_post.per_example, dtype=np.float32),
+                post_correct_stage3=np.asarray(ev_post.correct, dtype=bool),
+                ft_loss_stage3=np.asarray(ev_ft.per_example, dtype=np.float32),
+                pre_loss_stage3=np.asarray(ev_pre.per_example, dtype=np.float32)))
+            layerwise = layerwise_change(theta_post, model)
+            if sec.save_checkpoints:
+                ctx.save_model(model, d / "model", {"stage": "ft", "run_id": r.run_id})
+    # the frontier's four losses (NaN where a stage diverged), after the earlier stages' losses
+    row = {"L_im": post_result.get("losses", {}).get("L_im", float("nan")), "L_ret": float("nan"),
+           "L_ft": float("nan"), "L_pre": float("nan")}
+    if not diverged:
+        row.update(losses)
+    all_losses = {**pre_result.get("losses", {}), **post_result.get("losses", {}), **row}
+    ft_summary = train_summary(res, source, optim)
+    result = {**base, "diverged": diverged, "reason": reason, "losses": all_losses,
+              "ft_budget": source.num_tokens,
+              "tokens": {"pre": pre_result.get("train", {}).get("tokens_by_source", {}),
+                         "post": post_result.get("train", {}).get("tokens_by_source", {}),
+                         "ft": ft_summary["tokens_by_source"]},
+              "stages": {"pre": _strip(pre_result.get("train")), "post": _strip(post_result.get("train")),
+                         "ft": _strip(ft_summary)},
+              "wall_s": {"pre": pre_result.get("wall_s"), "post": post_result.get("wall_s"),
+                         "ft": time.time() - t0},
+              "layerwise_change": layerwise,
+              "files": {"eval_npz": "eval.npz" if (d / "eval.npz").exists() else None,
+                        "theta_pre": str(Path("..", "..", "upstream", f"pre-{r.post.pre.pre_id}", "model")),
+                        "theta_post": str(Path("..", "..", "upstream", f"post-{r.post.upstream_id}", "model"))}}
+    atomic_write_json(d / "result.json", result)
+    shutil.rmtree(d / "train_state", ignore_errors=True)
+    return StageResult("ft", d, bool(diverged), all_losses, result)
+
+
+#: stage name -> its function (what an executor dispatches on)
+STAGE_FUNCTIONS = {"pre": run_pre, "post": run_post, "ft": run_ft}
