@@ -7,6 +7,8 @@ Command (from the repository root; 52 s wall measured on the shared 2-core machi
 Pure use of the public API (``simulate``, the sweep engine, the frontier and compute-matched
 studies, the paper-check functions that judge them). Prints, in order:
 
+alpha (and lambda in 4.) is the mixing fraction, ``stages.pre.mix_fraction``.
+
 1. Post-training budget x alpha (exact GD, default task): L_im, L_ret.
 2. Convergence of post-training operationalised by an early-stopping rule on L_post
    (evaluate every ``EVAL_EVERY`` steps, stop after ``PATIENCE`` evaluations without a relative
@@ -34,12 +36,12 @@ import pandas as pd
 from early_exposure.frontier import make_row, validate_frontier
 from early_exposure.io import stable_hash
 from linear_theory import load_config, simulate
-from linear_theory.compute_matched import ComputeMatchedConfig, Sec41Config, frontier_from, study_rows
-from linear_theory.compute_matched import base_config as cm_base_config
-from linear_theory.finite import FiniteSpec, run_finite
-from linear_theory.frontier import FrontierConfig, frontier_rows, load_frontier_config
-from linear_theory.sweep import sweep_frame
-from linear_theory.sweep_grid import Axis
+from linear_theory.studies.compute_matched import ComputeMatchedConfig, Sec41Config, frontier_from, study_rows
+from linear_theory.studies.compute_matched import base_config as cm_base_config
+from linear_theory.studies.finite import FiniteSpec, run_finite
+from linear_theory.studies.frontier import FrontierConfig, frontier_rows, load_frontier_config
+from linear_theory.sweep.engine import sweep_frame
+from linear_theory.sweep.grid import Axis
 from paper_checks.checks_frontier import CheckOptions, check_sec41, check_sec42, frontier_checks
 
 warnings.filterwarnings("ignore")
@@ -78,7 +80,7 @@ def early_stop(L: np.ndarray, steps: np.ndarray, r: float, patience: int = PATIE
 
 
 def theory_row(cfg, alpha: float, losses: dict, post: dict, cm: bool = False, seed: int = 0) -> dict:
-    up = {"cfg": str(cfg), "alpha": alpha, "post": post}
+    up = {"cfg": str(cfg), "mix_fraction": alpha, "post": post}
     return make_row(side="theory", pipeline="pre>post>ft", method="mixed" if alpha > 0 else "unmixed",
                     mix_fraction=float(alpha), compute_matched=cm, upstream_id=stable_hash(up),
                     post_hparams=post, ft_lr=float(cfg.stages.ft.lr), ft_budget=float(cfg.stages.ft.steps),
@@ -98,16 +100,16 @@ def study_budget() -> None:
     log("1/4 post-training budget x alpha (default task, exact GD, sweep engine)")
     base = load_config(DEFAULT)
     steps = (10, 25, 50, 100, 150, 200, 300, 500, 1000, 3000)
-    df = sweep_frame(base, [Axis("stages.post.steps", steps, "list"), Axis("stages.pre.alpha", ALPHAS, "list")])
+    df = sweep_frame(base, [Axis("stages.post.steps", steps, "list"), Axis("stages.pre.mix_fraction", ALPHAS, "list")])
     for col in ("L_im", "L_ret"):
-        t = df.pivot(index="stages.post.steps", columns="stages.pre.alpha", values=col)
+        t = df.pivot(index="stages.post.steps", columns="stages.pre.mix_fraction", values=col)
         print(f"\n{col} (rows: post-training steps, columns: alpha; T = 10, beta = 4, lr 0.01)")
         print(t.to_string(float_format=lambda v: f"{v:.4g}"))
     rows = []
     for s, g in df.groupby("stages.post.steps"):
         recs = g[["L_im", "L_ret", "L_ft", "L_pre"]].to_dict("records")
         verdict = sec41_verdict([theory_row(base, a, r, {"steps": int(s)})
-                                 for a, r in zip(g["stages.pre.alpha"], recs)])
+                                 for a, r in zip(g["stages.pre.mix_fraction"], recs)])
         rows.append({"post.steps": s, **dict(zip(("verdict (b)", "dL_im", "dL_ret"), verdict))})
     print("\nSection 4.1 check (check_sec41) on the alpha rows of each fixed budget")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -118,7 +120,7 @@ def run_es(T: float, beta: float) -> dict:
     """Per alpha: trajectory run, then one rerun per distinct stop step."""
     out = {}
     for a in ALPHAS:
-        over = [f"model.T={T}", f"task.beta={beta}", f"stages.pre.steps={int(300 * T)}", f"stages.pre.alpha={a}"]
+        over = [f"model.T={T}", f"task.beta={beta}", f"stages.pre.steps={int(300 * T)}", f"stages.pre.mix_fraction={a}"]
         cfg = load_config(DEFAULT, over + [f"stages.post.steps={MAX_POST}"])
         res = simulate(cfg, trajectory_stride=EVAL_EVERY)
         tr = res.trajectory
@@ -175,7 +177,7 @@ def study_coupled() -> None:
             rec = {"setting": " ".join(o.split(".")[-1] for o in over), "post.steps": post}
             trs = []
             for a in ALPHAS:
-                cfg = load_config(DEFAULT, over + [f"stages.pre.alpha={a}", f"stages.post.steps={post}",
+                cfg = load_config(DEFAULT, over + [f"stages.pre.mix_fraction={a}", f"stages.post.steps={post}",
                                                    "stages.pre.steps=3000"])
                 res = simulate(cfg)
                 trs.append(theory_row(cfg, a, res.losses, {"steps": post, "setting": rec["setting"]}))
@@ -280,10 +282,10 @@ def study_compute_matched() -> None:
     lams = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     summ, ret_tab, im_tab = [], {}, {}
     for N in (200, 400, 1000, 2000, 5000):
-        cm = ComputeMatchedConfig(set=("stages.post.lr=0.02", "stages.ft.steps=200"), n_samples=N, lambdas=lams,
+        cm = ComputeMatchedConfig(set=("stages.post.lr=0.02", "stages.ft.steps=200"), n_samples=N, mix_fraction=lams,
                                   seeds=(0, 1, 2), pre_pool=400.0, batch=8, sec41=Sec41Config(enabled=False))
         df = study_rows(cm)
-        m = df.groupby("lambda")[["L_im", "L_ret", "post_steps"]].mean()
+        m = df.groupby("mix_fraction")[["L_im", "L_ret", "post_steps"]].mean()
         ret_tab[N], im_tab[N] = m["L_ret"], m["L_im"]
         fr = validate_frontier(pd.DataFrame(frontier_from(df, cm, cm_base_config(cm))))
         status, desc, data = check_sec42(fr, "theory", OPTS)
@@ -305,7 +307,7 @@ def study_compute_matched() -> None:
     for ep in (1, 2, 4, 8):
         specs = [FiniteSpec(400, lam, s, 400.0, 8, ep) for s in (0, 1, 2) for lam in lams]
         for spec, res in zip(specs, run_finite(cfg, specs)):
-            rows.append({"epochs": ep, "lambda": spec.lam, "L_im": res["L_im"], "L_ret": res["L_ret"]})
+            rows.append({"epochs": ep, "lambda": spec.mix_fraction, "L_im": res["L_im"], "L_ret": res["L_ret"]})
     df = pd.DataFrame(rows).groupby(["lambda", "epochs"])["L_ret"].mean().unstack()
     print("\nmean L_ret, N = 400 (rows lambda, columns epochs over the post-training share)")
     print(df.to_string(float_format=lambda v: f"{v:.4g}"))

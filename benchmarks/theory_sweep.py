@@ -1,16 +1,17 @@
-"""Speed of the theory sweep engine against a naive baseline and the sgemm roofline (issue 3).
+"""Speed of the theory sweep engine against a naive baseline and the sgemm roofline.
 
 Command (from the repository root)::
 
-    python benchmarks/theory_sweep.py            # the issue's sizes (a few minutes on 2 cores)
+    python benchmarks/theory_sweep.py            # the target sizes (a few minutes on 2 cores)
     python benchmarks/theory_sweep.py --steps 200 --spectral-grid 64   # quick look
     python benchmarks/theory_sweep.py --cpu-devices 1   # the engine on a single XLA device
 
 Times, in one process on the same machine, float32:
 
-1. the sweep engine's full-matrix path on a 64 x 64 alpha x beta grid, n = h = 16,
-   3 x 2000 steps (``method=full``: no spectral shortcut), end to end through
-   :func:`linear_theory.sweep.run_points` (host preparation + kernels + losses), compiled first;
+1. the sweep engine's full-matrix path on a 64 x 64 mix_fraction x beta grid (the alpha x beta
+   phase diagram), n = h = 16, 3 x 2000 steps (``method=full``: no spectral shortcut), end to end
+   through :func:`linear_theory.sweep.engine.run_points` (host preparation + kernels + losses),
+   compiled first;
 2. the naive baseline of the same computation: ``jax.vmap`` over configs of a ``lax.scan`` of
    the plain update W1 -= lr G W2^T, W2 -= lr W1^T G with G = 2 sum_t w_t (theta - A_t) C_t
    on the full (n, n) matrices (kept as the yardstick);
@@ -40,22 +41,24 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from early_exposure.frontier import STAGES  # noqa: E402
 from linear_theory.config import SimConfig, config_from_dict  # noqa: E402
 from linear_theory.simulate import stage_specs  # noqa: E402
-from linear_theory.sweep import make_plan, run_points, use_cpu_devices  # noqa: E402
-from linear_theory.sweep_grid import parse_grid  # noqa: E402
-from linear_theory.sweep_kernels import flops_full_step  # noqa: E402
+from linear_theory.sweep.engine import run_points, use_cpu_devices  # noqa: E402
+from linear_theory.sweep.grid import parse_grid  # noqa: E402
+from linear_theory.sweep.kernels import flops_full_step  # noqa: E402
+from linear_theory.sweep.plan import make_plan  # noqa: E402
 from linear_theory.tasks import build_task  # noqa: E402
 
 
 def bench_config(steps: int, n: int = 16, k: int = 4) -> SimConfig:
-    """n = h = 16 task of the issue's benchmark (paper init, identity basis), float32."""
+    """n = h = 16 task of the benchmark (paper init, identity basis), float32."""
     inv = list(np.linspace(5.0, 2.2, n - 2 * k))
     return config_from_dict({
         "task": {"n": n, "k": k, "sigma_inv": inv, "sigma_inc_pre": [0.4] * k, "sigma_inc_post": [1.4] * k,
                  "sigma_inc_ft": [0.1] * k, "beta": 2.0, "basis": "identity", "seed": 0},
         "model": {"width": n, "init": "paper", "T": 6.0},
-        "stages": {"pre": {"alpha": 0.5, "steps": steps, "lr": 0.01},
+        "stages": {"pre": {"mix_fraction": 0.5, "steps": steps, "lr": 0.01},
                    "post": {"steps": steps, "lr": 0.01, "reg": 0.0, "replay": 0.0, "dropout": 0.0},
                    "ft": {"steps": steps, "lr": 0.01}},
         "precision": "float32",
@@ -72,8 +75,8 @@ def timed(fn, repeat: int = 1) -> float:
 
 
 def engine_seconds(steps: int, grid: int, method: str) -> tuple[float, float]:
-    """(compile+warm-up seconds, run seconds) of the engine on a grid x grid alpha x beta sweep."""
-    axes_spec = [f"alpha=0:1:{grid}", f"beta=0.1:4:{grid}"]
+    """(compile+warm-up seconds, run seconds) of the engine on a grid x grid mix_fraction x beta sweep."""
+    axes_spec = [f"mix_fraction=0:1:{grid}", f"beta=0.1:4:{grid}"]
     # the full path compiles once per shape (step counts are runtime values): warm up with 1 step;
     # the spectral path's batch is the number of distinct modes, which depends on the schedule:
     # warm up with the timed run itself
@@ -94,13 +97,13 @@ def naive_baseline(steps: int, grid: int) -> tuple[float, float]:
     """vmap over configs of lax.scan of the plain update on full matrices (the yardstick)."""
     cfg = bench_config(steps)
     tm = build_task(cfg.task)
-    alphas = np.linspace(0, 1, grid)
+    fractions = np.linspace(0, 1, grid)
     betas = np.linspace(0.1, 4, grid)
-    A_all, C_all, w_all = {s: [] for s in ("pre", "post", "ft")}, {s: [] for s in ("pre", "post", "ft")}, \
-        {s: [] for s in ("pre", "post", "ft")}
-    for a in alphas:
+    A_all, C_all, w_all = {s: [] for s in STAGES}, {s: [] for s in STAGES}, \
+        {s: [] for s in STAGES}
+    for a in fractions:
         for b in betas:
-            c = cfg.replace([f"stages.pre.alpha={a}", f"task.beta={b}"])
+            c = cfg.replace([f"stages.pre.mix_fraction={a}", f"task.beta={b}"])
             tmb = build_task(c.task)
             for s, spec in stage_specs(c, tmb).items():
                 A, C = spec.matrices(tmb)
@@ -132,7 +135,7 @@ def naive_baseline(steps: int, grid: int) -> tuple[float, float]:
         return stage(W, *ft)
 
     fn = jax.jit(jax.vmap(one))
-    args = tuple(arrs[s] for s in ("pre", "post", "ft"))
+    args = tuple(arrs[s] for s in STAGES)
     t0 = time.perf_counter()
     fn.lower(*args).compile()
     comp = time.perf_counter() - t0
@@ -148,9 +151,9 @@ def sgemm_gflops(size: int = 4096) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000, help="steps per stage (issue: 2000)")
-    ap.add_argument("--grid", type=int, default=64, help="full-path grid side (issue: 64)")
-    ap.add_argument("--spectral-grid", type=int, default=256, help="spectral grid side (issue: 256)")
+    ap.add_argument("--steps", type=int, default=2000, help="steps per stage (target: 2000)")
+    ap.add_argument("--grid", type=int, default=64, help="full-path grid side (target: 64)")
+    ap.add_argument("--spectral-grid", type=int, default=256, help="spectral grid side (target: 256)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--cpu-devices", type=int, default=None,

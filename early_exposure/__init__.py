@@ -7,7 +7,8 @@ One concept per module:
   ``--set a.b=value`` overrides.
 - :mod:`early_exposure.io`         -- atomic writes and stable hashes.
 - :mod:`early_exposure.provenance` -- package versions and git commit for every result.
-- :mod:`early_exposure.frontier`   -- the shared frontier table schema (``CONVENTIONS.md``).
+- :mod:`early_exposure.frontier`   -- the shared frontier table schema and the protocol's vocabulary.
+- :mod:`early_exposure.seeding`    -- one derivation of every random stream from a root seed.
 """
 
 from early_exposure.errors import ConfigError, cli_main

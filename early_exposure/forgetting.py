@@ -1,7 +1,7 @@
 """Sample-wise forgetting and backward transfer between two checkpoints.
 
 Harmon et al. 2025, "Mapping Post-Training Forgetting in Language Models at Scale"
-(arXiv 2510.17776; ``/work/shared/seeds/mapping-post-training-forgetting.txt``): compare
+(arXiv 2510.17776): compare
 per-example correctness before (b) and after (a) a training stage. A 1->0 transition
 (correct before, wrong after) is forgetting; a 0->1 transition is backward transfer.
 Task averages hide both because they cancel.

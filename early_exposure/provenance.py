@@ -1,7 +1,7 @@
 """Who produced a result: package versions, git commit, python, host, time.
 
 Every result file of the project embeds ``provenance()`` next to its resolved config
-and seed (CONVENTIONS.md, rule 5).
+and seed, so every number can be traced to the code and versions that made it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared plumbing of the figure scripts: loading saved results, comparability, saving.
 
-Rules (CONVENTIONS.md 6): figures only read saved files. Before plotting, a figure asserts
+Rule: figures only read saved files (they never train). Before plotting, a figure asserts
 its inputs are comparable (one pipeline per panel, one side, the same evaluation-set
 fingerprint when the runs record one); a figure whose data is absent is skipped with a
 printed note, never a crash.

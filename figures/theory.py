@@ -4,7 +4,7 @@
   strength diag(U^T theta V) of each feature block (invariant [0, n-2k), inconsistent
   [n-2k, n-k), specialized [n-k, n)) through pre-, post- and fine-tuning, mixed vs unmixed
   (from ``theory/trajectories/<name>/trajectory.csv`` + ``result.json``).
-- The alpha x beta phase diagram of Delta = L_ret - L_im with the region where the
+- The mix_fraction (the paper's alpha) x beta phase diagram of Delta = L_ret - L_im with the region where the
   paper's assumptions hold outlined (from ``theory/sweep/sweep.parquet``).
 """
 
@@ -106,7 +106,7 @@ def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
         return []
     df = pd.read_parquet(f)
     # the sweep names grid axes by their config path; accept the short names too
-    names = {"alpha": ("alpha", "stages.pre.alpha"), "beta": ("beta", "task.beta"), "Delta": ("Delta",)}
+    names = {"alpha": ("mix_fraction", "stages.pre.mix_fraction"), "beta": ("beta", "task.beta"), "Delta": ("Delta",)}
     found = {k: next((c for c in cands if c in df.columns), None) for k, cands in names.items()}
     need = [k for k, c in found.items() if c is None]
     if need:
@@ -133,7 +133,7 @@ def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
             note = f" ('{flag}' {'holds everywhere' if np.nanmin(fl) >= 0.5 else 'holds nowhere'})"
     else:
         note = " (no assumption flag column in the sweep)"
-    ax.set_xlabel("mixing fraction $\\alpha$")
+    ax.set_xlabel("mix_fraction ($\\alpha$)")
     ax.set_ylabel("$\\beta$")
     ax.set_title("Phase diagram of $\\Delta$" + note, fontsize=9)
     return save(fig, out, "theory_phase_delta")

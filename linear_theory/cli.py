@@ -1,15 +1,23 @@
-"""Command line of the theory simulator.
+"""Command line of the theory simulator: every ``python -m linear_theory`` command.
 
 Commands (run from the repository root)::
 
     python -m linear_theory run --config configs/theory/default.yaml --out results/theory/run \
-        [--set stages.pre.alpha=0.25] [--trajectory-stride 10] [--method auto|full|spectral]
+        [--set stages.pre.mix_fraction=0.25] [--trajectory-stride 10] [--method auto|full|spectral]
     python -m linear_theory assumptions --config configs/theory/default.yaml [--out DIR]
     python -m linear_theory verify --out results/theory/verify
+    python -m linear_theory sweep --config configs/theory/sweep_alpha_beta.yaml \
+        --grid mix_fraction=0:1:64 --grid beta=0.1:2:64 --out results/theory/sweep
+    python -m linear_theory merge --out results/theory/sweep PART_DIR [PART_DIR ...]
+    python -m linear_theory frontier --config configs/theory/sweep_frontier.yaml --out results/theory/frontier
+    python -m linear_theory compute-matched --config configs/theory/sweep_compute_matched.yaml \
+        --out results/theory/compute_matched
 
-plus the sweep subcommands registered by :mod:`linear_theory.cli_sweep`. Bad input exits
-with code 2 and one line naming the field; nothing is written to ``--out`` then. All files
-are written atomically.
+This module owns the parser and one handler per command; a handler turns the parsed
+arguments into typed values (config dataclasses, axes, paths) and calls the engine or study
+function, which never sees an ``argparse.Namespace``. Bad input exits with code 2 and one
+line naming the field; nothing is written to ``--out`` then. All files are written atomically.
+Heavy modules (JAX, the sweep engine) are imported by the handler that needs them.
 """
 
 from __future__ import annotations
@@ -33,17 +41,19 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(self.prog, message)
 
 
+# --------------------------------------------------------------------------- single runs and checks
 def _run(args: argparse.Namespace) -> int:
     """``run``: simulate one config, write DIR/result.json (+ DIR/trajectory.csv)."""
     from linear_theory.config import load_config
     from linear_theory.simulate import simulate
 
+    if args.trajectory_stride is not None and args.trajectory_stride < 1:
+        raise ConfigError("--trajectory-stride", f"must be a positive integer, got {args.trajectory_stride}")
     cfg = load_config(args.config, args.set)
     res = simulate(cfg, method=args.method, trajectory_stride=args.trajectory_stride)
     out = Path(args.out)
     body = res.to_json()
-    body["command"] = " ".join(["python", "-m", "linear_theory", *sys.argv[1:]]) if args.argv is None else \
-        " ".join(["python", "-m", "linear_theory", *args.argv])
+    body["command"] = " ".join(["python", "-m", "linear_theory", *(sys.argv[1:] if args.argv is None else args.argv)])
     body["seed"] = cfg.task.seed
     body["provenance"] = provenance()
     if res.trajectory is not None:
@@ -58,34 +68,104 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _assumptions(args: argparse.Namespace) -> int:
-    from linear_theory.assumptions import run_assumptions_cli
+    """``assumptions``: print the verdict table; with ``--out`` write DIR/assumptions.json."""
+    from linear_theory.checks.assumptions import assumptions_table, run_assumptions
+    from linear_theory.config import load_config
 
-    return run_assumptions_cli(args)
+    body = run_assumptions(load_config(args.config, args.set))
+    body["provenance"] = provenance()
+    print(assumptions_table(body))
+    if args.out is not None:
+        path = atomic_write_json(Path(args.out) / "assumptions.json", body)
+        print(f"-> {path}")
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from linear_theory.verify import run_verify_cli
+    """``verify``: DIR/theorems.json; exit 1 if a check fails."""
+    from linear_theory.checks import theorems
 
-    return run_verify_cli(args)
+    body = theorems.run_checks()
+    body["provenance"] = provenance()
+    path = atomic_write_json(Path(args.out) / "theorems.json", body)
+    for c in body["checks"]:
+        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['id']:<18} {c['claim'][:90]}")
+    print(f"{len(body['errata'])} errata recorded -> {path}")
+    return 0 if all(c["passed"] for c in body["checks"]) else 1
+
+
+# --------------------------------------------------------------------------- sweeps and studies
+def _sweep(args: argparse.Namespace) -> int:
+    """``sweep``: grid sweep into DIR (resumable; ``--shard i/N`` writes a part)."""
+    from linear_theory.config import load_config
+    from linear_theory.sweep.engine import use_cpu_devices
+    from linear_theory.sweep.files import parse_shard, run_sweep
+    from linear_theory.sweep.grid import parse_grid
+
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        raise ConfigError("--cpu-devices", f"must be >= 1, got {args.cpu_devices}")
+    cfg = load_config(args.config, args.set)
+    axes = parse_grid(args.grid, cfg)
+    shard = parse_shard(args.shard)
+    use_cpu_devices(args.cpu_devices)
+    run_sweep(cfg, axes, args.out, method=args.method, chunk_size=args.chunk_size, shard=shard,
+              plots=not args.no_plots, max_chunks=args.max_chunks)
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """``merge PART_DIR ... --out DIR``: the shards of one sweep -> the files of an unsharded run."""
+    from linear_theory.sweep.files import merge_parts
+
+    merge_parts(args.parts, args.out, plots=not args.no_plots)
+    print(f"merged {len(args.parts)} part dir(s) into {args.out}")
+    return 0
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    """``frontier``: the side=theory frontier table -> DIR/frontier.csv, DIR/frontier.json."""
+    from linear_theory.studies.frontier import load_frontier_config, run_frontier
+
+    out = Path(args.out)
+    rows = run_frontier(load_frontier_config(args.config, args.set), out)
+    print(f"wrote {len(rows)} theory frontier rows ({sum(r['diverged'] for r in rows)} diverged) to {out / 'frontier.csv'}")
+    return 0
+
+
+def _compute_matched(args: argparse.Namespace) -> int:
+    """``compute-matched``: Sections 4.1 / 4.2 analogues on finite samples -> DIR."""
+    from linear_theory.studies.compute_matched import load_cm_config, run_compute_matched
+
+    df, summary = run_compute_matched(load_cm_config(args.config, args.set), args.out)
+    for key, s in summary.items():
+        print(f"Sec {key}: best mix_fraction for L_ret {s['best_mix_fraction_L_ret']:g}, "
+              f"for L_im {s['best_mix_fraction_L_im']:g}")
+    print(f"wrote {len(df)} runs to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _config_options(p: argparse.ArgumentParser, what: str = "YAML/JSON config (default: the built-in default)",
+                    example: str = "stages.pre.mix_fraction=0.25") -> None:
+    p.add_argument("--config", default=None, help=what)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"override, e.g. {example}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m linear_theory`` parser, including the sweep engineer's subcommands."""
+    """The ``python -m linear_theory`` parser."""
     parser = _Parser(prog="python -m linear_theory",
                      description="Two-layer linear network simulator for Appendix C of arXiv 2605.12705")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="simulate pre -> post -> ft for one config")
-    p.add_argument("--config", default=None, help="YAML/JSON config (default: configs/theory/default.yaml values)")
+    _config_options(p, "YAML/JSON config (default: configs/theory/default.yaml values)")
     p.add_argument("--out", required=True, help="output directory (result.json, trajectory.csv)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. stages.pre.alpha=0.25")
     p.add_argument("--trajectory-stride", type=int, default=None, metavar="N", help="record the spectrum every N steps")
     p.add_argument("--method", default="auto", choices=["auto", "full", "spectral"])
     p.set_defaults(func=_run)
 
     p = sub.add_parser("assumptions", help="check the assumptions of Appendix C for a config")
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _config_options(p)
     p.add_argument("--out", default=None, help="write DIR/assumptions.json")
     p.set_defaults(func=_assumptions)
 
@@ -93,16 +173,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_verify)
 
-    from linear_theory.cli_sweep import add_subcommands  # the sweep engineer's module (issue 3)
+    p = sub.add_parser("sweep", help="vectorised grid sweep over config fields")
+    _config_options(p, "YAML/JSON SimConfig (default: built-in default)")
+    p.add_argument("--grid", action="append", default=[], metavar="FIELD=SPEC",
+                   help="grid axis: a:b:n (linear), log:a:b:n, or v1,v2,... ; FIELD is a short "
+                        "name (mix_fraction, beta, T, ...) or a dotted path (stages.post.steps)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--method", default="auto", choices=["auto", "full", "spectral"])
+    p.add_argument("--chunk-size", type=int, default=None, help="grid points per chunk")
+    p.add_argument("--shard", default=None, metavar="i/N", help="run the i-th (0-based) of N slices")
+    p.add_argument("--no-plots", action="store_true", help="skip heatmap PNGs")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="XLA CPU devices to split the grid over (default: the usable cores; 1 = off)")
+    p.add_argument("--max-chunks", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_sweep)
 
-    add_subcommands(sub)
+    p = sub.add_parser("merge", help="merge sharded sweep parts into one sweep.parquet")
+    p.add_argument("parts", nargs="+", help="output directories of the --shard runs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_merge)
+
+    p = sub.add_parser("frontier", help="theory frontier table (side=theory)")
+    _config_options(p, "study config (configs/theory/sweep_frontier.yaml; default: built-in defaults)",
+                    "mix_fraction=[0.25,0.5]")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_frontier)
+
+    p = sub.add_parser("compute-matched", help="Section 4.1/4.2 analogues (finite samples)")
+    _config_options(p, "study config (configs/theory/sweep_compute_matched.yaml; default: built-in defaults)",
+                    "n_samples=400")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_compute_matched)
     return parser
 
 
 def run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run" and args.trajectory_stride is not None and args.trajectory_stride < 1:
-        raise ConfigError("--trajectory-stride", f"must be a positive integer, got {args.trajectory_stride}")
     args.argv = argv
     return int(args.func(args) or 0)
 

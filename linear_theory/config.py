@@ -4,11 +4,20 @@ The YAML/JSON file maps 1:1 onto :class:`SimConfig`::
 
     task:   {n, k, sigma_inv, sigma_inc_pre, sigma_inc_post, sigma_inc_ft, beta, basis, seed}
     model:  {width, init, T, ideal_values, ideal_rank}
-    stages: {pre: {alpha, steps, lr}, post: {steps, lr, reg, replay, dropout}, ft: {steps, lr}}
+    stages: {pre: {mix_fraction, steps, lr}, post: {steps, lr, reg, replay, dropout}, ft: {steps, lr}}
     precision: float64 | float32
 
-Every dataclass validates itself on construction and raises
-:class:`early_exposure.errors.ConfigError` naming the field and the allowed range.
+``stages.pre.mix_fraction`` is the fraction of D_post mixed into pretraining: the paper's alpha
+of Appendix C (lambda in Sec. 4). The math code (:mod:`linear_theory.tasks`,
+:mod:`linear_theory.simulate`) keeps the paper's symbol ``alpha`` for it. Keys renamed since
+earlier versions (:data:`RENAMED`, e.g. ``stages.pre.alpha``) are refused with a
+:class:`~early_exposure.errors.ConfigError` naming the new key.
+
+Files and ``--set`` overrides are read by :mod:`early_exposure.configs` (YAML 1.2 numbers:
+``1e-2`` is a float). Every dataclass validates itself on construction and raises
+:class:`early_exposure.errors.ConfigError` naming the field *relative to its section*
+(``mix_fraction``); :func:`early_exposure.configs.from_dict` prefixes the path where the section
+is mounted (``stages.pre.mix_fraction``).
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from early_exposure.configs import apply_overrides, check_range, from_dict, load_mapping, to_dict
+from early_exposure.configs import (
+    apply_overrides, check_int, check_range, from_dict, load_mapping, to_dict,
+)
 from early_exposure.errors import ConfigError
 
 _S = TypeVar("_S")
@@ -26,6 +37,7 @@ _S = TypeVar("_S")
 __all__ = [
     "TaskConfig", "ModelConfig", "PreConfig", "PostConfig", "FtConfig", "StagesConfig",
     "SimConfig", "load_config", "default_config", "config_from_dict", "DEFAULT_CONFIG_PATH",
+    "RENAMED", "reject_renamed", "load_study_config", "study_base_config",
 ]
 
 #: configs/theory/default.yaml (the documented default task; identical to :func:`default_config`).
@@ -34,14 +46,34 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "theo
 _MAX_N = 4096
 _MAX_STEPS = 10_000_000
 
+#: renamed SimConfig keys: old dotted path -> new dotted path (an old key is an error naming the new one)
+RENAMED: dict[str, str] = {"stages.pre.alpha": "stages.pre.mix_fraction"}
+
+
+def reject_renamed(data: dict[str, Any], renamed: dict[str, str]) -> None:
+    """Raise ConfigError ``OLD: renamed to NEW`` if ``data`` sets any old dotted key of ``renamed``."""
+    for old, new in renamed.items():
+        node: Any = data
+        *parents, leaf = old.split(".")
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            raise ConfigError(old, f"renamed to {new}")
+
+
+def _check_finite(path: str, value: float, lo: float | None = None, hi: float | None = None, **kw: bool) -> None:
+    """A finite number in the range (``check_range`` alone lets NaN through)."""
+    if not math.isfinite(value):
+        raise ConfigError(path, f"must be a finite number, got {value!r}")
+    check_range(path, value, lo, hi, **kw)
+
 
 def _check_values(path: str, values: tuple[float, ...], expected: int, what: str) -> None:
+    """``expected`` non-negative finite singular values (an empty block is allowed)."""
     if len(values) != expected:
         raise ConfigError(path, f"expected {expected} values ({what}), got {len(values)}")
     for i, v in enumerate(values):
-        if not math.isfinite(v):
-            raise ConfigError(f"{path}[{i}]", f"must be a finite number, got {v!r}")
-        check_range(f"{path}[{i}]", v, 0.0, None)
+        _check_finite(f"{path}[{i}]", v, 0.0, None)
 
 
 @dataclass(frozen=True)
@@ -65,21 +97,19 @@ class TaskConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_range("task.n", self.n, 1, _MAX_N)
-        check_range("task.k", self.k, 0, None)
+        check_int("n", self.n, 1, _MAX_N)
+        check_int("k", self.k, 0)
         if 2 * self.k > self.n:
-            raise ConfigError("task.k", f"must satisfy 0 <= k <= n/2 = {self.n / 2:g}, got {self.k}")
+            raise ConfigError("k", f"must satisfy 0 <= k <= n/2 = {self.n / 2:g}, got {self.k}")
         for name in ("sigma_inv", "sigma_inc_pre", "sigma_inc_post", "sigma_inc_ft"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        _check_values("task.sigma_inv", self.sigma_inv, self.n - 2 * self.k, "n-2k invariant features")
+        _check_values("sigma_inv", self.sigma_inv, self.n - 2 * self.k, "n-2k invariant features")
         for name in ("sigma_inc_pre", "sigma_inc_post", "sigma_inc_ft"):
-            _check_values(f"task.{name}", getattr(self, name), self.k, "k inconsistent features")
-        if not math.isfinite(self.beta):
-            raise ConfigError("task.beta", f"must be a finite number, got {self.beta!r}")
-        check_range("task.beta", self.beta, 0.0, None)
+            _check_values(name, getattr(self, name), self.k, "k inconsistent features")
+        _check_finite("beta", self.beta, 0.0, None)
         if self.basis not in ("identity", "random"):
-            raise ConfigError("task.basis", f"must be 'identity' or 'random', got {self.basis!r}")
-        check_range("task.seed", self.seed, 0, 2**63 - 1)
+            raise ConfigError("basis", f"must be 'identity' or 'random', got {self.basis!r}")
+        check_int("seed", self.seed, 0, 2**63 - 1)
 
     @property
     def n_inv(self) -> int:
@@ -110,36 +140,35 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.width is not None:
-            check_range("model.width", self.width, 1, _MAX_N)
+            check_int("width", self.width, 1, _MAX_N)
         if self.init not in ("paper", "aligned", "random", "ideal"):
-            raise ConfigError("model.init", f"must be one of paper, aligned, random, ideal; got {self.init!r}")
-        if not math.isfinite(self.T):
-            raise ConfigError("model.T", f"must be a finite number, got {self.T!r}")
-        check_range("model.T", self.T, -5.0, 50.0)
+            raise ConfigError("init", f"must be one of paper, aligned, random, ideal; got {self.init!r}")
+        _check_finite("T", self.T, -5.0, 50.0)
         if self.ideal_values not in ("fixed_point", "printed"):
-            raise ConfigError("model.ideal_values", f"must be 'fixed_point' or 'printed', got {self.ideal_values!r}")
+            raise ConfigError("ideal_values", f"must be 'fixed_point' or 'printed', got {self.ideal_values!r}")
         if self.ideal_rank is not None:
-            check_range("model.ideal_rank", self.ideal_rank, 0, _MAX_N)
+            check_int("ideal_rank", self.ideal_rank, 0, _MAX_N)
 
 
-def _check_stage(prefix: str, steps: int, lr: float) -> None:
-    check_range(f"{prefix}.steps", steps, 0, _MAX_STEPS)
-    if not math.isfinite(lr):
-        raise ConfigError(f"{prefix}.lr", f"must be a finite number, got {lr!r}")
-    check_range(f"{prefix}.lr", lr, 0.0, None)
+def _check_stage(steps: int, lr: float) -> None:
+    check_int("steps", steps, 0, _MAX_STEPS)
+    _check_finite("lr", lr, 0.0, None)
 
 
 @dataclass(frozen=True)
 class PreConfig:
-    """Stage 1: GD on (1-alpha) L_pre + alpha L_post (mixed pretraining, Section C.1)."""
+    """Stage 1: GD on (1 - mix_fraction) L_pre + mix_fraction L_post (mixed pretraining, Section C.1).
 
-    alpha: float = 0.0
+    ``mix_fraction`` is the paper's alpha of Appendix C (lambda in Sec. 4).
+    """
+
+    mix_fraction: float = 0.0
     steps: int = 1000
     lr: float = 0.01
 
     def __post_init__(self) -> None:
-        check_range("stages.pre.alpha", self.alpha, 0.0, 1.0)
-        _check_stage("stages.pre", self.steps, self.lr)
+        _check_finite("mix_fraction", self.mix_fraction, 0.0, 1.0)
+        _check_stage(self.steps, self.lr)
 
 
 @dataclass(frozen=True)
@@ -157,10 +186,10 @@ class PostConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_stage("stages.post", self.steps, self.lr)
-        check_range("stages.post.reg", self.reg, 0.0, None)
-        check_range("stages.post.replay", self.replay, 0.0, 1.0)
-        check_range("stages.post.dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _check_stage(self.steps, self.lr)
+        _check_finite("reg", self.reg, 0.0, None)
+        _check_finite("replay", self.replay, 0.0, 1.0)
+        _check_finite("dropout", self.dropout, 0.0, 1.0, hi_open=True)
 
 
 @dataclass(frozen=True)
@@ -171,7 +200,7 @@ class FtConfig:
     lr: float = 0.01
 
     def __post_init__(self) -> None:
-        _check_stage("stages.ft", self.steps, self.lr)
+        _check_stage(self.steps, self.lr)
 
 
 @dataclass(frozen=True)
@@ -183,7 +212,7 @@ class StagesConfig:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """One simulation: task, model and the three stages."""
+    """One simulation: task, model and the three stages (checks name paths from the config root)."""
 
     task: TaskConfig
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -213,7 +242,8 @@ class SimConfig:
 
 
 def config_from_dict(data: dict[str, Any]) -> SimConfig:
-    """Strict dict -> :class:`SimConfig` (unknown keys / wrong types -> ConfigError)."""
+    """Strict dict -> :class:`SimConfig` (unknown keys, renamed keys, wrong types -> ConfigError)."""
+    reject_renamed(data, RENAMED)
     if "task" not in data:
         raise ConfigError("task", "missing section 'task' (n, k, sigma_inv, sigma_inc_pre, sigma_inc_post, sigma_inc_ft, beta)")
     return from_dict(SimConfig, data)
@@ -230,8 +260,8 @@ def default_config() -> SimConfig:
 
     n = 8, k = 2: four strong invariant features (6, 5.5, 5, 4.5); two inconsistent features that
     move from 1.0/0.8 (pre) to 2.0/1.8 (post) to 0.2/0.0 (ft); two specialized features of value
-    beta = 4 that only D_post activates. With alpha = 0.5 the specialized modes have Sigma_xy
-    singular value alpha*beta = 2 > 1.5 / 1.3 of the inconsistent ones (Assumption C.6 holds).
+    beta = 4 that only D_post activates. With mix_fraction alpha = 0.5 the specialized modes have
+    Sigma_xy singular value alpha*beta = 2 > 1.5 / 1.3 of the inconsistent ones (Assumption C.6 holds).
     Init scale exp(-2T) = 2e-9 (T = 10). Pretraining (lr*steps = 6) is long enough for the
     unmixed run to learn the inconsistent features at their D_pre values; post-training
     (lr*steps = 0.5) is too short to grow a feature from the init scale, so the unmixed model
@@ -250,7 +280,7 @@ def default_config() -> SimConfig:
         ),
         model=ModelConfig(width=None, init="paper", T=10.0),
         stages=StagesConfig(
-            pre=PreConfig(alpha=0.5, steps=600, lr=0.01),
+            pre=PreConfig(mix_fraction=0.5, steps=600, lr=0.01),
             post=PostConfig(steps=50, lr=0.01, reg=0.0, replay=0.0, dropout=0.0),
             ft=FtConfig(steps=200, lr=0.01),
         ),
@@ -261,10 +291,12 @@ def default_config() -> SimConfig:
 def load_study_config(cls: type[_S], path: str | Path | None, overrides: list[str] | None = None) -> _S:
     """Load a study config (frontier, compute-matched) with a ``base`` SimConfig path.
 
-    A relative ``base`` is resolved against the study file's folder when it exists there.
+    Keys in the class's ``RENAMED`` mapping (old dotted path -> new) are refused naming the new
+    key. A relative ``base`` is resolved against the study file's folder when it exists there.
     """
-    data = {} if path is None else load_mapping(path)
-    cfg = from_dict(cls, apply_overrides(data, overrides))
+    data = apply_overrides({} if path is None else load_mapping(path), overrides)
+    reject_renamed(data, getattr(cls, "RENAMED", {}))
+    cfg = from_dict(cls, data)
     base = getattr(cfg, "base")
     if base is not None and path is not None and not Path(base).is_absolute():
         candidate = Path(path).parent / base

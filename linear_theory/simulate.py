@@ -9,7 +9,8 @@ theta = W1 W2 with W1: (n, h), W2: (h, n).  Every stage minimises an exact expec
 
 with plain gradient descent W <- W - lr grad_W L:
 
-- pre:  terms (1-alpha) L_pre + alpha L_post (mixed pretraining, Section C.1);
+- pre:  terms (1-alpha) L_pre + alpha L_post (mixed pretraining, Section C.1; alpha is the
+        config's ``stages.pre.mix_fraction``);
 - post: terms (1-replay) L_post + replay L_pre, reg around theta_0 = theta after pre, dropout p
         (C_d = the data-mixture covariance);
 - ft:   L_ft only (Section C.4).
@@ -20,9 +21,11 @@ Two code paths:
 - ``spectral``: the decoupled case (W1 = U diag(a), W2 = diag(b) V^T, h = n). Each mode is the
   scalar recurrence  g_i = 2 sum_t w_t c_ti (a_i b_i - sigma_ti) + 2 reg (a_i b_i - s0_i)
   + 2 p/(1-p) c_di a_i b_i ;  a_i <- a_i - lr g_i b_i ;  b_i <- b_i - lr g_i a_i
-  (Saxe et al. 2014; Springer et al. 2025, eq. (2) of the paper corrected, see verify.py).
+  (Saxe et al. 2014; Springer et al. 2025, eq. (2) of the paper corrected, see
+  :mod:`linear_theory.checks.errata`).
 
-Each stage loop is one ``jax.jit``-compiled ``lax.fori_loop``/``lax.scan``. Divergence (a
+Each stage loop is one ``jax.jit``-compiled ``lax.fori_loop``/``lax.scan``
+(:mod:`linear_theory.descent`). Divergence (a
 non-finite or exploding weight) freezes the weights at the last finite step, sets
 ``diverged`` and stops the pipeline; losses of unfinished stages are NaN.
 """
@@ -40,22 +43,33 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.errors import ConfigError
+from early_exposure.frontier import LOSS_COLUMNS, STAGES
 from linear_theory.config import SimConfig
+from linear_theory.descent import _objective_full, gd_full, gd_spectral
 from linear_theory.tasks import (
     TaskMatrices, build_task, ideal_sigma, ideal_weights, printed_sigma_mixed, printed_sigma_unmixed,
-    _seeds,
+    task_stream,
 )
 
 __all__ = [
     "SimResult", "StageSpec", "simulate", "expected_loss", "stage_specs", "initial_weights",
     "spectral_applicable", "gd_full", "gd_spectral", "task_losses", "spectrum", "offdiag_norm",
-    "enable_precision", "STAGES", "stage_objective", "ideal_init_sigma",
+    "enable_precision", "stage_objective", "ideal_init_sigma", "divergence_limit", "SPECTRA_KEYS", "LOSS_KEYS",
 ]
 
-STAGES = ("pre", "post", "ft")
-SPECTRA_KEYS = ("init", "pre", "post", "ft")
-LOSS_KEYS = ("L_pretrain", "L_im", "L_ret", "L_ft", "L_pre")
+#: the weights recorded by a run: the init, then the end of each stage
+SPECTRA_KEYS: tuple[str, ...] = ("init", *STAGES)
+#: the losses of a run: the stage-1 objective L_pretrain, then the paper's four (the frontier's columns)
+LOSS_KEYS: tuple[str, ...] = ("L_pretrain", *LOSS_COLUMNS)
 _EXPLODE = 1e6  # weights beyond _EXPLODE * sqrt(1 + max target) count as diverged
+
+
+def divergence_limit(tm: TaskMatrices, W1: np.ndarray, W2: np.ndarray) -> float:
+    """Weight magnitude beyond which a run counts as diverged (simulate and the sweep engine):
+    1e6 sqrt(1 + max target singular value) times max(1, max|W1| + max|W2| at the init)."""
+    max_target = float(max(np.max(np.abs(tm.pre.sigma)), np.max(np.abs(tm.post.sigma)),
+                           np.max(np.abs(tm.ft.sigma)), 0.0))
+    return _EXPLODE * math.sqrt(1.0 + max_target) * max(1.0, float(np.max(np.abs(W1)) + np.max(np.abs(W2))))
 
 
 # --------------------------------------------------------------------------- precision
@@ -118,7 +132,7 @@ class StageSpec:
 
 def stage_specs(cfg: SimConfig, tm: TaskMatrices) -> dict[str, StageSpec]:
     """The three stage objectives of the pipeline (see module docstring)."""
-    a, post = cfg.stages.pre.alpha, cfg.stages.post
+    a, post = cfg.stages.pre.mix_fraction, cfg.stages.post
     r = post.replay
     return {
         "pre": StageSpec("pre", np.array([1 - a, a]), np.stack([tm.pre.sigma, tm.post.sigma]),
@@ -146,131 +160,6 @@ def stage_objective(W1: np.ndarray, W2: np.ndarray, spec: StageSpec, tm: TaskMat
                                  jnp.asarray(spec.kappa)))
 
 
-# --------------------------------------------------------------------------- full-matrix path
-def _objective_full(W1: jax.Array, W2: jax.Array, A: jax.Array, C: jax.Array, w: jax.Array,
-                    theta0: jax.Array, reg: jax.Array, kappa: jax.Array) -> jax.Array:
-    """Stage objective (module docstring). W1 (n, h), W2 (h, n), A/C (m, n, n), w (m,)."""
-    theta = W1 @ W2  # (n, n)
-    D = theta[None, :, :] - A  # (m, n, n)
-    data = jnp.einsum("m,mij,mjk,mik->", w, D, C, D)
-    Cd = jnp.einsum("m,mij->ij", w, C)  # data-mixture covariance (n, n)
-    r = jnp.sum(W1 * W1, axis=0)  # (h,)  ||W1[:, j]||^2
-    q = jnp.einsum("ji,ik,jk->j", W2, Cd, W2)  # (h,)  W2[j] Cd W2[j]^T
-    return data + reg * jnp.sum((theta - theta0) ** 2) + kappa * jnp.sum(r * q)
-
-
-def _record_full(W1: jax.Array, W2: jax.Array, U: jax.Array, V: jax.Array,
-                 A3: jax.Array, C3: jax.Array) -> jax.Array:
-    """[diag(U^T theta V) (n), offdiag, L_pre, L_post, L_ft, ||W1||_op, ||W2||_op] for the trajectory."""
-    m = U.T @ (W1 @ W2) @ V
-    d = jnp.diagonal(m)
-    off = jnp.sqrt(jnp.sum((m - jnp.diag(d)) ** 2))
-    D = (W1 @ W2)[None, :, :] - A3
-    losses = jnp.einsum("mij,mjk,mik->m", D, C3, D)
-    ops = jnp.stack([jnp.linalg.norm(W1, ord=2), jnp.linalg.norm(W2, ord=2)])
-    return jnp.concatenate([d, off[None], losses, ops])
-
-
-def gd_full(W1: jax.Array, W2: jax.Array, A: jax.Array, C: jax.Array, w: jax.Array,
-            theta0: jax.Array, reg: jax.Array, kappa: jax.Array, lr: jax.Array, limit: jax.Array,
-            U: jax.Array, V: jax.Array, A3: jax.Array, C3: jax.Array, *, steps: int,
-            stride: int | None = None):
-    """``steps`` GD steps on :func:`_objective_full`; one compiled loop.
-
-    Returns (W1, W2, diverged, steps_done, records) with records (steps//stride + 1, n + 6)
-    (or None without a stride). A3/C3 (3, n, n) are (A, C) of pre/post/ft for the records.
-    ``steps`` and ``stride`` are traced: only steps // stride triggers a recompilation.
-    """
-    args = (W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3)
-    n_chunks = None if stride is None else steps // stride
-    return _gd_full_jit(*args, jnp.asarray(steps, dtype=jnp.int32),
-                        jnp.asarray(stride or 1, dtype=jnp.int32), n_chunks=n_chunks)
-
-
-def _guarded(x: jax.Array, y: jax.Array, nx: jax.Array, ny: jax.Array, bad: jax.Array,
-             done: jax.Array, limit: jax.Array) -> tuple:
-    """Accept the update (nx, ny) unless it is non-finite or beyond ``limit``; once diverged,
-    the weights stay frozen at the last finite step and ``done`` stops counting."""
-    ok = jnp.all(jnp.isfinite(nx)) & jnp.all(jnp.isfinite(ny)) & (
-        jnp.maximum(jnp.max(jnp.abs(nx)), jnp.max(jnp.abs(ny))) < limit)
-    nbad = bad | ~ok
-    return (jnp.where(nbad, x, nx), jnp.where(nbad, y, ny), nbad, done + (~nbad).astype(done.dtype))
-
-
-def _run_loop(step, x: jax.Array, y: jax.Array, record, steps, stride, n_chunks):
-    """``steps`` calls of ``step`` on (x, y, diverged, steps_done); with ``n_chunks`` also the
-    records ``record(x, y)`` at step 0 and every ``stride`` steps (shape (n_chunks + 1, ...))."""
-    carry = (x, y, jnp.asarray(False), jnp.asarray(0, dtype=jnp.int32))
-    if n_chunks is None:
-        carry = jax.lax.fori_loop(0, steps, lambda _, c: step(c), carry)
-        return (*carry, None)
-    first = record(x, y)
-
-    def chunk(c, _):
-        c = jax.lax.fori_loop(0, stride, lambda _, cc: step(cc), c)
-        return c, record(c[0], c[1])
-
-    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
-    carry = jax.lax.fori_loop(0, steps - n_chunks * stride, lambda _, c: step(c), carry)
-    return (*carry, jnp.concatenate([first[None, :], recs], axis=0))
-
-
-def _gd_full_impl(W1, W2, A, C, w, theta0, reg, kappa, lr, limit, U, V, A3, C3, steps, stride, n_chunks):
-    """Body of :func:`gd_full` (jitted with ``n_chunks`` static)."""
-    grad = jax.grad(_objective_full, argnums=(0, 1))
-
-    def step(carry):
-        W1, W2, bad, done = carry
-        g1, g2 = grad(W1, W2, A, C, w, theta0, reg, kappa)
-        return _guarded(W1, W2, W1 - lr * g1, W2 - lr * g2, bad, done, limit)
-
-    return _run_loop(step, W1, W2, lambda x, y: _record_full(x, y, U, V, A3, C3), steps, stride, n_chunks)
-
-
-# steps and stride are traced; only the number of recorded chunks is static
-_gd_full_jit = jax.jit(_gd_full_impl, static_argnames=("n_chunks",))
-
-
-# --------------------------------------------------------------------------- spectral path
-def _record_spectral(a: jax.Array, b: jax.Array, sig3: jax.Array, cov3: jax.Array) -> jax.Array:
-    s = a * b
-    losses = jnp.sum(cov3 * (s[None, :] - sig3) ** 2, axis=1)  # (3,)
-    ops = jnp.stack([jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b))])  # ||U diag(a)||_op, ||diag(b) V^T||_op
-    return jnp.concatenate([s, jnp.zeros((1,), s.dtype), losses, ops])
-
-
-def gd_spectral(a: jax.Array, b: jax.Array, sigma: jax.Array, cov: jax.Array, w: jax.Array,
-                s0: jax.Array, reg: jax.Array, kappa: jax.Array, lr: jax.Array, limit: jax.Array,
-                sig3: jax.Array, cov3: jax.Array, *, steps: int, stride: int | None = None):
-    """Per-mode scalar recurrence of the decoupled case (module docstring); a, b, s0: (n,).
-
-    sigma/cov (m, n) are the stage terms, w (m,); sig3/cov3 (3, n) the pre/post/ft tasks for
-    the records. Returns (a, b, diverged, steps_done, records) as :func:`gd_full`.
-    """
-    args = (a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3)
-    n_chunks = None if stride is None else steps // stride
-    return _gd_spectral_jit(*args, jnp.asarray(steps, dtype=jnp.int32),
-                            jnp.asarray(stride or 1, dtype=jnp.int32), n_chunks=n_chunks)
-
-
-def _gd_spectral_impl(a, b, sigma, cov, w, s0, reg, kappa, lr, limit, sig3, cov3, steps, stride, n_chunks):
-    """Body of :func:`gd_spectral` (jitted with ``n_chunks`` static)."""
-    cd = jnp.sum(w[:, None] * cov, axis=0)  # (n,) data-mixture input variance
-
-    def step(carry):
-        a, b, bad, done = carry
-        s = a * b
-        g = (2.0 * jnp.sum(w[:, None] * cov * (s[None, :] - sigma), axis=0)
-             + 2.0 * reg * (s - s0) + 2.0 * kappa * cd * s)
-        return _guarded(a, b, a - lr * g * b, b - lr * g * a, bad, done, limit)
-
-    return _run_loop(step, a, b, lambda x, y: _record_spectral(x, y, sig3, cov3), steps, stride, n_chunks)
-
-
-# steps and stride are traced; only the number of recorded chunks is static
-_gd_spectral_jit = jax.jit(_gd_spectral_impl, static_argnames=("n_chunks",))
-
-
 # --------------------------------------------------------------------------- initialisation
 def initial_weights(cfg: SimConfig, tm: TaskMatrices) -> tuple[np.ndarray, np.ndarray]:
     """W1 (n, h), W2 (h, n) for ``cfg.model.init`` (see :class:`linear_theory.config.ModelConfig`)."""
@@ -281,7 +170,7 @@ def initial_weights(cfg: SimConfig, tm: TaskMatrices) -> tuple[np.ndarray, np.nd
     if init == "aligned":
         return scale * tm.U.copy(), scale * tm.V.T.copy()
     if init == "random":
-        rng = np.random.default_rng(_seeds(cfg.task.seed)[2])
+        rng = task_stream(cfg.task.seed, "init")
         return (scale * rng.standard_normal((n, h)) / math.sqrt(n),
                 scale * rng.standard_normal((h, n)) / math.sqrt(n))
     return ideal_weights(tm.U, tm.V, ideal_init_sigma(cfg, tm))
@@ -291,11 +180,12 @@ def ideal_init_sigma(cfg: SimConfig, tm: TaskMatrices | None = None) -> np.ndarr
     """The Sigma of the ``ideal`` init (Section C.3), shape (n,).
 
     ``fixed_point``: the rank-``ideal_rank`` (default n-k) truncation that pretraining with the
-    configured alpha reaches by Theorem C.9, each mode at its fixed point sigma_xy/lambda.
+    configured alpha (``stages.pre.mix_fraction``) reaches by Theorem C.9, each mode at its fixed
+    point sigma_xy/lambda.
     ``printed``: Theorem C.10 as printed (Sigma_mixed if alpha > 0, else Sigma_unmixed).
     """
     tm = build_task(cfg.task) if tm is None else tm
-    alpha = cfg.stages.pre.alpha
+    alpha = cfg.stages.pre.mix_fraction
     if cfg.model.ideal_values == "printed":
         return printed_sigma_mixed(cfg.task, alpha) if alpha > 0 else printed_sigma_unmixed(cfg.task)
     rank = cfg.task.n - cfg.task.k if cfg.model.ideal_rank is None else cfg.model.ideal_rank
@@ -385,9 +275,7 @@ def simulate(cfg: SimConfig, *, method: Literal["auto", "full", "spectral"] = "a
     steps_cfg = {"pre": 0 if pre_skipped else cfg.stages.pre.steps, "post": cfg.stages.post.steps,
                  "ft": cfg.stages.ft.steps}
     lrs = {"pre": cfg.stages.pre.lr, "post": cfg.stages.post.lr, "ft": cfg.stages.ft.lr}
-    max_target = float(max(np.max(np.abs(tm.pre.sigma)), np.max(np.abs(tm.post.sigma)),
-                           np.max(np.abs(tm.ft.sigma)), 0.0))
-    limit = _EXPLODE * math.sqrt(1.0 + max_target) * max(1.0, float(np.max(np.abs(W1)) + np.max(np.abs(W2))))
+    limit = divergence_limit(tm, W1, W2)
 
     sig3 = np.stack([tm.pre.sigma, tm.post.sigma, tm.ft.sigma])
     cov3 = np.stack([tm.pre.cov, tm.post.cov, tm.ft.cov])
@@ -459,7 +347,7 @@ def simulate(cfg: SimConfig, *, method: Literal["auto", "full", "spectral"] = "a
             spectra[key] = np.full(n, nan)
             offdiag[key] = nan
     th = {k: w1 @ w2 for k, (w1, w2) in weights.items()}
-    a = cfg.stages.pre.alpha
+    a = cfg.stages.pre.mix_fraction
     losses = {key: nan for key in LOSS_KEYS}
     if "pre" in th:
         lp = task_losses(th["pre"], tm)

@@ -18,13 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from early_exposure.seeding import stream
 from linear_theory.config import TaskConfig
 
 __all__ = [
     "Task", "TaskMatrices", "build_task", "random_orthogonal", "blocks",
     "mixture_modes", "ideal_sigma", "printed_sigma_mixed", "printed_sigma_unmixed",
-    "ideal_weights", "expected_loss_np",
+    "ideal_weights", "expected_loss_np", "task_stream", "STREAMS",
 ]
+
+#: the random streams of a task's root seed (``task.seed``), as integer tags of
+#: :func:`early_exposure.seeding.stream`: tag i is child i of ``SeedSequence(seed).spawn``
+STREAMS: dict[str, int] = {"U": 0, "V": 1, "init": 2, "sampling": 3}
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,9 @@ def random_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))[None, :]
 
 
-def _seeds(seed: int) -> tuple[np.random.SeedSequence, ...]:
-    """Root seed -> independent streams for (U, V, init, sampling)."""
-    return tuple(np.random.SeedSequence(seed).spawn(4))
+def task_stream(seed: int, name: str) -> np.random.Generator:
+    """The Generator of stream ``name`` (:data:`STREAMS`: U, V, init, sampling) under root ``seed``."""
+    return stream(seed, STREAMS[name])
 
 
 def build_task(task: TaskConfig) -> TaskMatrices:
@@ -88,9 +93,8 @@ def build_task(task: TaskConfig) -> TaskMatrices:
         U = np.eye(n)
         V = np.eye(n)
     else:
-        su, sv, _, _ = _seeds(task.seed)
-        U = random_orthogonal(n, np.random.default_rng(su))
-        V = random_orthogonal(n, np.random.default_rng(sv))
+        U = random_orthogonal(n, task_stream(task.seed, "U"))
+        V = random_orthogonal(n, task_stream(task.seed, "V"))
     return TaskMatrices(U=U, V=V, pre=Task(s_pre, c_shared), post=Task(s_post, c_post),
                         ft=Task(s_ft, c_shared.copy()))
 

@@ -20,9 +20,8 @@ min_lr_ratio, warmup_steps, weight_decay). A stage's sweep lists values of some 
 the post-training axes that name an optimizer field (``lr``, ``weight_decay``) and the
 fine-tuning ``lr`` list override that stage's ``optim`` value run by run.
 
-The post-training axes are the fields of :class:`PostSetting`, and nothing else: the grid,
-the extras, the run keys, the labels and the method names all read them from there, so a
-new axis is one field (with its metadata) there.
+The post-training axes are the fields of :class:`lm_experiments.post_axes.PostSetting`, and
+nothing else (a new axis is one field there).
 
 :func:`load_config` reads the file, applies ``--set a.b=value`` overrides and builds the
 dataclasses with ``early_exposure.configs.from_dict`` (unknown keys and wrong types are
@@ -35,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,9 +41,9 @@ from typing import Any, Literal
 from early_exposure.configs import (
     apply_overrides, check_int, check_list, check_range, from_dict, join_path, load_mapping, to_dict,
 )
-from early_exposure.configs import _coerce as coerce_value
 from early_exposure.errors import ConfigError
 from lm_experiments.data import DataConfig
+from lm_experiments.post_axes import POST_AXES, PostSetting, axis_values
 
 
 @dataclass(frozen=True)
@@ -116,86 +114,13 @@ class PreSection:
         check_int("checkpoint_every", self.checkpoint_every, 0)
 
 
-def _axis(default: Any, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-          hi_open: bool = False, label: str, suffix: str | None = None, optim: bool = False) -> Any:
-    """A post-training sweep axis: its default, allowed range, label format, method suffix
-    (added to the method name when the value is non-zero / true) and whether it overrides
-    the optimizer field of the same name."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
-                                            "label": label, "suffix": suffix, "optim": optim})
-
-
-@dataclass(frozen=True)
-class PostSetting:
-    """One point of the post-training sweep. Its fields ARE the sweep axes.
-
-    ``dropout`` is real dropout in the network (LoRA runs: the LoRA dropout, paper Table 9);
-    ``replay`` is the fraction of D_pre blocks mixed into post-training (paper: 1%);
-    ``lr`` overrides ``post.optim.lr``.
-    """
-
-    lr: float = _axis(1e-3, lo=0.0, lo_open=True, label="lr={:g}", optim=True)
-    dropout: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="p={:g}", suffix="+dropout")
-    batch_size: int = _axis(16, lo=1, label="b={}")
-    replay: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="r={:g}", suffix="+replay")
-    lora: bool = _axis(False, label="lora={}", suffix="+lora")
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            m = f.metadata
-            if m["lo"] is not None or m["hi"] is not None:
-                check_range(f.name, getattr(self, f.name), m["lo"], m["hi"], lo_open=m["lo_open"],
-                            hi_open=m["hi_open"])
-
-    def as_dict(self) -> dict[str, Any]:
-        """``{axis: value}`` (the frontier's ``post_hparams``)."""
-        return {a: getattr(self, a) for a in POST_AXES}
-
-    def optim_overrides(self) -> dict[str, Any]:
-        """The axes that override ``post.optim`` fields, ``{field: value}``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["optim"]}
-
-    def label(self) -> str:
-        """Short label, e.g. ``lr=0.002 p=0 b=16 r=0.01 lora`` (a false boolean axis is left out)."""
-        parts = []
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool):
-                if v:
-                    parts.append(f.name)
-            else:
-                parts.append(f.metadata["label"].format(v))
-        return " ".join(parts)
-
-    def method_suffix(self) -> str:
-        """``+replay``, ``+dropout``, ``+lora`` in the frontier's canonical order."""
-        on = {f.metadata["suffix"] for f in dataclasses.fields(self) if f.metadata["suffix"] and getattr(self, f.name)}
-        return "".join(s for s in ("+replay", "+dropout", "+lora") if s in on)
-
-
-#: the post-training sweep axes, in order (the fields of :class:`PostSetting`)
-POST_AXES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PostSetting))
-_AXIS_TYPES: dict[str, Any] = typing.get_type_hints(PostSetting)
-
-
-def _axis_values(path: str, mapping: dict[str, Any], *, lists: bool) -> dict[str, Any]:
-    """Check a ``{axis: value(s)}`` mapping against :data:`POST_AXES` and coerce its types."""
-    out = {}
-    for name, value in mapping.items():
-        if name not in POST_AXES:
-            raise ConfigError(join_path(path, name), f"unknown post-training axis; axes: {', '.join(POST_AXES)}")
-        tp = tuple[_AXIS_TYPES[name], ...] if lists else _AXIS_TYPES[name]
-        out[name] = coerce_value(tp, value, join_path(path, name))
-    return out
-
-
 @dataclass(frozen=True)
 class PostSection:
     """Post-training on D_post from every theta_pre (Secs. 4.1-4.4, App. A.5-A.6).
 
     The sweep is the grid of ``sweep`` (``{axis: [values]}``, axes of :class:`PostSetting`;
-    an axis left out takes ``optim``'s value for ``lr``/``weight_decay`` and its
-    :class:`PostSetting` default otherwise) plus the ``extra`` settings (partial settings;
+    an axis left out takes its :class:`PostSetting` default, which for the optimizer axes
+    ``lr``/``weight_decay`` means ``optim``'s value) plus the ``extra`` settings (partial settings;
     unset axes take the grid's first values). Every setting runs from every theta_pre
     with early stopping on D_post validation loss (evaluated every ``eval_every_epochs``
     epochs, ``patience`` evaluations without improvement, best weights restored), for at
@@ -228,16 +153,16 @@ class PostSection:
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
-        grid = _axis_values("sweep", dict(self.sweep), lists=True)
+        grid = axis_values("sweep", dict(self.sweep), lists=True)
         meta = {f.name: f.metadata for f in dataclasses.fields(PostSetting)}
         for name, values in grid.items():
             m = meta[name]
             check_list(join_path("sweep", name), values, m["lo"], m["hi"], lo_open=m["lo_open"], hi_open=m["hi_open"])
         object.__setattr__(self, "sweep", grid)
-        extra = tuple(_axis_values(f"extra[{i}]", dict(s), lists=False) for i, s in enumerate(self.extra))
+        extra = tuple(axis_values(f"extra[{i}]", dict(s), lists=False) for i, s in enumerate(self.extra))
         object.__setattr__(self, "extra", extra)
         settings = self._checked_settings()
-        lowest = min(s.lr for s in settings)
+        lowest = min(self.optim.lr if s.lr is None else s.lr for s in settings)
         if self.optim.min_lr > lowest:
             raise ConfigError("optim.min_lr", f"must be in [0, {lowest}] (the lowest post-training lr), "
                               f"got {self.optim.min_lr}")
@@ -257,9 +182,6 @@ class PostSection:
     def _axis_grid(self) -> list[tuple[Any, ...]]:
         """The values of every axis in :data:`POST_AXES` order (unlisted axes: one value)."""
         defaults = {f.name: f.default for f in dataclasses.fields(PostSetting)}
-        for f in dataclasses.fields(PostSetting):
-            if f.metadata["optim"]:
-                defaults[f.name] = getattr(self.optim, f.name)
         return [tuple(self.sweep.get(a, (defaults[a],))) for a in POST_AXES]
 
     def _checked_settings(self) -> list[PostSetting]:
@@ -411,17 +333,30 @@ _MOVED: dict[str, str] = {
 }
 
 
-def _refuse_moved_keys(data: dict[str, Any]) -> None:
+def moved_key(key: str) -> str | None:
+    """Where a key of the earlier layout lives now (``stage2.lr`` -> ``post.sweep.lr``), or None."""
+    head, _, tail = key.partition(".")
+    if head in ("stage1", "stage2", "stage3"):
+        head = _MOVED[head]
+        return moved_key(f"{head}.{tail}") or f"{head}.{tail}" if tail else head
     for old, new in _MOVED.items():
-        head, _, tail = old.partition(".")
-        node = data.get(head)
-        if (not tail and node is not None) or (tail and isinstance(node, dict) and tail in node):
-            raise ConfigError(old, f"renamed: this is now {new} (see docs/lm_pipeline.md, 'Config')")
+        if "." in old and (key == old or key.startswith(old + ".")):
+            return new + key[len(old):]
+    return None
+
+
+def _refuse_moved_keys(data: dict[str, Any]) -> None:
+    for head, node in data.items():
+        keys = [head] + ([f"{head}.{k}" for k in node] if isinstance(node, dict) else [])
+        for key in keys:
+            new = moved_key(key)
+            if new is not None:
+                raise ConfigError(key, f"renamed: this is now {new} (see docs/lm_pipeline.md, 'Config')")
     for i, item in enumerate(data.get("fallback_set") or []):
-        key = _override_key(item) if isinstance(item, str) else ""
-        for old, new in _MOVED.items():
-            if key == old or key.startswith(old + "."):
-                raise ConfigError(f"fallback_set[{i}]", f"{old} is now {new} (see docs/lm_pipeline.md, 'Config')")
+        new = moved_key(_override_key(item)) if isinstance(item, str) else None
+        if new is not None:
+            raise ConfigError(f"fallback_set[{i}]", f"{_override_key(item)} is now {new} "
+                              "(see docs/lm_pipeline.md, 'Config')")
 
 
 def config_from_mapping(data: dict[str, Any]) -> PipelineConfig:
@@ -439,10 +374,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     whichever corpora end up in use.
     """
     for item in overrides or []:
-        key = _override_key(item)
-        for old, new in _MOVED.items():
-            if key == old or key.startswith(old + "."):
-                raise ConfigError("--set", f"{old} is now {new} (see docs/lm_pipeline.md, 'Config')")
+        new = moved_key(_override_key(item))
+        if new is not None:
+            raise ConfigError("--set", f"{_override_key(item)} is now {new} (see docs/lm_pipeline.md, 'Config')")
     mapping = apply_overrides(load_mapping(path), overrides)
     user_keys = {_override_key(o) for o in overrides or []}
     if user_keys and isinstance(mapping.get("fallback_set"), list):

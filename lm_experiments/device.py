@@ -1,8 +1,8 @@
-"""Device and mixed-precision policy, resolved in ONE place (CONVENTIONS.md rule 7).
+"""Device and mixed-precision policy, resolved in ONE place (library code never picks a device itself).
 
 Library code never calls ``.cuda()`` or picks a dtype on its own: callers resolve a
 :class:`torch.device` once with :func:`resolve_device` and wrap forward passes in
-:func:`autocast_context`. The paper trains in bf16 mixed precision (PAPER-FACTS.md, (T)):
+:func:`autocast_context`. The paper trains in bf16 mixed precision (its tables as transcribed, (T)):
 on a GPU ``precision="bf16"`` turns on ``torch.autocast(dtype=torch.bfloat16)`` with
 fp32 master weights; on a CPU it silently falls back to fp32 (CPU bf16 autocast is slow
 and changes numerics) unless ``cpu_bf16=True`` asks for it explicitly.

@@ -5,7 +5,7 @@ dicts, so every checkpoint loads with ``AutoModelForCausalLM.from_pretrained``. 
 module adds is the project's own part:
 
 * :data:`MODEL_PRESETS` -- SmolLM2-135M as released (but rope_theta 10000 at sequence 2048,
-  as the paper pretrained; PAPER-FACTS.md), the paper's 1B model (Table 2 as transcribed)
+  as the paper pretrained), the paper's 1B model (Table 2 as transcribed)
   and tiny CPU presets.
 * :func:`build_model` -- seeded construction that does not disturb the caller's RNG.
 * :func:`set_dropout` -- real dropout inside the network for post-training (Sec. 4.4):

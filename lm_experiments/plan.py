@@ -27,7 +27,8 @@ from early_exposure.configs import to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.io import stable_hash
 from early_exposure.seeding import stream
-from lm_experiments.config import POST_AXES, PipelineConfig, PostSetting
+from lm_experiments.config import PipelineConfig
+from lm_experiments.post_axes import POST_AXES, PostSetting
 
 #: Fixed seed of the D_post subset (``post.post_train_tokens``): the same D_post for every
 #: root seed, as the paper's D_post is one fixed dataset.

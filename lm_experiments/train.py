@@ -46,7 +46,7 @@ _FORMAT = 1
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW + warmup/cosine hyperparameters (paper App. B; PAPER-FACTS.md (T) values)."""
+    """AdamW + warmup/cosine hyperparameters (paper App. B; (T): values of its tables as transcribed)."""
 
     lr: float
     min_lr: float = 0.0

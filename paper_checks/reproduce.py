@@ -76,16 +76,16 @@ def plan(preset: str, out: Path) -> list[Step]:
         Step("theory assumptions", (*py, "-m", "linear_theory", "assumptions", "--config", default,
                                     "--out", str(t / "verify")), ("theory/verify/assumptions.json",)),
     ]
-    for name, alpha in (("unmixed", 0.0), ("mixed", 0.5)):
+    for name, fraction in (("unmixed", 0.0), ("mixed", 0.5)):
         steps.append(Step(f"theory trajectory {name}",
                           (*py, "-m", "linear_theory", "run", "--config", default, "--set",
-                           f"stages.pre.alpha={alpha}", "--trajectory-stride", "5",
+                           f"stages.pre.mix_fraction={fraction}", "--trajectory-stride", "5",
                            "--out", str(t / "trajectories" / name)),
                           (f"theory/trajectories/{name}/result.json", f"theory/trajectories/{name}/trajectory.csv")))
     steps += [
         Step("theory sweep", (*py, "-m", "linear_theory", "sweep", "--config",
                               _config("configs/theory/sweep_alpha_beta.yaml", default),
-                              "--grid", f"alpha=0:1:{n}", "--grid", f"beta=0.1:4:{n}", "--out", str(t / "sweep")),
+                              "--grid", f"mix_fraction=0:1:{n}", "--grid", f"beta=0.1:4:{n}", "--out", str(t / "sweep")),
              ("theory/sweep/sweep.parquet",)),
         Step("theory frontier", (*py, "-m", "linear_theory", "frontier", "--config",
                                  _config("configs/theory/sweep_frontier.yaml", default), "--out", str(t / "frontier")),

@@ -114,7 +114,7 @@ def sweep_frame(n: int = 12) -> pd.DataFrame:
     a, b = np.meshgrid(np.linspace(0, 1, n), np.linspace(0.1, 2, n), indexing="ij")
     l_im = 1.0 + 0 * a
     l_ret = 1.5 - 0.5 * a * b
-    return pd.DataFrame({"alpha": a.ravel(), "beta": b.ravel(), "L_im": l_im.ravel(), "L_ret": l_ret.ravel(),
+    return pd.DataFrame({"mix_fraction": a.ravel(), "beta": b.ravel(), "L_im": l_im.ravel(), "L_ret": l_ret.ravel(),
                          "Delta": (l_ret - l_im).ravel(), "assumptions_hold": (a.ravel() > 0.3),
                          "diverged": np.zeros(a.size, bool)})
 
@@ -150,7 +150,7 @@ def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] 
     for name, mixed in (("unmixed", False), ("mixed", True)):
         atomic_write_text(out / f"theory/trajectories/{name}/trajectory.csv", trajectory_csv(mixed))
         atomic_write_json(out / f"theory/trajectories/{name}/result.json",
-                          {"config": {"task": {"n": 6, "k": 2}, "stages": {"pre": {"alpha": 0.5 if mixed else 0.0}}}})
+                          {"config": {"task": {"n": 6, "k": 2}, "stages": {"pre": {"mix_fraction": 0.5 if mixed else 0.0}}}})
     import io as _io
 
     buf = _io.BytesIO()

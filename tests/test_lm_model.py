@@ -1,4 +1,4 @@
-"""Model presets, real dropout and LoRA (issue 4 item 3, 5) against Hugging Face references.
+"""Model presets, real dropout and LoRA against Hugging Face references.
 
 References used: a separately constructed ``LlamaForCausalLM`` from a hand-written
 ``LlamaConfig``, ``AutoModelForCausalLM.from_pretrained`` of a saved checkpoint, the

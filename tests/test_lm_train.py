@@ -1,4 +1,4 @@
-"""Training loop, evaluation and checkpoints (issue 4 items 4-8) against independent references.
+"""Training loop, evaluation and checkpoints against independent references.
 
 References: closed-form warmup + cosine values, Hugging Face's own loss and
 ``torch.nn.functional.cross_entropy`` on HF logits, an uninterrupted run (for resume), a

@@ -28,7 +28,7 @@ def test_plan_order_and_commands(tmp_path):
     assert "configs/lm/cpu-quick.yaml" in lm.argv and str(tmp_path / "lm" / "cpu-quick") in lm.argv
     seeds = steps[names.index("LM cpu-seeds")]
     assert "configs/lm/cpu-seeds.yaml" in seeds.argv and str(tmp_path / "lm" / "cpu-seeds") in seeds.argv
-    assert "stages.pre.alpha=0.5" in steps[3].argv and "--trajectory-stride" in steps[3].argv
+    assert "stages.pre.mix_fraction=0.5" in steps[3].argv and "--trajectory-stride" in steps[3].argv
     assert [s.name for s in plan("gpu", tmp_path)][7] == "LM gpu-135m"
 
 

@@ -19,9 +19,10 @@ import pytest
 
 from early_exposure.errors import ConfigError
 from linear_theory import default_config, simulate
-from linear_theory.sweep import make_plan, merge_parts, run_sweep
-from linear_theory.sweep_assumptions import assumption_flags
-from linear_theory.sweep_grid import apply_values, parse_grid
+from linear_theory.sweep.files import merge_parts, run_sweep
+from linear_theory.sweep.flags import assumption_flags
+from linear_theory.sweep.grid import apply_values, parse_grid
+from linear_theory.sweep.plan import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("L_pretrain", "L_im", "L_ret", "L_ft", "L_pre")
@@ -58,7 +59,7 @@ def _compare(df: pd.DataFrame, cfg, axes, rtol: float = 1e-10) -> int:
 
 
 def _rows(cfg, grid, method="auto", chunk_size=None):
-    from linear_theory.sweep import run_points
+    from linear_theory.sweep.engine import run_points
 
     axes = parse_grid(grid, cfg)
     plan = make_plan(cfg, axes, method=method, chunk_size=chunk_size)
@@ -77,7 +78,7 @@ def _rows(cfg, grid, method="auto", chunk_size=None):
 def test_rows_equal_single_simulate_calls(extra, method, expect):
     """Batched sweep rows == one simulate() call per point (a different code path), float64."""
     cfg = _small(extra)
-    df, axes, _ = _rows(cfg, ["alpha=0:1:3", "beta=1,3"], method=method)
+    df, axes, _ = _rows(cfg, ["mix_fraction=0:1:3", "beta=1,3"], method=method)
     assert len(df) == 6 and set(df["method"]) == {expect}
     assert _compare(df, cfg, axes) == 6
 
@@ -85,13 +86,13 @@ def test_rows_equal_single_simulate_calls(extra, method, expect):
 def test_tiled_lane_layout_rows_equal_simulate_at_sampled_points():
     """A grid big enough for the engine's tiled path (several 256-point tiles, 8-point float64
     lane blocks, padding): rows at the edges of lane blocks and tiles equal simulate()."""
-    import linear_theory.sweep as sweep_mod
+    import linear_theory.sweep.engine as sweep_mod
 
     cfg = _small(["task.basis=random", "stages.post.dropout=0.1", "stages.post.reg=0.05",
                   "stages.pre.steps=20", "stages.post.steps=10", "stages.ft.steps=10"])
-    axes = parse_grid(["alpha=0:1:10", "beta=1:3:6", "post.lr=0.02:0.06:5"], cfg)
+    axes = parse_grid(["mix_fraction=0:1:10", "beta=1:3:6", "post.lr=0.02:0.06:5"], cfg)
     plan = make_plan(cfg, axes, method="full")
-    assert len(plan.chunks) == 1 and len(plan.chunks[0][1]) == 300 > sweep_mod._FULL_TILE
+    assert len(plan.chunks) == 1 and len(plan.chunks[0][1]) == 300 > sweep_mod.FULL_TILE
     df = sweep_mod.run_points(plan, 0).sort_values("point").reset_index(drop=True)
     assert list(df["point"]) == list(range(300)) and set(df["method"]) == {"full"}
     sample = df.iloc[[0, 7, 8, 15, 16, 131, 255, 256, 263, 299]]
@@ -101,8 +102,8 @@ def test_tiled_lane_layout_rows_equal_simulate_at_sampled_points():
 def test_rejected_compiler_options_fall_back_with_a_warning(monkeypatch):
     """An XLA that does not know the engine's (debug) compiler options: a warning, default
     compilation, and the same rows as simulate()."""
-    import linear_theory.sweep as sweep_mod
-    import linear_theory.sweep_kernels as K
+    import linear_theory.sweep.engine as sweep_mod
+    import linear_theory.sweep.kernels as K
 
     monkeypatch.setattr(K, "COMPILER_OPTIONS", {"xla_cpu_no_such_option_for_this_test": "1"})
     for cached in (K.compiler_options, K._jitted, sweep_mod._sharded):
@@ -111,7 +112,7 @@ def test_rejected_compiler_options_fall_back_with_a_warning(monkeypatch):
         with pytest.warns(RuntimeWarning, match="compiling without them"):
             assert K.compiler_options() == {}
         cfg = _small()
-        df, axes, _ = _rows(cfg, ["alpha=0:1:2", "beta=1,2"], method="full")
+        df, axes, _ = _rows(cfg, ["mix_fraction=0:1:2", "beta=1,2"], method="full")
         assert _compare(df, cfg, axes) == 4
     finally:
         for cached in (K.compiler_options, K._jitted, sweep_mod._sharded):
@@ -156,7 +157,7 @@ def test_assumption_flags_hand_computed():
 def test_shard_merge_and_resume_equal_uninterrupted(tmp_path):
     """--shard 0/2 + 1/2 then merge == one run; an interrupted run resumed == one run (bytes)."""
     cfg = _small(["model.init=random", "model.width=4"])
-    axes = parse_grid(["alpha=0:1:5", "beta=1,2"], cfg)
+    axes = parse_grid(["mix_fraction=0:1:5", "beta=1,2"], cfg)
     kw = dict(chunk_size=3, plots=False, progress=False, log=lambda *a: None)
     full = run_sweep(cfg, axes, tmp_path / "one", **kw)
     assert full is not None and len(full) == 10
@@ -182,7 +183,7 @@ def test_shard_merge_and_resume_equal_uninterrupted(tmp_path):
     for name in ("sweep.parquet", "sweep.csv"):
         assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
     # merging parts of different sweeps is refused
-    other = parse_grid(["alpha=0:1:5", "beta=1,3"], cfg)
+    other = parse_grid(["mix_fraction=0:1:5", "beta=1,3"], cfg)
     run_sweep(cfg, other, tmp_path / "otherpart", shard=(1, 2), **kw)
     with pytest.raises(ConfigError, match="different sweeps"):
         merge_parts([tmp_path / "part0", tmp_path / "otherpart"], tmp_path / "bad", plots=False)
@@ -196,16 +197,16 @@ def test_shard_merge_and_resume_equal_uninterrupted(tmp_path):
 
 @pytest.mark.parametrize("argv,field", [
     (["--grid", "gamma=0:1:3"], "gamma"),
-    (["--grid", "alpha=1:0:3"], "reversed"),
-    (["--grid", "alpha=0:1:0"], "empty"),
-    (["--grid", "alpha=0:1:3", "--grid", "beta=log:0:1:3"], "a > 0"),
-    (["--grid", "alpha=0:2:3"], "stages.pre.alpha"),
+    (["--grid", "mix_fraction=1:0:3"], "reversed"),
+    (["--grid", "mix_fraction=0:1:0"], "empty"),
+    (["--grid", "mix_fraction=0:1:3", "--grid", "beta=log:0:1:3"], "a > 0"),
+    (["--grid", "mix_fraction=0:2:3"], "stages.pre.mix_fraction"),
     (["--grid", "steps=1,2"], "ambiguous"),
-    (["--grid", "alpha=0:1:3", "--shard", "2/2"], "out of range"),
-    (["--grid", "alpha=0:1:3", "--shard", "x"], "i/N"),
-    (["--grid", "alpha=0:1:3", "--set", "stages.pre.alphaa=1"], "unknown key"),
+    (["--grid", "mix_fraction=0:1:3", "--shard", "2/2"], "out of range"),
+    (["--grid", "mix_fraction=0:1:3", "--shard", "x"], "i/N"),
+    (["--grid", "mix_fraction=0:1:3", "--set", "stages.pre.mix_fractionn=1"], "unknown key"),
     ([], "at least one axis"),
-    (["--grid", "alpha=0:1:3", "--cpu-devices", "0"], "--cpu-devices"),
+    (["--grid", "mix_fraction=0:1:3", "--cpu-devices", "0"], "--cpu-devices"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, field):
     from linear_theory.cli import main
@@ -223,7 +224,7 @@ def test_cli_sweep_writes_tidy_files_and_heatmaps(tmp_path, capsys):
     cfgfile = tmp_path / "c.json"
     cfgfile.write_text(json.dumps(_small().to_dict()))
     out = tmp_path / "s"
-    rc = main(["sweep", "--config", str(cfgfile), "--grid", "alpha=0:1:4", "--grid", "beta=log:0.5:4:3", "--out", str(out)])
+    rc = main(["sweep", "--config", str(cfgfile), "--grid", "mix_fraction=0:1:4", "--grid", "beta=log:0.5:4:3", "--out", str(out)])
     assert rc == 0
     df = pd.read_parquet(out / "sweep.parquet")
     assert len(df) == 12 and list(df["point"]) == list(range(12))
@@ -243,13 +244,13 @@ def test_two_host_devices_shard_the_grid(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "linear_theory", "sweep", "--config", str(tmp_path / "c.json"),
-           "--grid", "alpha=0:1:4", "--grid", "beta=1,2", "--out", str(tmp_path / "two"), "--no-plots",
+           "--grid", "mix_fraction=0:1:4", "--grid", "beta=1,2", "--out", str(tmp_path / "two"), "--no-plots",
            "--cpu-devices", "2"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "devices: 2" in proc.stdout
     two = pd.read_parquet(tmp_path / "two" / "sweep.parquet")
-    axes = parse_grid(["alpha=0:1:4", "beta=1,2"], cfg)
+    axes = parse_grid(["mix_fraction=0:1:4", "beta=1,2"], cfg)
     one = run_sweep(cfg, axes, tmp_path / "one", plots=False, progress=False, log=lambda *a: None)
     num = [c for c in one.columns if one[c].dtype.kind == "f"]
     np.testing.assert_allclose(two[num].to_numpy(), one[num].to_numpy(), rtol=1e-12, atol=1e-14)
@@ -264,7 +265,7 @@ def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(tmp_path):
 
     cfg = _small(["model.init=random", "model.width=3"])
     (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
-    grid = ["alpha=0:1:12", "beta=1,2,3"]
+    grid = ["mix_fraction=0:1:12", "beta=1,2,3"]
     out = tmp_path / "killed"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)

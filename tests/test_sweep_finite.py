@@ -19,13 +19,13 @@ import pytest
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import read_frontier
 from linear_theory import default_config, simulate
-from linear_theory.finite import FiniteSpec, dropout_loss_sampled, prepare, run_finite
+from linear_theory.studies.finite import FiniteSpec, dropout_loss_sampled, prepare, run_finite
 from linear_theory.tasks import build_task
 
 
 def _cfg(alpha: float = 0.0, extra: list[str] | None = None):
     return default_config().replace(["stages.pre.steps=80", "stages.post.steps=30", "stages.ft.steps=30",
-                                     "stages.pre.lr=0.02", f"stages.pre.alpha={alpha}", *(extra or [])])
+                                     "stages.pre.lr=0.02", f"stages.pre.mix_fraction={alpha}", *(extra or [])])
 
 
 @pytest.mark.parametrize("lam,extra", [
@@ -123,8 +123,8 @@ def test_compute_matched_cli_writes_frontier_and_tidy_rows(tmp_path):
     cfgfile = tmp_path / "cm.yaml"
     cfgfile.write_text(json.dumps({
         "set": ["stages.pre.steps=40", "stages.post.lr=0.02", "stages.ft.steps=20"],
-        "n_samples": 24, "lambdas": [0.0, 0.5, 1.0], "seeds": [0, 1], "pre_pool": 24, "batch": 4,
-        "sec41": {"lambdas": [0.0, 1.0], "n_samples": [12], "epochs": 2}}))
+        "n_samples": 24, "mix_fraction": [0.0, 0.5, 1.0], "seeds": [0, 1], "pre_pool": 24, "batch": 4,
+        "sec41": {"mix_fraction": [0.0, 1.0], "n_samples": [12], "epochs": 2}}))
     out = tmp_path / "cm"
     assert main(["compute-matched", "--config", str(cfgfile), "--out", str(out)]) == 0
     fr = read_frontier(out / "frontier.csv")
@@ -135,20 +135,20 @@ def test_compute_matched_cli_writes_frontier_and_tidy_rows(tmp_path):
     tidy = pd.read_csv(out / "compute_matched.csv")
     assert set(tidy["study"].astype(str)) == {"4.2", "4.1"}
     # lambda = 1 in the compute-matched study leaves nothing for post-training
-    assert list(tidy.loc[(tidy["study"].astype(str) == "4.2") & (tidy["lambda"] == 1.0), "post_steps"]) == [0, 0]
+    assert list(tidy.loc[(tidy["study"].astype(str) == "4.2") & (tidy["mix_fraction"] == 1.0), "post_steps"]) == [0, 0]
     assert (out / "compute_matched.png").read_bytes()[:4] == b"\x89PNG"
     bad = tmp_path / "bad"
-    assert main(["compute-matched", "--set", "lambdas=[0.5,1.5]", "--out", str(bad)]) == 2
+    assert main(["compute-matched", "--set", "mix_fraction=[0.5,1.5]", "--out", str(bad)]) == 2
     assert not bad.exists()
 
 
 def test_theory_frontier_rows_match_simulate(tmp_path):
     """Frontier rows in the shared schema; sampled rows equal a direct simulate() call."""
     from linear_theory.cli import main
-    from linear_theory.frontier import FrontierConfig, base_config
+    from linear_theory.studies.frontier import FrontierConfig, base_config
 
     cfgfile = tmp_path / "fr.json"
-    spec = {"set": ["stages.pre.steps=80", "stages.pre.lr=0.02"], "mixed_alpha": [0.5],
+    spec = {"set": ["stages.pre.steps=80", "stages.pre.lr=0.02"], "mix_fraction": [0.5],
             "post": {"steps": [10, 20], "lr": [0.01], "reg": [0.0, 0.1]}, "ft": {"lr": [0.01, 0.03], "steps": [15]}}
     cfgfile.write_text(json.dumps(spec))
     out = tmp_path / "fr"
@@ -160,11 +160,11 @@ def test_theory_frontier_rows_match_simulate(tmp_path):
     # one upstream checkpoint per (method, post setting), shared by its ft settings
     assert fr.groupby("upstream_id")["ft_lr"].nunique().eq(2).all() and fr["upstream_id"].nunique() == 24
     assert fr["run_id"].nunique() == len(fr)
-    base = base_config(FrontierConfig(**{k: v for k, v in spec.items() if k in ("set", "mixed_alpha")}))
+    base = base_config(FrontierConfig(**{k: v for k, v in spec.items() if k in ("set", "mix_fraction")}))
     for method in ("mixed+dropout", "unmixed+replay"):
         row = fr[(fr["method"] == method) & (fr["ft_lr"] == 0.03)].iloc[-1]
         hp = json.loads(row["post_hparams"])
-        cfg = base.replace([f"stages.pre.alpha={row['mix_fraction']}", f"stages.post.steps={hp['steps']}",
+        cfg = base.replace([f"stages.pre.mix_fraction={row['mix_fraction']}", f"stages.post.steps={hp['steps']}",
                             f"stages.post.reg={hp['reg']}", f"stages.post.replay={hp['replay']}",
                             f"stages.post.dropout={hp['dropout']}", "stages.ft.lr=0.03", "stages.ft.steps=15"])
         ref = simulate(cfg, method="full").losses

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from linear_theory import default_config, simulate
-from linear_theory.assumptions import alpha_interval_c6, check_assumptions, run_assumptions
+from linear_theory.checks.assumptions import alpha_interval_c6, check_assumptions, run_assumptions
 from linear_theory.cli import main
 
 
@@ -91,5 +91,5 @@ def test_cli_writes_assumptions_json(tmp_path, capsys):
     body = json.loads((out / "assumptions.json").read_text())
     assert {"assumptions", "feasibility", "errata", "config", "provenance"} <= set(body)
     assert "C.6" in capsys.readouterr().out
-    assert main(["assumptions", "--out", str(tmp_path / "b"), "--set", "stages.pre.alpha=-1"]) == 2
+    assert main(["assumptions", "--out", str(tmp_path / "b"), "--set", "stages.pre.mix_fraction=-1"]) == 2
     assert not (tmp_path / "b").exists()

@@ -59,7 +59,7 @@ def test_diverged_run_records_nulls(tmp_path):
 
 
 BAD = [
-    (["--set", "stages.pre.alpha=1.5"], "stages.pre.alpha"),
+    (["--set", "stages.pre.mix_fraction=1.5"], "stages.pre.mix_fraction"),
     (["--set", "stages.post.replay=-0.1"], "stages.post.replay"),
     (["--set", "stages.post.dropout=1.0"], "stages.post.dropout"),
     (["--set", "task.k=5"], "task.k"),
@@ -102,7 +102,7 @@ def test_bad_config_file_and_unknown_section(tmp_path, capsys):
 def test_process_exit_code_is_2(tmp_path):
     out = tmp_path / "o"
     proc = subprocess.run([sys.executable, "-m", "linear_theory", "run", "--out", str(out), "--set",
-                           "stages.pre.alpha=2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "stages.pre.mix_fraction=2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "stages.pre.alpha" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "stages.pre.mix_fraction" in proc.stderr
     assert not out.exists()

@@ -24,7 +24,7 @@ def _small(**over):
 
 def test_default_yaml_is_default_config():
     assert load_config(DEFAULT_CONFIG_PATH) == default_config()
-    assert load_config(None, ["stages.pre.alpha=0.25"]).stages.pre.alpha == 0.25
+    assert load_config(None, ["stages.pre.mix_fraction=0.25"]).stages.pre.mix_fraction == 0.25
 
 
 def test_expected_loss_matches_monte_carlo():
@@ -155,7 +155,7 @@ def test_ideal_init_skips_pretraining_and_uses_given_sigma():
     res = simulate(cfg)
     assert res.pre_skipped and res.steps_done["pre"] == 0
     tm = build_task(cfg.task)
-    sig = ideal_sigma(tm, cfg.stages.pre.alpha, rank=cfg.task.n - cfg.task.k)
+    sig = ideal_sigma(tm, cfg.stages.pre.mix_fraction, rank=cfg.task.n - cfg.task.k)
     np.testing.assert_allclose(res.spectra["pre"], sig, atol=1e-14)
     # the builder works for any given Sigma, e.g. the paper's printed Sigma_mixed
     from linear_theory.tasks import printed_sigma_mixed
@@ -175,8 +175,28 @@ def test_spectral_method_refused_when_not_decoupled():
 
 def test_bottleneck_width_learns_only_top_modes():
     """h < n with the paper init: modes beyond the hidden width stay exactly zero (rank <= h)."""
-    cfg = _small(**{"model.width": 3, "stages.pre.alpha": 1.0, "stages.pre.steps": 800})
+    cfg = _small(**{"model.width": 3, "stages.pre.mix_fraction": 1.0, "stages.pre.steps": 800})
     res = simulate(cfg)
     th = res.thetas()["pre"]
     assert np.linalg.matrix_rank(th, tol=1e-9) <= 3
     np.testing.assert_allclose(res.spectra["pre"][:3], default_config().task.sigma_inv[:3], atol=1e-6)
+
+
+def test_task_streams_are_the_spawn_children_of_the_seed():
+    """U, V and the random init come from early_exposure.seeding with integer tags 0, 1, 2: bit for bit
+    the children of SeedSequence(seed).spawn(4), the streams of every earlier version."""
+    from linear_theory.simulate import initial_weights
+    from linear_theory.tasks import STREAMS, random_orthogonal, task_stream
+
+    assert STREAMS == {"U": 0, "V": 1, "init": 2, "sampling": 3}
+    for seed in (0, 7, 2**40 + 3):
+        kids = np.random.SeedSequence(seed).spawn(4)
+        for name, i in STREAMS.items():
+            assert np.array_equal(task_stream(seed, name).random(64), np.random.default_rng(kids[i]).random(64))
+        cfg = _small(**{"task.basis": "random", "task.seed": seed, "model.init": "random"})
+        tm = build_task(cfg.task)
+        np.testing.assert_array_equal(tm.U, random_orthogonal(cfg.task.n, np.random.default_rng(kids[0])))
+        np.testing.assert_array_equal(tm.V, random_orthogonal(cfg.task.n, np.random.default_rng(kids[1])))
+        W1, _ = initial_weights(cfg, tm)
+        g = np.random.default_rng(kids[2]).standard_normal((cfg.task.n, cfg.width))
+        np.testing.assert_array_equal(W1, math.exp(-cfg.model.T) * g / math.sqrt(cfg.task.n))

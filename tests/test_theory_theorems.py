@@ -1,4 +1,4 @@
-"""Theorem checks of Appendix C against independent references (linear_theory.verify).
+"""Theorem checks of Appendix C against independent references (linear_theory.checks.theorems).
 
 Each check function runs the simulator and returns the numbers next to their reference (closed
 forms, exact invariances, a second basis or code path); these tests assert on those numbers
@@ -12,7 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from linear_theory import verify
+from linear_theory.checks import theorems as verify
+from linear_theory.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,6 @@ def _check(body, cid):
 
 def test_theorems_json_format(body, tmp_path, monkeypatch):
     import json
-    from argparse import Namespace
 
     assert [c["id"] for c in body["checks"]] == ["saxe_closed_form", "C.9", "C.10", "C.14", "C.15", "C.16", "C.17",
                                                  "basis_invariance"]
@@ -36,7 +36,7 @@ def test_theorems_json_format(body, tmp_path, monkeypatch):
     for e in body["errata"]:
         assert set(e) == {"id", "location", "printed", "observed", "corrected", "evidence"}
     monkeypatch.setattr(verify, "run_checks", lambda: body)
-    assert verify.run_verify_cli(Namespace(out=str(tmp_path))) == 0
+    assert main(["verify", "--out", str(tmp_path)]) == 0
     written = json.loads((tmp_path / "theorems.json").read_text())
     assert [c["id"] for c in written["checks"]] == [c["id"] for c in body["checks"]]
     assert "git_commit" in written["provenance"]

@@ -5,28 +5,32 @@ Command::
 
     python -m linear_theory assumptions --config configs/theory/default.yaml [--out DIR]
 
-prints a table and (with ``--out``) writes ``DIR/assumptions.json`` (format in docs/INTERFACES.md).
+prints :func:`assumptions_table` and (with ``--out``) writes ``DIR/assumptions.json``
+(:func:`run_assumptions` plus provenance; format in docs/INTERFACES.md).
 
 Free parameters: c_mis is taken at its supremum min_i (sigma^post_i - sigma^pre_i) over the
 inconsistent features (Definition C.3 needs a strict ">"; every smaller c_mis also qualifies, and a
 larger c_mis only makes C.4 easier, so the supremum is the most favourable choice for C.4); alpha
-ranges over [0, 1]; eps over (0, bound of C.13).
+(the paper's symbol for ``stages.pre.mix_fraction``) ranges over [0, 1]; eps over (0, bound of C.13).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from linear_theory.config import SimConfig, load_config
+from early_exposure.configs import to_dict
+from early_exposure.frontier import STAGES
+from early_exposure.seeding import stream
+from linear_theory.checks.errata import ASSUMPTION_ERRATA
+from linear_theory.config import SimConfig
 from linear_theory.simulate import simulate
 from linear_theory.tasks import blocks, build_task, mixture_modes
 
-__all__ = ["check_assumptions", "feasibility", "run_assumptions_cli", "alpha_interval_c6"]
+__all__ = ["check_assumptions", "feasibility", "run_assumptions", "assumptions_table", "alpha_interval_c6"]
 
 
 def _f(x: Any) -> Any:
@@ -76,12 +80,12 @@ def check_assumptions(cfg: SimConfig) -> list[dict[str, Any]]:
     bl = blocks(n, k)
     inv, inc, sp = bl["invariant"], bl["inconsistent"], bl["specialized"]
     s_pre, s_post = tm.pre.sigma, tm.post.sigma
-    beta, alpha = task.beta, cfg.stages.pre.alpha
+    beta, alpha = task.beta, cfg.stages.pre.mix_fraction
     out: list[dict[str, Any]] = []
 
     # C.1 simultaneous diagonalisability
     orth = max(float(np.max(np.abs(tm.U.T @ tm.U - np.eye(n)))), float(np.max(np.abs(tm.V.T @ tm.V - np.eye(n)))))
-    diag_err = max(float(np.linalg.norm(tm.U.T @ tm.A(t) @ tm.V - np.diag(getattr(tm, t).sigma))) for t in ("pre", "post", "ft"))
+    diag_err = max(float(np.linalg.norm(tm.U.T @ tm.A(t) @ tm.V - np.diag(getattr(tm, t).sigma))) for t in STAGES)
     out.append({"id": "C.1", "holds": bool(orth < 1e-12 and diag_err < 1e-12),
                 "numbers": {"orthonormality_error": orth, "max_offdiag_of_U^T_A_V": diag_err, "basis": task.basis},
                 "explanation": "A^t = U Sigma_t V^T with shared orthonormal U, V by construction"})
@@ -165,7 +169,7 @@ def check_assumptions(cfg: SimConfig) -> list[dict[str, Any]]:
 
 def _random_feasibility(samples: int = 200_000, seed: int = 0) -> dict[str, Any]:
     """Monte Carlo over (sigma_pre, sigma_post, beta, alpha) >= 0: how often C.3 + C.4 + C.6 hold at once."""
-    rng = np.random.default_rng(seed)
+    rng = stream(seed)  # == np.random.default_rng(seed)
     s_pre = rng.uniform(0, 5, samples)
     s_post = rng.uniform(0, 10, samples)
     beta = rng.uniform(0, 10, samples)
@@ -186,7 +190,7 @@ def _conclusion(cfg: SimConfig, alpha: float) -> dict[str, Any]:
         r = {}
         for name, a in (("mixed", alpha), ("unmixed", 0.0)):
             c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=init),
-                                    stages=dataclasses.replace(cfg.stages, pre=dataclasses.replace(cfg.stages.pre, alpha=a)))
+                                    stages=dataclasses.replace(cfg.stages, pre=dataclasses.replace(cfg.stages.pre, mix_fraction=a)))
             if init == "ideal":
                 c = dataclasses.replace(c, stages=dataclasses.replace(
                     c.stages, post=dataclasses.replace(c.stages.post, steps=max(c.stages.post.steps, 1000)),
@@ -226,7 +230,7 @@ def feasibility(cfg: SimConfig) -> dict[str, Any]:
                          "c' = min |sigma_post - sigma_ft|",
                "alpha_interval_where_C6_holds": _f(list(interval)) if interval else None}
     if interval is not None:
-        a_cfg = cfg.stages.pre.alpha
+        a_cfg = cfg.stages.pre.mix_fraction
         a_star = a_cfg if interval[0] < a_cfg <= interval[1] else float(interval[0] + 0.5 * (interval[1] - interval[0]))
         relaxed["alpha_used"] = a_star
         relaxed["simulation"] = _conclusion(cfg, a_star)
@@ -238,7 +242,7 @@ def feasibility(cfg: SimConfig) -> dict[str, Any]:
     beta_c4 = 0.45 * c_mis if task.k else task.beta
     cfg_c4 = dataclasses.replace(cfg, task=dataclasses.replace(task, beta=float(beta_c4)))
     alt = {"change": f"keep C.4 with beta = {beta_c4:.4g} < c_mis/2 (so C.6 cannot hold), alpha as configured",
-           "simulation": _conclusion(cfg_c4, cfg.stages.pre.alpha)}
+           "simulation": _conclusion(cfg_c4, cfg.stages.pre.mix_fraction)}
     alt["conclusion_holds_in_simulation"] = bool(
         alt["simulation"]["idealized"]["Delta_unmixed_gt_Delta_mixed"]
         and abs(alt["simulation"]["idealized"]["mixed"]["Delta"]) < 1e-9)
@@ -248,51 +252,14 @@ def feasibility(cfg: SimConfig) -> dict[str, Any]:
             "alternative_keep_C4": alt}
 
 
-ERRATA_STATIC: list[dict[str, Any]] = [
-    {"id": "C.3-C.4-C.6-infeasible", "location": "Definitions C.3, C.4 and Assumption C.6",
-     "printed": "beta < c_mis/2 (C.4) together with alpha beta > (1-alpha) sigma_pre + alpha sigma_post (C.6)",
-     "observed": "jointly infeasible for non-negative singular values (inequality chain in feasibility; 0 of 200000 "
-                 "random tasks satisfy all three)",
-     "corrected": "drop beta < c_mis/2 from C.4; the C.17 argument needs |sigma_post - sigma_ft| bounded below on the "
-                  "inconsistent features instead",
-     "evidence": {}},
-    {"id": "C.13-eps", "location": "Assumption C.13 (eps condition) vs proof of Theorem C.17",
-     "printed": "eps < c_mis / (2 c_mis - 4 beta)",
-     "observed": "the proof's bound k[c_mis^2 - 2 c_mis eps - 4 beta eps] is positive iff eps < c_mis^2/(2 c_mis + 4 beta); "
-                 "e.g. c_mis = 1, beta = 0.4: printed allows eps < 2.5, the bound needs eps < 0.278",
-     "corrected": "eps < c_mis^2 / (2 c_mis + 4 beta)",
-     "evidence": {"c_mis": 1.0, "beta": 0.4, "printed_bound": 2.5, "correct_bound": 1.0 / 3.6}},
-    {"id": "C.17-c_mis", "location": "proof of Theorem C.17",
-     "printed": "L(theta_ft^unmixed; D_post) >= k(beta - eps)^2 + k(c_mis - eps)^2",
-     "observed": "c_mis bounds sigma_post - sigma_pre (Definition C.3), not sigma_post - sigma_ft; with sigma_ft = sigma_post "
-                 "on the inconsistent features Delta_unmixed = 0 (see feasibility evidence of verify C.17)",
-     "corrected": "assume |sigma^post_i - sigma^ft_i| > c' on the inconsistent features and use c' in the bound",
-     "evidence": {}},
-    {"id": "C.7-basis", "location": "Assumption C.7",
-     "printed": "Sigma_xx = U D_xx U^T with lambda_1..lambda_Rx = 1",
-     "observed": "the input covariance is diagonal in the V basis (V diag(c) V^T); under mixing its specialized entries "
-                 "are alpha, not 1, which is why the specialized modes converge to beta rather than alpha beta",
-     "corrected": "Sigma_xx = V D_xx V^T with D_xx = (1-alpha) diag(1_{n-k}, 0_k) + alpha I_n",
-     "evidence": {}},
-    {"id": "C.11-duplicate", "location": "Assumption C.11",
-     "printed": "||W1_hat^(mixed)||_op <= sqrt(Gamma) listed twice (same for unmixed)",
-     "observed": "the bound on W2 is missing", "corrected": "bound both ||W1_hat||_op and ||W2_hat||_op by sqrt(Gamma)",
-     "evidence": {}},
-    {"id": "C.3-dimension", "location": "Section C.3 (regularised loss)",
-     "printed": "x ~ N(0, I_d)", "observed": "inputs are n-dimensional (D_post: N(0, I_n))", "corrected": "x ~ N(0, I_n)",
-     "evidence": {}},
-]
-
-
 def run_assumptions(cfg: SimConfig) -> dict[str, Any]:
-    """The body of assumptions.json."""
-    from early_exposure.configs import to_dict
-
-    return {"assumptions": check_assumptions(cfg), "feasibility": feasibility(cfg), "errata": ERRATA_STATIC,
+    """The body of assumptions.json (without provenance)."""
+    return {"assumptions": check_assumptions(cfg), "feasibility": feasibility(cfg), "errata": ASSUMPTION_ERRATA,
             "config": to_dict(cfg)}
 
 
-def _table(body: dict[str, Any]) -> str:
+def assumptions_table(body: dict[str, Any]) -> str:
+    """The verdict table the ``assumptions`` command prints for a :func:`run_assumptions` body."""
     lines = [f"{'id':<9} {'holds':<6} numbers", "-" * 100]
     for a in body["assumptions"]:
         nums = ", ".join(f"{k}={v if not isinstance(v, float) else f'{v:.4g}'}" for k, v in a["numbers"].items())
@@ -309,18 +276,3 @@ def _table(body: dict[str, Any]) -> str:
     alt = f["alternative_keep_C4"]
     lines.append(f"  alternative: {alt['change']} -> conclusion holds: {alt['conclusion_holds_in_simulation']}")
     return "\n".join(lines)
-
-
-def run_assumptions_cli(args) -> int:
-    """``python -m linear_theory assumptions --config FILE [--out DIR]``."""
-    from early_exposure.io import atomic_write_json
-    from early_exposure.provenance import provenance
-
-    cfg = load_config(args.config, getattr(args, "set", None))
-    body = run_assumptions(cfg)
-    body["provenance"] = provenance()
-    print(_table(body))
-    if args.out is not None:
-        path = atomic_write_json(Path(args.out) / "assumptions.json", body)
-        print(f"-> {path}")
-    return 0

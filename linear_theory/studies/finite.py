@@ -7,11 +7,12 @@ its empirical second moment; D_pre and D_ft stay exact expectations (their data 
 
 Pipeline of one run (original coordinates, full matrices, float64):
 
-- **pre**: ``stages.pre.steps`` GD steps. The ``n_mix = round(lambda N)`` mixed samples are dealt
-  out once, in order, over the steps (``np.array_split``). Step t minimises
+- **pre**: ``stages.pre.steps`` GD steps. The ``n_mix = round(mix_fraction N)`` mixed samples are
+  dealt out once, in order, over the steps (``np.array_split``). Step t minimises
   (1 - a_t) L_pre + a_t L_hat(B_t) with a_t = |B_t| / (|B_t| + pre_pool / steps): the pretraining
   "batch" holds pre_pool/steps samples of D_pre per step next to the |B_t| post samples.
-  ``stages.pre.alpha`` is not used here (the mixing share follows from lambda, N, pre_pool).
+  ``stages.pre.mix_fraction`` is not used here (the mixing share follows from the spec's
+  mix_fraction, N and pre_pool).
 - **post**: ``epochs`` passes over the remaining N - n_mix samples in seeded random minibatches
   of ``batch``; each step minimises (1 - r) L_hat(B) + r L_pre + reg ||theta - theta_0||^2 with
   **sampled** inverted dropout: every sample draws its own Bernoulli(1 - p) / (1 - p) mask on the
@@ -21,7 +22,7 @@ Pipeline of one run (original coordinates, full matrices, float64):
   exactly simulate's post-training objective.
 - **ft**: ``stages.ft.steps`` exact GD steps on L_ft (Section C.4).
 
-Runs that share shapes (same N, batch, epochs, steps) are vmapped over (lambda, seed).
+Runs that share shapes (same N, batch, epochs, steps) are vmapped over (mix_fraction, seed).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from early_exposure.frontier import STAGES
 from linear_theory.config import SimConfig
 from linear_theory.simulate import enable_precision, initial_weights
 from linear_theory.tasks import TaskMatrices, build_task
@@ -46,7 +48,7 @@ class FiniteSpec:
     """Data budget of one finite-sample run."""
 
     n_samples: int  # N = |D_post|
-    lam: float  # fraction of D_post mixed into pretraining (one pass)
+    mix_fraction: float  # fraction of the N samples mixed into pretraining (one pass)
     seed: int  # root seed of the samples, minibatch order and dropout masks
     pre_pool: float  # D_pre samples per pretraining run (sets the mixing share a_t)
     batch: int = 16  # post-training minibatch size
@@ -68,7 +70,7 @@ class FiniteBatch:
 
 
 def _post_steps(spec: FiniteSpec) -> int:
-    rest = spec.n_samples - int(round(spec.lam * spec.n_samples))
+    rest = spec.n_samples - int(round(spec.mix_fraction * spec.n_samples))
     return spec.epochs * math.ceil(rest / spec.batch) if rest > 0 else 0
 
 
@@ -93,7 +95,7 @@ def prepare(cfg: SimConfig, specs: list[FiniteSpec], tm: TaskMatrices | None = N
         k_x, k_order, k_mask = np.random.SeedSequence([s.seed, 7]).spawn(3)
         # D_post inputs: x ~ N(0, I_n) in the original coordinates (Section C.1)
         X = np.random.default_rng(k_x).standard_normal((s.n_samples, n))
-        n_mix = int(round(s.lam * s.n_samples))
+        n_mix = int(round(s.mix_fraction * s.n_samples))
         out["n_mix"][r] = n_mix
         if n_mix and S_pre:
             per_step_pre = s.pre_pool / S_pre
@@ -189,7 +191,7 @@ def run_finite(cfg: SimConfig, specs: list[FiniteSpec]) -> list[dict[str, float]
     W1, W2 = initial_weights(cfg, tm)
     R = len(specs)
     c = partial(jnp.asarray, dtype=dtype)
-    mats = [c(tm.A(t)) for t in ("pre", "post", "ft")] + [c(tm.C(t)) for t in ("pre", "post", "ft")]
+    mats = [c(tm.A(t)) for t in STAGES] + [c(tm.C(t)) for t in STAGES]
     lrs = c([cfg.stages.pre.lr, cfg.stages.post.lr, cfg.stages.ft.lr])
     run = jax.vmap(partial(_pipeline, pre_steps=cfg.stages.pre.steps, ft_steps=cfg.stages.ft.steps),
                    in_axes=(None,) * 12 + (0,) * 6)

@@ -1,5 +1,7 @@
 """Closed-form assumption flags of Appendix C for every sweep point (vectorised over alpha).
 
+alpha is the paper's symbol for the point's ``stages.pre.mix_fraction``.
+
 These are the inequalities as printed, evaluated directly from the task values:
 
 - ``C3_C4`` (Definitions C.3 and C.4 with the downstream condition of C.1): there is a

@@ -2,10 +2,12 @@
 
 SPEC is ``a:b:n`` (n linearly spaced values from a to b), ``log:a:b:n`` (log-spaced, a > 0) or
 a comma list ``v1,v2,...``. FIELD is a dotted path of :class:`linear_theory.config.SimConfig`
-(``stages.post.steps``), a suffix of one (``post.steps``) or a unique leaf name (``alpha``,
+(``stages.post.steps``), a suffix of one (``post.steps``) or a unique leaf name (``mix_fraction``,
 ``beta``, ``T``). Tuple fields (``task.sigma_inc_post``) take a scalar that is broadcast to all
 their entries. Every value is validated against the config's own range checks, so a bad axis
-fails before any compute with the field's own message.
+fails before any compute with the field's own message (and its full path). A renamed field
+(:data:`linear_theory.config.RENAMED`: ``alpha``, ``pre.alpha``, ``stages.pre.alpha``) is
+refused naming the new one.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from early_exposure.configs import parse_override
+from early_exposure.configs import join_path, parse_override
 from early_exposure.errors import ConfigError
-from linear_theory.config import SimConfig
+from linear_theory.config import RENAMED, SimConfig
 
 __all__ = ["Axis", "parse_grid", "scalar_fields", "resolve_field", "apply_values", "MAX_POINTS"]
 
@@ -37,7 +39,7 @@ class Axis:
 
     @property
     def short(self) -> str:
-        """Column-friendly short name: the leaf (``alpha``), or ``stage.leaf`` when ambiguous."""
+        """Column-friendly short name: the leaf (``beta``), or ``stage.leaf`` when ambiguous."""
         return self.path.split(".")[-1] if self.path.count(".") < 2 else ".".join(self.path.split(".")[-2:])
 
 
@@ -58,7 +60,7 @@ def scalar_fields(cfg: SimConfig) -> dict[str, Any]:
 
 
 def resolve_field(name: str, cfg: SimConfig) -> str:
-    """``alpha`` -> ``stages.pre.alpha``; ``post.steps`` -> ``stages.post.steps``; exact paths pass."""
+    """``mix_fraction`` -> ``stages.pre.mix_fraction``; ``post.steps`` -> ``stages.post.steps``; exact paths pass."""
     fields = scalar_fields(cfg)
     if name in fields:
         return name
@@ -67,6 +69,9 @@ def resolve_field(name: str, cfg: SimConfig) -> str:
         return hits[0]
     if len(hits) > 1:
         raise ConfigError(f"--grid {name}", f"ambiguous field; use one of {', '.join(sorted(hits))}")
+    for old, new in RENAMED.items():
+        if old == name or old.endswith("." + name):
+            raise ConfigError(f"--grid {name}", f"renamed to {new.split('.')[-1]} ({new})")
     raise ConfigError(f"--grid {name}", f"unknown config field; sweepable fields: {', '.join(sorted(fields))}")
 
 
@@ -165,7 +170,7 @@ def parse_axis(item: str, cfg: SimConfig) -> Axis:
 def parse_grid(items: list[str], cfg: SimConfig) -> list[Axis]:
     """All ``--grid`` items -> axes (distinct fields, at most :data:`MAX_POINTS` points)."""
     if not items:
-        raise ConfigError("--grid", "give at least one axis, e.g. --grid alpha=0:1:64")
+        raise ConfigError("--grid", "give at least one axis, e.g. --grid mix_fraction=0:1:64")
     axes = [parse_axis(it, cfg) for it in items]
     paths = [a.path for a in axes]
     dup = sorted({p for p in paths if paths.count(p) > 1})
@@ -181,7 +186,8 @@ def apply_values(cfg: SimConfig, values: dict[str, Any]) -> SimConfig:
     """``cfg`` with dotted-path ``values`` set (tuple fields broadcast a scalar), validated.
 
     Uses ``dataclasses.replace`` along the path, so every touched dataclass re-runs its own
-    ``__post_init__`` validation (and SimConfig its cross-field checks).
+    ``__post_init__`` validation (and SimConfig its cross-field checks); a failing check names
+    the field's full path (``stages.pre.mix_fraction``), as a config file would.
     """
     for path, v in values.items():
         v = v.item() if isinstance(v, np.generic) else v
@@ -189,12 +195,15 @@ def apply_values(cfg: SimConfig, values: dict[str, Any]) -> SimConfig:
     return dataclasses.replace(cfg)  # re-validate the whole config once more
 
 
-def _replace_path(obj: Any, keys: list[str], v: Any) -> Any:
+def _replace_path(obj: Any, keys: list[str], v: Any, prefix: str = "") -> Any:
     cur = getattr(obj, keys[0])
     if len(keys) > 1:
-        new = _replace_path(cur, keys[1:], v)
+        new = _replace_path(cur, keys[1:], v, join_path(prefix, keys[0]))
     elif isinstance(cur, tuple):
         new = tuple(float(v) for _ in cur)
     else:
         new = v
-    return dataclasses.replace(obj, **{keys[0]: new})
+    try:
+        return dataclasses.replace(obj, **{keys[0]: new})
+    except ConfigError as exc:  # the section's check names the field relative to the section
+        raise ConfigError(join_path(prefix, exc.field), exc.message) from None

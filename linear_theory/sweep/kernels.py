@@ -1,6 +1,6 @@
 """Batched gradient descent for sweeps: one compiled loop advances a whole grid chunk.
 
-This is the sweep engine's own implementation, independent of :func:`linear_theory.simulate`
+This is the sweep engine's own implementation, independent of :func:`linear_theory.simulate.simulate`
 (which runs one configuration through ``jax.grad``); the tests compare the two.
 
 Both paths work in the task's singular basis. GD on theta = W1 W2 is equivariant under
@@ -40,10 +40,12 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["bmm", "full_stage", "spectral_stage", "flops_full_step", "lanes_for", "UNROLL_MAX",
-           "COMPILER_OPTIONS", "compiler_options"]
+           "COMPILER_OPTIONS", "compiler_options", "FULL_TILE"]
 
 #: contraction sizes up to this are unrolled into fused multiply-adds; larger use einsum
 UNROLL_MAX = 32
+#: batch tile of the full path on a CPU (``full_stage(tile=...)``: keeps a tile's weights in L2 for all steps)
+FULL_TILE = 256
 
 #: XLA options of the engine's programs. XLA:CPU emits 256-bit vectors by default; on a CPU with
 #: AVX-512 the lane-tiled loops below run about 1.4x faster with 512-bit ones (LLVM falls back to

@@ -2,7 +2,7 @@
 
 For the first two grid axes, one PNG each for Delta = L_ret - L_im, L_im and L_ret, with the
 region where the closed-form pretraining assumptions C.5 and C.6 hold outlined (C.3/C.4 and
-C.6 are jointly infeasible as printed, see :mod:`linear_theory.sweep_assumptions`; the title
+C.6 are jointly infeasible as printed, see :mod:`linear_theory.sweep.flags`; the title
 says where C.3/C.4 hold). Further axes
 are fixed at their first value (named in the title). A one-axis sweep gets line plots.
 """

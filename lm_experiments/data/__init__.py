@@ -1,6 +1,6 @@
 """Data layer of the LM pipeline: corpora, tokenizer, document-level split and packing.
 
-Public API (issue 4, items 1-2)::
+Public API::
 
     from lm_experiments.data import CorpusSpec, DataConfig, prepare_data
     cfg = DataConfig(pre=CorpusSpec("embedded", "general"), post=CorpusSpec("embedded", "music"),

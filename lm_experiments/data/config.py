@@ -1,4 +1,4 @@
-"""Typed, validated configuration of the LM pipeline's data layer (issue 4, items 1-2).
+"""Typed, validated configuration of the LM pipeline's data layer.
 
 Three corpora play the paper's three roles (Sec. 3 of arXiv 2605.12705): ``pre`` (the
 pretraining corpus D_pre, C4 in the paper), ``post`` (post-training data D_post, e.g.
@@ -18,7 +18,8 @@ from typing import Literal
 
 from early_exposure.errors import ConfigError
 
-#: The config section that holds a :class:`DataConfig` (used in error field paths).
+#: The config section that holds a :class:`DataConfig` (in the errors of data preparation;
+#: construction checks name fields relative to the section, the loader adds where it sits).
 SECTION = "data"
 #: Roles of the three-stage protocol, in pipeline order.
 ROLES: tuple[str, ...] = ("pre", "post", "ft")
@@ -118,17 +119,17 @@ class DataConfig:
         for role in ROLES:
             spec = getattr(self, role)
             if not isinstance(spec, CorpusSpec):
-                raise ConfigError(f"{SECTION}.{role}", f"expected a corpus mapping (CorpusSpec), got {type(spec).__name__}")
-            spec.validate(f"{SECTION}.{role}")
+                raise ConfigError(role, f"expected a corpus mapping (CorpusSpec), got {type(spec).__name__}")
+            spec.validate(role)
         if not isinstance(self.tokenizer, str) or not self.tokenizer.strip():
-            raise ConfigError(f"{SECTION}.tokenizer", "must be 'bpe' or a Hugging Face tokenizer name")
+            raise ConfigError("tokenizer", "must be 'bpe' or a Hugging Face tokenizer name")
         _int_range("vocab_size", self.vocab_size, 260, 1_000_000, "a byte-level BPE needs 256 bytes + 3 specials")
         _int_range("seq_len", self.seq_len, 2, 1_000_000, "tokens per packed block")
         _int_range("val_tokens", self.val_tokens, self.seq_len, 10**10, f"at least one block of seq_len={self.seq_len}")
         _int_range("bpe_sample_chars", self.bpe_sample_chars, 1000, 10**10, "characters per role for BPE training")
         vf = self.val_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not (0.0 < float(vf) <= 0.5):
-            raise ConfigError(f"{SECTION}.val_fraction", f"must be in (0, 0.5], got {vf!r}")
+            raise ConfigError("val_fraction", f"must be in (0, 0.5], got {vf!r}")
         if self.max_train_tokens is not None:
             _int_range("max_train_tokens", self.max_train_tokens, self.seq_len, 10**13, f"null or >= seq_len={self.seq_len}")
 
@@ -140,4 +141,4 @@ class DataConfig:
 
 def _int_range(field: str, value: object, lo: int, hi: int, why: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
-        raise ConfigError(f"{SECTION}.{field}", f"must be an integer in [{lo}, {hi}] ({why}), got {value!r}")
+        raise ConfigError(field, f"must be an integer in [{lo}, {hi}] ({why}), got {value!r}")

