@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from early_exposure.frontier import STAGES
+from early_exposure.seeding import seed_sequence
 from linear_theory.config import SimConfig
 from linear_theory.simulate import enable_precision, initial_weights
 from linear_theory.tasks import TaskMatrices, build_task
@@ -92,7 +93,8 @@ def prepare(cfg: SimConfig, specs: list[FiniteSpec], tm: TaskMatrices | None = N
            "post_valid": np.zeros((R, S_post)), "masks": np.ones((R, S_post, b, h)),
            "n_mix": np.zeros(R, dtype=np.int64), "post_steps": np.zeros(R, dtype=np.int64)}
     for r, s in enumerate(specs):
-        k_x, k_order, k_mask = np.random.SeedSequence([s.seed, 7]).spawn(3)
+        # the run's three streams under its root seed (early_exposure.seeding)
+        k_x, k_order, k_mask = (seed_sequence(s.seed, "finite", name) for name in ("inputs", "order", "dropout"))
         # D_post inputs: x ~ N(0, I_n) in the original coordinates (Section C.1)
         X = np.random.default_rng(k_x).standard_normal((s.n_samples, n))
         n_mix = int(round(s.mix_fraction * s.n_samples))
