@@ -20,9 +20,10 @@ The plans realise the paper's protocol (arXiv 2605.12705, Sections 3-4):
   so every model sees exactly one pass over D_post in total (Section 4.2).
 * Stage 3 (:func:`finetune_source`): a fixed token budget over D_ft, reshuffled per epoch.
 
-All randomness comes from :func:`stage_rng` (the project's one seeding helper,
-:mod:`early_exposure.seeding`, keyed by the root seed and a stream name); nothing touches a
-global RNG.
+All randomness comes from :func:`early_exposure.seeding.stream` (the project's one seeding
+helper) keyed by the root seed and a stream name: ``post-split``, ``stage1-pre``,
+``stage2-post``, ``stage2-replay``, ``stage3-ft``. The names are part of the results'
+identity (renaming one changes every run that draws from it); nothing touches a global RNG.
 """
 
 from __future__ import annotations
@@ -46,17 +47,6 @@ def budget_steps(tokens: int, batch_size: int, seq_len: int, stage: str) -> int:
         raise ValueError(f"{stage} budget of {tokens} tokens is less than one batch "
                          f"({batch_size} x {seq_len} tokens)")
     return steps
-
-
-def stage_rng(seed: int, *tags: str | float) -> np.random.Generator:
-    """Generator of one named stream under the root ``seed`` (:func:`early_exposure.seeding.stream`).
-
-    ``stage_rng(s, "stage2-replay")`` is independent of ``stage_rng(s, "stage3-ft")`` and
-    reproducible across processes. The stream names used here (``post-split``,
-    ``stage1-pre``, ``stage2-post``, ``stage2-replay``, ``stage3-ft``) are part of the
-    results' identity: renaming one changes every run that draws from it.
-    """
-    return stream(seed, *tags)
 
 
 def epoch_stream(num_blocks: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,7 +87,7 @@ def split_post_blocks(num_post: int, mix_fraction: float, *, seed: int) -> tuple
     """
     if not 0.0 <= mix_fraction <= 1.0:
         raise ValueError(f"mix_fraction must be in [0, 1], got {mix_fraction}")
-    perm = stage_rng(seed, "post-split").permutation(num_post).astype(np.int64)
+    perm = stream(seed, "post-split").permutation(num_post).astype(np.int64)
     n_mix = int(round(mix_fraction * num_post))
     return perm[:n_mix], perm[n_mix:]
 
@@ -197,7 +187,7 @@ def pretrain_source(pre_blocks: np.ndarray, post_blocks: np.ndarray, mixed_post:
     indices[pos] = mixed_post
     pre_slots = sources == PRE
     indices[pre_slots] = epoch_stream(pre_blocks.shape[0], int(pre_slots.sum()),
-                                      stage_rng(seed, "stage1-pre"))
+                                      stream(seed, "stage1-pre"))
     return PlannedSource(sources, indices, {PRE: pre_blocks, POST: post_blocks}, batch_size)
 
 
@@ -227,8 +217,8 @@ def posttrain_source(post_blocks: np.ndarray, post_indices: np.ndarray, pre_bloc
     if n == 0 or epochs < 1:
         raise ValueError("stage 2 needs at least one D_post block and one epoch")
     k = replay_count(n, replay)
-    rng_post = stage_rng(seed, "stage2-post")
-    replay_stream = epoch_stream(pre_blocks.shape[0], k * epochs, stage_rng(seed, "stage2-replay"))
+    rng_post = stream(seed, "stage2-post")
+    replay_stream = epoch_stream(pre_blocks.shape[0], k * epochs, stream(seed, "stage2-replay"))
     pos = spread_positions(k, n + k)
     src_ep, idx_ep = [], []
     for e in range(epochs):
@@ -253,5 +243,5 @@ def finetune_source(ft_blocks: np.ndarray, *, tokens: int, batch_size: int, seed
     reshuffled each epoch (the paper's fixed 200M-token fine-tuning, scaled)."""
     steps = budget_steps(tokens, batch_size, int(ft_blocks.shape[1]), "stage-3")
     n_slots = steps * batch_size
-    indices = epoch_stream(ft_blocks.shape[0], n_slots, stage_rng(seed, "stage3-ft"))
+    indices = epoch_stream(ft_blocks.shape[0], n_slots, stream(seed, "stage3-ft"))
     return PlannedSource(np.full(n_slots, FT, dtype=np.int8), indices, {FT: ft_blocks}, batch_size)
