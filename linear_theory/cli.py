@@ -94,6 +94,18 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if all(c["passed"] for c in body["checks"]) else 1
 
 
+def _latent(args: argparse.Namespace) -> int:
+    """``latent``: DIR/latent.json, the beyond-the-paper verdict rows (docs/theory_latent.md)."""
+    from linear_theory.latent.check import latent_check
+
+    rows = latent_check()
+    path = atomic_write_json(Path(args.out) / "latent.json", {"checks": rows, "provenance": provenance()})
+    for r in rows:
+        print(f"{r['status']:<12} {r['id']:<32} {r['claim'][:80]}")
+    print(f"-> {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- sweeps and studies
 def _sweep(args: argparse.Namespace) -> int:
     """``sweep``: grid sweep into DIR (resumable; ``--shard i/N`` writes a part)."""
@@ -172,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="numerical checks of Theorems C.9-C.17 -> DIR/theorems.json")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("latent", help="the latent-benefit witness beyond the paper -> DIR/latent.json")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_latent)
 
     p = sub.add_parser("sweep", help="vectorised grid sweep over config fields")
     _config_options(p, "YAML/JSON SimConfig (default: built-in default)")

@@ -70,6 +70,26 @@ def collect_errata(results: Path) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+#: the beyond-the-paper rows written by ``python -m linear_theory latent`` (docs/theory_latent.md)
+LATENT_IDS = ("theory.latent.bottleneck_tie", "theory.latent.closed_form", "theory.latent.appendix_c_width")
+
+
+def latent_checks(results: Path) -> list[dict[str, Any]]:
+    """The latent-benefit verdicts (beyond the paper), read from ``theory/latent/latent.json``."""
+    data, why = _read_json(results / "theory" / "latent" / "latent.json")
+    rows = {str(r.get("id")): r for r in (data or {}).get("checks", []) if isinstance(r, dict)}
+    out = []
+    for cid in LATENT_IDS:
+        r = rows.get(cid)
+        if r is None:
+            out.append(no_data(cid, "latent benefit of early exposure in a linear model", "beyond the paper",
+                               "theory", why or f"no row {cid!r} in latent.json"))
+            continue
+        out.append(make_check(cid, str(r["claim"]), str(r["source"]), "theory", str(r["status"]),
+                              str(r["evidence"]), r.get("data") or {}, r.get("pipeline"), r.get("analogue")))
+    return out
+
+
 def theory_checks(results: Path) -> list[dict[str, Any]]:
     """Theorem/lemma verdicts, the joint-feasibility verdict, and one record per erratum."""
     out: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ from early_exposure.frontier import read_frontier
 from early_exposure.provenance import provenance
 from paper_checks.analyses import forgetting_analysis, layerwise_analysis
 from paper_checks.checks_frontier import CheckOptions, frontier_checks, lambda_checks
-from paper_checks.checks_theory import collect_errata, theory_checks
+from paper_checks.checks_theory import collect_errata, latent_checks, theory_checks
 from paper_checks.report import print_table, summarise, write_report
 
 
@@ -54,6 +54,7 @@ def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None)
     theory_cm, why_c = _load(results / "theory" / "compute_matched" / "frontier.csv")
     checks += frontier_checks(theory_front, "theory", "theory", opts, claims="ad", what=why_f or "")
     checks += lambda_checks(theory_cm, "theory", "theory", opts, what=why_c or "")
+    checks += latent_checks(results)
 
     analyses: dict[str, Any] = {}
     presets = lm_preset_dirs(results)

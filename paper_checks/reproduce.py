@@ -94,6 +94,8 @@ def plan(preset: str, out: Path) -> list[Step]:
                                         _config("configs/theory/sweep_compute_matched.yaml", default),
                                         "--out", str(t / "compute_matched")),
              ("theory/compute_matched/frontier.csv",)),
+        Step("theory latent", (*py, "-m", "linear_theory", "latent", "--out", str(t / "latent")),
+             ("theory/latent/latent.json",)),
     ]
     steps += [
         Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",

@@ -155,3 +155,22 @@ def test_sec41_one_verdict_per_post_data_size():
     assert got["theory.b.sec41.p.N=100"]["status"] == "PASS"
     assert got["theory.b.sec41.p.N=400"]["status"] == "FAIL"
     assert got["theory.b.sec41.p.N=400"]["data"]["post_data_size"] == "N=400"
+
+
+def test_latent_rows_are_read_from_the_theory_tree_and_missing_is_no_data(tmp_path):
+    """The beyond-the-paper rows come from theory/latent/latent.json as written; absent -> no data."""
+    from early_exposure.io import atomic_write_json
+    from paper_checks.checks_theory import LATENT_IDS, latent_checks
+
+    missing = latent_checks(tmp_path)
+    assert [r["id"] for r in missing] == list(LATENT_IDS)
+    assert all(r["status"] == "INCONCLUSIVE" and r["evidence"].startswith("no data") for r in missing)
+    rows = [{"id": LATENT_IDS[0], "claim": "c0", "source": "beyond the paper", "side": "theory", "status": "PASS",
+             "evidence": "e0", "data": {"x": 1}, "pipeline": None, "analogue": None},
+            {"id": LATENT_IDS[2], "claim": "c2", "source": "beyond the paper", "side": "theory", "status": "FAIL",
+             "evidence": "e2", "data": {}, "pipeline": None, "analogue": None}]
+    atomic_write_json(tmp_path / "theory" / "latent" / "latent.json", {"checks": rows})
+    got = {r["id"]: r for r in latent_checks(tmp_path)}
+    assert got[LATENT_IDS[0]]["status"] == "PASS" and got[LATENT_IDS[0]]["data"] == {"x": 1}
+    assert got[LATENT_IDS[1]]["status"] == "INCONCLUSIVE"  # the row the file lacks
+    assert got[LATENT_IDS[2]]["status"] == "FAIL" and got[LATENT_IDS[2]]["evidence"] == "e2"
