@@ -7,8 +7,10 @@ Run a preset (CPU, under 15 minutes including data preparation)::
 Options: ``--set post.sweep.lr=[1e-3,3e-3]`` (repeatable overrides of any config field),
 ``--dry-run`` (print runs, tokens per stage and an estimated time; train nothing),
 ``--cache DIR`` (data cache; default ``$EARLY_EXPOSURE_CACHE`` or ``~/.cache/early_exposure``),
-``--no-progress``. Rerunning the same command skips finished runs and resumes
-interrupted ones. Bad input exits with code 2 and one line naming the field, before
+``--no-progress``, ``--executor serial|ray`` (Ray: every run a task, on every core of this
+machine or, with ``--address``, on a cluster), ``--max-retries``. Rerunning the same command
+skips finished runs and resumes interrupted ones; a run that fails is recorded while the
+others go on, and the command then exits 1. Bad input exits with code 2 and one line naming the field, before
 anything is written to ``--out``.
 """
 
@@ -33,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan and estimated time; train nothing")
     run.add_argument("--cache", default=None, help="data cache directory")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                     help="serial: one run at a time in this process; ray: every run a Ray task "
+                          "(local Ray on every core, or a cluster with --address)")
+    run.add_argument("--address", default=None,
+                     help="with --executor ray: join a running Ray cluster ('auto' or HOST:PORT)")
+    run.add_argument("--max-retries", type=int, default=2,
+                     help="with --executor ray: retries of a task whose worker died (default 2)")
     return p
 
 
@@ -51,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", f"{out} exists and is not a directory")
-    run_pipeline(cfg, out, cache_root=Path(args.cache) if args.cache else None, dry_run=args.dry_run,
-                 progress=not args.no_progress)
+    if args.max_retries < 0:
+        raise ConfigError("--max-retries", f"must be >= 0, got {args.max_retries}")
+    m = run_pipeline(cfg, out, cache_root=Path(args.cache) if args.cache else None, dry_run=args.dry_run,
+                     progress=not args.no_progress, executor=args.executor, address=args.address,
+                     max_retries=args.max_retries)
+    if m.get("failed"):
+        print(f"error: {len(m['failed'])} runs failed (listed above and in {out / 'manifest.json'}); "
+              "rerun the same command to retry them", file=sys.stderr)
+        return 1
     return 0
 
 

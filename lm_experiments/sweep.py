@@ -109,46 +109,59 @@ def manifest(ctx: StageContext, plan: Plan, status: dict[str, Any], wall_s: floa
             "status": status, "wall_s": wall_s, "device": str(ctx.device), "provenance": ctx.provenance}
 
 
-def _tally(counter: dict[str, int], res: StageResult) -> None:
-    counter["done"] += 1
-    counter["diverged"] += int(res.diverged)
-
-
-def run_serial(ctx: StageContext, plan: Plan) -> dict[str, Any]:
-    """Run every stage of the plan in order in this process (skipping finished runs);
-    write the frontier and the manifest."""
+def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", address: str | None = None,
+              max_retries: int = 2, cache_root: Path | None = None) -> dict[str, Any]:
+    """Run every unit of the plan with ``executor`` (:mod:`lm_experiments.executors`; finished
+    runs are skipped, failed ones recorded while the rest go on); write the frontier and the
+    manifest. ``frontier.csv`` appears only when every run finished (``frontier.partial.csv``
+    while the sweep runs or when some failed: rerun the same command to retry them)."""
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
+    from lm_experiments.executors import run_ray, run_serial
+
     hf_logging.disable_progress_bar()  # per-load "Loading weights" bars would drown the sweep's bars
     t0 = time.time()
-    total = plan.tokens["pre"] + plan.tokens["post_max"] + plan.tokens["ft"]
-    status: dict[str, Any] = {s: {"done": 0, "diverged": 0} for s in STAGE_FUNCTIONS}
-    status["complete"] = False
-    atomic_write_json(ctx.out / "manifest.json", manifest(ctx, plan, status, 0.0))
-    bar = tqdm(total=total, desc="pipeline (upper bound)", unit="tok", unit_scale=True,
-               disable=not ctx.progress, dynamic_ncols=True)
     n_post = plan.sizes["post_used"]
+    planned = {**{p.pre_id: ctx.cfg.pre.tokens // (ctx.cfg.pre.batch_size * ctx.seq_len) * ctx.cfg.pre.batch_size
+                  * ctx.seq_len for p in plan.pre},
+               **{p.upstream_id: post_sequences(ctx.cfg, n_post, p) * ctx.seq_len for p in plan.post}}
+    status: dict[str, Any] = {s: {"done": 0, "diverged": 0, "failed": 0} for s in STAGE_FUNCTIONS}
+    status["complete"] = False
+    failed: list[dict[str, Any]] = []
+    atomic_write_json(ctx.out / "manifest.json", {**manifest(ctx, plan, status, 0.0), "executor": executor})
+    bar = tqdm(total=plan.tokens["pre"] + plan.tokens["post_max"] + plan.tokens["ft"], desc=f"pipeline ({executor})",
+               unit="tok", unit_scale=True, disable=not ctx.progress, dynamic_ncols=True)
+    last_partial = [0.0]
+
+    def on_done(o: dict[str, Any]) -> None:
+        st = status[o["stage"]]
+        st["done"] += 1
+        st["diverged"] += int(o["diverged"])
+        if o["failed"]:
+            st["failed"] += 1
+            failed.append({k: o[k] for k in ("stage", "id", "error", "skipped")})
+        bar.update(o.get("ft_budget", 0) if o["stage"] == "ft" else planned.get(o["id"], 0))
+        if o["stage"] == "ft" and time.time() - last_partial[0] > 30:
+            write_frontier(frontier_rows(ctx.out, plan), ctx.out / "frontier.partial.csv")
+            last_partial[0] = time.time()
+
     try:
-        for pre in plan.pre:
-            pre_res = STAGE_FUNCTIONS["pre"](ctx, pre)
-            _tally(status["pre"], pre_res)
-            bar.update(int(sum(((pre_res.record.get("train") or {}).get("planned_tokens_by_source") or {}).values())))
-            for post in (p for p in plan.post if p.pre is pre):
-                _tally(status["post"], STAGE_FUNCTIONS["post"](ctx, post))
-                bar.update(post_sequences(ctx.cfg, n_post, post) * ctx.seq_len)
-                for ft in (f for f in plan.ft if f.post is post):
-                    ft_res = STAGE_FUNCTIONS["ft"](ctx, ft)
-                    _tally(status["ft"], ft_res)
-                    bar.update(ft_res.record["ft_budget"])
-                # partial table while the sweep runs; frontier.csv appears only when complete
-                write_frontier(frontier_rows(ctx.out, plan), ctx.out / "frontier.partial.csv")
+        if executor == "ray":
+            run_ray(ctx.cfg, plan, ctx.out, cache_root=cache_root, on_done=on_done, address=address,
+                    max_retries=max_retries)
+        else:
+            run_serial(ctx, plan, on_done)
     finally:
         bar.close()
-    status["complete"] = True
-    write_frontier(frontier_rows(ctx.out, plan), ctx.out / "frontier.csv")
-    (ctx.out / "frontier.partial.csv").unlink(missing_ok=True)
-    m = manifest(ctx, plan, status, time.time() - t0)
+    rows = frontier_rows(ctx.out, plan)
+    status["complete"] = not failed
+    if failed:
+        write_frontier(rows, ctx.out / "frontier.partial.csv")
+    else:
+        write_frontier(rows, ctx.out / "frontier.csv")
+        (ctx.out / "frontier.partial.csv").unlink(missing_ok=True)
+    m = {**manifest(ctx, plan, status, time.time() - t0), "executor": executor, "failed": failed}
     atomic_write_json(ctx.out / "manifest.json", m)
     return m
 
@@ -161,12 +174,16 @@ def _check_model(cfg: PipelineConfig) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None = None, dry_run: bool = False,
-                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 progress: bool = True, log: Callable[[str], None] = print, executor: str = "serial",
+                 address: str | None = None, max_retries: int = 2) -> dict[str, Any]:
     """Validate, plan and run (or, with ``dry_run``, only print the plan and a time estimate).
 
-    Everything that can reject the input (config, data, budgets, device) runs before the
-    first write to ``out_dir``; a ``ConfigError`` leaves ``out_dir`` untouched.
+    Everything that can reject the input (config, data, budgets, device, executor) runs
+    before the first write to ``out_dir``; a ``ConfigError`` leaves ``out_dir`` untouched.
     """
+    from lm_experiments.executors import check_executor
+
+    check_executor(executor, address)
     import torch
 
     from lm_experiments.device import check_precision, resolve_device
@@ -194,10 +211,13 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
         return {"dry_run": True, "plan": plan, "estimate": est, "pipeline": pipeline}
     out_dir = Path(out_dir)
     ctx = StageContext(cfg, prepared, out_dir, device, data_used, progress)
-    m = run_serial(ctx, plan)
+    m = run_sweep(ctx, plan, executor=executor, address=address, max_retries=max_retries, cache_root=cache_root)
     m["data_prep_s"] = data_s
     atomic_write_json(out_dir / "manifest.json", m)
     st = m["status"]
-    log(f"done in {m['wall_s']:.0f} s (+{data_s:.0f} s data): pre {st['pre']}, post {st['post']}, "
-        f"ft {st['ft']}; frontier: {out_dir / 'frontier.csv'}")
+    log(f"done in {m['wall_s']:.0f} s (+{data_s:.0f} s data, executor {executor}): pre {st['pre']}, "
+        f"post {st['post']}, ft {st['ft']}; frontier: "
+        f"{out_dir / ('frontier.csv' if st['complete'] else 'frontier.partial.csv')}")
+    for f in m["failed"]:
+        log(f"  failed: {f['stage']} {f['id']}: {f['error']}")
     return m

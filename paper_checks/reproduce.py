@@ -62,8 +62,23 @@ def _config(*candidates: str) -> str:
     return candidates[-1]
 
 
-def plan(preset: str, out: Path) -> list[Step]:
-    """The ordered steps of ``preset`` writing under ``out`` (absolute)."""
+def resolve_executor(name: str) -> str:
+    """``auto``: Ray when it is installed and this machine has 2+ cores (the LM runs then use
+    every core), else serial."""
+    if name not in ("auto", "serial", "ray"):
+        raise ConfigError("--executor", f"must be one of auto, serial, ray, got {name!r}")
+    if name != "auto":
+        return name
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "serial"
+    return "ray" if (os.cpu_count() or 1) >= 2 else "serial"
+
+
+def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
+    """The ordered steps of ``preset`` writing under ``out`` (absolute); the LM steps run with
+    ``executor`` (``serial`` or ``ray``)."""
     if preset not in PRESETS:
         raise ConfigError("--preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
     py = (sys.executable,)
@@ -99,7 +114,7 @@ def plan(preset: str, out: Path) -> list[Step]:
     ]
     steps += [
         Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
-                          "--out", str(out / "lm" / lm), "--no-progress"),
+                          "--out", str(out / "lm" / lm), "--no-progress", "--executor", executor),
              (f"lm/{lm}/frontier.csv",))
         for lm in LM_PRESETS[preset]
     ]
@@ -183,9 +198,13 @@ def reproduce_main(argv: list[str] | None) -> int:
     ap.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)}")
     ap.add_argument("--out", default="results", help="results directory (resumed if it exists)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--executor", default="auto", choices=("auto", "serial", "ray"),
+                    help="how the LM steps run their runs: auto (Ray on 2+ cores when installed), serial, ray")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
-    steps = plan(args.preset, out)
+    executor = resolve_executor(args.executor)
+    steps = plan(args.preset, out, executor)
+    print(f"LM executor: {executor}")
     if args.dry_run:
         for i, s in enumerate(steps, 1):
             print(f"[{i}/{len(steps)}] {s.name}: {' '.join(s.argv)}")

@@ -1,0 +1,202 @@
+"""Executors of a plan: ``serial`` (this process, plan order) and ``ray`` (every run a task).
+
+Both call the same stage functions (:mod:`lm_experiments.stages`) on the same run records
+and leave the same directory layout, so the frontier table (read back from the run
+directories in plan order) is the same whichever executor ran it. Both record a run that
+raises (or, on Ray, whose worker dies more than ``max_retries`` times) as *failed*, skip its
+descendants, and go on with every other run; a rerun of the same command retries exactly
+the runs that are not finished.
+
+Ray does the scheduling: every pretraining, post-training and fine-tuning run is one task
+with its resource request (``cpus_per_task`` CPUs, one GPU per task on a CUDA device) and
+its upstream task's result as an argument, so a fine-tuning starts as soon as its
+theta_post exists. ``address=None`` starts a local Ray instance with every core of this
+machine; ``address="auto"`` or ``"HOST:PORT"`` joins a running cluster (``ray start --head``
+on one node, ``ray start --address HEAD:6379`` on the others; KubeRay and Slurm per Ray's own
+documentation). Workers import this checkout (its root goes on their ``PYTHONPATH``) and
+read the prepared data from the shared cache, so every node needs the repository and the
+cache at the same paths (a shared filesystem) or a ``--cache`` they can reach.
+
+Testing hooks (fault injection, read by the task in the worker):
+``LM_EXPERIMENTS_FAULT_RAISE=<run id>`` makes that run raise; ``LM_EXPERIMENTS_FAULT_EXIT=<path>``
+makes the first task that finds no file at ``<path>`` create it and kill its own worker
+process (a lost worker).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from early_exposure.io import stable_hash
+from lm_experiments.config import PipelineConfig, config_from_mapping, config_to_dict
+from lm_experiments.plan import FtRun, Plan, PostRun, PreRun
+from lm_experiments.stages import STAGE_FUNCTIONS, StageContext
+
+EXECUTORS = ("serial", "ray")
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _unit_id(stage: str, record: PreRun | PostRun | FtRun) -> str:
+    return {"pre": getattr(record, "pre_id", ""), "post": getattr(record, "upstream_id", ""),
+            "ft": getattr(record, "run_id", "")}[stage]
+
+
+def _fault_hooks(unit: str) -> None:
+    if os.environ.get("LM_EXPERIMENTS_FAULT_RAISE") == unit:
+        raise RuntimeError(f"injected failure in run {unit} (LM_EXPERIMENTS_FAULT_RAISE)")
+    marker = os.environ.get("LM_EXPERIMENTS_FAULT_EXIT")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(17)  # the worker dies without cleanup, as a lost node would
+
+
+def _outcome(stage: str, unit: str, res: Any = None, error: str | None = None, skipped: bool = False) -> dict[str, Any]:
+    out = {"stage": stage, "id": unit, "failed": error is not None or skipped, "error": error, "skipped": skipped,
+           "diverged": bool(res.diverged) if res is not None else False}
+    if res is not None and stage == "ft":
+        out["ft_budget"] = int(res.record["ft_budget"])
+    return out
+
+
+def run_one(ctx: StageContext, stage: str, record: PreRun | PostRun | FtRun,
+            upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one unit, never raising (but for ``KeyboardInterrupt``): its outcome as a dict."""
+    unit = _unit_id(stage, record)
+    if upstream is not None and upstream["failed"]:
+        return _outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
+    try:
+        _fault_hooks(unit)
+        res = STAGE_FUNCTIONS[stage](ctx, record)
+    except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+        return _outcome(stage, unit, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+    return _outcome(stage, unit, res)
+
+
+def _units(plan: Plan) -> list[tuple[str, Any, str | None]]:
+    """(stage, record, upstream unit id) in plan order (upstream before downstream)."""
+    out: list[tuple[str, Any, str | None]] = []
+    for pre in plan.pre:
+        out.append(("pre", pre, None))
+        for post in (p for p in plan.post if p.pre is pre):
+            out.append(("post", post, pre.pre_id))
+            out += [("ft", ft, post.upstream_id) for ft in plan.ft if ft.post is post]
+    return out
+
+
+def run_serial(ctx: StageContext, plan: Plan, on_done: Any) -> list[dict[str, Any]]:
+    """Every unit in plan order in this process; ``on_done(outcome)`` after each."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    for stage, record, up in _units(plan):
+        o = run_one(ctx, stage, record, outcomes.get(up) if up else None)
+        outcomes[o["id"]] = o
+        on_done(o)
+    return list(outcomes.values())
+
+
+# ---- Ray ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _worker_context(config_json: str, out: str, cache_root: str | None) -> StageContext:
+    """One context per (config, output directory) per worker process (data loaded once)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    cfg = config_from_mapping(json.loads(config_json))
+    torch.set_num_threads(max(1, cfg.threads))
+    return StageContext.open(cfg, Path(out), cache_root=Path(cache_root) if cache_root else None)
+
+
+def _ray_unit(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
+              upstream: dict[str, Any] | None) -> dict[str, Any]:
+    ctx = _worker_context(config_json, out, cache_root)
+    return run_one(ctx, stage, record, upstream)
+
+
+def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | None, on_done: Any,
+            address: str | None = None, max_retries: int = 2) -> list[dict[str, Any]]:
+    """Every unit a Ray task, upstream results as arguments (Ray waits for them)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("LM_EXPERIMENTS_FAULT_")})
+        if cache_root is None and os.environ.get("EARLY_EXPOSURE_CACHE"):
+            env["EARLY_EXPOSURE_CACHE"] = os.environ["EARLY_EXPOSURE_CACHE"]
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": env})
+    try:
+        gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and _has_cuda())
+        task = ray.remote(num_cpus=max(1, cfg.threads), num_gpus=1 if gpu else 0, max_retries=max_retries,
+                          retry_exceptions=False)(_ray_unit)
+        config_json = json.dumps(config_to_dict(cfg), sort_keys=True)
+        refs: dict[str, Any] = {}
+        pending: dict[Any, tuple[str, str, str | None]] = {}
+        order: dict[Any, int] = {}
+        for i, (stage, record, up) in enumerate(_units(plan)):
+            ref = task.remote(stage, record, config_json, str(out), str(cache_root) if cache_root else None,
+                              refs[up] if up else None)
+            refs[_unit_id(stage, record)] = ref
+            pending[ref], order[ref] = (stage, _unit_id(stage, record), up), i
+        outcomes: dict[str, dict[str, Any]] = {}
+        while pending:
+            ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            for ref in sorted(ready, key=order.__getitem__):  # upstream before downstream
+                stage, unit, up = pending.pop(ref)
+                try:
+                    o = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - its worker was lost beyond max_retries, or its upstream's
+                    if up is not None and outcomes.get(up, {}).get("failed"):
+                        o = _outcome(stage, unit, skipped=True, error=f"upstream run {up} failed")
+                    else:
+                        o = _outcome(stage, unit, error=_first_line(exc))
+                outcomes[unit] = o
+                on_done(o)
+        return [outcomes[_unit_id(s, r)] for s, r, _ in _units(plan)]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_executor(executor: str, address: str | None) -> None:
+    """Reject an unknown executor, or Ray options without Ray, before any work."""
+    from early_exposure.errors import ConfigError
+
+    if executor not in EXECUTORS:
+        raise ConfigError("--executor", f"must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if address is not None and executor != "ray":
+        raise ConfigError("--address", "only meaningful with --executor ray")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--executor", "ray is not installed; pip install ray, or use --executor serial") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {exc}")
+    return text.splitlines()[0][:300]
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def config_key(cfg: PipelineConfig) -> str:
+    """Stable hash of the resolved config (what a worker's context is built from)."""
+    return stable_hash(config_to_dict(cfg))
+
+
+__all__ = ["EXECUTORS", "run_one", "run_serial", "run_ray", "config_key", "check_executor"]
