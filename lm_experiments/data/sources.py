@@ -2,7 +2,7 @@
 
 Two steps, so that a cached preparation is found without reading any text:
 :func:`corpus_identity` returns a small record with the checksum of the corpus (building
-or streaming it into the cache if needed) and :func:`load_documents` returns the texts.
+or streaming it into the cache if needed) and :func:`iter_documents` streams the texts.
 
 * ``embedded``: built once from package archives (:mod:`lm_experiments.data.embedded`).
 * ``hf``: ``datasets.load_dataset(..., streaming=True)`` on the hub id, or on local data
@@ -86,19 +86,18 @@ def read_jsonl_documents(text: str, text_field: str, where: str) -> list[str]:
     return docs
 
 
-def _local_documents(spec: CorpusSpec, where: str) -> list[str]:
+def _iter_local_documents(spec: CorpusSpec, where: str) -> Iterator[str]:
     files = _local_files(spec, where, LOCAL_SUFFIXES)
     one_per_file = Path(str(spec.path)).is_dir()
-    docs: list[str] = []
-    for f in files:
+    for f in files:  # one file in memory at a time
         text = f.read_text(encoding="utf-8", errors="replace")
         if f.suffix == ".jsonl":
-            docs += read_jsonl_documents(text, spec.text_field, where)
+            yield from read_jsonl_documents(text, spec.text_field, where)
         elif one_per_file:
-            docs += [text.strip()] if text.strip() else []
+            if text.strip():
+                yield text.strip()
         else:
-            docs += read_txt_documents(text)
-    return docs
+            yield from read_txt_documents(text)
 
 
 # --------------------------------------------------------------------------- hf
@@ -179,11 +178,12 @@ def corpus_identity(spec: CorpusSpec, where: str, cache_root: Path, *, progress:
     if not meta_path.is_file():
         from tqdm.auto import tqdm
 
-        docs = list(tqdm(iter_hf_documents(spec, where), desc=f"stream {spec.name}", unit="doc", disable=not progress))
-        if not docs:
+        stream = tqdm(iter_hf_documents(spec, where), desc=f"stream {spec.name}", unit="doc", disable=not progress)
+        sha, n_docs = embedded.write_docs_stream(out / "docs.jsonl.gz", stream)  # memory: one document at a time
+        if not n_docs:
+            (out / "docs.jsonl.gz").unlink(missing_ok=True)
             raise ConfigError(f"{where}.name", f"dataset {spec.name!r} yielded no documents")
-        sha = embedded.write_docs(out / "docs.jsonl.gz", docs)
-        atomic_write_json(meta_path, {"name": spec.name, "documents": len(docs), "docs_sha256": sha,
+        atomic_write_json(meta_path, {"name": spec.name, "documents": n_docs, "docs_sha256": sha,
                                       "spec": {k: getattr(spec, k) for k in spec.__dataclass_fields__}})
     meta = json.loads(meta_path.read_text())
     return {"source": "hf", "name": spec.name, "sha256": meta["docs_sha256"], "cache": out.name,
@@ -191,16 +191,25 @@ def corpus_identity(spec: CorpusSpec, where: str, cache_root: Path, *, progress:
                          "license": "see the dataset card"}], "missing": []}
 
 
-def load_documents(spec: CorpusSpec, where: str, cache_root: Path) -> list[str]:
-    """All raw documents of a corpus (after :func:`corpus_identity` built its cache)."""
+def iter_documents(spec: CorpusSpec, where: str, cache_root: Path) -> Iterator[str]:
+    """Stream the raw documents of a corpus (after :func:`corpus_identity` built its cache);
+    memory is bounded by one document (embedded, hf) or one file (local)."""
     try:
         if spec.source == "embedded":
             meta = embedded.ensure_embedded(spec.name, cache_root)
-            return embedded.read_docs(embedded.embedded_dir(spec.name, cache_root) / "docs.jsonl.gz", meta["docs_sha256"])
-        if spec.source == "local":
-            return _local_documents(spec, where)
-        out = _hf_dir(spec, cache_root, where)
-        meta = json.loads((out / "meta.json").read_text())
-        return embedded.read_docs(out / "docs.jsonl.gz", meta["docs_sha256"])
+            yield from embedded.iter_docs(embedded.embedded_dir(spec.name, cache_root) / "docs.jsonl.gz",
+                                          meta["docs_sha256"])
+        elif spec.source == "local":
+            yield from _iter_local_documents(spec, where)
+        else:
+            out = _hf_dir(spec, cache_root, where)
+            meta = json.loads((out / "meta.json").read_text())
+            yield from embedded.iter_docs(out / "docs.jsonl.gz", meta["docs_sha256"])
     except SourceUnavailable as exc:
         raise ConfigError(f"{where}.name", str(exc)) from None
+
+
+def load_documents(spec: CorpusSpec, where: str, cache_root: Path) -> list[str]:
+    """All raw documents of a corpus in memory (small corpora and tests; the data
+    preparation streams them with :func:`iter_documents`)."""
+    return list(iter_documents(spec, where, cache_root))
