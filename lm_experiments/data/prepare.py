@@ -253,6 +253,7 @@ def _load_cached(pdir: Path, meta_path: Path, *, verify: bool = True) -> tuple[d
                 return None
     splits = {}
     for role in ROLES:
-        arrs = [np.load(pdir / f"{role}_{s}.npy", mmap_mode="r", allow_pickle=False) for s in ("train", "val")]
+        arrs = [np.load(pdir / f"{role}_{s}.npy", mmap_mode="c", allow_pickle=False)  # copy-on-write: writable views
+                for s in ("train", "val")]
         splits[role] = TokenSplit(arrs[0], arrs[1], pdir / f"{role}_train_docs.json", pdir / f"{role}_val_docs.json")
     return splits, meta
