@@ -122,3 +122,31 @@ def test_peak_memory_does_not_grow_with_document_length(tmp_path, monkeypatch):
     assert large < 1.2 * small, (small, large)
     # the in-memory recipe held ~11 bytes per character; this stays far below one
     assert large < chars_large / 2, (large, chars_large)
+
+
+def test_local_files_stream_line_by_line_into_the_whole_file_documents(tmp_path):
+    """The streamed .txt/.jsonl readers give exactly the whole-text readers' documents."""
+    import random
+
+    from lm_experiments.data.sources import _stream_jsonl_documents, _stream_txt_documents, read_jsonl_documents, \
+        read_txt_documents
+
+    r = random.Random(0)
+    pieces = ["a", "bb c", " ", "\t", "", "x y", "\r", "\x0c", "  z  ", "\t \t", "é東"]
+    for k in range(400):
+        text = "".join(r.choice(pieces) + r.choice(["\n", "\r\n", "", " "]) for _ in range(r.randint(0, 30)))
+        p = tmp_path / f"{k}.txt"
+        p.write_bytes(text.encode())
+        with open(p, encoding="utf-8", errors="replace") as fh:
+            assert list(_stream_txt_documents(fh)) == read_txt_documents(p.read_text(encoding="utf-8")), repr(text)
+    rows = "\n".join(json.dumps({"text": f"doc {i}"}) if i % 3 else "  " for i in range(20)) + "\n"
+    p = tmp_path / "x.jsonl"
+    p.write_text(rows)
+    with open(p, encoding="utf-8") as fh:
+        assert list(_stream_jsonl_documents(fh, "text", "data.pre")) == read_jsonl_documents(rows, "text", "data.pre")
+    p.write_text(rows + "{not json\n")
+    from early_exposure.errors import ConfigError
+
+    with open(p, encoding="utf-8") as fh, pytest.raises(ConfigError) as exc:
+        list(_stream_jsonl_documents(fh, "text", "data.pre"))
+    assert "line 21 is not JSON" in exc.value.message

@@ -12,9 +12,9 @@ only fixed-size records per document in memory, never the texts or their tokens:
    up to ``bpe_sample_chars`` characters;
 3. :func:`tokenize_to_shard`: every kept document tokenized in stream order into a flat
    uint16/uint32 token shard on disk (:class:`TokenShard`: offsets and lengths per document);
-4. :func:`pack_to_npy`: the documents of one split in hash order, EOS after each, cut into
-   blocks of ``seq_len`` tokens written straight into an int32 ``.npy`` file (read back
-   memory-mapped).
+4. :func:`pack_to_npy`: the documents of one split in hash order (each read from the shard
+   with one ``pread``), EOS after each, cut into blocks of ``seq_len`` tokens written in
+   chunks into an int32 ``.npy`` file (read back memory-mapped).
 
 Memory therefore grows with the number of documents (about 100 bytes each), not with their
 characters: a corpus ten times larger in characters but with the same document count costs
@@ -24,6 +24,7 @@ the same memory (``benchmarks/lm_data_prep.py`` measures it).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ import numpy as np
 
 from lm_experiments.data.split import _TWO64
 
-_BATCH_CHARS = 4_000_000  # characters per tokenizer batch (bounds the texts held at once)
+_BATCH_CHARS = 1_000_000  # characters per tokenizer batch (bounds the texts and the tokenizer's encodings held at once)
+_WRITE_TOKENS = 1 << 18  # tokens per write of the packed output
 
 
 @dataclass
@@ -141,9 +143,11 @@ class TokenShard:
     offset: np.ndarray  # (n,) int64
     length: np.ndarray  # (n,) int64
 
-    def tokens(self) -> np.ndarray:
-        return np.memmap(self.path, dtype=self.dtype, mode="r") if self.offset.size and self.length.sum() else \
-            np.zeros(0, self.dtype)
+    def read(self, fd: int, p: int, count: int) -> np.ndarray:
+        """The first ``count`` token ids of document ``p`` (one ``pread``: no mapping of the
+        shard, whose pages would otherwise stay resident)."""
+        size = self.dtype.itemsize
+        return np.frombuffer(os.pread(fd, count * size, int(self.offset[p]) * size), dtype=self.dtype)
 
 
 def tokenize_to_shard(docs: Iterable[str], index: DocIndex, encode: Callable[[list[str]], Iterator[list[int]]],
@@ -209,24 +213,38 @@ def pack_to_npy(shard: TokenShard, positions: np.ndarray, *, eos_id: int, seq_le
         np.save(path, np.zeros((0, seq_len), dtype=np.int32), allow_pickle=False)
         n_read = len(positions)
         return positions[:0], positions[:n_read], total, 0
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(num_blocks, seq_len))
-    flat = out.reshape(-1)
-    toks = shard.tokens()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False,
+              "shape": (num_blocks, seq_len)}
     pos = 0
     used = 0
-    for p, n in zip(positions, lengths):
-        if pos >= need:
-            break
-        used += 1
-        take = min(int(n), need - pos)
-        body = min(take, int(n) - 1)
-        o = int(shard.offset[p])
-        flat[pos: pos + body] = toks[o: o + body]
-        if take == n:
-            flat[pos + n - 1] = eos_id
-        pos += take
-    out.flush()
-    del out, flat
+    buf = np.empty(_WRITE_TOKENS, dtype=np.int32)
+    fill = 0
+    fd = os.open(shard.path, os.O_RDONLY)
+    try:
+        with open(path, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, header)
+            for p, n in zip(positions, lengths):
+                if pos >= need:
+                    break
+                used += 1
+                take = min(int(n), need - pos)
+                body = min(take, int(n) - 1)
+                piece = np.empty(take, dtype=np.int32)
+                piece[:body] = shard.read(fd, int(p), body)
+                if take == n:
+                    piece[-1] = eos_id
+                pos += take
+                if fill + take > len(buf):
+                    out.write(buf[:fill].data)
+                    fill = 0
+                if take > len(buf):
+                    out.write(piece.data)
+                else:
+                    buf[fill: fill + take] = piece
+                    fill += take
+            out.write(buf[:fill].data)
+    finally:
+        os.close(fd)
     # the documents a tokenizer stopping once max_blocks blocks are covered would have read
     # (all of them without max_blocks): the statistics of the in-memory recipe
     if max_blocks is None:

@@ -70,10 +70,11 @@ def read_txt_documents(text: str) -> list[str]:
     return [d.strip() for d in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")) if d.strip()]
 
 
-def read_jsonl_documents(text: str, text_field: str, where: str) -> list[str]:
-    """Documents of a .jsonl file: one JSON object per line."""
+def read_jsonl_documents(text: str, text_field: str, where: str, first_line: int = 1) -> list[str]:
+    """Documents of a .jsonl file: one JSON object per line (``first_line``: the number of
+    the text's first line, for messages)."""
     docs = []
-    for i, line in enumerate(text.split("\n")):
+    for i, line in enumerate(text.split("\n"), start=first_line - 1):
         if not line.strip():
             continue
         try:
@@ -86,18 +87,47 @@ def read_jsonl_documents(text: str, text_field: str, where: str) -> list[str]:
     return docs
 
 
+_SEPARATOR = re.compile(r"[ \t]*")
+
+
+def _stream_txt_documents(fh: Iterable[str]) -> Iterator[str]:
+    """:func:`read_txt_documents` line by line: a line of only spaces/tabs ends a document."""
+    lines: list[str] = []
+    for line in fh:
+        line = line[:-1] if line.endswith("\n") else line
+        if _SEPARATOR.fullmatch(line):
+            doc = "\n".join(lines).strip()
+            if doc:
+                yield doc
+            lines = []
+        else:
+            lines.append(line)
+    doc = "\n".join(lines).strip()
+    if doc:
+        yield doc
+
+
+def _stream_jsonl_documents(fh: Iterable[str], text_field: str, where: str) -> Iterator[str]:
+    """:func:`read_jsonl_documents` line by line."""
+    for i, line in enumerate(fh):
+        if line.strip():
+            yield from read_jsonl_documents(line.rstrip("\n"), text_field, where, first_line=i + 1)
+
+
 def _iter_local_documents(spec: CorpusSpec, where: str) -> Iterator[str]:
     files = _local_files(spec, where, LOCAL_SUFFIXES)
     one_per_file = Path(str(spec.path)).is_dir()
-    for f in files:  # one file in memory at a time
-        text = f.read_text(encoding="utf-8", errors="replace")
-        if f.suffix == ".jsonl":
-            yield from read_jsonl_documents(text, spec.text_field, where)
-        elif one_per_file:
+    for f in files:
+        if one_per_file and f.suffix != ".jsonl":  # a directory's .txt file is one document
+            text = f.read_text(encoding="utf-8", errors="replace")
             if text.strip():
                 yield text.strip()
-        else:
-            yield from read_txt_documents(text)
+            continue
+        with open(f, encoding="utf-8", errors="replace") as fh:  # streamed: one line in memory at a time
+            if f.suffix == ".jsonl":
+                yield from _stream_jsonl_documents(fh, spec.text_field, where)
+            else:
+                yield from _stream_txt_documents(fh)
 
 
 # --------------------------------------------------------------------------- hf
