@@ -1,23 +1,42 @@
-"""Training and evaluation throughput of the LM engine (tokens/s, and MFU on a GPU).
+"""Training and evaluation throughput of the LM engine (tokens/s, MFU and peak memory on a GPU).
 
 Run (CPU, tiny preset, the defaults there):
     python benchmarks/lm_throughput.py
 Run (GPU, the paper's 135M model: bf16 autocast, SDPA attention, fused AdamW):
-    python benchmarks/lm_throughput.py --preset smollm2-135m --batch 16 --seq-len 2048 [--compile]
+    python benchmarks/lm_throughput.py --preset smollm2-135m --batch 16 --seq-len 2048 [--compile] \
+        [--cross-entropy plain|chunked|fused|auto]
+Several variants of the same shape in one process (fresh model and optimizer each, the same
+random batches; eager/compiled x plain/chunked/fused cross-entropy):
+    python benchmarks/lm_throughput.py --preset smollm2-135m --batch 16 --seq-len 2048 \
+        --variants eager,compiled,eager+chunked,compiled+chunked,compiled+fused --json out.json
+Memory of the loss alone (head projection + cross-entropy, forward and backward), plain
+versus chunked, at a vocabulary of 49,152 (each in a fresh subprocess):
+    python benchmarks/lm_throughput.py --ce-memory [--ce-tokens 4096 --hidden 576 --vocab 49152]
 
-The timed step is the engine's own (``lm_experiments.train.loss_and_backward`` + grad clip
-+ ``make_optimizer``'s AdamW, fused on CUDA), on random tokens, after ``--warmup`` untimed
-steps. MFU = achieved FLOP/s / device peak, with training FLOPs per token
-``6 * N + 12 * n_layer * d_model * seq_len`` (PaLM, App. B: N = non-embedding parameters
-plus the output head's matmul; the attention term counts the full, not causal, score
-matrix, the usual convention). Peaks are dense bf16 figures (H100 SXM 989 TFLOP/s);
-``--peak-tflops`` overrides. Speed targets live here, never in timed tests.
+The timed step is the engine's own (``lm_experiments.train.loss_and_backward`` with the
+engine's :class:`lm_experiments.losses.CausalLMLoss`, grad clip, ``make_optimizer``'s AdamW,
+fused on CUDA), on random tokens, after ``--warmup`` untimed steps (which include the
+compilation of compiled variants). MFU = achieved FLOP/s / device peak, with training FLOPs
+per token ``6 * N + 12 * n_layer * d_model * seq_len`` (PaLM, App. B: N = non-embedding
+parameters plus the output head's matmul; the attention term counts the full, not causal,
+score matrix, the usual convention; ``lm_experiments.model.train_flops_per_token``). Peaks are
+dense bf16 figures (H100 SXM / H200 989 TFLOP/s; ``lm_experiments.device.device_peak_tflops``);
+``--peak-tflops`` overrides. Peak GPU memory is ``torch.cuda.max_memory_allocated`` over the
+timed steps. ``--ce-memory`` measures, on CPU, the growth of the process's peak resident set
+size (``getrusage`` ``ru_maxrss``, a high-water mark) across one loss + backward, in a fresh
+process per implementation, so it counts every page the loss touched (the logits and their
+gradients, the gradients of the hidden states and of the head weight, which both
+implementations need); on CUDA it reports the growth of ``max_memory_allocated`` instead.
+Speed targets live here, never in timed tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -30,38 +49,158 @@ import torch  # noqa: E402
 from early_exposure.errors import ConfigError, cli_main  # noqa: E402
 from early_exposure.io import atomic_write_json  # noqa: E402
 from early_exposure.provenance import provenance  # noqa: E402
-from lm_experiments.device import resolve_device, uses_bf16  # noqa: E402
+from lm_experiments.device import device_peak_tflops, resolve_device, uses_bf16  # noqa: E402,F401
 from lm_experiments.evaluate import evaluate  # noqa: E402
-from lm_experiments.model import MODEL_PRESETS, build_model, count_parameters  # noqa: E402
+from lm_experiments.losses import CausalLMLoss, linear_cross_entropy, resolve_cross_entropy  # noqa: E402
+from lm_experiments.model import MODEL_PRESETS, build_model, count_parameters, train_flops_per_token  # noqa: E402,F401
 from lm_experiments.train import OptimConfig, loss_and_backward, make_optimizer  # noqa: E402
 
-# Dense bf16 tensor-core peaks (TFLOP/s), matched against torch.cuda.get_device_name().
-_PEAKS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0),
-          ("L40S", 362.0), ("4090", 165.2), ("A10G", 70.0), ("L4", 121.0))
-
-
-def device_peak_tflops(device: torch.device) -> float | None:
-    """Dense bf16 peak of ``device`` in TFLOP/s, or None when unknown (CPUs)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in _PEAKS:
-        if key in name:
-            return peak
-    return None
-
-
-def train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """6N + 12 L d T (see module docstring)."""
-    cfg = model.config
-    counts = count_parameters(model)
-    n = counts["non_embedding"] + cfg.vocab_size * cfg.hidden_size  # + head matmul (tied or not)
-    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+VARIANTS = ("eager", "compiled", "eager+plain", "compiled+plain", "eager+chunked", "compiled+chunked",
+            "eager+fused", "compiled+fused", "eager+auto", "compiled+auto")
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _parse_variant(v: str, default_ce: str) -> tuple[bool, str]:
+    if v not in VARIANTS:
+        raise ConfigError("--variants", f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    head, _, ce = v.partition("+")
+    return head == "compiled", ce or default_ce
+
+
+def measure(*, preset: str, device: torch.device, precision: str, batch: int, seq: int, vocab: int, steps: int,
+            warmup: int, micro_batch: int, compile: bool, cross_entropy: str, ce_chunk_tokens: int,
+            eval_batches: int, peak_tflops: float | None) -> dict[str, Any]:
+    """One configuration: tokens/s, TFLOP/s, MFU, peak memory, eval tokens/s, first losses."""
+    gpu = device.type == "cuda"
+    if compile:
+        torch._dynamo.reset()  # every compiled variant compiles from scratch (and its warm-up shows it)
+    model = build_model(preset, vocab_size=vocab, max_seq_len=seq, seed=0).to(device)
+    counts = count_parameters(model)
+    opt = make_optimizer(model, OptimConfig(lr=1e-4), device)
+    ce = resolve_cross_entropy(cross_entropy, device, model)
+    loss_module = CausalLMLoss(model, cross_entropy=ce, chunk_tokens=ce_chunk_tokens, compile=compile)
+    rng = np.random.default_rng(0)
+    xs = [torch.as_tensor(rng.integers(0, vocab, size=(batch, seq)), dtype=torch.long).to(device) for _ in range(4)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses: list[float] = []
+
+    def step(i: int) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_and_backward(model, xs[i % len(xs)], device, precision, micro_batch, loss_fn=loss_module)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss)  # the engine syncs once per step too (NaN check)
+
+    if gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    for i in range(warmup):
+        losses.append(step(i))
+    _sync(device)
+    warmup_s = time.perf_counter() - t
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        losses.append(step(warmup + i))
+    _sync(device)
+    dt = time.perf_counter() - t
+    tok_s = steps * batch * seq / dt
+    flops_tok = train_flops_per_token(model, seq)
+    peak = peak_tflops or device_peak_tflops(device)
+    out: dict[str, Any] = {
+        "preset": preset, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if gpu else "cpu",
+        "bf16": uses_bf16(device, precision), "compile": compile, "cross_entropy": ce,
+        "ce_chunk_tokens": ce_chunk_tokens if ce == "chunked" else None, "batch": batch, "seq_len": seq,
+        "micro_batch": micro_batch, "vocab": vocab, "params": counts, "threads": torch.get_num_threads(),
+        "timed_steps": steps, "warmup_steps": warmup, "warmup_s": warmup_s, "step_s": dt / steps,
+        "train_tokens_per_s": tok_s, "flops_per_token": flops_tok, "train_tflops": tok_s * flops_tok / 1e12,
+        "peak_tflops": peak, "mfu": (tok_s * flops_tok / 1e12 / peak) if peak else None,
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None,
+        "losses": losses,  # step 0 is the same number for every variant (same weights, same batch)
+    }
+    if eval_batches > 0:
+        blocks = rng.integers(0, vocab, size=(batch * eval_batches, seq))
+        evaluate(model, blocks[:batch], batch_size=batch, device=device, precision=precision)  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        evaluate(model, blocks, batch_size=batch, device=device, precision=precision)
+        _sync(device)
+        out["eval_tokens_per_s"] = blocks.size / (time.perf_counter() - t)
+    del model, opt, loss_module, xs
+    gc.collect()
+    if gpu:
+        torch.cuda.empty_cache()
+    return out
+
+
+def _print(out: dict[str, Any]) -> None:
+    peak = out["peak_tflops"]
+    print(f"{out['preset']} on {out['device_name']} ({'bf16' if out['bf16'] else 'fp32'}"
+          f"{', compiled' if out['compile'] else ''}, {out['cross_entropy']} cross-entropy, {out['threads']} threads): "
+          f"batch {out['batch']} x seq {out['seq_len']}, {out['params']['total'] / 1e6:.2f}M params")
+    print(f"  train: {out['train_tokens_per_s']:,.0f} tokens/s ({out['step_s'] * 1e3:.1f} ms/step), "
+          f"{out['train_tflops']:.2f} TFLOP/s" + (f", MFU {out['mfu']:.1%} of {peak:g}" if peak else ", MFU n/a (no peak)")
+          + f"; warm-up {out['warmup_s']:.1f} s")
+    if "eval_tokens_per_s" in out:
+        print(f"  eval:  {out['eval_tokens_per_s']:,.0f} tokens/s")
+    if out["peak_mem_gb"] is not None:
+        print(f"  peak GPU memory: {out['peak_mem_gb']:.1f} GiB")
+
+
+# ---- memory of the loss alone ---------------------------------------------------------------
+def _ce_memory_child(mode: str, tokens: int, hidden: int, vocab: int, chunk: int, device_name: str) -> dict[str, Any]:
+    """One loss + backward of ``mode`` in this (fresh) process; peak-memory growth."""
+    import resource
+
+    device = resolve_device(device_name)
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(tokens, hidden, generator=g)).to(device).requires_grad_(True)
+    w = (torch.randn(vocab, hidden, generator=g) * 0.02).to(device).requires_grad_(True)
+    t = torch.randint(0, vocab, (tokens,), generator=g).to(device)
+    gc.collect()
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.max_memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    t0 = time.perf_counter()
+    if mode == "plain":  # what Hugging Face's loss does: full logits, fp32, F.cross_entropy
+        loss = torch.nn.functional.cross_entropy((h @ w.t()).float(), t)
+    else:
+        loss = linear_cross_entropy(h, w, t, mode="chunked", chunk_tokens=chunk)
+    loss.backward()
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) if gpu
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"mode": mode, "loss": float(loss.detach()), "seconds": seconds, "peak_increase_mib": (peak - base) / 2**20,
+            "measure": "cuda max_memory_allocated growth" if gpu else "ru_maxrss growth (peak RSS)",
+            "logits_fp32_mib": tokens * vocab * 4 / 2**20}
+
+
+def ce_memory(tokens: int, hidden: int, vocab: int, chunk: int, device_name: str) -> dict[str, Any]:
+    """Plain vs chunked loss + backward, each in a fresh subprocess (honest high-water marks)."""
+    out: dict[str, Any] = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "ce_chunk_tokens": chunk,
+                           "device": device_name}
+    for mode in ("plain", "chunked"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--ce-memory-child", mode, "--ce-tokens", str(tokens),
+               "--hidden", str(hidden), "--vocab", str(vocab), "--ce-chunk-tokens", str(chunk), "--device", device_name]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"--ce-memory child {mode} failed: {proc.stderr[-2000:]}")
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["saving_factor"] = out["plain"]["peak_increase_mib"] / max(out["chunked"]["peak_increase_mib"], 1e-9)
+    out["loss_rel_diff"] = abs(out["plain"]["loss"] - out["chunked"]["loss"]) / abs(out["plain"]["loss"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +215,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
     ap.add_argument("--micro-batch", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--cross-entropy", default="plain", choices=["auto", "plain", "chunked", "fused"],
+                    help="loss implementation (default plain: Hugging Face's)")
+    ap.add_argument("--ce-chunk-tokens", type=int, default=8192, help="tokens per chunk of the chunked loss")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma-separated list of {', '.join(VARIANTS)} (eager/compiled = plain loss)")
     ap.add_argument("--eval-batches", type=int, default=3, help="timed evaluation batches (0: skip)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device peak for MFU")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    ap.add_argument("--ce-memory", action="store_true", help="memory of the loss alone: plain vs chunked")
+    ap.add_argument("--ce-tokens", type=int, default=4096, help="--ce-memory: tokens (default 2 x 2048)")
+    ap.add_argument("--hidden", type=int, default=576, help="--ce-memory: hidden size (default smollm2-135m's)")
+    ap.add_argument("--ce-memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.ce_memory_child:
+        print(json.dumps(_ce_memory_child(args.ce_memory_child, args.ce_tokens, args.hidden, args.vocab or 49152,
+                                          args.ce_chunk_tokens, args.device)))
+        return 0
+    if args.ce_memory:
+        for name, v in (("--ce-tokens", args.ce_tokens), ("--hidden", args.hidden), ("--ce-chunk-tokens",
+                                                                                      args.ce_chunk_tokens)):
+            if v < 1:
+                raise ConfigError(name, f"must be >= 1, got {v}")
+        rec = ce_memory(args.ce_tokens, args.hidden, args.vocab or 49152, args.ce_chunk_tokens,
+                        str(resolve_device(args.device)))
+        print(f"loss + backward, {rec['tokens']} tokens x vocab {rec['vocab']} (hidden {rec['hidden']}, "
+              f"fp32 logits {rec['plain']['logits_fp32_mib']:,.0f} MiB) on {rec['device']}; {rec['plain']['measure']}:")
+        for mode in ("plain", "chunked"):
+            r = rec[mode]
+            print(f"  {mode:8s} peak +{r['peak_increase_mib']:,.0f} MiB, {r['seconds']:.2f} s, loss {r['loss']:.6f}")
+        print(f"  chunked ({rec['ce_chunk_tokens']} tokens per chunk) needs {rec['saving_factor']:.1f}x less; "
+              f"losses differ by {rec['loss_rel_diff']:.1e} (relative)")
+        if args.json:
+            atomic_write_json(args.json, {"ce_memory": rec, "provenance": provenance()})
+        return 0
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
@@ -91,74 +263,28 @@ def main(argv: list[str] | None = None) -> int:
     seq = args.seq_len or (2048 if gpu else 128)
     batch = args.batch or 16
     steps = args.steps or (30 if gpu else 10)
-    for name, v in (("--batch", batch), ("--seq-len", seq), ("--steps", steps)):
+    for name, v in (("--batch", batch), ("--seq-len", seq), ("--steps", steps), ("--ce-chunk-tokens",
+                                                                                  args.ce_chunk_tokens)):
         if v < 1:
             raise ConfigError(name, f"must be >= 1, got {v}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-    model = build_model(preset, vocab_size=vocab, max_seq_len=seq, seed=0).to(device)
-    counts = count_parameters(model)
-    opt = make_optimizer(model, OptimConfig(lr=1e-4), device)
-    step_model = torch.compile(model) if args.compile else model
-    rng = np.random.default_rng(0)
-    xs = [torch.as_tensor(rng.integers(0, vocab, size=(batch, seq)), dtype=torch.long).to(device) for _ in range(4)]
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def step(i: int) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_and_backward(step_model, xs[i % len(xs)], device, args.precision, args.micro_batch)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return float(loss)  # the engine syncs once per step too (NaN check)
-
-    t = time.perf_counter()
-    for i in range(args.warmup):
-        step(i)
-    _sync(device)
-    warmup_s = time.perf_counter() - t
-    if gpu:
-        torch.cuda.reset_peak_memory_stats(device)
-    t = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    _sync(device)
-    dt = time.perf_counter() - t
-    tok_s = steps * batch * seq / dt
-    flops_tok = train_flops_per_token(model, seq)
-    peak = args.peak_tflops or device_peak_tflops(device)
-    out: dict[str, Any] = {
-        "preset": preset, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if gpu else "cpu",
-        "bf16": uses_bf16(device, args.precision), "compile": args.compile, "batch": batch, "seq_len": seq,
-        "vocab": vocab, "params": counts, "threads": torch.get_num_threads(), "timed_steps": steps,
-        "warmup_s": warmup_s, "step_s": dt / steps, "train_tokens_per_s": tok_s,
-        "train_tflops": tok_s * flops_tok / 1e12, "peak_tflops": peak,
-        "mfu": (tok_s * flops_tok / 1e12 / peak) if peak else None,
-        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None,
-    }
-    if args.eval_batches > 0:
-        blocks = rng.integers(0, vocab, size=(batch * args.eval_batches, seq))
-        evaluate(model, blocks[:batch], batch_size=batch, device=device, precision=args.precision)  # warm-up
-        _sync(device)
-        t = time.perf_counter()
-        evaluate(model, blocks, batch_size=batch, device=device, precision=args.precision)
-        _sync(device)
-        out["eval_tokens_per_s"] = blocks.size / (time.perf_counter() - t)
-    print(f"{preset} on {out['device_name']} ({'bf16' if out['bf16'] else 'fp32'}"
-          f"{', compiled' if args.compile else ''}, {out['threads']} threads): batch {batch} x seq {seq}, "
-          f"{counts['total'] / 1e6:.2f}M params")
-    print(f"  train: {tok_s:,.0f} tokens/s ({dt / steps * 1e3:.1f} ms/step), "
-          f"{out['train_tflops']:.2f} TFLOP/s" + (f", MFU {out['mfu']:.1%} of {peak:g}" if peak else ", MFU n/a (no peak)"))
-    if "eval_tokens_per_s" in out:
-        print(f"  eval:  {out['eval_tokens_per_s']:,.0f} tokens/s")
-    if out["peak_mem_gb"] is not None:
-        print(f"  peak GPU memory: {out['peak_mem_gb']:.1f} GiB")
+    variants = ([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
+                else [("compiled" if args.compile else "eager") + "+" + args.cross_entropy])
+    runs = []
+    for k, v in enumerate(variants):
+        compiled, ce = _parse_variant(v, "plain")
+        out = measure(preset=preset, device=device, precision=args.precision, batch=batch, seq=seq, vocab=vocab,
+                      steps=steps, warmup=args.warmup, micro_batch=args.micro_batch, compile=compiled,
+                      cross_entropy=ce, ce_chunk_tokens=args.ce_chunk_tokens,
+                      eval_batches=args.eval_batches if k == 0 else 0, peak_tflops=args.peak_tflops)
+        out["variant"] = v
+        _print(out)
+        runs.append(out)
     if args.json:
-        atomic_write_json(args.json, {**out, "provenance": provenance()})
+        rec = dict(runs[0]) if len(runs) == 1 else {"preset": preset, "device": str(device), "variants": runs}
+        atomic_write_json(args.json, {**rec, "provenance": provenance()})
     return 0
 
 

@@ -12,6 +12,11 @@ machine or, with ``--address``, on a cluster), ``--max-retries``. Rerunning the 
 skips finished runs and resumes interrupted ones; a run that fails is recorded while the
 others go on, and the command then exits 1. Bad input exits with code 2 and one line naming the field, before
 anything is written to ``--out``.
+
+Several GPUs, one run at a time over all of them (DDP at the same global batch; rank 0
+writes every file; :mod:`lm_experiments.distributed`)::
+
+    torchrun --standalone --nproc_per_node 8 -m lm_experiments run --config configs/lm/gpu-135m.yaml --out DIR
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed one usage line
         return int(exc.code or 0)
+    from lm_experiments import distributed
     from lm_experiments.config import load_config
     from lm_experiments.sweep import run_pipeline
 
@@ -62,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--out", f"{out} exists and is not a directory")
     if args.max_retries < 0:
         raise ConfigError("--max-retries", f"must be >= 0, got {args.max_retries}")
-    m = run_pipeline(cfg, out, cache_root=Path(args.cache) if args.cache else None, dry_run=args.dry_run,
-                     progress=not args.no_progress, executor=args.executor, address=args.address,
-                     max_retries=args.max_retries)
+    distributed.init_from_env()  # under torchrun: one process group, every run data-parallel over it
+    try:
+        m = run_pipeline(cfg, out, cache_root=Path(args.cache) if args.cache else None, dry_run=args.dry_run,
+                         progress=not args.no_progress, executor=args.executor, address=args.address,
+                         max_retries=args.max_retries)
+    finally:
+        distributed.shutdown()
     if m.get("failed"):
         print(f"error: {len(m['failed'])} runs failed (listed above and in {out / 'manifest.json'}); "
               "rerun the same command to retry them", file=sys.stderr)

@@ -252,6 +252,40 @@ class EvalSection:
 
 
 @dataclass(frozen=True)
+class TrainSection:
+    """Speed options of the training engine (``lm_experiments.train.train``), one section for all stages.
+
+    Results do not depend on them beyond float tolerance, so they are not part of any run
+    key (``lm_experiments.plan``): a run may be resumed or rerun with other values. The
+    defaults keep the plain path: on CPU the results are bitwise those without this section.
+
+    Attributes:
+        compile: ``torch.compile`` the training forward (the model with ``plain``
+            cross-entropy, the decoder body otherwise); evaluation stays eager.
+        cross_entropy: ``plain`` (Hugging Face's loss over the full logits), ``chunked``
+            (head + cross-entropy over chunks of ``ce_chunk_tokens`` tokens in plain torch,
+            forward and backward; the full fp32 logits never exist), ``fused`` (Liger's or
+            cut-cross-entropy's fused kernel when installed, on CUDA; else ``chunked``),
+            ``auto`` (``plain`` off CUDA, ``fused``/``chunked`` on CUDA). A LoRA-wrapped head
+            always uses ``plain``.
+        ce_chunk_tokens: tokens per chunk of ``chunked`` (8192 x vocab 49152 = 1.5 GiB of fp32
+            logits at a time).
+    """
+
+    compile: bool = False
+    cross_entropy: Literal["auto", "plain", "chunked", "fused"] = "auto"
+    ce_chunk_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise ConfigError("compile", f"expected true/false, got {self.compile!r}")
+        if self.cross_entropy not in ("auto", "plain", "chunked", "fused"):
+            raise ConfigError("cross_entropy", f"must be one of 'auto', 'plain', 'chunked', 'fused', "
+                              f"got {self.cross_entropy!r}")
+        check_int("ce_chunk_tokens", self.ce_chunk_tokens, 1)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """One preset of the three-stage LM pipeline (configs/lm/*.yaml).
 
@@ -273,6 +307,8 @@ class PipelineConfig:
         threads: CPU threads for torch (``torch.set_num_threads``; 0 = torch's default).
             On a small shared CPU, 1 thread can be several times faster than 2 for tiny
             models (no oversubscription). Not part of any run key.
+        train: the engine's speed options (:class:`TrainSection`: compile, cross-entropy
+            implementation); not part of any run key.
     """
 
     data: DataConfig
@@ -289,6 +325,7 @@ class PipelineConfig:
     micro_batch: int = 0
     threads: int = 0
     fallback_set: tuple[str, ...] = ()
+    train: TrainSection = TrainSection()
 
     def __post_init__(self) -> None:
         check_int("micro_batch", self.micro_batch, 0)

@@ -5,12 +5,15 @@ Library code never calls ``.cuda()`` or picks a dtype on its own: callers resolv
 :func:`autocast_context`. The paper trains in bf16 mixed precision (its tables as transcribed, (T)):
 on a GPU ``precision="bf16"`` turns on ``torch.autocast(dtype=torch.bfloat16)`` with
 fp32 master weights; on a CPU it silently falls back to fp32 (CPU bf16 autocast is slow
-and changes numerics) unless ``cpu_bf16=True`` asks for it explicitly.
+and changes numerics) unless ``cpu_bf16=True`` asks for it explicitly. Under ``torchrun``
+each process resolves ``auto``/``cuda`` to its own GPU (``LOCAL_RANK``).
+:func:`device_peak_tflops` holds the dense bf16 peaks that MFU is measured against.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import ContextManager
 
 import torch
@@ -24,15 +27,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     """Map a device name to a :class:`torch.device`.
 
     ``"auto"`` -> ``cuda`` if available, else ``cpu``. Explicit names (``"cpu"``,
-    ``"cuda"``, ``"cuda:1"``, ``"mps"``) are checked for availability.
+    ``"cuda"``, ``"cuda:1"``, ``"mps"``) are checked for availability. In a process started
+    by ``torchrun`` (``WORLD_SIZE`` > 1), ``"auto"`` and ``"cuda"`` mean ``cuda:LOCAL_RANK``
+    (one GPU per process); an explicit ``"cuda:N"`` is kept.
 
     Raises:
         ConfigError: unknown name, or an accelerator that is not present.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError("device", f"expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
+    local = _torchrun_local_rank()
     if name == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local) if local is not None else torch.device("cuda")
+    if name == "cuda" and local is not None and torch.cuda.is_available():
+        name = f"cuda:{local}"  # one GPU per torchrun process
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError) as exc:
@@ -50,6 +60,39 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError("device", f"unsupported device type {dev.type!r}: use 'auto', 'cpu', 'cuda' or 'mps'")
     return dev
+
+
+def _torchrun_local_rank() -> int | None:
+    """``LOCAL_RANK`` when this process is one of several started by ``torchrun``, else None."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ["LOCAL_RANK"])
+    except (KeyError, ValueError):
+        return None
+    return local if world > 1 else None
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), matched in order against
+# torch.cuda.get_device_name(): H100 SXM / H200 / GH200 989, H100 PCIe 756, A100 312, ...
+_PEAKS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
+          ("A100", 312.0), ("L40S", 362.0), ("4090", 165.2), ("A10G", 70.0), ("L4", 121.0))
+
+
+def device_name(device: torch.device) -> str:
+    """``torch.cuda.get_device_name`` on CUDA, else the device type (``cpu``, ``mps``)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 peak of ``device`` in TFLOP/s (the MFU denominator), or None when unknown
+    (CPUs, unlisted GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in _PEAKS:
+        if key in name:
+            return peak
+    return None
 
 
 def check_precision(precision: str) -> str:

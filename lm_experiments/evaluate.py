@@ -2,7 +2,7 @@
 
 * :func:`evaluate` -- mean token cross-entropy (nats) on a fixed set of held-out blocks:
   the paper's L_im, L_ret, L_ft, L_pre are all this function applied to different
-  (model, split) pairs. Per-block losses and, on request, top-1 next-token correctness are
+  (model, split) pairs (sharded over the ranks of a multi-process job). Per-block losses and, on request, top-1 next-token correctness are
   kept for sample-wise analyses (1->0 forgetting / 0->1 transfer, arXiv 2510.17776).
 * :func:`save_checkpoint` -- ``save_pretrained`` (safetensors) + tokenizer + extra JSON,
   atomically, loadable by ``AutoModelForCausalLM.from_pretrained``.
@@ -47,13 +47,19 @@ class EvalResult:
 
 
 def evaluate(model: nn.Module, blocks: np.ndarray, *, batch_size: int, device: torch.device,
-             precision: str = "fp32", return_correct: bool = False) -> EvalResult:
+             precision: str = "fp32", return_correct: bool = False, shard: bool | None = None) -> EvalResult:
     """Mean next-token cross-entropy of ``model`` on ``blocks`` (int64 (num_blocks, seq_len)).
 
     Block ``i`` predicts tokens ``blocks[i, 1:]`` from their prefixes; the loss of each
     target is ``-log softmax(logits)[target]`` computed in fp32 (also under bf16 autocast);
     sums are accumulated in float64. The model is evaluated in ``eval()`` mode (no
     dropout) and returned to its previous mode.
+
+    ``shard`` (default: whether a process group of more than one process is initialised,
+    e.g. under ``torchrun``): every rank evaluates its contiguous slice of the blocks and
+    the per-block results are all-gathered, so every rank returns the full result; it is
+    then a collective call that every rank must make. Per-block values are those of the
+    unsharded call up to the batching of blocks (float tolerance).
     """
     check_precision(precision)
     blocks = np.asarray(blocks)
@@ -63,6 +69,29 @@ def evaluate(model: nn.Module, blocks: np.ndarray, *, batch_size: int, device: t
         raise ConfigError("eval.blocks", f"need integer token ids, got dtype {blocks.dtype}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("eval.batch_size", f"must be a positive integer, got {batch_size!r}")
+    from lm_experiments import distributed
+
+    dctx = distributed.context()
+    if shard is None:
+        shard = dctx.active
+    if shard and dctx.active:
+        lo, hi = distributed.shard_bounds(blocks.shape[0], dctx.rank, dctx.world_size)
+        part = (_block_losses(model, blocks[lo:hi], batch_size, device, precision, return_correct)
+                if hi > lo else (np.empty(0, dtype=np.float64),
+                                 np.empty((0, blocks.shape[1] - 1), dtype=bool) if return_correct else None))
+        parts = distributed.all_gather_object(part)
+        per_example = np.concatenate([p[0] for p in parts])
+        correct = np.concatenate([p[1] for p in parts]) if return_correct else None
+    else:
+        per_example, correct = _block_losses(model, blocks, batch_size, device, precision, return_correct)
+    # equal targets per block: the token mean is the mean of block means
+    return EvalResult(mean_loss=float(per_example.mean()), per_example=per_example.astype(np.float32),
+                      correct=correct)
+
+
+def _block_losses(model: nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device, precision: str,
+                  return_correct: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """float64 (n,) mean loss per block and, on request, bool (n, t-1) top-1 correctness."""
     n, t = blocks.shape
     per_example = np.empty(n, dtype=np.float64)
     correct = np.empty((n, t - 1), dtype=bool) if return_correct else None
@@ -84,9 +113,7 @@ def evaluate(model: nn.Module, blocks: np.ndarray, *, batch_size: int, device: t
                 per_example[i + j:i + j + lg.shape[0]] = nll.double().mean(dim=1).cpu().numpy()
                 if correct is not None:
                     correct[i + j:i + j + lg.shape[0]] = (lg.argmax(dim=-1) == target).cpu().numpy()
-    # equal targets per block: the token mean is the mean of block means
-    return EvalResult(mean_loss=float(per_example.mean()), per_example=per_example.astype(np.float32),
-                      correct=correct)
+    return per_example, correct
 
 
 def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict) -> None:

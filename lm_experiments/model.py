@@ -191,6 +191,19 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": total, "non_embedding": total - embedding, "trainable": trainable}
 
 
+def train_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token, ``6 N + 12 L d T`` (PaLM, App. B; the usual MFU convention).
+
+    ``N`` = non-embedding parameters plus the output head's matmul (``V d``, tied or not);
+    ``12 L d T`` is attention's score and value matmuls over the full (not causal) ``T x T``
+    matrix, forward and backward. For smollm2-135m at T = 2048: 1.232 GFLOP/token. (LoRA runs
+    are counted the same way: the frozen weights' forward and backward matmuls dominate.)
+    """
+    cfg = _llama_core(model).config
+    n = count_parameters(model)["non_embedding"] + cfg.vocab_size * cfg.hidden_size
+    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+
+
 def untie_head(model: LlamaForCausalLM) -> None:
     """Give ``lm_head`` its own copy of the (tied) embedding matrix; same function, two tensors."""
     if model.lm_head.weight is model.model.embed_tokens.weight or model.config.tie_word_embeddings:

@@ -42,8 +42,14 @@ from early_exposure.io import atomic_write_bytes, atomic_write_json
 from early_exposure.provenance import provenance
 from early_exposure.seeding import int_seed
 from lm_experiments.config import OptimSection, PipelineConfig
+from lm_experiments.distributed import collective_stage, main_first, main_process_only
 from lm_experiments.plan import FtRun, PostRun, PreRun, post_subset
 from lm_experiments.schedules import PlannedSource, finetune_source, posttrain_source, pretrain_source, split_post_blocks
+
+# under torchrun only rank 0 writes files (lm_experiments.distributed); unchanged in one process
+atomic_write_json = main_process_only(atomic_write_json)
+atomic_write_bytes = main_process_only(atomic_write_bytes)
+_remove_train_state = main_process_only(lambda d: shutil.rmtree(d / "train_state", ignore_errors=True))
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,8 @@ class StageContext:
         from lm_experiments.device import resolve_device
         from lm_experiments.sweep import prepare
 
-        prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress, log=lambda _: None)
+        with main_first():  # under torchrun rank 0 fills the data cache, the others then read it
+            prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress, log=lambda _: None)
         return cls(cfg, prepared, Path(out), resolve_device(cfg.device), data_used, progress)
 
     # ---- helpers ----------------------------------------------------------------------
@@ -116,6 +123,7 @@ class StageContext:
 
         return AutoModelForCausalLM.from_pretrained(path).to(self.device)
 
+    @main_process_only
     def save_model(self, model: Any, path: Path, extra: dict[str, Any]) -> None:
         from lm_experiments.evaluate import save_checkpoint
 
@@ -128,7 +136,9 @@ class StageContext:
         return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
                             precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
                             checkpoint_every=checkpoint_every, desc=desc, seed=seed,
-                            micro_batch=self.cfg.micro_batch, progress=self.progress)
+                            micro_batch=self.cfg.micro_batch, progress=self.progress,
+                            compile=self.cfg.train.compile, cross_entropy=self.cfg.train.cross_entropy,
+                            ce_chunk_tokens=self.cfg.train.ce_chunk_tokens)
 
 
 def optim_for(section: OptimSection, *, steps: int, **overrides: Any) -> Any:
@@ -174,10 +184,11 @@ def train_summary(res: Any, source: PlannedSource | None, optim: Any) -> dict[st
             "tokens_per_s": res.tokens_per_s, "diverged": res.diverged, "stopped_early": res.stopped_early,
             "best_step": res.best_step, "best_val": res.best_val, "resumed_from": res.resumed_from,
             "planned_steps": len(source) if source is not None else 0, "optim": optim_d,
-            "history": res.history}
+            **res.compute_summary(), "history": res.history}
 
 
 # ---- pretraining ------------------------------------------------------------------------
+@collective_stage
 def run_pre(ctx: StageContext, r: PreRun) -> StageResult:
     """Pretrain on D_pre with ``r.mix_fraction`` of D_post spread through the budget (Sec. 4.1)."""
     d = pre_dir(ctx.out, r)
@@ -212,11 +223,12 @@ def run_pre(ctx: StageContext, r: PreRun) -> StageResult:
                                             "mix_fraction": r.mix_fraction})
         result["model_dir"] = "model"
     atomic_write_json(d / "result.json", result)
-    shutil.rmtree(d / "train_state", ignore_errors=True)
+    _remove_train_state(d)
     return StageResult("pre", d, bool(res.diverged), losses, result)
 
 
 # ---- post-training ----------------------------------------------------------------------
+@collective_stage
 def run_post(ctx: StageContext, r: PostRun) -> StageResult:
     """Post-train theta_pre on D_post with ``r.setting`` and early stopping (Secs. 4.1-4.4),
     or one epoch over the D_post blocks pretraining did not see (compute-matched, Sec. 4.2)."""
@@ -292,7 +304,7 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
                                             "compute_matched": r.compute_matched})
         result["model_dir"], result["eval_npz"] = "model", "eval_post.npz"
     atomic_write_json(d / "result.json", result)
-    shutil.rmtree(d / "train_state", ignore_errors=True)
+    _remove_train_state(d)
     return StageResult("post", d, diverged, losses, result)
 
 
@@ -302,6 +314,7 @@ def _strip(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if summary is None else {k: v for k, v in summary.items() if k != "history"}
 
 
+@collective_stage
 def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
     """Fine-tune theta_post on D_ft at ``r.ft_lr`` for the fixed budget; measure the four losses."""
     d = ft_dir(ctx.out, r)
@@ -378,7 +391,7 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
                         "theta_pre": str(Path("..", "..", "upstream", f"pre-{r.post.pre.pre_id}", "model")),
                         "theta_post": str(Path("..", "..", "upstream", f"post-{r.post.upstream_id}", "model"))}}
     atomic_write_json(d / "result.json", result)
-    shutil.rmtree(d / "train_state", ignore_errors=True)
+    _remove_train_state(d)
     return StageResult("ft", d, bool(diverged), all_losses, result)
 
 

@@ -181,9 +181,16 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
     Everything that can reject the input (config, data, budgets, device, executor) runs
     before the first write to ``out_dir``; a ``ConfigError`` leaves ``out_dir`` untouched.
     """
+    from lm_experiments import distributed
     from lm_experiments.executors import check_executor
 
     check_executor(executor, address)
+    dctx = distributed.context()
+    if dctx.active and executor != "serial":
+        raise ConfigError("--executor", f"under torchrun ({dctx.world_size} processes) every run is data-parallel "
+                          "over all of them: use --executor serial")
+    if not dctx.is_main:
+        log = lambda _: None  # noqa: E731 - rank 0 prints
     import torch
 
     from lm_experiments.device import check_precision, resolve_device
@@ -194,7 +201,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
     check_precision(cfg.precision)
     _check_model(cfg)
     t0 = time.time()
-    prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress, log=log)
+    with distributed.main_first():  # under torchrun rank 0 fills the data cache first
+        prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress and dctx.is_main, log=log)
     data_s = time.time() - t0
     _check_model(cfg)  # a fallback_set may have changed it
     check_precision(cfg.precision)
@@ -210,7 +218,15 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
             f"post-training counted at its max_epochs)")
         return {"dry_run": True, "plan": plan, "estimate": est, "pipeline": pipeline}
     out_dir = Path(out_dir)
-    ctx = StageContext(cfg, prepared, out_dir, device, data_used, progress)
+    ctx = StageContext(cfg, prepared, out_dir, device, data_used, progress and dctx.is_main)
+    if not dctx.is_main:  # the other ranks train every run with rank 0 and write nothing
+        from transformers.utils import logging as hf_logging
+
+        from lm_experiments.executors import run_serial
+
+        hf_logging.disable_progress_bar()
+        run_serial(ctx, plan, lambda _: None)
+        return {"rank": dctx.rank, "failed": [], "status": {}}
     m = run_sweep(ctx, plan, executor=executor, address=address, max_retries=max_retries, cache_root=cache_root)
     m["data_prep_s"] = data_s
     atomic_write_json(out_dir / "manifest.json", m)

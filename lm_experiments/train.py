@@ -19,10 +19,19 @@ a different run). When :func:`train` returns normally (finished, stopped early o
 diverged) the files it wrote are deleted and ``ckpt_dir`` is removed if empty: the
 caller saves the final model (e.g. ``evaluate.save_checkpoint``). ``stop_after_steps``
 simulates an interruption: it writes a checkpoint and returns with the checkpoint kept.
+
+Fast path (``compile``, ``cross_entropy``, ``ce_chunk_tokens``; config section ``train``):
+the loss is :class:`lm_experiments.losses.CausalLMLoss` (Hugging Face's plain loss, a
+chunked linear cross-entropy in plain torch, or a fused kernel on CUDA), optionally
+``torch.compile``-d; AdamW is fused on CUDA. The defaults (no compile, ``auto`` = plain off
+CUDA) are bitwise the plain path on CPU. Several processes (``torchrun``): DDP at the same
+global batch, see :mod:`lm_experiments.distributed`. FLOPs and MFU of each run are in the
+:class:`TrainResult` (``flops``, ``mfu``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -38,7 +47,10 @@ from tqdm.auto import tqdm
 
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_via
-from lm_experiments.device import autocast_context, check_precision
+from early_exposure.seeding import int_seed
+from lm_experiments import distributed
+from lm_experiments.device import autocast_context, check_precision, device_name, device_peak_tflops
+from lm_experiments.losses import CausalLMLoss, resolve_cross_entropy
 
 STATE_FILE = "state.pt"
 _FORMAT = 1
@@ -104,6 +116,24 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     eval_s: float = 0.0
     resumed_from: int | None = None
+    #: training FLOPs per token (``model.train_flops_per_token``: 6N + 12 L d T) and in all
+    #: (``flops_per_token * tokens``, evaluation excluded)
+    flops_per_token: float | None = None
+    flops: float | None = None
+    #: achieved training FLOP/s over (peak dense bf16 FLOP/s x world size); None off CUDA or
+    #: for an unknown GPU
+    mfu: float | None = None
+    peak_tflops: float | None = None
+    device_name: str | None = None
+    world_size: int = 1
+    compiled: bool = False
+    cross_entropy: str = "plain"  # the resolved mode: plain | chunked | fused:liger | fused:cce
+
+    def compute_summary(self) -> dict[str, Any]:
+        """FLOPs, MFU and the fast-path settings that ran (for a stage's result)."""
+        return {"flops": self.flops, "flops_per_token": self.flops_per_token, "mfu": self.mfu,
+                "peak_tflops": self.peak_tflops, "device_name": self.device_name, "world_size": self.world_size,
+                "compiled": self.compiled, "cross_entropy": self.cross_entropy}
 
 
 def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
@@ -175,19 +205,36 @@ def _fingerprint(model: nn.Module, source: BatchSource, optim: OptimConfig, seed
             "trainable": shapes, "first_batch_shape": list(np.asarray(source.batch(0)).shape)}
 
 
-def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int) -> torch.Tensor:
+def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int,
+                      *, loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, global_rows: int | None = None,
+                      world: int = 1) -> torch.Tensor:
     """Mean next-token cross-entropy of batch ``x`` (b, t); backward is run here per
-    micro-batch (gradient accumulation), the detached mean loss is returned."""
+    micro-batch (gradient accumulation), the detached mean loss is returned.
+
+    ``loss_fn(xi)`` gives the mean loss of rows ``xi`` (default: Hugging Face's,
+    ``model(input_ids=xi, labels=xi).loss``; the engine passes a
+    :class:`~lm_experiments.losses.CausalLMLoss`, possibly DDP-wrapped). Data parallel:
+    ``x`` is this rank's slice of a global batch of ``global_rows`` rows over ``world``
+    ranks; micro-batch losses are weighted by ``rows * world / global_rows`` so that DDP's
+    gradient average is the gradient of the global mean (the returned value is this rank's
+    share times ``world``: its all-reduced sum / world is the global mean). Accumulation
+    steps of a DDP module skip the gradient all-reduce (``no_sync``)."""
     b = x.shape[0]
+    rows_total = b if global_rows is None else global_rows
     mb = b if micro_batch <= 0 else min(micro_batch, b)
+    fn = loss_fn if loss_fn is not None else (lambda xi: model(input_ids=xi, labels=xi).loss)
+    no_sync = getattr(loss_fn, "no_sync", None)
+    starts = range(0, b, mb)
     total = torch.zeros((), device=device, dtype=torch.float32)
-    for i in range(0, b, mb):
+    for k, i in enumerate(starts):
         xi = x[i:i + mb]  # (mb, t)
-        with autocast_context(device, precision):
-            out = model(input_ids=xi, labels=xi)  # HF shifts labels: mean over mb * (t - 1) targets
-        # every row has t - 1 targets, so weighting by rows gives the full-batch mean exactly
-        loss = out.loss.float() * (xi.shape[0] / b)
-        loss.backward()
+        sync = contextlib.nullcontext() if no_sync is None or k == len(starts) - 1 else no_sync()
+        with sync:
+            with autocast_context(device, precision):
+                mean = fn(xi)  # HF shifts labels: mean over mb * (t - 1) targets
+            # every row has t - 1 targets, so weighting by rows gives the full-batch mean exactly
+            loss = mean.float() * (xi.shape[0] * world / rows_total)
+            loss.backward()
         total += loss.detach()
     return total
 
@@ -210,6 +257,9 @@ def train(
     micro_batch: int = 0,
     restore_best: bool = True,
     progress: bool = True,
+    compile: bool = False,
+    cross_entropy: str = "auto",
+    ce_chunk_tokens: int = 8192,
 ) -> TrainResult:
     """Train ``model`` in place on ``len(source)`` batches (paper App. B optimisation).
 
@@ -235,12 +285,24 @@ def train(
         micro_batch: rows per forward/backward (gradient accumulation); 0 = whole batch.
         restore_best: with ``eval_fn``, load the best-scoring weights at the end (default);
             False keeps the last weights (evaluations are then only recorded).
+        compile: ``torch.compile`` the training forward (:class:`~lm_experiments.losses.CausalLMLoss`);
+            evaluation runs the eager model.
+        cross_entropy: ``auto`` | ``plain`` | ``chunked`` | ``fused``
+            (:func:`~lm_experiments.losses.resolve_cross_entropy`; ``auto`` is ``plain`` off CUDA).
+        ce_chunk_tokens: tokens per chunk of the chunked cross-entropy.
+
+    In a multi-process job (an initialised process group, e.g. under ``torchrun``) the run
+    is data-parallel at the same global batch (:mod:`lm_experiments.distributed`); rank 0
+    writes the checkpoints. Neither the fast-path options nor the world size enter the
+    checkpoint fingerprint: a run may resume with other ones (same math, float tolerance).
 
     Returns:
         :class:`TrainResult`. A non-finite training loss, gradient norm or validation loss
         ends the run (before the weights are updated) with
         ``diverged=True`` (best weights restored when an evaluation had succeeded).
     """
+    from lm_experiments.model import train_flops_per_token
+
     check_precision(precision)
     total_steps = len(source)
     if total_steps < 1:
@@ -254,12 +316,31 @@ def train(
         raise ConfigError("train.eval_every", "eval_every > 0 needs an eval_fn")
     if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
         raise ConfigError("train.stop_after_steps", f"must be a positive integer or None, got {stop_after_steps!r}")
+    if not isinstance(compile, bool):
+        raise ConfigError("train.compile", f"must be true or false, got {compile!r}")
+    if not isinstance(ce_chunk_tokens, int) or isinstance(ce_chunk_tokens, bool) or ce_chunk_tokens < 1:
+        raise ConfigError("train.ce_chunk_tokens", f"must be an integer >= 1, got {ce_chunk_tokens!r}")
+    ce_mode = resolve_cross_entropy(cross_entropy, device, model)
 
+    dctx = distributed.context()
+    world, rank = dctx.world_size, dctx.rank
+    main = dctx.is_main
     ckpt_dir = Path(ckpt_dir)
     state_path = ckpt_dir / STATE_FILE
     fingerprint = _fingerprint(model, source, optim, seed)
+    global_rows = int(fingerprint["first_batch_shape"][0])
+    if global_rows < world:
+        raise ConfigError("batch_size", f"a global batch of {global_rows} rows cannot be split over {world} "
+                          "processes; use a batch of at least one row per process")
+    lo, hi = distributed.shard_bounds(global_rows, rank, world)
     opt = make_optimizer(model, optim, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    seq_len = int(fingerprint["first_batch_shape"][1])
+    try:
+        flops_tok: float | None = train_flops_per_token(model, seq_len)
+    except ConfigError:  # not a Llama model: no FLOP count
+        flops_tok = None
+    peak = device_peak_tflops(device)
 
     # --- state that a checkpoint carries --------------------------------------------------
     step = 0  # completed optimizer steps
@@ -276,7 +357,8 @@ def train(
 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(int(seed))
+        # rank 0 (and a single process) seeds with ``seed``: one process is the plain run bitwise
+        torch.manual_seed(int(seed) if rank == 0 else int_seed(int(seed), "ddp-rank", rank))
         if state_path.exists():
             ck = torch.load(state_path, map_location="cpu", weights_only=False)
             if ck["fingerprint"] != fingerprint:
@@ -289,32 +371,50 @@ def train(
             best_val, best_step, bad_evals = ck["best_val"], ck["best_step"], ck["bad_evals"]
             best_weights = ck["best_weights"]
             wall_before, eval_s = ck["wall_s"], ck["eval_s"]
-            _set_rng_state(ck["rng"], device)
+            rank_states = ck.get("rng_ranks")
+            if rank_states is not None and len(rank_states) == world:
+                _set_rng_state(rank_states[rank], device)
+            elif rank == 0:
+                _set_rng_state(ck["rng"], device)
+            else:  # written at another world size: a fresh stream for this rank at this step
+                torch.manual_seed(int_seed(int(seed), "ddp-rank", rank, step))
             resumed_from = step
 
+        loss_module = CausalLMLoss(model, cross_entropy=ce_mode, chunk_tokens=ce_chunk_tokens, compile=compile)
+        step_module = distributed.wrap_ddp(loss_module, device) if world > 1 else loss_module
+
         def save_state() -> None:
-            _atomic_torch_save({
-                "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "step": step, "tokens": tokens, "history": history, "best_val": best_val,
-                "best_step": best_step, "bad_evals": bad_evals, "best_weights": best_weights,
-                "wall_s": wall_before + (time.perf_counter() - t0), "eval_s": eval_s, "rng": _rng_state(device),
-            }, state_path)
+            rng_ranks = distributed.all_gather_object(_rng_state(device)) if world > 1 else None
+            if main:
+                _atomic_torch_save({
+                    "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "step": step, "tokens": tokens, "history": history, "best_val": best_val,
+                    "best_step": best_step, "bad_evals": bad_evals, "best_weights": best_weights,
+                    "wall_s": wall_before + (time.perf_counter() - t0), "eval_s": eval_s, "rng": _rng_state(device),
+                    **({"rng_ranks": rng_ranks, "world_size": world} if world > 1 else {}),
+                }, state_path)
+            distributed.barrier()
 
         model.train()
         t0 = time.perf_counter()
         first = np.asarray(source.batch(0))
         bar = tqdm(total=total_steps * first.size, initial=step * first.size, desc=desc, unit="tok",
                    unit_scale=True, dynamic_ncols=True, mininterval=1.0, leave=False,
-                   disable=not progress)
+                   disable=not (progress and main))
         interrupted = False
         try:
             while step < total_steps:
                 lr = lr_at(step, optim, total_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                x = torch.as_tensor(np.asarray(source.batch(step), dtype=np.int64)).to(device, non_blocking=True)
+                batch = np.asarray(source.batch(step), dtype=np.int64)  # the global batch (B, T)
+                x = torch.as_tensor(batch[lo:hi] if world > 1 else batch).to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
-                loss = float(loss_and_backward(model, x, device, precision, micro_batch))
+                loss_t = loss_and_backward(model, x, device, precision, micro_batch, loss_fn=step_module,
+                                           global_rows=global_rows, world=world)
+                if world > 1:  # every rank sees the global mean: the same decisions everywhere
+                    loss_t = distributed.all_reduce_sum(loss_t) / world
+                loss = float(loss_t)
                 if not math.isfinite(loss):
                     history.append({"step": step + 1, "train_loss": loss, "lr": lr})
                     diverged = True
@@ -329,14 +429,16 @@ def train(
                         break
                 opt.step()
                 step += 1
-                tokens += x.numel()
+                tokens += batch.size
                 history.append(rec)
-                bar.update(x.numel())
+                bar.update(batch.size)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
 
                 if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
                     te = time.perf_counter()
                     val = float(eval_fn(model))
+                    if world > 1:  # rank 0's value decides early stopping on every rank
+                        val = float(distributed.broadcast_object(val))
                     model.train()
                     eval_s += time.perf_counter() - te
                     rec["val_loss"] = val
@@ -365,11 +467,18 @@ def train(
     if not interrupted:
         if best_weights is not None and (best_step != step or diverged) and (restore_best or diverged):
             _restore_snapshot(model, best_weights)
-        if state_path.exists():
-            state_path.unlink()
-        if ckpt_dir.exists() and not any(ckpt_dir.iterdir()):
-            ckpt_dir.rmdir()
+        if main:
+            if state_path.exists():
+                state_path.unlink()
+            if ckpt_dir.exists() and not any(ckpt_dir.iterdir()):
+                ckpt_dir.rmdir()
+        distributed.barrier()  # no rank may find the deleted checkpoint of this run later
     train_s = max(wall - eval_s, 1e-9)
-    return TrainResult(steps=step, tokens=tokens, wall_s=wall, tokens_per_s=tokens / train_s, diverged=diverged,
+    tok_s = tokens / train_s
+    return TrainResult(steps=step, tokens=tokens, wall_s=wall, tokens_per_s=tok_s, diverged=diverged,
                        stopped_early=stopped_early, best_step=best_step, best_val=best_val, history=history,
-                       eval_s=eval_s, resumed_from=resumed_from)
+                       eval_s=eval_s, resumed_from=resumed_from, flops_per_token=flops_tok,
+                       flops=flops_tok * tokens if flops_tok else None,
+                       mfu=(tok_s * flops_tok / (peak * 1e12 * world)) if peak and flops_tok else None,
+                       peak_tflops=peak, device_name=device_name(device), world_size=world, compiled=compile,
+                       cross_entropy=ce_mode)
