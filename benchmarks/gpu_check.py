@@ -134,7 +134,6 @@ def child_ce() -> dict[str, Any]:
 
 def child_engine() -> dict[str, Any]:
     import numpy as np
-    import torch
 
     from lm_experiments.model import build_model
     from lm_experiments.train import OptimConfig, train

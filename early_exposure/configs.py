@@ -111,8 +111,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    """Check ``value`` against type hint ``tp`` (with the few safe coercions)."""
+def coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against type hint ``tp`` (with the few safe coercions); ``path`` names it in errors."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -125,7 +125,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(a, value, path)
+                return coerce(a, value, path)
             except ConfigError as exc:
                 errors.append(exc.message)
         raise ConfigError(path, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
@@ -145,13 +145,13 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, f"expected a list, got {type(value).__name__}")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if origin is tuple:
             if len(value) != len(args):
                 raise ConfigError(path, f"expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         inner = args[0] if args else Any
-        return tuple(_coerce(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(coerce(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
@@ -204,7 +204,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
             # a partial section takes its other values from the enclosing section's default
             # (e.g. pretraining's own optimizer defaults), not from the section class's
             value = {**to_dict(default), **value}
-        kwargs[name] = _coerce(hints[name], value, f"{path + '.' if path else ''}{name}")
+        kwargs[name] = coerce(hints[name], value, f"{path + '.' if path else ''}{name}")
     missing = [f.name for f in fields.values()
                if f.name not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]

@@ -32,7 +32,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from early_exposure.io import stable_hash
 from lm_experiments.config import PipelineConfig, config_from_mapping, config_to_dict
 from lm_experiments.plan import FtRun, Plan, PostRun, PreRun
 from lm_experiments.stages import STAGE_FUNCTIONS, StageContext
@@ -194,9 +193,4 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def config_key(cfg: PipelineConfig) -> str:
-    """Stable hash of the resolved config (what a worker's context is built from)."""
-    return stable_hash(config_to_dict(cfg))
-
-
-__all__ = ["EXECUTORS", "run_one", "run_serial", "run_ray", "config_key", "check_executor"]
+__all__ = ["EXECUTORS", "run_one", "run_serial", "run_ray", "check_executor"]

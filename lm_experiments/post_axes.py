@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from early_exposure.configs import _coerce as coerce_value
+from early_exposure.configs import coerce as coerce_value
 from early_exposure.configs import check_range, join_path
 from early_exposure.errors import ConfigError
 

@@ -1,9 +1,14 @@
-"""Tiny synthetic corpora shared by the LM pipeline tests (not a test module)."""
+"""Tiny synthetic data shared by the LM tests (not a test module): corpora for the pipeline
+tests, step-indexed token batches and the tiny model for the engine tests."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+
+import numpy as np
+
+V, T = 64, 16  # vocabulary and sequence length of the engine tests
 
 
 def write_corpora(root: Path) -> dict[str, str]:
@@ -25,3 +30,28 @@ def write_corpora(root: Path) -> dict[str, str]:
         p.write_text(text)
         paths[role] = str(p)
     return paths
+
+
+class ArraySource:
+    """Step-indexed batches (steps, batch, T): a learnable pattern (token i+1 follows token i)
+    plus 10% noise, so losses fall."""
+
+    def __init__(self, steps: int, batch: int = 4, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        start = rng.integers(0, V, size=(steps, batch, 1))
+        seq = (start + np.arange(T)) % V
+        noise = rng.random((steps, batch, T)) < 0.1
+        self.data = np.where(noise, rng.integers(0, V, size=(steps, batch, T)), seq).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, step: int) -> np.ndarray:
+        return self.data[step]
+
+
+def tiny_model(seed: int = 0, dropout: float = 0.0):
+    """The tiny-1m preset at vocabulary V and sequence T."""
+    from lm_experiments.model import build_model
+
+    return build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=seed, dropout=dropout)

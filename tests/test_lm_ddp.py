@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,36 +24,12 @@ import pytest
 import torch
 import yaml
 
-from lm_tiny import write_corpora
+from lm_tiny import T, ArraySource, tiny_model, write_corpora
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py; restored after the module
 
-V, T = 64, 16
 WORLD = 2
 REPO = Path(__file__).resolve().parent.parent
-
-
-class ArraySource:
-    """Step-indexed batches: a learnable pattern plus noise (5 rows: an uneven split over 2 ranks)."""
-
-    def __init__(self, steps: int, batch: int = 5, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        start = rng.integers(0, V, size=(steps, batch, 1))
-        seq = (start + np.arange(T)) % V
-        noise = rng.random((steps, batch, T)) < 0.1
-        self.data = np.where(noise, rng.integers(0, V, size=(steps, batch, T)), seq).astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def batch(self, step: int) -> np.ndarray:
-        return self.data[step]
-
-
-def _model(seed: int = 0, dropout: float = 0.0):
-    from lm_experiments.model import build_model
-
-    return build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=seed, dropout=dropout)
 
 
 def _val() -> np.ndarray:
@@ -85,17 +60,17 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     assert ctx.world_size == world and ctx.rank == rank
     out_p = Path(out)
     runs = _runs(out_p)
-    src = ArraySource(6)
+    src = ArraySource(6, batch=5)  # 5 rows: an uneven split over 2 ranks
     rec: dict = {}
     for name, kw in runs.items():
         p = 0.1 if name == "dropout" else 0.0
-        model = _model(dropout=p)
+        model = tiny_model(dropout=p)
         full = train(model, src, ckpt_dir=out_p / f"ck-{name}-full", **kw)
-        part_model = _model(dropout=p)
+        part_model = tiny_model(dropout=p)
         part = train(part_model, src, ckpt_dir=out_p / f"ck-{name}", stop_after_steps=3, checkpoint_every=2, **kw)
         state = out_p / f"ck-{name}" / "state.pt"
         ck = torch.load(state, map_location="cpu", weights_only=False) if state.exists() else None
-        resumed_model = _model(seed=123, dropout=p)  # a fresh process: the weights come from the checkpoint
+        resumed_model = tiny_model(seed=123, dropout=p)  # a fresh process: the weights come from the checkpoint
         resumed = train(resumed_model, src, ckpt_dir=out_p / f"ck-{name}", **kw)
         rec[name] = {"history": full.history, "resumed_history": resumed.history, "part_steps": part.steps,
                      "resumed_from": resumed.resumed_from, "world_size": full.world_size,
@@ -136,8 +111,8 @@ def _single(name: str, tmp: Path):
 
     kw = dict(_runs(tmp)[name])
     kw["micro_batch"] = 0  # the whole global batch in one forward: the plainest reference
-    model = _model(dropout=0.1 if name == "dropout" else 0.0)
-    res = train(model, ArraySource(6), ckpt_dir=tmp / f"single-{name}", **kw)
+    model = tiny_model(dropout=0.1 if name == "dropout" else 0.0)
+    res = train(model, ArraySource(6, batch=5), ckpt_dir=tmp / f"single-{name}", **kw)
     return res, model
 
 
@@ -159,7 +134,7 @@ def test_ddp_matches_single_process_at_the_same_global_batch(ddp, tmp_path):
         np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=key)
     np.testing.assert_allclose([h["grad_norm"] for h in r0["history"]], [h["grad_norm"] for h in res.history],
                                rtol=1e-4)
-    _assert_same_training(r0["state"], model.state_dict(), _model().state_dict())
+    _assert_same_training(r0["state"], model.state_dict(), tiny_model().state_dict())
     # every rank holds the same weights and took the same decisions
     assert r0["history"] == r1["history"]
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
@@ -181,7 +156,7 @@ def test_ddp_resume_reproduces_the_uninterrupted_run(ddp):
 def test_sharded_evaluate_equals_unsharded(ddp):
     from lm_experiments.evaluate import evaluate
 
-    model = _model()
+    model = tiny_model()
     model.load_state_dict(ddp[0]["dropout"]["state"])
     ref = evaluate(model, _val(), batch_size=4, device=torch.device("cpu"), return_correct=True)
     for rank in range(WORLD):
@@ -213,13 +188,10 @@ def test_pipeline_under_torchrun_matches_one_process(tmp_path):
     from early_exposure.frontier import read_frontier
     from lm_experiments.cli import run
 
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
     cfg = _pipeline_config(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", str(WORLD), "-m", "lm_experiments", "run",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD), "-m", "lm_experiments", "run",
            "--config", str(cfg), "--out", str(tmp_path / "ddp"), "--cache", str(tmp_path / "cache-ddp"), "--no-progress"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

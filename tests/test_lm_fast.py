@@ -20,34 +20,13 @@ from early_exposure.errors import ConfigError
 from lm_experiments.losses import (
     CausalLMLoss, ChunkedLinearCrossEntropy, causal_lm_loss, linear_cross_entropy, resolve_cross_entropy,
 )
-from lm_experiments.model import apply_lora, build_model
+from lm_experiments.model import apply_lora
 from lm_experiments.train import OptimConfig, train
+from lm_tiny import T, V, ArraySource, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
-V, T = 64, 16
 CPU = torch.device("cpu")
-
-
-class ArraySource:
-    """Step-indexed batches: a learnable pattern (token i+1 follows token i) plus noise."""
-
-    def __init__(self, steps: int, batch: int = 4, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        start = rng.integers(0, V, size=(steps, batch, 1))
-        seq = (start + np.arange(T)) % V
-        noise = rng.random((steps, batch, T)) < 0.1
-        self.data = np.where(noise, rng.integers(0, V, size=(steps, batch, T)), seq).astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def batch(self, step: int) -> np.ndarray:
-        return self.data[step]
-
-
-def _model(seed: int = 0, dropout: float = 0.0):
-    return build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=seed, dropout=dropout)
 
 
 def _assert_same_training(a: torch.nn.Module, b: torch.nn.Module, init: torch.nn.Module, rel: float = 1e-3) -> None:
@@ -104,7 +83,7 @@ def test_chunked_cross_entropy_edge_cases():
 
 
 def test_causal_lm_loss_equals_hugging_face_loss_with_label_shift_and_ignore_index():
-    model = _model(seed=3)
+    model = tiny_model(seed=3)
     model.eval()
     x = torch.as_tensor(ArraySource(1, batch=3, seed=5).batch(0))
     labels = x.clone()
@@ -125,7 +104,7 @@ def test_loss_module_chunked_gradients_equal_plain_through_the_model():
     x = torch.as_tensor(ArraySource(1, batch=4, seed=2).batch(0))
     grads = {}
     for mode in ("plain", "chunked"):
-        m = _model(seed=4)
+        m = tiny_model(seed=4)
         loss = CausalLMLoss(m, cross_entropy=mode, chunk_tokens=13)(x)
         loss.backward()
         grads[mode] = (float(loss.detach()), {n: p.grad.clone() for n, p in m.named_parameters()})
@@ -135,7 +114,7 @@ def test_loss_module_chunked_gradients_equal_plain_through_the_model():
 
 
 def test_chunked_under_cpu_bf16_autocast_is_close_to_plain():
-    m = _model(seed=6)
+    m = tiny_model(seed=6)
     x = torch.as_tensor(ArraySource(1, batch=2, seed=7).batch(0))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         plain = float(CausalLMLoss(m, cross_entropy="plain")(x))
@@ -148,7 +127,7 @@ def test_resolve_cross_entropy():
     assert resolve_cross_entropy("plain", CPU) == "plain"
     assert resolve_cross_entropy("chunked", CPU) == "chunked"
     assert resolve_cross_entropy("fused", CPU) == "chunked"  # fused kernels need CUDA
-    lora = apply_lora(_model(), rank=2, alpha=4)
+    lora = apply_lora(tiny_model(), rank=2, alpha=4)
     assert resolve_cross_entropy("chunked", CPU, lora) == "plain"  # a LoRA-wrapped head
     with pytest.raises(ConfigError, match="train.cross_entropy"):
         resolve_cross_entropy("fast", CPU)
@@ -160,7 +139,7 @@ def test_training_defaults_are_the_plain_path_bitwise_and_chunked_matches(tmp_pa
     runs = {}
     for name, extra in (("default", {}), ("plain", {"cross_entropy": "plain"}),
                         ("chunked", {"cross_entropy": "chunked", "ce_chunk_tokens": 24})):
-        m = _model(dropout=0.1)
+        m = tiny_model(dropout=0.1)
         res = train(m, src, ckpt_dir=tmp_path / name, **kw, **extra)
         runs[name] = (res, m)
     (d, md), (p, mp), (c, mc) = runs["default"], runs["plain"], runs["chunked"]
@@ -169,11 +148,11 @@ def test_training_defaults_are_the_plain_path_bitwise_and_chunked_matches(tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(md.parameters(), mp.parameters()))
     # same dropout masks (same RNG stream), a different loss kernel: equal up to float rounding
     np.testing.assert_allclose([h["train_loss"] for h in c.history], [h["train_loss"] for h in p.history], rtol=1e-5)
-    _assert_same_training(mc, mp, _model())
+    _assert_same_training(mc, mp, tiny_model())
 
 
 def test_flops_and_mfu_in_the_result(tmp_path):
-    m = _model()
+    m = tiny_model()
     res = train(m, ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "ck", device=CPU)
     # hand count, tiny-1m at vocab 64: non-embedding 2*(4*128^2 + 3*128*512 + 2*128) + 128, head 64*128
     n = 2 * (4 * 128 * 128 + 3 * 128 * 512 + 2 * 128) + 128 + 64 * 128
@@ -190,15 +169,15 @@ def test_compiled_training_matches_eager(tmp_path):
     and weights as eager within float tolerance. The slowest test of the file (cold compile)."""
     src = ArraySource(3)
     kw = dict(optim=OptimConfig(lr=2e-3), device=CPU)
-    eager_m = _model()
+    eager_m = tiny_model()
     eager = train(eager_m, src, ckpt_dir=tmp_path / "e", **kw)
     for mode in ("plain", "chunked"):
-        m = _model()
+        m = tiny_model()
         res = train(m, src, ckpt_dir=tmp_path / mode, compile=True, cross_entropy=mode, ce_chunk_tokens=32, **kw)
         assert res.compiled and res.cross_entropy == mode
         np.testing.assert_allclose([h["train_loss"] for h in res.history], [h["train_loss"] for h in eager.history],
                                    rtol=1e-5, err_msg=mode)
-        _assert_same_training(m, eager_m, _model())
+        _assert_same_training(m, eager_m, tiny_model())
 
 
 def test_train_section_validated_and_outside_run_keys():

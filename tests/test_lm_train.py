@@ -19,36 +19,13 @@ from transformers import AutoModelForCausalLM
 
 from early_exposure.errors import ConfigError
 from lm_experiments.evaluate import evaluate, layerwise_change, save_checkpoint
-from lm_experiments.model import build_model
 from lm_experiments.train import OptimConfig, lr_at, make_optimizer, train
+from lm_tiny import T, V, ArraySource, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
-V, T = 64, 16
 CPU = torch.device("cpu")
-
-
-class ArraySource:
-    """Step-indexed batches from a fixed array (steps, batch, seq)."""
-
-    def __init__(self, steps: int, batch: int = 4, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        # a learnable pattern (token i+1 follows token i) plus noise, so losses fall
-        start = rng.integers(0, V, size=(steps, batch, 1))
-        seq = (start + np.arange(T)) % V
-        noise = rng.random((steps, batch, T)) < 0.1
-        self.data = np.where(noise, rng.integers(0, V, size=(steps, batch, T)), seq).astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def batch(self, step: int) -> np.ndarray:
-        return self.data[step]
-
-
-def _model(seed: int = 0, dropout: float = 0.0):
-    return build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=seed, dropout=dropout)
 
 
 def _val_blocks() -> np.ndarray:
@@ -65,7 +42,7 @@ def test_lr_schedule_matches_closed_form():
         assert lr_at(s, opt, total) == pytest.approx(v, rel=1e-12, abs=0), s
     assert lr_at(0, OptimConfig(lr=2e-3), 10) == 2e-3  # no warmup: starts at the peak
     # and the optimizer really used those rates
-    res = train(_model(), ArraySource(6), optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2),
+    res = train(tiny_model(), ArraySource(6), optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2),
                 ckpt_dir=_tmp_ck(), device=CPU)
     assert [h["lr"] for h in res.history] == pytest.approx(
         [5e-4, 1e-3, 1e-3, 1e-4 + 0.45e-3 * (1 + math.cos(math.pi / 4)), 5.5e-4,
@@ -80,7 +57,7 @@ def _tmp_ck():
 
 
 def test_weight_decay_only_on_matrices():
-    model = _model()
+    model = tiny_model()
     opt = make_optimizer(model, OptimConfig(lr=1e-3, weight_decay=0.1), CPU)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -92,7 +69,7 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_training_reduces_loss_and_reports_throughput(tmp_path):
-    res = train(_model(), ArraySource(30), optim=OptimConfig(lr=3e-3, warmup_steps=3), ckpt_dir=tmp_path / "ck",
+    res = train(tiny_model(), ArraySource(30), optim=OptimConfig(lr=3e-3, warmup_steps=3), ckpt_dir=tmp_path / "ck",
                 device=CPU)
     assert res.steps == 30 and res.tokens == 30 * 4 * T and not res.diverged and not res.stopped_early
     first, last = res.history[0]["train_loss"], np.mean([h["train_loss"] for h in res.history[-5:]])
@@ -103,7 +80,7 @@ def test_training_reduces_loss_and_reports_throughput(tmp_path):
 
 
 def test_evaluate_matches_hf_loss_and_independent_cross_entropy():
-    model = _model(seed=1)
+    model = tiny_model(seed=1)
     blocks = _val_blocks()  # (16, T)
     res = evaluate(model, blocks, batch_size=5, device=CPU, return_correct=True)
     x = torch.as_tensor(blocks)
@@ -126,7 +103,7 @@ def test_evaluate_matches_hf_loss_and_independent_cross_entropy():
 def test_evaluate_row_chunking_gives_same_numbers(monkeypatch):
     import lm_experiments.evaluate as ev
 
-    model, blocks = _model(seed=1), _val_blocks()
+    model, blocks = tiny_model(seed=1), _val_blocks()
     full = evaluate(model, blocks, batch_size=8, device=CPU, return_correct=True)
     monkeypatch.setattr(ev, "_CE_CHUNK_LOGITS", 3 * T * V)  # 3 rows per chunk, uneven split of 8
     chunked = evaluate(model, blocks, batch_size=8, device=CPU, return_correct=True)
@@ -135,7 +112,7 @@ def test_evaluate_row_chunking_gives_same_numbers(monkeypatch):
 
 
 def test_early_stopping_stops_and_restores_best_weights(tmp_path):
-    model = _model()
+    model = tiny_model()
     scripted = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])  # val loss rises after the 2nd evaluation
     snapshots: list[torch.Tensor] = []
 
@@ -157,7 +134,7 @@ def test_early_stopping_on_real_rising_validation_loss(tmp_path):
     """Validation on a distribution the training data contradicts: its loss rises, the run
     stops, and the restored model scores the best recorded validation loss."""
     val = _val_blocks()
-    model = _model()
+    model = tiny_model()
     # pretrain briefly on the pattern, then "fine-tune" on shuffled tokens: val loss rises
     train(model, ArraySource(25, seed=1), optim=OptimConfig(lr=3e-3), ckpt_dir=tmp_path / "a", device=CPU)
     rng = np.random.default_rng(0)
@@ -184,14 +161,14 @@ def test_resume_reproduces_uninterrupted_run_with_dropout(tmp_path, checkpoint_e
     kw = dict(optim=OptimConfig(lr=2e-3, min_lr=1e-4, warmup_steps=2), device=CPU, eval_every=3, patience=5,
               eval_fn=lambda m: evaluate(m, val, batch_size=16, device=CPU).mean_loss, seed=7)
 
-    ref_model = _model(dropout=0.1)
+    ref_model = tiny_model(dropout=0.1)
     ref = train(ref_model, src, ckpt_dir=tmp_path / "ref", **kw)
 
-    part = train(_model(dropout=0.1), src, ckpt_dir=tmp_path / "ck", stop_after_steps=5,
+    part = train(tiny_model(dropout=0.1), src, ckpt_dir=tmp_path / "ck", stop_after_steps=5,
                  checkpoint_every=checkpoint_every, **kw)
     assert part.steps == 5 and (tmp_path / "ck" / "state.pt").exists()
     # "new process": a fresh model object; its weights come from the checkpoint
-    model = _model(seed=123, dropout=0.1)
+    model = tiny_model(seed=123, dropout=0.1)
     res = train(model, src, ckpt_dir=tmp_path / "ck", checkpoint_every=checkpoint_every, **kw)
     assert res.resumed_from == 5 and res.steps == 9
     assert [h["train_loss"] for h in res.history] == [h["train_loss"] for h in ref.history]  # bitwise
@@ -201,21 +178,21 @@ def test_resume_reproduces_uninterrupted_run_with_dropout(tmp_path, checkpoint_e
         assert torch.equal(p, q), n
     assert not (tmp_path / "ck").exists()
     # dropout mattered: a different training seed gives different losses
-    other = train(_model(dropout=0.1), src, ckpt_dir=tmp_path / "o", **{**kw, "seed": 8})
+    other = train(tiny_model(dropout=0.1), src, ckpt_dir=tmp_path / "o", **{**kw, "seed": 8})
     assert other.history[1]["train_loss"] != ref.history[1]["train_loss"]
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
-    train(_model(), ArraySource(6), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "ck", device=CPU,
+    train(tiny_model(), ArraySource(6), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "ck", device=CPU,
           stop_after_steps=2)
     with pytest.raises(ConfigError, match="ckpt_dir"):
-        train(_model(), ArraySource(6), optim=OptimConfig(lr=5e-3), ckpt_dir=tmp_path / "ck", device=CPU)
+        train(tiny_model(), ArraySource(6), optim=OptimConfig(lr=5e-3), ckpt_dir=tmp_path / "ck", device=CPU)
 
 
 def test_nan_loss_marks_diverged_without_crash_and_keeps_caller_rng(tmp_path):
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    res = train(_model(), ArraySource(30), optim=OptimConfig(lr=1e6), ckpt_dir=tmp_path / "ck", device=CPU)
+    res = train(tiny_model(), ArraySource(30), optim=OptimConfig(lr=1e6), ckpt_dir=tmp_path / "ck", device=CPU)
     assert res.diverged and res.steps < 30
     last = res.history[-1]
     assert not (math.isfinite(last["train_loss"]) and math.isfinite(last.get("grad_norm", 0.0)))
@@ -225,7 +202,7 @@ def test_nan_loss_marks_diverged_without_crash_and_keeps_caller_rng(tmp_path):
 
 
 def test_gradient_accumulation_equals_full_batch(tmp_path):
-    a, b = _model(), _model()
+    a, b = tiny_model(), tiny_model()
     ra = train(a, ArraySource(4), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "a", device=CPU)
     rb = train(b, ArraySource(4), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "b", device=CPU, micro_batch=1)
     np.testing.assert_allclose([h["train_loss"] for h in rb.history], [h["train_loss"] for h in ra.history],
@@ -240,17 +217,17 @@ def test_bad_train_arguments_raise_config_error(tmp_path):
     with pytest.raises(ConfigError, match="optim.min_lr"):
         OptimConfig(lr=1e-3, min_lr=1e-2)
     with pytest.raises(ConfigError, match="eval_every"):
-        train(_model(), ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path, device=CPU, eval_every=2)
+        train(tiny_model(), ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path, device=CPU, eval_every=2)
     with pytest.raises(ConfigError, match="precision"):
-        train(_model(), ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path, device=CPU, precision="fp16")
+        train(tiny_model(), ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path, device=CPU, precision="fp16")
 
 
 def test_save_checkpoint_atomic_with_tokenizer_and_extra(tmp_path):
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0"))
-    model = _model(seed=2)
+    model = tiny_model(seed=2)
     out = tmp_path / "theta_post"
     save_checkpoint(model, tok, out, {"seed": 2, "loss": float("nan")})
-    save_checkpoint(_model(seed=4), tok, out, {"seed": 4})  # replaces the previous one
+    save_checkpoint(tiny_model(seed=4), tok, out, {"seed": 4})  # replaces the previous one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["theta_post"]  # no temp leftovers
     assert json.loads((out / "extra.json").read_text()) == {"seed": 4}
     assert tokenizers.Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size() == V
@@ -258,10 +235,10 @@ def test_save_checkpoint_atomic_with_tokenizer_and_extra(tmp_path):
     # a transformers tokenizer goes through its own save_pretrained
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    save_checkpoint(_model(seed=4), PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0"), out, {"seed": 4})
+    save_checkpoint(tiny_model(seed=4), PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0"), out, {"seed": 4})
     assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("w5") == 5
     loaded = AutoModelForCausalLM.from_pretrained(out)
-    ref = _model(seed=4)
+    ref = tiny_model(seed=4)
     x = torch.as_tensor(_val_blocks()[:2])
     loaded.eval()
     ref.eval()
@@ -270,7 +247,7 @@ def test_save_checkpoint_atomic_with_tokenizer_and_extra(tmp_path):
 
 
 def test_layerwise_change_hand_scaled():
-    a, b = _model(), _model()
+    a, b = tiny_model(), tiny_model()
     with torch.no_grad():
         b.model.layers[1].mlp.down_proj.weight.mul_(1.1)
         b.model.layers[1].mlp.up_proj.weight.zero_()
@@ -288,7 +265,7 @@ def test_layerwise_change_hand_scaled():
 
 
 def test_restore_best_false_keeps_last_weights(tmp_path):
-    model = _model()
+    model = tiny_model()
     scripted = iter([2.0, 2.5, 2.6])
     snapshots: list[torch.Tensor] = []
 
@@ -314,7 +291,7 @@ def test_throughput_benchmark_runs_and_counts_flops(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     # hand count for tiny-1m at vocab 64: non-embedding 2*(4*128^2 + 3*128*512 + 2*128) + 128, head 64*128
-    model = _model()
+    model = tiny_model()
     n = 2 * (4 * 128 * 128 + 3 * 128 * 512 + 2 * 128) + 128 + 64 * 128
     assert bench.train_flops_per_token(model, T) == 6 * n + 12 * 2 * 128 * T
     out = tmp_path / "b.json"
@@ -333,7 +310,7 @@ def model_total(model) -> int:
 
 
 def test_non_finite_gradient_stops_before_the_update(tmp_path):
-    model = _model()
+    model = tiny_model()
     w = model.model.layers[0].mlp.up_proj.weight
     calls = {"n": 0}
     after_first: list[torch.Tensor] = []

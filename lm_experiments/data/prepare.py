@@ -20,7 +20,6 @@ file's SHA-256) written last, so a second call only loads arrays (about a second
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import shutil
