@@ -136,7 +136,8 @@ def child_engine() -> dict[str, Any]:
     import numpy as np
 
     from lm_experiments.model import build_model
-    from lm_experiments.train import OptimConfig, train
+    from lm_experiments.optim import OptimConfig
+    from lm_experiments.train import train
 
     from lm_experiments.device import resolve_device
 
@@ -175,7 +176,8 @@ def child_ddp(out_json: str) -> dict[str, Any]:
     from lm_experiments import distributed
     from lm_experiments.device import resolve_device
     from lm_experiments.model import build_model
-    from lm_experiments.train import OptimConfig, train
+    from lm_experiments.optim import OptimConfig
+    from lm_experiments.train import train
 
     ctx = distributed.init_from_env()
     dev = resolve_device("auto")

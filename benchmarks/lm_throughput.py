@@ -53,7 +53,8 @@ from lm_experiments.device import device_peak_tflops, resolve_device, uses_bf16 
 from lm_experiments.evaluate import evaluate  # noqa: E402
 from lm_experiments.losses import CausalLMLoss, linear_cross_entropy, resolve_cross_entropy  # noqa: E402
 from lm_experiments.model import MODEL_PRESETS, build_model, count_parameters, train_flops_per_token  # noqa: E402,F401
-from lm_experiments.train import OptimConfig, loss_and_backward, make_optimizer  # noqa: E402
+from lm_experiments.optim import OptimConfig, make_optimizer  # noqa: E402
+from lm_experiments.train import loss_and_backward  # noqa: E402
 
 VARIANTS = ("eager", "compiled", "eager+plain", "compiled+plain", "eager+chunked", "compiled+chunked",
             "eager+fused", "compiled+fused", "eager+auto", "compiled+auto")

@@ -145,7 +145,7 @@ def optim_for(section: OptimSection, *, steps: int, **overrides: Any) -> Any:
     """The engine's optimizer settings of one run of ``steps`` steps: ``section`` with a
     sweep's ``overrides`` (``lr=...``), its floor at that lr, warmup capped at 10% of the
     run (short compute-matched runs keep a real decay)."""
-    from lm_experiments.train import OptimConfig
+    from lm_experiments.optim import OptimConfig
 
     sec = dataclasses.replace(section, **overrides) if overrides else section
     return OptimConfig(lr=sec.lr, min_lr=sec.floor(sec.lr), warmup_steps=min(sec.warmup_steps, steps // 10),

@@ -2,7 +2,7 @@
 
 One function, :func:`train`: AdamW with betas (0.9, 0.95) and decoupled weight decay on
 matrices only, linear warmup then cosine decay to ``min_lr`` over ``len(source)`` steps
-(:func:`lr_at`), gradient clipping, bf16 autocast on GPUs, a tqdm bar with tokens/s and
+(:func:`lm_experiments.optim.lr_at`), gradient clipping, bf16 autocast on GPUs, a tqdm bar with tokens/s and
 ETA, early stopping on a validation loss (post-training, Sec. 3: "early stopping on
 D_post validation loss"), divergence detection (a non-finite loss stops the run with
 ``diverged=True``; never an exception), and resumable atomic checkpoints.
@@ -51,38 +51,10 @@ from early_exposure.seeding import int_seed
 from lm_experiments import distributed
 from lm_experiments.device import autocast_context, check_precision, device_name, device_peak_tflops
 from lm_experiments.losses import CausalLMLoss, resolve_cross_entropy
+from lm_experiments.optim import OptimConfig, lr_at, make_optimizer
 
 STATE_FILE = "state.pt"
 _FORMAT = 1
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW + warmup/cosine hyperparameters (paper App. B; (T): values of its tables as transcribed)."""
-
-    lr: float
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("optim.lr", f"must be a finite number > 0, got {self.lr!r}")
-        if not (isinstance(self.min_lr, (int, float)) and 0 <= self.min_lr <= self.lr):
-            raise ConfigError("optim.min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr!r}")
-        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
-            raise ConfigError("optim.warmup_steps", f"must be an integer >= 0, got {self.warmup_steps!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ConfigError("optim.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 <= v < 1):
-                raise ConfigError(f"optim.{name}", f"must be in [0, 1), got {v!r}")
-        if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
-            raise ConfigError("optim.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
 
 
 class BatchSource(Protocol):
@@ -134,37 +106,6 @@ class TrainResult:
         return {"flops": self.flops, "flops_per_token": self.flops_per_token, "mfu": self.mfu,
                 "peak_tflops": self.peak_tflops, "device_name": self.device_name, "world_size": self.world_size,
                 "compiled": self.compiled, "cross_entropy": self.cross_entropy}
-
-
-def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
-    """Learning rate of the update with 0-based index ``step``.
-
-    Linear warmup ``lr * (step + 1) / warmup_steps`` for ``step < warmup_steps``, then
-    cosine decay ``min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2`` with progress
-    ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` (so the first post-warmup
-    update uses ``lr`` and the rate approaches ``min_lr`` at ``total_steps``).
-    """
-    w = optim.warmup_steps
-    if step < w:
-        return optim.lr * (step + 1) / w
-    progress = min(1.0, (step - w) / max(1, total_steps - w))
-    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay on matrices (ndim >= 2: linear
-    layers, embeddings), none on norm gains and biases (as nanoGPT / SmolLM2). Fused
-    kernels on CUDA."""
-    decay, no_decay = [], []
-    for p in model.parameters():  # deduplicated: a tied embedding/head appears once
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
-        raise ConfigError("model", "no trainable parameters")
-    groups = [{"params": decay, "weight_decay": optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), **kwargs)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -266,7 +207,7 @@ def train(
     Args:
         model: a ``LlamaForCausalLM`` (or ``PeftModel``) already on ``device``.
         source: step-indexed batches; ``len(source)`` is the schedule length.
-        optim: AdamW and schedule settings (:func:`lr_at`).
+        optim: AdamW and schedule settings (:func:`lm_experiments.optim.lr_at`).
         ckpt_dir: directory for the resumable checkpoint (see module docstring).
         device, precision: see :mod:`lm_experiments.device`.
         eval_fn: validation loss of the model (it may switch to eval mode; train mode is

@@ -39,7 +39,7 @@ def _val() -> np.ndarray:
 def _runs(ckpt_root: Path) -> dict:
     """The runs both sides execute: name -> train() keyword arguments (one definition)."""
     from lm_experiments.evaluate import evaluate
-    from lm_experiments.train import OptimConfig
+    from lm_experiments.optim import OptimConfig
 
     cpu = torch.device("cpu")
     val = _val()

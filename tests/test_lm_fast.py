@@ -21,7 +21,8 @@ from lm_experiments.losses import (
     CausalLMLoss, ChunkedLinearCrossEntropy, causal_lm_loss, linear_cross_entropy, resolve_cross_entropy,
 )
 from lm_experiments.model import apply_lora
-from lm_experiments.train import OptimConfig, train
+from lm_experiments.optim import OptimConfig
+from lm_experiments.train import train
 from lm_tiny import T, V, ArraySource, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

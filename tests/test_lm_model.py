@@ -20,7 +20,8 @@ from lm_experiments.evaluate import save_checkpoint
 from lm_experiments.model import (
     LORA_TARGETS, MODEL_PRESETS, apply_lora, build_model, count_parameters, merge_lora, model_config, set_dropout,
 )
-from lm_experiments.train import OptimConfig, train
+from lm_experiments.optim import OptimConfig
+from lm_experiments.train import train
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

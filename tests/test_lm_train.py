@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM
 
 from early_exposure.errors import ConfigError
 from lm_experiments.evaluate import evaluate, layerwise_change, save_checkpoint
-from lm_experiments.train import OptimConfig, lr_at, make_optimizer, train
+from lm_experiments.optim import OptimConfig, lr_at, make_optimizer
+from lm_experiments.train import train
 from lm_tiny import T, V, ArraySource, tiny_model
 
 
