@@ -273,7 +273,6 @@ def train(
     if global_rows < world:
         raise ConfigError("batch_size", f"a global batch of {global_rows} rows cannot be split over {world} "
                           "processes; use a batch of at least one row per process")
-    lo, hi = distributed.shard_bounds(global_rows, rank, world)
     opt = make_optimizer(model, optim, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     seq_len = int(fingerprint["first_batch_shape"][1])
@@ -349,10 +348,12 @@ def train(
                 for g in opt.param_groups:
                     g["lr"] = lr
                 batch = np.asarray(source.batch(step), dtype=np.int64)  # the global batch (B, T)
+                rows = batch.shape[0]  # B, or fewer in a plan's last, partial batch
+                lo, hi = distributed.shard_bounds(rows, rank, world)
                 x = torch.as_tensor(batch[lo:hi] if world > 1 else batch).to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
                 loss_t = loss_and_backward(model, x, device, precision, micro_batch, loss_fn=step_module,
-                                           global_rows=global_rows, world=world)
+                                           global_rows=rows, world=world)
                 if world > 1:  # every rank sees the global mean: the same decisions everywhere
                     loss_t = distributed.all_reduce_sum(loss_t) / world
                 loss = float(loss_t)

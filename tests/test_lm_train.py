@@ -329,3 +329,28 @@ def test_non_finite_gradient_stops_before_the_update(tmp_path):
     assert math.isfinite(res.history[-1]["train_loss"]) and not math.isfinite(res.history[-1]["grad_norm"])
     assert torch.equal(w, after_first[0])  # the poisoned step never touched the weights
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_partial_last_batch_reports_and_trains_on_its_own_mean_loss(tmp_path):
+    """A plan's last batch may hold fewer rows than the others (e.g. one epoch of 500 blocks
+    at batch 16): its loss is the mean over its own rows, not scaled by rows / batch size.
+    Reference: Hugging Face's loss of the (practically unchanged, lr 1e-12) model on that batch."""
+
+    class Ragged:
+        def __init__(self) -> None:
+            full = ArraySource(2, batch=4, seed=3).data
+            self.batches = [full[0], full[1][:2]]  # 4 rows, then 2
+
+        def __len__(self) -> int:
+            return 2
+
+        def batch(self, step: int) -> np.ndarray:
+            return self.batches[step]
+
+    src = Ragged()
+    model = tiny_model(seed=1)
+    with torch.no_grad():
+        x = torch.as_tensor(src.batch(1))
+        ref = float(model(input_ids=x, labels=x).loss)
+    res = train(model, src, optim=OptimConfig(lr=1e-12, weight_decay=0.0), ckpt_dir=tmp_path / "ck", device=CPU)
+    assert res.history[1]["train_loss"] == pytest.approx(ref, rel=1e-5)
