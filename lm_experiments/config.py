@@ -242,6 +242,35 @@ class FtSection:
 
 
 @dataclass(frozen=True)
+class MatchedSection:
+    """Retention at matched immediate loss (claim (b) tested without the L_im confound).
+
+    With ``enabled``, every base (non-compute-matched, first-setting) post-training run saves
+    its model at each evaluation along stage 2 (``upstream/post-<id>/trajectory/``); one
+    extra unit per such run then fine-tunes up to ``max_checkpoints`` of those checkpoints
+    (evenly spaced, up to and including the early-stopping one) at ``ft_lr`` with the
+    ``ft`` section's budget and schedule, and ``matched.csv`` lists (L_im of the checkpoint,
+    L_ret, L_ft, L_pre after fine-tuning) per checkpoint: L_ret as a function of L_im per arm.
+
+    Attributes:
+        enabled: run the study.
+        ft_lr: fine-tuning lr of the study (None = the gentlest of ``ft.lr``).
+        max_checkpoints: checkpoints fine-tuned per post-training run.
+    """
+
+    enabled: bool = False
+    ft_lr: float | None = None
+    max_checkpoints: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("enabled", f"expected true/false, got {self.enabled!r}")
+        if self.ft_lr is not None:
+            check_range("ft_lr", self.ft_lr, 0.0, None, lo_open=True)
+        check_int("max_checkpoints", self.max_checkpoints, 2)
+
+
+@dataclass(frozen=True)
 class EvalSection:
     """Evaluation of the fixed held-out sets (mean token cross-entropy, nats)."""
 
@@ -309,6 +338,7 @@ class PipelineConfig:
             models (no oversubscription). Not part of any run key.
         train: the engine's speed options (:class:`TrainSection`: compile, cross-entropy
             implementation); not part of any run key.
+        matched: the matched-L_im study (:class:`MatchedSection`; off by default).
     """
 
     data: DataConfig
@@ -326,6 +356,7 @@ class PipelineConfig:
     threads: int = 0
     fallback_set: tuple[str, ...] = ()
     train: TrainSection = TrainSection()
+    matched: MatchedSection = MatchedSection()
 
     def __post_init__(self) -> None:
         check_int("micro_batch", self.micro_batch, 0)

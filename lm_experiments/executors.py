@@ -42,7 +42,7 @@ _REPO = Path(__file__).resolve().parent.parent
 
 def _unit_id(stage: str, record: PreRun | PostRun | FtRun) -> str:
     return {"pre": getattr(record, "pre_id", ""), "post": getattr(record, "upstream_id", ""),
-            "ft": getattr(record, "run_id", "")}[stage]
+            "ft": getattr(record, "run_id", ""), "traj": getattr(record, "traj_id", "")}[stage]
 
 
 def _fault_hooks(unit: str) -> None:
@@ -88,6 +88,7 @@ def _units(plan: Plan) -> list[tuple[str, Any, str | None]]:
         for post in (p for p in plan.post if p.pre is pre):
             out.append(("post", post, pre.pre_id))
             out += [("ft", ft, post.upstream_id) for ft in plan.ft if ft.post is post]
+            out += [("traj", t, post.upstream_id) for t in plan.traj if t.post is post]
     return out
 
 

@@ -52,6 +52,7 @@ class PostRun:
     setting: PostSetting
     compute_matched: bool
     upstream_id: str
+    trajectory: bool = False  # save the model at every stage-2 evaluation (matched-L_im study)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,17 @@ class FtRun:
     run_id: str
 
 
+@dataclass(frozen=True)
+class TrajRun:
+    """Fine-tuning of the stage-2 trajectory checkpoints of ``post`` at ``ft_lr`` (the
+    matched-L_im study, ``matched`` section); ``traj_id`` hashes the chain."""
+
+    post: PostRun
+    ft_lr: float
+    max_checkpoints: int
+    traj_id: str
+
+
 @dataclass
 class Plan:
     """All runs of a sweep, the data sizes they were checked against, and token counts."""
@@ -72,6 +84,7 @@ class Plan:
     ft: list[FtRun]
     sizes: dict[str, int]
     tokens: dict[str, int] = field(default_factory=dict)
+    traj: list[TrajRun] = field(default_factory=list)
 
 
 def post_subset(num_post: int, post_train_tokens: int | None, seq_len: int) -> np.ndarray:
@@ -157,9 +170,23 @@ def pre_key(cfg: PipelineConfig, fingerprint: str, seed: int, mix_fraction: floa
                         "n_post": n_post})
 
 
-def post_key(cfg: PipelineConfig, pre_id: str, setting: PostSetting, compute_matched: bool) -> str:
-    return stable_hash({"pre": pre_id, "setting": setting.as_dict(), "compute_matched": compute_matched,
-                        "stage2": _post_key_section(cfg)})
+def post_key(cfg: PipelineConfig, pre_id: str, setting: PostSetting, compute_matched: bool,
+             trajectory: bool = False) -> str:
+    key = {"pre": pre_id, "setting": setting.as_dict(), "compute_matched": compute_matched,
+           "stage2": _post_key_section(cfg)}
+    if trajectory:  # only then: keys of runs without the study are those of key schema 1
+        key["trajectory"] = True
+    return stable_hash(key)
+
+
+def traj_key(cfg: PipelineConfig, upstream_id: str, ft_lr: float, max_checkpoints: int) -> str:
+    return stable_hash({"upstream": upstream_id, "ft_lr": ft_lr, "max_checkpoints": max_checkpoints,
+                        "stage3": _ft_key_section(cfg), "study": "matched_im"})
+
+
+def matched_ft_lr(cfg: PipelineConfig) -> float:
+    """The fine-tuning lr of the matched-L_im study (``matched.ft_lr``, else the gentlest ``ft.lr``)."""
+    return float(cfg.matched.ft_lr if cfg.matched.ft_lr is not None else min(cfg.ft.lr))
 
 
 def ft_key(cfg: PipelineConfig, upstream_id: str, ft_lr: float) -> str:
@@ -178,7 +205,8 @@ def make_plan(cfg: PipelineConfig, sizes: dict[str, int], fingerprint: str) -> P
     pres: list[PreRun] = []
     posts: list[PostRun] = []
     fts: list[FtRun] = []
-    tok1 = tok2 = tok3 = 0
+    trajs: list[TrajRun] = []
+    tok1 = tok2 = tok3 = tok4 = 0
     for seed in cfg.seeds:
         for lam in cfg.pre_fractions:
             pre = PreRun(seed=seed, mix_fraction=lam, pre_id=pre_key(cfg, fingerprint, seed, lam, n_post))
@@ -190,15 +218,21 @@ def make_plan(cfg: PipelineConfig, sizes: dict[str, int], fingerprint: str) -> P
             if lam in cfg.post.compute_matched:
                 chains.append((cfg.post.base, True))
             for setting, cm in chains:
+                traj = cfg.matched.enabled and not cm and setting == cfg.post.base
                 post = PostRun(pre=pre, setting=setting, compute_matched=cm,
-                               upstream_id=post_key(cfg, pre.pre_id, setting, cm))
+                               upstream_id=post_key(cfg, pre.pre_id, setting, cm, traj), trajectory=traj)
                 posts.append(post)
+                if traj:
+                    lr, k = matched_ft_lr(cfg), cfg.matched.max_checkpoints
+                    trajs.append(TrajRun(post=post, ft_lr=lr, max_checkpoints=k,
+                                         traj_id=traj_key(cfg, post.upstream_id, lr, k)))
+                    tok4 += k * _batched_tokens(cfg.ft.tokens, cfg.ft.batch_size, T)
                 tok2 += post_sequences(cfg, n_post, post) * T
                 for ft_lr in cfg.ft.lr:
                     fts.append(FtRun(post=post, ft_lr=ft_lr, run_id=ft_key(cfg, post.upstream_id, ft_lr)))
                     tok3 += _batched_tokens(cfg.ft.tokens, cfg.ft.batch_size, T)
     return Plan(pre=pres, post=posts, ft=fts, sizes={**sizes, "post_used": n_post},
-                tokens={"pre": tok1, "post_max": tok2, "ft": tok3})
+                tokens={"pre": tok1, "post_max": tok2, "ft": tok3, "traj_max": tok4}, traj=trajs)
 
 
 def post_sequences(cfg: PipelineConfig, n_post: int, run: PostRun) -> int:
@@ -234,6 +268,9 @@ def describe_plan(cfg: PipelineConfig, plan: Plan, pipeline: str) -> str:
              f" + {len(cfg.post.compute_matched) * len(cfg.seeds)} compute-matched), "
              f"at most {plan.tokens['post_max']:,} tokens",
              f"  stage 3: {len(plan.ft)} runs (lr {list(cfg.ft.lr)}), {plan.tokens['ft']:,} tokens"]
+    if plan.traj:
+        lines.append(f"  matched L_im: {len(plan.traj)} trajectories x up to {cfg.matched.max_checkpoints} stage-2 "
+                     f"checkpoints fine-tuned at lr {plan.traj[0].ft_lr:g}, at most {plan.tokens['traj_max']:,} tokens")
     return "\n".join(lines)
 
 
@@ -299,5 +336,5 @@ def estimate_seconds(cfg: PipelineConfig, plan: Plan, prepared: Any, device: Any
             "total_s": train_tokens / train_tps + eval_tokens / eval_tps}
 
 
-__all__ = ["POST_AXES", "PreRun", "PostRun", "FtRun", "Plan", "post_subset", "check_budgets", "make_plan",
+__all__ = ["POST_AXES", "PreRun", "PostRun", "FtRun", "TrajRun", "Plan", "traj_key", "matched_ft_lr", "post_subset", "check_budgets", "make_plan",
            "post_sequences", "describe_plan", "estimate_seconds", "pre_key", "post_key", "ft_key"]

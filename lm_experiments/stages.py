@@ -9,7 +9,8 @@ distributed executor calls. A run whose ``result.json`` exists is returned as it
 interrupted run resumes from the engine's checkpoint (``train_state/``); a non-finite loss
 marks the run (and its descendants) diverged.
 
-Losses (nats per token, fixed held-out sets)::
+Losses (nats per token, fixed held-out sets: the test split when the data config has one,
+which no selection sees; early stopping selects on the validation split)::
 
     L_im  = L(theta_post; D_post)    L_ret = L(theta_ft; D_post)
     L_ft  = L(theta_ft; D_ft)        L_pre = L(theta_ft; D_pre)
@@ -43,7 +44,7 @@ from early_exposure.provenance import provenance
 from early_exposure.seeding import int_seed
 from lm_experiments.config import OptimSection, PipelineConfig
 from lm_experiments.distributed import collective_stage, main_first, main_process_only
-from lm_experiments.plan import FtRun, PostRun, PreRun, post_subset
+from lm_experiments.plan import FtRun, PostRun, PreRun, TrajRun, ft_key, post_subset
 from lm_experiments.schedules import PlannedSource, finetune_source, posttrain_source, pretrain_source, split_post_blocks
 
 # under torchrun only rank 0 writes files (lm_experiments.distributed); unchanged in one process
@@ -75,6 +76,10 @@ def ft_dir(out: Path, r: FtRun) -> Path:
     return Path(out) / "runs" / r.run_id
 
 
+def traj_dir(out: Path, r: TrajRun) -> Path:
+    return Path(out) / "trajectory" / r.traj_id
+
+
 @dataclass
 class StageContext:
     """Everything a stage needs besides its record: config, prepared data, device, output dir.
@@ -93,7 +98,8 @@ class StageContext:
     def __post_init__(self) -> None:
         sp = self.prepared.splits
         self.pools = {role: sp[role].train for role in ("pre", "post", "ft")}
-        self.val = {role: sp[role].val for role in ("pre", "post", "ft")}
+        self.val = {role: sp[role].val for role in ("pre", "post", "ft")}        # early stopping
+        self.report_set = {role: sp[role].report for role in ("pre", "post", "ft")}  # reported losses
         self.seq_len = int(sp["pre"].train.shape[1])
         self.post_idx = post_subset(int(sp["post"].train.shape[0]), self.cfg.post.post_train_tokens, self.seq_len)
         self.pipeline = self.cfg.pipeline_label(self.data_used["config"])
@@ -112,10 +118,14 @@ class StageContext:
         return cls(cfg, prepared, Path(out), resolve_device(cfg.device), data_used, progress)
 
     # ---- helpers ----------------------------------------------------------------------
-    def evaluate(self, model: Any, role: str, *, correct: bool = False) -> Any:
+    def evaluate(self, model: Any, role: str, *, correct: bool = False, split: str = "report") -> Any:
+        """Loss of ``model`` on ``role``'s held-out blocks: ``split="report"`` the test split
+        (the validation split when the data config has none), ``"val"`` the validation split
+        that early stopping selects on."""
         from lm_experiments.evaluate import evaluate
 
-        return evaluate(model, self.val[role], batch_size=self.cfg.eval.batch_size, device=self.device,
+        blocks = self.val[role] if split == "val" else self.report_set[role]
+        return evaluate(model, blocks, batch_size=self.cfg.eval.batch_size, device=self.device,
                         precision=self.cfg.precision, return_correct=correct)
 
     def load(self, path: Path) -> Any:
@@ -130,11 +140,13 @@ class StageContext:
         save_checkpoint(model, self.prepared.tokenizer, path, extra)
 
     def train(self, model: Any, source: PlannedSource, optim: Any, *, ckpt_dir: Path, seed: int, desc: str,
-              checkpoint_every: int, eval_fn: Any = None, eval_every: int = 0, patience: int | None = None) -> Any:
+              checkpoint_every: int, eval_fn: Any = None, eval_every: int = 0, patience: int | None = None,
+              on_eval: Any = None) -> Any:
         from lm_experiments import train as engine
 
         return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
                             precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
+                            on_eval=on_eval,
                             checkpoint_every=checkpoint_every, desc=desc, seed=seed,
                             micro_batch=self.cfg.micro_batch, progress=self.progress,
                             compile=self.cfg.train.compile, cross_entropy=self.cfg.train.cross_entropy,
@@ -279,8 +291,9 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
                         seed=int_seed(r.pre.seed, "torch", "stage2", r.upstream_id),
                         desc=f"post lam={r.pre.mix_fraction} {st.label()}{' cm' if r.compute_matched else ''}",
                         checkpoint_every=sec.checkpoint_every,
-                        eval_fn=lambda m: ctx.evaluate(m, "post").mean_loss,
-                        eval_every=eval_every, patience=patience)
+                        eval_fn=lambda m: ctx.evaluate(m, "post", split="val").mean_loss,
+                        eval_every=eval_every, patience=patience,
+                        on_eval=_trajectory_saver(ctx, d, r) if r.trajectory else None)
         if st.lora:
             model = merge_lora(model)
         set_dropout(model, 0.0)
@@ -306,6 +319,91 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
     atomic_write_json(d / "result.json", result)
     _remove_train_state(d)
     return StageResult("post", d, diverged, losses, result)
+
+
+def _trajectory_saver(ctx: StageContext, d: Path, r: PostRun) -> Any:
+    """``on_eval`` of a post-training run of the matched-L_im study: the model at this
+    evaluation and its losses (validation: what early stopping saw; L_im on the reported
+    split) under ``trajectory/step-NNNNNN/`` (meta.json last; a resumed run rewrites it)."""
+    def save(step: int, model: Any, val: float) -> None:
+        sd = d / "trajectory" / f"step-{step:06d}"
+        ctx.save_model(model, sd / "model", {"stage": "post-trajectory", "upstream_id": r.upstream_id, "step": step})
+        atomic_write_json(sd / "meta.json", {"step": step, "val_loss": val,
+                                             "L_im": ctx.evaluate(model, "post").mean_loss})
+    return save
+
+
+def trajectory_checkpoints(post_run_dir: Path, best_step: int | None, k: int) -> list[dict[str, Any]]:
+    """The saved stage-2 checkpoints up to and including the early-stopping one (later ones
+    are the overfitting tail early stopping discards), thinned to at most ``k`` evenly spaced
+    ones that keep the first and the last."""
+    metas = []
+    for p in sorted((post_run_dir / "trajectory").glob("step-*/meta.json")):
+        m = json.loads(p.read_text())
+        if best_step is None or m["step"] <= best_step:
+            metas.append({**m, "dir": str(p.parent.relative_to(post_run_dir))})
+    if len(metas) > k:
+        idx = sorted({round(i * (len(metas) - 1) / (k - 1)) for i in range(k)})
+        metas = [metas[i] for i in idx]
+    return metas
+
+
+@collective_stage
+def run_traj(ctx: StageContext, r: TrajRun) -> StageResult:
+    """Fine-tune each kept stage-2 checkpoint of ``r.post`` (:func:`trajectory_checkpoints`)
+    at ``r.ft_lr`` with the ``ft`` budget; one ``step-NNNNNN/result.json`` per checkpoint
+    (resumable), ``result.json`` with every row last. The training RNG and the D_ft order
+    are those of the regular fine-tuning run of theta_post at this lr (common random
+    numbers along the trajectory), so the early-stopping checkpoint's row repeats it."""
+    d = traj_dir(ctx.out, r)
+    done = _finished("traj", d)
+    if done is not None:
+        return done
+    post_up = _finished("post", post_dir(ctx.out, r.post))
+    if post_up is None:
+        raise RuntimeError(f"trajectory {r.traj_id} needs its post-training run {r.post.upstream_id} first")
+    sec, seed = ctx.cfg.ft, r.post.pre.seed
+    method = method_name(mixed=r.post.pre.mix_fraction > 0) + r.post.setting.method_suffix()
+    base = {"stage": "traj", "traj_id": r.traj_id, "upstream_id": r.post.upstream_id, "pre_id": r.post.pre.pre_id,
+            "seed": seed, "pipeline": ctx.pipeline, "method": method, "mix_fraction": r.post.pre.mix_fraction,
+            "ft_lr": r.ft_lr, "data_fingerprint": ctx.prepared.fingerprint, "config": ctx.config_dict,
+            "provenance": ctx.provenance}
+    rows: list[dict[str, Any]] = []
+    if post_up.diverged:
+        result = {**base, "diverged": True, "reason": "upstream diverged", "rows": rows}
+        atomic_write_json(d / "result.json", result)
+        return StageResult("traj", d, True, {}, result)
+    t0 = time.time()
+    pdir = post_dir(ctx.out, r.post)
+    best = (post_up.record.get("train") or {}).get("best_step")
+    ckpts = trajectory_checkpoints(pdir, best, r.max_checkpoints)
+    if not ckpts:
+        raise RuntimeError(f"post-training run {r.post.upstream_id} saved no trajectory (its result predates the "
+                           "matched study?): delete its directory to rerun it")
+    run_seed = int_seed(seed, "torch", "stage3", ft_key(ctx.cfg, r.post.upstream_id, r.ft_lr))
+    for i, m in enumerate(ckpts):
+        sd = d / f"step-{m['step']:06d}"
+        if (sd / "result.json").is_file():
+            rows.append(json.loads((sd / "result.json").read_text()))
+            continue
+        model = ctx.load(pdir / m["dir"] / "model")
+        source = finetune_source(ctx.pools["ft"], tokens=sec.tokens, batch_size=sec.batch_size, seed=seed)
+        optim = optim_for(sec.optim, steps=len(source), lr=r.ft_lr)
+        res = ctx.train(model, source, optim, ckpt_dir=sd / "train_state", seed=run_seed,
+                        desc=f"traj step {m['step']} lr={r.ft_lr:g}", checkpoint_every=sec.checkpoint_every)
+        row = {"checkpoint": i, "post_step": m["step"], "val_loss": m["val_loss"], "L_im": m["L_im"],
+               "L_ret": float("nan"), "L_ft": float("nan"), "L_pre": float("nan"), "diverged": bool(res.diverged),
+               "best": m["step"] == best}
+        if not res.diverged:
+            row.update(L_ret=ctx.evaluate(model, "post").mean_loss, L_ft=ctx.evaluate(model, "ft").mean_loss,
+                       L_pre=ctx.evaluate(model, "pre").mean_loss)
+            row["diverged"] = not all(math.isfinite(row[k]) for k in ("L_ret", "L_ft", "L_pre"))
+        atomic_write_json(sd / "result.json", row)
+        _remove_train_state(sd)
+        rows.append(row)
+    result = {**base, "diverged": False, "best_step": best, "rows": rows, "wall_s": time.time() - t0}
+    atomic_write_json(d / "result.json", result)
+    return StageResult("traj", d, False, {}, result)
 
 
 # ---- fine-tuning ------------------------------------------------------------------------
@@ -396,4 +494,4 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
 
 
 #: stage name -> its function (what an executor dispatches on)
-STAGE_FUNCTIONS = {"pre": run_pre, "post": run_post, "ft": run_ft}
+STAGE_FUNCTIONS = {"pre": run_pre, "post": run_post, "ft": run_ft, "traj": run_traj}

@@ -25,13 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from early_exposure.configs import to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import make_row, write_frontier
 from early_exposure.io import atomic_write_json, stable_hash
 from lm_experiments.config import PipelineConfig
 from lm_experiments.plan import FtRun, Plan, PostRun, PreRun, describe_plan, estimate_seconds, make_plan, post_sequences
-from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult, ft_dir
+from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult, ft_dir, traj_dir
 
 
 def prepare(cfg: PipelineConfig, *, cache_root: Path | None = None, progress: bool = True,
@@ -100,12 +102,45 @@ def frontier_rows(out: Path, plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
+def matched_rows(out: Path, plan: Plan) -> list[dict[str, Any]]:
+    """One row per fine-tuned stage-2 checkpoint of the matched-L_im study (the shared
+    matched-table schema, ``early_exposure.matched``), in plan order."""
+    rows = []
+    for r in plan.traj:
+        p = traj_dir(out, r) / "result.json"
+        if not p.exists():
+            continue
+        res = json.loads(p.read_text())
+        for row in res["rows"]:
+            rows.append({"side": "lm", "pipeline": res["pipeline"], "method": res["method"],
+                         "mix_fraction": res["mix_fraction"], "seed": res["seed"], "upstream_id": res["upstream_id"],
+                         "checkpoint": row["checkpoint"], "post_step": row["post_step"], "ft_lr": res["ft_lr"],
+                         "L_im": _nan_if_none(row["L_im"]), "L_ret": _nan_if_none(row["L_ret"]),
+                         "L_ft": _nan_if_none(row["L_ft"]), "L_pre": _nan_if_none(row["L_pre"]),
+                         "diverged": bool(row["diverged"]), "run_id": f"{res['traj_id']}:{row['post_step']}"})
+    return rows
+
+
+def write_tables(ctx: StageContext, plan: Plan, name: str) -> None:
+    """``name`` (frontier.csv or frontier.partial.csv) and, when the plan has them, the
+    matched-L_im table (matched.csv beside a complete frontier) and the regime table."""
+    from lm_experiments.regime import write_regime
+
+    write_frontier(frontier_rows(ctx.out, plan), ctx.out / name)
+    if plan.traj and name == "frontier.csv":
+        from early_exposure.matched import write_matched
+
+        write_matched(pd.DataFrame(matched_rows(ctx.out, plan)), ctx.out / "matched.csv")
+    if name == "frontier.csv":
+        write_regime(ctx.out)
+
+
 def manifest(ctx: StageContext, plan: Plan, status: dict[str, Any], wall_s: float) -> dict[str, Any]:
     return {"pipeline": ctx.pipeline, "config": ctx.config_dict, "config_hash": stable_hash(ctx.config_dict),
             "data": ctx.data_used["summary"], "data_fingerprint": ctx.prepared.fingerprint,
             "sizes": plan.sizes, "planned_tokens": plan.tokens,
             "plan": {"pre": [p.pre_id for p in plan.pre], "post": [p.upstream_id for p in plan.post],
-                     "ft": [f.run_id for f in plan.ft]},
+                     "ft": [f.run_id for f in plan.ft], "traj": [t.traj_id for t in plan.traj]},
             "status": status, "wall_s": wall_s, "device": str(ctx.device), "provenance": ctx.provenance}
 
 
@@ -154,12 +189,11 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
             run_serial(ctx, plan, on_done)
     finally:
         bar.close()
-    rows = frontier_rows(ctx.out, plan)
     status["complete"] = not failed
     if failed:
-        write_frontier(rows, ctx.out / "frontier.partial.csv")
+        write_tables(ctx, plan, "frontier.partial.csv")
     else:
-        write_frontier(rows, ctx.out / "frontier.csv")
+        write_tables(ctx, plan, "frontier.csv")
         (ctx.out / "frontier.partial.csv").unlink(missing_ok=True)
     m = {**manifest(ctx, plan, status, time.time() - t0), "executor": executor, "failed": failed}
     atomic_write_json(ctx.out / "manifest.json", m)

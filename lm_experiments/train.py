@@ -197,6 +197,7 @@ def train(
     seed: int = 0,
     micro_batch: int = 0,
     restore_best: bool = True,
+    on_eval: Callable[[int, nn.Module, float], None] | None = None,
     progress: bool = True,
     compile: bool = False,
     cross_entropy: str = "auto",
@@ -224,6 +225,8 @@ def train(
             (simulated interruption, for tests and time-sliced jobs).
         seed: seed of the training RNG (dropout); the caller's RNG state is preserved.
         micro_batch: rows per forward/backward (gradient accumulation); 0 = whole batch.
+        on_eval: called as ``on_eval(step, model, val_loss)`` after every finite evaluation
+            (e.g. to save the stage-2 trajectory); it must not change the model.
         restore_best: with ``eval_fn``, load the best-scoring weights at the end (default);
             False keeps the last weights (evaluations are then only recorded).
         compile: ``torch.compile`` the training forward (:class:`~lm_experiments.losses.CausalLMLoss`);
@@ -387,6 +390,9 @@ def train(
                     if not math.isfinite(val):
                         diverged = True
                         break
+                    if on_eval is not None:
+                        on_eval(step, model, val)
+                        model.train()
                     if best_val is None or val < best_val:
                         best_val, best_step, bad_evals = val, step, 0
                         best_weights = _trainable_snapshot(model)

@@ -99,7 +99,17 @@ class DataConfig:
         vocab_size: BPE vocabulary size (ignored for a named tokenizer).
         seq_len: tokens per packed block.
         val_tokens: tokens in each role's fixed held-out evaluation set.
-        val_fraction: fraction of documents sent to validation (by content hash).
+        val_fraction: fraction of documents sent to validation (by content hash): the set
+            early stopping selects on (and, without a test split, the reported losses).
+        test_fraction: fraction of documents sent to the test split (by the same hash,
+            the interval ``[val_fraction, val_fraction + test_fraction)``, so validation
+            membership does not move): the reported losses L_im, L_ret, L_ft, L_pre are
+            measured there, on documents no selection has seen. 0 = no test split.
+        test_tokens: tokens in each role's test set (default: ``val_tokens``).
+        max_doc_chars: documents longer than this are cut, at blank lines (else at line
+            ends, else hard), into pieces of at most this many characters before hashing:
+            a corpus of a few long books then gives enough held-out documents for a
+            per-document bootstrap. None = documents as the source gives them.
         max_train_tokens: cap on each role's training tokens (None = all).
         bpe_sample_chars: per-role character budget of the BPE training sample.
     """
@@ -114,6 +124,9 @@ class DataConfig:
     val_fraction: float = 0.05
     max_train_tokens: int | None = None
     bpe_sample_chars: int = 2_000_000
+    test_fraction: float = 0.0
+    test_tokens: int | None = None
+    max_doc_chars: int | None = None
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -130,6 +143,17 @@ class DataConfig:
         vf = self.val_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not (0.0 < float(vf) <= 0.5):
             raise ConfigError("val_fraction", f"must be in (0, 0.5], got {vf!r}")
+        tf = self.test_fraction
+        if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not (0.0 <= float(tf) <= 0.5):
+            raise ConfigError("test_fraction", f"must be in [0, 0.5] (0 = no test split), got {tf!r}")
+        if float(vf) + float(tf) >= 1.0:
+            raise ConfigError("test_fraction", f"val_fraction + test_fraction must be < 1, got {vf!r} + {tf!r}")
+        if self.test_tokens is not None:
+            _int_range("test_tokens", self.test_tokens, self.seq_len, 10**10, f"null or >= seq_len={self.seq_len}")
+            if not tf:
+                raise ConfigError("test_tokens", "set test_fraction > 0 too (test_tokens sizes the test split)")
+        if self.max_doc_chars is not None:
+            _int_range("max_doc_chars", self.max_doc_chars, 200, 10**12, "characters per document piece")
         if self.max_train_tokens is not None:
             _int_range("max_train_tokens", self.max_train_tokens, self.seq_len, 10**13, f"null or >= seq_len={self.seq_len}")
 
@@ -137,6 +161,24 @@ class DataConfig:
     def num_val_blocks(self) -> int:
         """Blocks in each fixed validation set: ``val_tokens // seq_len``."""
         return self.val_tokens // self.seq_len
+
+    @property
+    def num_test_blocks(self) -> int:
+        """Blocks in each fixed test set (0 without a test split)."""
+        if not self.test_fraction:
+            return 0
+        return (self.test_tokens if self.test_tokens is not None else self.val_tokens) // self.seq_len
+
+    def identity(self) -> dict:
+        """The config as it enters cache keys and the data fingerprint: the test-split and
+        document-cutting fields only when set, so configs without them keep their keys."""
+        from early_exposure.configs import to_dict
+
+        d = to_dict(self)
+        for k, default in (("test_fraction", 0.0), ("test_tokens", None), ("max_doc_chars", None)):
+            if d.get(k) == default:
+                d.pop(k, None)
+        return d
 
 
 def _int_range(field: str, value: object, lo: int, hi: int, why: str) -> None:

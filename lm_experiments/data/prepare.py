@@ -38,7 +38,8 @@ from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
 from lm_experiments.data import sources
 from lm_experiments.data.archives import sha256_file
 from lm_experiments.data.config import ROLES, SECTION, DataConfig
-from lm_experiments.data.shards import DocIndex, TokenShard, bpe_sample, pack_to_npy, scan, tokenize_to_shard
+from lm_experiments.data.shards import (DocIndex, TokenShard, bpe_sample, cut_document, pack_to_npy, scan,
+                                        tokenize_to_shard)
 from lm_experiments.data.tokenizer import load_named, train_bpe
 
 #: Bump when splitting/packing changes: part of every cache key and of the fingerprint.
@@ -52,16 +53,31 @@ class TokenSplit:
     Attributes:
         train: int32 (num_blocks, seq_len) training blocks in deterministic (hash) order,
             memory-mapped from the cache; the trainer applies its own seeded ordering.
-        val: int32 (num_val_blocks, seq_len) fixed held-out blocks (memory-mapped).
+        val: int32 (num_val_blocks, seq_len) fixed held-out blocks (memory-mapped): what
+            early stopping selects on.
         train_docs / val_docs: the JSON files listing the SHA-256 of every document with
             tokens in ``train`` / ``val``; read on first use of :attr:`train_doc_hashes` /
             :attr:`val_doc_hashes` (disjoint: the split is by these hashes).
+        test / test_docs: the test split (``DataConfig.test_fraction`` > 0) on which the
+            reported losses are measured, or None; :attr:`report` is ``test`` when there
+            is one, else ``val``.
     """
 
     train: np.ndarray
     val: np.ndarray
     train_docs: Path
     val_docs: Path
+    test: np.ndarray | None = None
+    test_docs: Path | None = None
+
+    @property
+    def report(self) -> np.ndarray:
+        """The blocks the reported losses are measured on (test, else validation)."""
+        return self.test if self.test is not None else self.val
+
+    @functools.cached_property
+    def test_doc_hashes(self) -> frozenset[str]:
+        return frozenset(json.loads(Path(self.test_docs).read_text())) if self.test_docs else frozenset()
 
     @functools.cached_property
     def train_doc_hashes(self) -> frozenset[str]:
@@ -90,8 +106,12 @@ def default_cache_root() -> Path:
 
 
 def _docs(cfg: DataConfig, role: str, cache_root: Path) -> Iterator[str]:
-    """A fresh stream over the raw documents of ``role`` (each pass re-reads the corpus)."""
-    return sources.iter_documents(getattr(cfg, role), f"{SECTION}.{role}", cache_root)
+    """A fresh stream over the documents of ``role`` (each pass re-reads the corpus), long
+    ones cut into pieces of at most ``max_doc_chars`` when it is set."""
+    docs = sources.iter_documents(getattr(cfg, role), f"{SECTION}.{role}", cache_root)
+    if cfg.max_doc_chars is None:
+        return docs
+    return (piece for d in docs for piece in cut_document(d, cfg.max_doc_chars))
 
 
 def _index_roles(cfg: DataConfig, cache_root: Path) -> dict[str, DocIndex]:
@@ -100,7 +120,7 @@ def _index_roles(cfg: DataConfig, cache_root: Path) -> dict[str, DocIndex]:
     for role in ROLES:
         spec = getattr(cfg, role)
         idx = scan(_docs(cfg, role, cache_root), max_docs=spec.max_docs, max_chars=spec.max_chars,
-                   val_fraction=cfg.val_fraction)
+                   val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
         if len(idx.digests) == 0:
             raise ConfigError(f"{SECTION}.{role}", "corpus holds no non-empty documents")
         if len(idx.train) == 0 or len(idx.val) == 0:
@@ -108,6 +128,10 @@ def _index_roles(cfg: DataConfig, cache_root: Path) -> dict[str, DocIndex]:
                               f"role {role!r}: {len(idx.digests)} documents give {len(idx.train)} train / "
                               f"{len(idx.val)} validation documents; both must be non-empty (add documents or "
                               "change val_fraction)")
+        if cfg.test_fraction and len(idx.test) == 0:
+            raise ConfigError(f"{SECTION}.test_fraction",
+                              f"role {role!r}: no document falls in the test split of {len(idx.digests)} documents; "
+                              "raise test_fraction or set max_doc_chars to cut long documents")
         out[role] = idx
     return out
 
@@ -117,9 +141,13 @@ def _tokenizer(cfg: DataConfig, idents: dict, index: dict[str, DocIndex], cache_
     """Train (or load from cache) the BPE, or load the named tokenizer; return it, its
     directory and its cache key.  The BPE sees each role's first ``bpe_sample_chars``
     characters of training documents in hash order (never validation documents)."""
-    key = stable_hash({"v": DATA_VERSION, "tokenizer": cfg.tokenizer, "vocab": cfg.vocab_size,
-                       "sample": cfg.bpe_sample_chars, "val_fraction": cfg.val_fraction,
-                       "corpora": {r: (idents[r]["sha256"], to_dict(getattr(cfg, r))) for r in ROLES}}, 16)
+    ident = {"v": DATA_VERSION, "tokenizer": cfg.tokenizer, "vocab": cfg.vocab_size,
+             "sample": cfg.bpe_sample_chars, "val_fraction": cfg.val_fraction,
+             "corpora": {r: (idents[r]["sha256"], to_dict(getattr(cfg, r))) for r in ROLES}}
+    for k in ("test_fraction", "max_doc_chars"):  # they change the training documents; absent at defaults
+        if k in cfg.identity():
+            ident[k] = getattr(cfg, k)
+    key = stable_hash(ident, 16)
     tdir = cache_root / "tokenizers" / key
     done = tdir / "done.json"
     if done.is_file():
@@ -163,7 +191,7 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
     t0 = time.perf_counter()
     idents = {r: sources.corpus_identity(getattr(cfg, r), f"{SECTION}.{r}", cache_root, progress=progress)
               for r in ROLES}
-    fingerprint = stable_hash({"v": DATA_VERSION, "config": to_dict(cfg),
+    fingerprint = stable_hash({"v": DATA_VERSION, "config": cfg.identity(),
                                "corpora": {r: idents[r]["sha256"] for r in ROLES}}, 16)
     pdir = cache_root / "prepared" / fingerprint
     meta_path = pdir / "meta.json"
@@ -188,6 +216,7 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
     try:
         shards: dict[str, TokenShard] = {}
         vals: dict[str, tuple[frozenset[str], dict]] = {}
+        tests: dict[str, tuple[frozenset[str], dict]] = {}
         backend = tok.backend_tokenizer
 
         def encode(texts: list[str]) -> Iterator[list[int]]:
@@ -206,6 +235,14 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
                                   f"role {role!r}: its validation documents hold {vals[role][1]['stream_tokens']} "
                                   f"tokens, fewer than val_tokens={cfg.val_tokens}; lower val_tokens, raise val_fraction "
                                   f"or add data ({SECTION}.{role}.max_chars / max_docs)")
+            if cfg.num_test_blocks:
+                tests[role] = _pack_split(shards[role], idx, idx.test, eos, cfg.seq_len, cfg.num_test_blocks,
+                                          work / f"{role}_test.npy")
+                if tests[role][1]["tokens"] < cfg.num_test_blocks * cfg.seq_len:
+                    raise ConfigError(f"{SECTION}.test_tokens",
+                                      f"role {role!r}: its test documents hold {tests[role][1]['stream_tokens']} tokens, "
+                                      f"fewer than the {cfg.num_test_blocks * cfg.seq_len} asked for; lower test_tokens, "
+                                      f"raise test_fraction or add data ({SECTION}.{role}.max_chars / max_docs)")
         for role in ROLES:
             idx = index[role]
             train_h, tinfo = _pack_split(shards[role], idx, idx.train, eos, cfg.seq_len, max_train_blocks,
@@ -219,9 +256,11 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
                 "source": spec.source, "name": spec.name, "corpus_sha256": idents[role]["sha256"],
                 "documents": len(idx.digests), "train_documents_available": len(idx.train),
                 "val_documents_available": len(idx.val), "train": tinfo, "val": vinfo,
+                **({"test_documents_available": len(idx.test), "test": tests[role][1]} if role in tests else {}),
                 "sources": idents[role]["sources"], "missing_sources": idents[role]["missing"],
             }
-            for split, hs in (("train", train_h), ("val", val_h)):
+            held = [("train", train_h), ("val", val_h)] + ([("test", tests[role][0])] if role in tests else [])
+            for split, hs in held:
                 p = pdir / f"{role}_{split}.npy"
                 os.replace(work / f"{role}_{split}.npy", p)
                 files[p.name] = sha256_file(p)
@@ -232,6 +271,8 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
     # identifies the held-out token sets alone (unchanged by e.g. max_train_tokens)
     stats["eval_fingerprint"] = stable_hash({r: files[f"{r}_val.npy"] for r in ROLES}, 16)
     stats["seconds_build"] = round(time.perf_counter() - t0, 2)
+    if tests:
+        stats["test_fingerprint"] = stable_hash({r: files[f"{r}_test.npy"] for r in ROLES}, 16)
     atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": to_dict(cfg), "tokenizer_dir": str(tdir),
                                   "files": files, "stats": stats})
     splits, _ = _load_cached(pdir, meta_path, verify=False)
@@ -254,5 +295,10 @@ def _load_cached(pdir: Path, meta_path: Path, *, verify: bool = True) -> tuple[d
     for role in ROLES:
         arrs = [np.load(pdir / f"{role}_{s}.npy", mmap_mode="c", allow_pickle=False)  # copy-on-write: writable views
                 for s in ("train", "val")]
-        splits[role] = TokenSplit(arrs[0], arrs[1], pdir / f"{role}_train_docs.json", pdir / f"{role}_val_docs.json")
+        test = test_docs = None
+        if f"{role}_test.npy" in meta["files"]:
+            test = np.load(pdir / f"{role}_test.npy", mmap_mode="c", allow_pickle=False)
+            test_docs = pdir / f"{role}_test_docs.json"
+        splits[role] = TokenSplit(arrs[0], arrs[1], pdir / f"{role}_train_docs.json", pdir / f"{role}_val_docs.json",
+                                  test, test_docs)
     return splits, meta

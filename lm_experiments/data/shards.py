@@ -23,6 +23,8 @@ the same memory (``benchmarks/lm_data_prep.py`` measures it).
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -44,14 +46,15 @@ class DocIndex:
     Attributes:
         digests: (n, 32) uint8 SHA-256 digests, ascending (= ascending hex hashes).
         chars: (n,) int64 characters per document.
-        train, val: int64 positions (into ``digests``) of the training / validation
-            documents, in hash order.
+        train, val, test: int64 positions (into ``digests``) of the training / validation /
+            test documents, in hash order (``test`` empty without a test split).
     """
 
     digests: np.ndarray
     chars: np.ndarray
     train: np.ndarray
     val: np.ndarray
+    test: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __post_init__(self) -> None:
         self._lead = _lead_keys(self.digests)  # (n,) uint64: first 8 bytes, ascending
@@ -82,9 +85,11 @@ def _kept(text: str) -> bool:
     return bool(text) and bool(text.strip())
 
 
-def scan(docs: Iterable[str], *, max_docs: int | None, max_chars: int | None, val_fraction: float) -> DocIndex:
+def scan(docs: Iterable[str], *, max_docs: int | None, max_chars: int | None, val_fraction: float,
+         test_fraction: float = 0.0) -> DocIndex:
     """Pass 1 (see the module docstring): hash order, cap (the document crossing
-    ``max_chars`` is kept) and split (``hash_unit < val_fraction`` -> validation)."""
+    ``max_chars`` is kept) and split (``hash_unit < val_fraction`` -> validation,
+    ``val_fraction <= hash_unit < val_fraction + test_fraction`` -> test)."""
     dig = bytearray()
     chars: list[int] = []
     for text in docs:
@@ -109,8 +114,46 @@ def scan(docs: Iterable[str], *, max_docs: int | None, max_chars: int | None, va
     uniq, n_chars = uniq[:keep], n_chars[:keep]
     units = np.array([int.from_bytes(d[-8:].tobytes(), "big") / _TWO64 for d in uniq], dtype=np.float64)
     is_val = units < val_fraction
+    is_test = ~is_val & (units < val_fraction + test_fraction)
     pos = np.arange(keep, dtype=np.int64)
-    return DocIndex(uniq, n_chars, pos[~is_val], pos[is_val])
+    return DocIndex(uniq, n_chars, pos[~is_val & ~is_test], pos[is_val], pos[is_test])
+
+
+def cut_document(text: str, max_chars: int) -> list[str]:
+    """``text`` in pieces of at most ``max_chars`` characters: whole paragraphs (blank-line
+    separated) gathered greedily; a paragraph too long alone is cut at line ends, and a
+    line too long alone is cut hard. Pieces keep their own text exactly (joined with the
+    separator they were split at, which is dropped at a cut)."""
+    if len(text) <= max_chars:
+        return [text]
+
+    def pieces(parts: list[str], sep: str, finer: Callable[[str], list[str]]) -> list[str]:
+        out: list[str] = []
+        cur = ""
+        for part in parts:
+            if len(part) > max_chars:
+                if cur:
+                    out.append(cur)
+                    cur = ""
+                out += finer(part)
+                continue
+            joined = part if not cur else cur + sep + part
+            if len(joined) <= max_chars:
+                cur = joined
+            else:
+                out.append(cur)
+                cur = part
+        if cur:
+            out.append(cur)
+        return out
+
+    def hard(line: str) -> list[str]:
+        return [line[i:i + max_chars] for i in range(0, len(line), max_chars)]
+
+    def by_line(par: str) -> list[str]:
+        return pieces(par.split("\n"), "\n", hard)
+
+    return [p for p in pieces(text.split("\n\n"), "\n\n", by_line) if p.strip()]
 
 
 def bpe_sample(docs: Iterable[str], index: DocIndex, sample_chars: int) -> list[str]:
