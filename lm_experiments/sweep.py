@@ -30,7 +30,7 @@ import pandas as pd
 from early_exposure.configs import to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import make_row, write_frontier
-from early_exposure.io import atomic_write_json, stable_hash
+from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
 from lm_experiments.config import PipelineConfig
 from lm_experiments.plan import FtRun, Plan, PostRun, PreRun, describe_plan, estimate_seconds, make_plan, post_sequences
 from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult, ft_dir, traj_dir
@@ -102,6 +102,11 @@ def frontier_rows(out: Path, plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
+#: one row per fine-tuned stage-2 checkpoint (the matched table both halves write)
+MATCHED_TABLE_COLUMNS = ("side", "pipeline", "method", "mix_fraction", "seed", "upstream_id", "checkpoint",
+                         "post_step", "ft_lr", "L_im", "L_ret", "L_ft", "L_pre", "diverged", "run_id")
+
+
 def matched_rows(out: Path, plan: Plan) -> list[dict[str, Any]]:
     """One row per fine-tuned stage-2 checkpoint of the matched-L_im study (the shared
     matched-table schema, ``early_exposure.matched``), in plan order."""
@@ -122,17 +127,12 @@ def matched_rows(out: Path, plan: Plan) -> list[dict[str, Any]]:
 
 
 def write_tables(ctx: StageContext, plan: Plan, name: str) -> None:
-    """``name`` (frontier.csv or frontier.partial.csv) and, when the plan has them, the
-    matched-L_im table (matched.csv beside a complete frontier) and the regime table."""
-    from lm_experiments.regime import write_regime
-
+    """``name`` (frontier.csv or frontier.partial.csv) and, beside a complete frontier of a
+    plan with the matched-L_im study, ``matched.csv`` (columns :data:`MATCHED_TABLE_COLUMNS`)."""
     write_frontier(frontier_rows(ctx.out, plan), ctx.out / name)
     if plan.traj and name == "frontier.csv":
-        from early_exposure.matched import write_matched
-
-        write_matched(pd.DataFrame(matched_rows(ctx.out, plan)), ctx.out / "matched.csv")
-    if name == "frontier.csv":
-        write_regime(ctx.out)
+        df = pd.DataFrame(matched_rows(ctx.out, plan), columns=list(MATCHED_TABLE_COLUMNS))
+        atomic_write_bytes(ctx.out / "matched.csv", df.to_csv(index=False).encode())
 
 
 def manifest(ctx: StageContext, plan: Plan, status: dict[str, Any], wall_s: float) -> dict[str, Any]:

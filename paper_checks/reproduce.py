@@ -111,6 +111,8 @@ def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
              ("theory/compute_matched/frontier.csv",)),
         Step("theory latent", (*py, "-m", "linear_theory", "latent", "--out", str(t / "latent")),
              ("theory/latent/latent.json",)),
+        Step("theory matched", (*py, "-m", "linear_theory", "matched", "--out", str(t / "matched")),
+             ("theory/matched/matched.csv",)),
     ]
     steps += [
         Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
