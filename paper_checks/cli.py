@@ -27,7 +27,9 @@ from early_exposure.frontier import read_frontier
 from early_exposure.provenance import provenance
 from paper_checks.analyses import forgetting_analysis, layerwise_analysis
 from paper_checks.checks_frontier import CheckOptions, frontier_checks, lambda_checks
+from paper_checks.checks_matched import matched_checks
 from paper_checks.checks_theory import collect_errata, latent_checks, theory_checks
+from paper_checks.regime import gate_checks, regime_report
 from paper_checks.report import print_table, summarise, write_report
 
 
@@ -55,6 +57,7 @@ def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None)
     checks += frontier_checks(theory_front, "theory", "theory", opts, claims="ad", what=why_f or "")
     checks += lambda_checks(theory_cm, "theory", "theory", opts, what=why_c or "")
     checks += latent_checks(results)
+    checks += matched_checks(results / "theory" / "matched" / "matched.csv", "theory", "theory", opts)
 
     analyses: dict[str, Any] = {}
     presets = lm_preset_dirs(results)
@@ -68,10 +71,15 @@ def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None)
         prefix = f"lm.{pdir.name}"
         checks += frontier_checks(df, "lm", prefix, opts, what=why or "")
         checks += lambda_checks(df, "lm", prefix, opts, what=why or "")
+        if (pdir / "matched.csv").is_file():
+            checks += matched_checks(pdir / "matched.csv", "lm", prefix, opts)
         analyses[f"forgetting ({pdir.name})"] = forgetting_analysis(df, pdir, k=chance_k)
         analyses[f"layerwise ({pdir.name})"] = layerwise_analysis(df, pdir)
+    regime = regime_report(results)
+    gate_checks(checks, regime)  # an LM verdict on a run set outside the paper's regime is INCONCLUSIVE
     return {
         "checks": checks,
+        "regime": regime,
         "errata": collect_errata(results),
         "summary": summarise(checks),
         "analyses": analyses,

@@ -7,6 +7,7 @@
      "errata": [{"id", "location", "printed", "observed", "corrected", "evidence", "origin"}],
      "summary": {"PASS": int, "FAIL": int, "INCONCLUSIVE": int, "ERRATUM": int},
      "analyses": {"forgetting": ..., "layerwise": ...},
+     "regime": {"envelope", "criteria", "presets": {preset: {pipeline: {"inside", "failed", "arms"}}}},
      "settings": {...}, "results_dir": str, "provenance": {...}}
 
 ``status`` is one of :data:`STATUSES`. An INCONCLUSIVE record says why in ``evidence``
@@ -77,6 +78,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         for key, r in rows.items():
             lines.append(f"| ({key}) {_md_escape(r['claim'])} | {_md_escape(r['source'])} | "
                          f"{_md_escape('; '.join(r['theory']) or '-')} | {_md_escape('; '.join(r['lm']) or '-')} |")
+    if report.get("regime", {}).get("presets"):
+        from paper_checks.regime import regime_markdown
+
+        lines += regime_markdown(report["regime"])
     if report["errata"]:
         lines += ["", "## Errata", "", "| id | location | printed | corrected | observed |",
                   "|---|---|---|---|---|"]
@@ -123,3 +128,7 @@ def print_table(report: dict[str, Any]) -> None:
     con = Console(width=200)
     con.print(t)
     con.print("summary: " + ", ".join(f"{k} {v}" for k, v in report["summary"].items()))
+    for preset, sets in report.get("regime", {}).get("presets", {}).items():
+        for pipe, rs in (sets.items() if isinstance(sets, dict) and "error" not in sets else []):
+            con.print(f"regime {preset} {pipe}: " + ("inside the paper's regime" if rs["inside"]
+                                                     else "OUTSIDE (" + "; ".join(rs["failed"]) + ")"))

@@ -127,3 +127,22 @@ def t_interval(values: Sequence[float], *, level: float = 0.95) -> Interval:
         return Interval(m, float("nan"), float("nan"), 0, n)
     half = float(sps.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
     return Interval(m, m - half, m + half, 0, n)
+
+
+def sign_flip_p(values: Sequence[float], *, n_mc: int = 20000, seed: int = 0) -> float:
+    """Two-sided exact sign-flip (paired permutation) test of mean zero: the share of the
+    2^n sign patterns whose |mean| is at least the observed one (all patterns for n <= 16,
+    ``n_mc`` seeded random ones beyond). With n values the smallest attainable p is 2 / 2^n
+    (0.25 for 3 seeds, 0.0625 for 5): reported beside the t-interval, it shows how much
+    evidence a handful of seeds can hold."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    n = len(v)
+    if n == 0:
+        return float("nan")
+    obs = abs(v.mean())
+    if n <= 16:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], size=(n_mc, n))
+    means = np.abs((signs * v).mean(axis=1))
+    return float(np.mean(means >= obs - 1e-12 * max(obs, 1.0)))

@@ -122,9 +122,23 @@ def sweep_frame(n: int = 12) -> pd.DataFrame:
 LAMBDA_PIPELINE = "general>music>flan"
 
 
+def regime_rows(frontier: pd.DataFrame, *, inside: bool = True) -> pd.DataFrame:
+    """A ``regime.csv`` (``lm_experiments.regime`` columns the envelope reads) for the runs
+    of ``frontier``: every figure well inside the envelope, or (``inside=False``) a model
+    back at uniform after post-training (kept_post 0.1)."""
+    f = frontier
+    return pd.DataFrame({
+        "run_id": f["run_id"], "upstream_id": f["upstream_id"], "pipeline": f["pipeline"], "method": f["method"],
+        "mix_fraction": f["mix_fraction"], "compute_matched": f["compute_matched"], "seed": f["seed"],
+        "ft_lr": f["ft_lr"], "tokens_per_param": 20.0, "L_pre_pre_over_lnV": 0.45,
+        "kept_post": 0.8 if inside else 0.1, "kept_ft": 0.6, "stopped_early": ~f["compute_matched"].astype(bool),
+        "forgetting": 0.4, "ret_minus_im": 0.5, "L_im": f["L_im"], "diverged": f["diverged"]})
+
+
 def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] = (0, 1, 2, 3),
-                  pipeline: str = "general>music>chem") -> Path:
-    """A complete results directory. ``good``: every claim built to hold; else to be violated."""
+                  pipeline: str = "general>music>chem", in_regime: bool = True) -> Path:
+    """A complete results directory. ``good``: every claim built to hold; else to be violated.
+    ``in_regime``: the LM run sets' regime table inside the paper's envelope (else outside)."""
     out = Path(out)
     sgn = 1.0 if good else -1.0
     seeds_l = list(seeds)
@@ -140,6 +154,9 @@ def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] 
                             lambda_rows(side, LAMBDA_PIPELINE, seeds_l, compute_matched=True,
                                         im=(2.5, 0.4 if good else -0.4), ret=(3.5, 0.0, 1.6 if good else -1.6))])
         write_frontier(df, out / sub / "frontier.csv")
+        if side == "lm":
+            atomic_write_bytes(out / sub / "regime.csv",
+                               regime_rows(df, inside=in_regime).to_csv(index=False).encode())
     cm = pd.concat([lambda_rows("theory", "theory", seeds_l, compute_matched=False,
                                 im=(2.5, 0.0 if good else 0.8), ret=(3.5, -0.5 if good else 0.3, 0.0)),
                     lambda_rows("theory", "theory", seeds_l, compute_matched=True,

@@ -15,7 +15,8 @@ from paper_checks.checks_frontier import compare_frontiers
 from paper_checks.checks_theory import theory_checks
 from paper_checks.cli import main
 from paper_checks.report import STATUSES
-from paper_checks.synthetic import LAMBDA_PIPELINE, assumptions_json, frontier_rows, theorems_json, write_fixture
+from paper_checks.synthetic import (LAMBDA_PIPELINE, assumptions_json, frontier_rows, regime_rows, theorems_json,
+                                   write_fixture)
 
 OPTS = CheckOptions(n_boot=200)
 PIPE = "general>music>chem"
@@ -105,8 +106,9 @@ def test_missing_data_is_inconclusive_and_cli_writes_report(tmp_path, capsys):
     res = tmp_path / "results"
     res.mkdir()
     # one LM table with only the two base methods: (d)/(e) have no data
-    write_frontier(frontier_rows("lm", PIPE, {"unmixed": 0.0, "mixed": 0.5}, seeds=[0, 1, 2]),
-                   res / "lm/cpu-quick/frontier.csv")
+    lm = frontier_rows("lm", PIPE, {"unmixed": 0.0, "mixed": 0.5}, seeds=[0, 1, 2])
+    write_frontier(lm, res / "lm/cpu-quick/frontier.csv")
+    regime_rows(lm).to_csv(res / "lm/cpu-quick/regime.csv", index=False)  # inside the paper's regime
     out = tmp_path / "report"
     assert main(["--results", str(res), "--out", str(out), "--n-boot", "50", "--quiet"]) == 0
     rep = json.loads((out / "report.json").read_text())  # strict JSON (no NaN)

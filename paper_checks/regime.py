@@ -1,0 +1,156 @@
+"""The paper's regime as an envelope, and the gate that keeps LM verdicts honest.
+
+A verdict is only as good as its testbed. The paper's protocol (Sec. 3) runs post-training
+to convergence with early stopping, then fine-tunes with a sweep of learning rates that
+causes forgetting, while the model keeps its general ability (Figure 2's right panels:
+C4 loss after fine-tuning moderately above the pretrained level, nowhere near uniform).
+A tiny CPU model can leave that regime in ways that make a verdict meaningless (a model
+that forgot English entirely "retains" nothing to compare). The envelope, one criterion
+per statement of the paper (defaults in :class:`Envelope`, reasons in docs/regime.md):
+
+1. ``learned``: pretraining learned D_pre: median L(theta_pre; D_pre) / ln V <= ``max_pre_over_lnV``.
+2. ``converged``: post-training converged: early stopping triggered in at least
+   ``min_stopped`` of the arm's non-compute-matched post-training runs.
+3. ``kept_post``: the pretraining distribution degraded but far from uniform after
+   post-training: median share of pretraining's gain over uniform kept >= ``min_kept_post``.
+4. ``kept_ft``: the same after fine-tuning (median over the arm's fine-tuning runs)
+   >= ``min_kept_ft``.
+5. ``partial``: fine-tuning forgets partially, not totally: median forgetting fraction at
+   the gentlest fine-tuning lr in (``min_forgetting``, ``max_forgetting``).
+
+A run set (preset x pipeline) is inside when every arm (method) of it is inside; an LM
+check on a run set outside becomes INCONCLUSIVE with the failing criteria named (its
+original status and evidence kept in ``data["regime"]``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Envelope:
+    max_pre_over_lnV: float = 0.65
+    min_stopped: float = 0.8
+    min_kept_post: float = 0.5
+    min_kept_ft: float = 0.25
+    min_forgetting: float = 0.02
+    max_forgetting: float = 0.9
+
+
+CRITERIA = {
+    "learned": "L_pre(theta_pre) / ln V <= {max_pre_over_lnV:g}",
+    "converged": "early stopping in >= {min_stopped:.0%} of post-training runs",
+    "kept_post": "pretraining gain kept after post-training >= {min_kept_post:g}",
+    "kept_ft": "pretraining gain kept after fine-tuning >= {min_kept_ft:g}",
+    "partial": "forgetting fraction at the gentlest ft lr in ({min_forgetting:g}, {max_forgetting:g})",
+}
+
+
+def _median(s: pd.Series) -> float:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(s.median()) if len(s) else float("nan")
+
+
+def judge_arm(rows: pd.DataFrame, env: Envelope) -> dict[str, Any]:
+    """Medians of one arm's runs and the criteria it fails (NaN figures fail)."""
+    rows = rows.loc[~rows["diverged"].astype(bool)]
+    gentle = rows.loc[rows["ft_lr"] == rows["ft_lr"].min()] if len(rows) else rows
+    stopped = rows.loc[~rows["compute_matched"].astype(bool)].drop_duplicates("upstream_id")["stopped_early"]
+    stopped = stopped.dropna().astype(bool)
+    fig = {"runs": int(len(rows)), "seeds": int(rows["seed"].nunique()) if len(rows) else 0,
+           "tokens_per_param": _median(rows["tokens_per_param"]),
+           "L_pre_pre_over_lnV": _median(rows.drop_duplicates("upstream_id")["L_pre_pre_over_lnV"]),
+           "stopped_share": float(stopped.mean()) if len(stopped) else float("nan"),
+           "kept_post": _median(rows.drop_duplicates("upstream_id")["kept_post"]),
+           "kept_ft": _median(rows["kept_ft"]), "forgetting_gentlest": _median(gentle["forgetting"]),
+           "L_im": _median(rows.drop_duplicates("upstream_id")["L_im"]),
+           "ret_minus_im_gentlest": _median(gentle["ret_minus_im"])}
+    ok = {
+        "learned": fig["L_pre_pre_over_lnV"] <= env.max_pre_over_lnV,
+        # compute-matched arms are one pass by design: no early stopping to ask for
+        "converged": not len(stopped) or fig["stopped_share"] >= env.min_stopped,
+        "kept_post": fig["kept_post"] >= env.min_kept_post,
+        "kept_ft": fig["kept_ft"] >= env.min_kept_ft,
+        "partial": env.min_forgetting < fig["forgetting_gentlest"] < env.max_forgetting,
+    }
+    failed = [k for k, v in ok.items() if not v]
+    return {**fig, "inside": not failed, "failed": failed}
+
+
+def judge_run_set(table: pd.DataFrame, env: Envelope) -> dict[str, Any]:
+    """Every arm of one run set (one pipeline of one preset), compute-matched arms apart."""
+    arms = {}
+    for (method, cm), g in table.groupby(["method", "compute_matched"], sort=True):
+        arms[f"{method}{' (compute-matched)' if cm else ''}"] = judge_arm(g, env)
+    failed = sorted({f"{name}: {c}" for name, a in arms.items() for c in a["failed"]})
+    return {"inside": bool(arms) and not failed, "failed": failed, "arms": arms}
+
+
+def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
+    """{preset: {pipeline: run-set verdict}} for ``results/lm/<preset>/`` (``regime.csv`` when
+    present, else read from the run directories), with the envelope used."""
+    from lm_experiments.regime import regime_table
+
+    env = env or Envelope()
+    out: dict[str, Any] = {"envelope": asdict(env), "criteria": {k: v.format(**asdict(env)) for k, v in CRITERIA.items()},
+                           "presets": {}}
+    for pdir in sorted(p.parent for p in (Path(results) / "lm").glob("*/frontier.csv")):
+        csv = pdir / "regime.csv"
+        try:
+            table = pd.read_csv(csv) if csv.is_file() else regime_table(pdir)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            out["presets"][pdir.name] = {"error": f"regime table unreadable: {exc}"}
+            continue
+        out["presets"][pdir.name] = ({pipe: judge_run_set(g, env) for pipe, g in table.groupby("pipeline")}
+                                     if len(table) else {})
+    return out
+
+
+def gate_checks(checks: list[dict[str, Any]], regime: dict[str, Any]) -> None:
+    """In place: an LM check on a run set outside the envelope (or without regime data)
+    becomes INCONCLUSIVE, its earlier status and evidence kept in ``data["regime"]``."""
+    for c in checks:
+        if c["side"] != "lm" or not c["id"].startswith("lm.") or c["id"].count(".") < 2:
+            continue
+        preset = c["id"].split(".")[1]
+        sets = regime["presets"].get(preset)
+        verdict = None if not isinstance(sets, dict) else sets.get(c.get("pipeline"))
+        if verdict is None:
+            why = ["no regime data (run directories missing)"]
+        else:
+            why = verdict["failed"]
+        c["data"]["regime"] = {"inside": not why, "failed": why, "status_before": c["status"]}
+        if why and not c["evidence"].startswith("no data"):
+            c["data"]["regime"]["evidence_before"] = c["evidence"]
+            c["status"] = "INCONCLUSIVE"
+            c["evidence"] = f"outside the paper's regime ({'; '.join(why)}): {c['evidence']}"
+
+
+def regime_markdown(regime: dict[str, Any]) -> list[str]:
+    """Lines of the report's regime section: the envelope and one row per arm."""
+    lines = ["", "## Regime: is each LM run set in the paper's regime?", "",
+             "Envelope: " + "; ".join(f"{k}: {v}" for k, v in regime["criteria"].items()) + ".", "",
+             "| preset | pipeline | arm | runs | seeds | tokens/param | L_pre(pre)/lnV | stopped early | kept after post "
+             "| kept after ft | forgetting (gentlest lr) | inside |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x: Any) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else (
+            f"{x:.3g}" if isinstance(x, float) else str(x))
+
+    for preset, sets in regime["presets"].items():
+        if "error" in sets:
+            lines.append(f"| {preset} | - | - | {sets['error']} |")
+            continue
+        for pipe, rs in sets.items():
+            for arm, a in rs["arms"].items():
+                lines.append(f"| {preset} | {pipe} | {arm} | {a['runs']} | {a['seeds']} | {f(a['tokens_per_param'])} | "
+                             f"{f(a['L_pre_pre_over_lnV'])} | {f(a['stopped_share'])} | {f(a['kept_post'])} | "
+                             f"{f(a['kept_ft'])} | {f(a['forgetting_gentlest'])} | "
+                             f"{'yes' if a['inside'] else 'no: ' + ', '.join(a['failed'])} |")
+    return lines
