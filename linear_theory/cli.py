@@ -106,6 +106,18 @@ def _latent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matched(args: argparse.Namespace) -> int:
+    """``matched``: DIR/matched.csv, L_ret against L_im along the stage-2 trajectory per arm."""
+    from linear_theory.studies.matched import run_matched
+
+    df = run_matched(args.out, args.config, args.set)
+    for (pipe, method), g in df.groupby(["pipeline", "method"]):
+        print(f"{pipe:<18} {method:<8} L_im {g['L_im'].min():.4g}..{g['L_im'].max():.4g}  "
+              f"L_ret {g['L_ret'].min():.4g}..{g['L_ret'].max():.4g}  ({len(g)} checkpoints)")
+    print(f"-> {Path(args.out) / 'matched.csv'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- sweeps and studies
 def _sweep(args: argparse.Namespace) -> int:
     """``sweep``: grid sweep into DIR (resumable; ``--shard i/N`` writes a part)."""
@@ -188,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("latent", help="the latent-benefit witness beyond the paper -> DIR/latent.json")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_latent)
+
+    p = sub.add_parser("matched", help="retention at matched L_im along the stage-2 trajectory -> DIR/matched.csv")
+    _config_options(p, "YAML/JSON SimConfig of the Appendix C pipeline (default: built-in default)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_matched)
 
     p = sub.add_parser("sweep", help="vectorised grid sweep over config fields")
     _config_options(p, "YAML/JSON SimConfig (default: built-in default)")
