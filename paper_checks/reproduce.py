@@ -11,7 +11,8 @@ producers also resume inside a step); figures and checks always rerun (seconds).
 failed step is recorded and the others go on; the job then ends with a non-zero exit.
 It ends by printing the verdict table and the paths of the figures.
 
-Presets: ``quick`` (CPU, under 25 minutes on 2 cores: LM ``cpu-quick`` and ``cpu-seeds``), ``full``
+Presets: ``quick`` (CPU, under 25 minutes on 2 cores: LM ``cpu-quick-flan-chem`` and
+``cpu-quick-flan-music``, 3 seeds each, in the paper's regime), ``full``
 (CPU, hours: LM ``cpu-full``, finer theory grids), ``gpu`` (LM ``gpu-135m``).
 ``--dry-run`` prints the plan only.
 """
@@ -35,10 +36,11 @@ from early_exposure.provenance import provenance
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = ("quick", "full", "gpu")
-# LM presets run by each reproduce preset. quick: cpu-quick (breadth: every arm, one seed) and
-# cpu-seeds (the core mixed-vs-unmixed comparison with 3 seeds, so claims (a) and (b) get
-# seed-level confidence intervals); each is under 10 minutes on the 2-core machine.
-LM_PRESETS = {"quick": ("cpu-quick", "cpu-seeds"), "full": ("cpu-full",), "gpu": ("gpu-135m",)}
+# LM presets run by each reproduce preset. quick: two pipelines in the paper's regime
+# (docs/lm_calibration.md), 3 seeds each: general > flan_post > chem with every arm of
+# claims (a)-(e) and the matched-L_im study, general > flan_post > music with the arms of
+# (a), (b) and the matched-L_im study.
+LM_PRESETS = {"quick": ("cpu-quick-flan-chem", "cpu-quick-flan-music"), "full": ("cpu-full",), "gpu": ("gpu-135m",)}
 Logger = Callable[[str], None]
 GRID = {"quick": 32, "full": 64, "gpu": 64}
 

@@ -22,14 +22,14 @@ def test_plan_order_and_commands(tmp_path):
     steps = plan("quick", tmp_path)
     names = [s.name for s in steps]
     assert names == ["theory verify", "theory assumptions", "theory trajectory unmixed", "theory trajectory mixed",
-                     "theory sweep", "theory frontier", "theory compute-matched", "theory latent", "LM cpu-quick", "LM cpu-seeds",
-                     "figures", "paper checks"]
-    lm = steps[names.index("LM cpu-quick")]
-    assert "configs/lm/cpu-quick.yaml" in lm.argv and str(tmp_path / "lm" / "cpu-quick") in lm.argv
-    seeds = steps[names.index("LM cpu-seeds")]
-    assert "configs/lm/cpu-seeds.yaml" in seeds.argv and str(tmp_path / "lm" / "cpu-seeds") in seeds.argv
+                     "theory sweep", "theory frontier", "theory compute-matched", "theory latent", "theory matched",
+                     "LM cpu-quick-flan-chem", "LM cpu-quick-flan-music", "figures", "paper checks"]
+    for name in ("cpu-quick-flan-chem", "cpu-quick-flan-music"):
+        lm = steps[names.index(f"LM {name}")]
+        assert f"configs/lm/{name}.yaml" in lm.argv and str(tmp_path / "lm" / name) in lm.argv
+        assert (Path(__file__).resolve().parent.parent / "configs" / "lm" / f"{name}.yaml").is_file()
     assert "stages.pre.mix_fraction=0.5" in steps[3].argv and "--trajectory-stride" in steps[3].argv
-    assert [s.name for s in plan("gpu", tmp_path)][8] == "LM gpu-135m"
+    assert [s.name for s in plan("gpu", tmp_path)][9] == "LM gpu-135m"
 
 
 def test_runner_continues_after_failure_records_and_resumes(tmp_path):
