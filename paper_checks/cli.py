@@ -75,10 +75,12 @@ def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None)
             checks += matched_checks(pdir / "matched.csv", "lm", prefix, opts)
         analyses[f"forgetting ({pdir.name})"] = forgetting_analysis(df, pdir, k=chance_k)
         analyses[f"layerwise ({pdir.name})"] = layerwise_analysis(df, pdir)
+    checks, not_planned = split_not_planned(checks)
     regime = regime_report(results)
     gate_checks(checks, regime)  # an LM verdict on a run set outside the paper's regime is INCONCLUSIVE
     return {
         "checks": checks,
+        "not_planned": not_planned,
         "regime": regime,
         "errata": collect_errata(results),
         "summary": summarise(checks),
@@ -87,6 +89,26 @@ def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None)
         "results_dir": str(results),
         "provenance": provenance(),
     }
+
+
+def split_not_planned(checks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """LM checks of a pipeline whose preset did not plan the claim's arms ("no data"), when
+    another LM pipeline judges the same claim on data: listed apart (not verdicts), so a
+    preset that runs only some arms in its second pipeline does not fill the table with
+    "no data" rows. A claim judged nowhere keeps its "no data" row."""
+    judged = {c["analogue"] for c in checks
+              if c["side"] == "lm" and c.get("analogue") and not c["evidence"].startswith("no data")}
+    keep, apart = [], []
+    for c in checks:
+        if (c["side"] == "lm" and c.get("pipeline") and c["evidence"].startswith("no data")
+                and c.get("analogue") in judged):
+            apart.append({"id": c["id"], "reason": c["evidence"],
+                          "judged_in": sorted(x["id"] for x in checks if x["side"] == "lm"
+                                              and x.get("analogue") == c["analogue"]
+                                              and not x["evidence"].startswith("no data"))})
+        else:
+            keep.append(c)
+    return keep, apart
 
 
 def _checks_parser() -> argparse.ArgumentParser:

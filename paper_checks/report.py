@@ -78,6 +78,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         for key, r in rows.items():
             lines.append(f"| ({key}) {_md_escape(r['claim'])} | {_md_escape(r['source'])} | "
                          f"{_md_escape('; '.join(r['theory']) or '-')} | {_md_escape('; '.join(r['lm']) or '-')} |")
+    if report.get("not_planned"):
+        lines += ["", "## Claims a pipeline did not plan (judged in another pipeline)", ""]
+        lines += [f"- `{n['id']}`: judged in {', '.join(f'`{j}`' for j in n['judged_in'])}" for n in report["not_planned"]]
     if report.get("regime", {}).get("presets"):
         from paper_checks.regime import regime_markdown
 

@@ -125,3 +125,21 @@ def test_compute_matched_split_one_pass_in_total(n_post: int, lam: float, n_mixe
     assert set(used1.tolist()).isdisjoint(used2.tolist())
     both = np.concatenate([used1, used2])
     assert np.array_equal(np.sort(both), np.arange(n_post))  # every block exactly once in total
+
+
+def test_claims_a_pipeline_did_not_plan_are_listed_apart(tmp_path: Path) -> None:
+    """Pipeline x has the LoRA arms, pipeline y only the base arms: y's LoRA claim is not a
+    verdict row (listed under not_planned, pointing at x's); a claim no pipeline judges
+    (compute-matched) keeps its "no data" rows."""
+    full = frontier_rows("lm", "x", {"unmixed": 0.0, "mixed": 0.5, "unmixed+lora": 0.0, "mixed+lora": 0.5},
+                         seeds=[0, 1, 2])
+    base = frontier_rows("lm", "y", {"unmixed": 0.0, "mixed": 0.5}, seeds=[0, 1, 2])
+    df = pd.concat([full, base])
+    write_frontier(df, tmp_path / "lm" / "q" / "frontier.csv")
+    regime_rows(df).to_csv(tmp_path / "lm" / "q" / "regime.csv", index=False)
+    rep = build_report(tmp_path, CheckOptions(n_boot=50))
+    ids = {c["id"] for c in rep["checks"]}
+    apart = {n["id"]: n for n in rep["not_planned"]}
+    assert "lm.q.e.lora.ret_ft.x" in ids and "lm.q.e.lora.ret_ft.y" not in ids
+    assert apart["lm.q.e.lora.ret_ft.y"]["judged_in"] == ["lm.q.e.lora.ret_ft.x"]
+    assert "lm.q.c.sec42.x" in ids and "lm.q.c.sec42.y" in ids  # judged nowhere: stays "no data"
