@@ -1,7 +1,7 @@
 """Draw the paper's figures from saved results.
 
     python -m figures all --results results/ --out results/figures
-    python -m figures frontiers|lambda|spectra|phase|theory_vs_lm --results DIR --out OUT
+    python -m figures frontiers|lambda|spectra|phase|theory_vs_lm|matched --results DIR --out OUT
 
 Missing data: the figure is skipped with a printed note (exit 0). Inputs that are not
 comparable (several pipelines or evaluation sets in one panel): that figure is refused,
@@ -18,7 +18,7 @@ from early_exposure.errors import ConfigError, cli_main
 from early_exposure.io import atomic_write_json
 from figures.common import Logger
 
-FAMILIES = ("frontiers", "lambda", "spectra", "phase", "theory_vs_lm")
+FAMILIES = ("frontiers", "lambda", "spectra", "phase", "theory_vs_lm", "matched")
 
 
 def make_figures(results: Path, out: Path, which: str = "all", log: Logger = print) -> tuple[list[Path], list[str]]:
@@ -26,6 +26,7 @@ def make_figures(results: Path, out: Path, which: str = "all", log: Logger = pri
     from figures.common import NotComparable
     from figures.frontiers import frontier_figures, theory_vs_lm
     from figures.lambda_studies import lambda_figures
+    from figures.matched import matched_figures
     from figures.theory import phase_figure, spectra_figure
 
     paths: list[Path] = []
@@ -42,6 +43,8 @@ def make_figures(results: Path, out: Path, which: str = "all", log: Logger = pri
                 paths += spectra_figure(results, out, log)
             elif fam == "phase":
                 paths += phase_figure(results, out, log)
+            elif fam == "matched":
+                paths += matched_figures(results, out, log)
             else:
                 paths += theory_vs_lm(results, out, log)
         except NotComparable as e:

@@ -109,3 +109,15 @@ def test_theory_study_checkpoints_are_simulator_runs(tmp_path: Path) -> None:
     assert r["post_step"] == 40
     assert r["L_im"] == pytest.approx(ref.losses["L_im"], rel=1e-9)
     assert r["L_ret"] == pytest.approx(ref.losses["L_ret"], rel=1e-9)
+
+
+def test_matched_figure_drawn_per_table(tmp_path: Path) -> None:
+    from figures.matched import matched_figures
+
+    (tmp_path / "lm" / "q").mkdir(parents=True)
+    _lm_table(benefit=0.3).to_csv(tmp_path / "lm" / "q" / "matched.csv", index=False)
+    notes: list[str] = []
+    assert matched_figures(tmp_path / "empty", tmp_path / "f0", notes.append) == [] and notes
+    paths = matched_figures(tmp_path, tmp_path / "f")
+    assert sorted(p.name for p in paths) == ["matched_lm-q.pdf", "matched_lm-q.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
