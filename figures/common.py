@@ -4,11 +4,21 @@ Rule: figures only read saved files (they never train). Before plotting, a figur
 its inputs are comparable (one pipeline per panel, one side, the same evaluation-set
 fingerprint when the runs record one); a figure whose data is absent is skipped with a
 printed note, never a crash.
+
+Every figure goes through :func:`save`, which finishes it the same way: a loss axis whose
+plotted values span more than a decade is put on a log scale (:func:`log_scale_if_wide`:
+theory losses from 0.01 to 40 on a linear axis squash both fronts into one line), and a
+figure with a (possibly two-line) suptitle gets matplotlib's constrained layout so the
+suptitle sits above the panel titles instead of over them. Titles use plain words, never
+column names (:func:`plain`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +27,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
 
 from early_exposure.frontier import read_frontier  # noqa: E402
 from early_exposure.io import atomic_write_figure  # noqa: E402
@@ -108,8 +120,88 @@ def assert_comparable(df: pd.DataFrame, run_root: Path | None = None) -> dict[st
     return checked
 
 
+#: column / flag names -> the plain words a title or label shows
+PLAIN_NAMES: dict[str, str] = {
+    "C5_C6_hold": "the pretraining assumptions C.5 and C.6 hold",
+    "assumptions_hold": "all of the paper's assumptions (C.3-C.6) hold",
+    "C3_C4": "assumptions C.3 and C.4 hold",
+    "C5": "assumption C.5 holds",
+    "C6": "assumption C.6 holds",
+    "mix_fraction": "mixing fraction",
+    "stages.pre.mix_fraction": "mixing fraction",
+    "task.beta": "beta",
+    "ft_lr": "fine-tuning learning rate",
+    "compute_matched": "compute-matched",
+    "post_hparams": "post-training setting",
+}
+
+
+def plain(name: str) -> str:
+    """The plain-words form of a column or flag name (:data:`PLAIN_NAMES`; otherwise
+    underscores become spaces and ``C5`` becomes ``C.5``)."""
+    if name in PLAIN_NAMES:
+        return PLAIN_NAMES[name]
+    words = re.sub(r"\bC(\d+)", r"C.\1", str(name).split(".")[-1])
+    return words.replace("_", " ")
+
+
+_LOSS_LABEL = re.compile(r"loss|L_\{|L_[a-z]|\\Delta|Delta", re.IGNORECASE)
+
+
+def _plotted(ax: plt.Axes, axis: str) -> np.ndarray:
+    """Finite values plotted on ``axis`` ("x" or "y") by the lines and scatters of ``ax``."""
+    i = 0 if axis == "x" else 1
+    # data coordinates only: axhline / axvline are in axes coordinates on one of their axes
+    parts = [np.asarray(line.get_xdata() if i == 0 else line.get_ydata(), dtype=np.float64).ravel()
+             for line in ax.get_lines() if line.get_transform() is ax.transData]
+    parts += [np.asarray(c.get_offsets(), dtype=np.float64).reshape(-1, 2)[:, i]
+              for c in ax.collections if isinstance(c, PathCollection) and c.get_offset_transform() is ax.transData]
+    v = np.concatenate(parts) if parts else np.empty(0)
+    return v[np.isfinite(v)]
+
+
+def log_scale_if_wide(ax: plt.Axes, axis: str, decades: float = 1.0) -> bool:
+    """Put ``axis`` of ``ax`` on a log scale when its plotted values are all positive and
+    span more than ``decades`` decades (max / min > 10^decades); True when it did. An
+    axis already on a non-linear scale, or with zero / negative values, is left alone."""
+    get = ax.get_xscale if axis == "x" else ax.get_yscale
+    if get() != "linear":
+        return False
+    v = _plotted(ax, axis)
+    if v.size < 2 or v.min() <= 0 or math.log10(v.max() / v.min()) <= decades:
+        return False
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    return True
+
+
+def finish(fig: plt.Figure) -> None:
+    """What :func:`save` does before writing: log scale on every wide loss axis (an axis
+    whose label names a loss, :func:`log_scale_if_wide`), and, when the figure has a
+    suptitle and no layout engine yet, a layout that keeps the suptitle above the panel
+    titles: constrained layout, or ``tight_layout`` (which accounts for the suptitle) when
+    colour bars were added before (constrained layout cannot take those over)."""
+    for ax in fig.axes:
+        if getattr(ax, "_colorbar", None) is not None:
+            continue
+        for axis in ("x", "y"):
+            label = ax.get_xlabel() if axis == "x" else ax.get_ylabel()
+            if label and _LOSS_LABEL.search(label):
+                log_scale_if_wide(ax, axis)
+    sup = getattr(fig, "_suptitle", None)
+    if sup is None or not sup.get_text() or fig.get_layout_engine() is not None:
+        return
+    if any(getattr(ax, "_colorbar", None) is not None for ax in fig.axes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not compatible with tight_layout": keep the layout
+            fig.tight_layout()
+    else:
+        fig.set_layout_engine("constrained")
+
+
 def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    """Write ``name``.png and ``name``.pdf atomically; close the figure."""
+    """Finish the figure (:func:`finish`), write ``name``.png and ``name``.pdf atomically;
+    close the figure."""
+    finish(fig)
     paths = [atomic_write_figure(out / f"{name}.{ext}", fig, dpi=130, bbox_inches="tight") for ext in ("png", "pdf")]
     plt.close(fig)
     return paths

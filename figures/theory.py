@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from figures.common import Logger, NotComparable, Skip, save
+from figures.common import Logger, NotComparable, Skip, plain, save
 
 STAGES = ("pre", "post", "ft")
 BLOCK_COLOURS = {"invariant": "tab:blue", "inconsistent": "tab:red", "specialized": "tab:green"}
@@ -69,7 +69,7 @@ def spectra_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     if len(shapes) != 1:
         raise NotComparable(f"mixed and unmixed trajectories have different (n, k): {sorted(shapes)}")
     n, k = shapes.pop()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharey=True, layout="constrained")
     for ax, (block, sl) in zip(axes, _block_slices(n, k).items()):
         for name, (t, _, _) in runs.items():
             s = t[[f"s_{i}" for i in range(n)]].to_numpy()[:, sl]
@@ -85,12 +85,22 @@ def spectra_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
         ax.set_xlabel("step (pre | post | ft)")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("feature strength diag($U^T\\theta V$)")
-    fig.suptitle("Spectrum trajectories: the staircase of sequential learning, mixed (solid) vs unmixed (dashed)",
+    fig.suptitle("Spectrum trajectories: the staircase of sequential learning\n"
+                 "mixed (solid) vs unmixed (dashed); dotted lines: start of post-training and of fine-tuning",
                  fontsize=10)
     return save(fig, out, "theory_spectra")
 
 
+#: the assumption flags of a theory sweep, in order of preference: the region where the
+#: pretraining assumptions hold (``assumptions_hold`` is False everywhere as printed: C.3/C.4
+#: and C.6 exclude each other, ``linear_theory.sweep.flags``)
+_FLAGS = ("C5_C6_hold", "assumptions_hold")
+
+
 def _flag_column(df: pd.DataFrame) -> str | None:
+    for c in _FLAGS:
+        if c in df.columns and df[c].dropna().isin([True, False, 0, 1]).all():
+            return c
     for c in df.columns:
         lc = c.lower()
         if ("assum" in lc or "feasib" in lc or lc.endswith("hold") or lc.endswith("holds")) and \
@@ -120,20 +130,21 @@ def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     g = df.groupby(["alpha", "beta"])[cols].mean().reset_index()  # other grid axes (if any) averaged
     alphas, betas = np.sort(g["alpha"].unique()), np.sort(g["beta"].unique())
     grid = g.pivot(index="beta", columns="alpha", values="Delta").reindex(index=betas, columns=alphas)
-    fig, ax = plt.subplots(figsize=(6, 4.6))
+    fig, ax = plt.subplots(figsize=(6, 4.6), layout="constrained")
     m = ax.pcolormesh(alphas, betas, grid.to_numpy(), shading="nearest", cmap="viridis")
     fig.colorbar(m, ax=ax, label="$\\Delta = L_{ret} - L_{im}$")
-    note = ""
     if flag:
         fl = g.pivot(index="beta", columns="alpha", values=flag).reindex(index=betas, columns=alphas).to_numpy()
+        what = plain(flag)
         if np.nanmin(fl) < 0.5 < np.nanmax(fl):
             ax.contour(alphas, betas, fl, levels=[0.5], colors="white", linewidths=2)
-            note = f" (white: boundary of '{flag}')"
+            note = f"white line: boundary of the region where {what}"
         else:
-            note = f" ('{flag}' {'holds everywhere' if np.nanmin(fl) >= 0.5 else 'holds nowhere'})"
+            where = "everywhere" if np.nanmin(fl) >= 0.5 else "nowhere"
+            note = f"{what[:1].upper() + what[1:]} {where} on this grid"
     else:
-        note = " (no assumption flag column in the sweep)"
-    ax.set_xlabel("mix_fraction ($\\alpha$)")
+        note = "the sweep records no assumption flags"
+    ax.set_xlabel("mixing fraction $\\alpha$")
     ax.set_ylabel("$\\beta$")
-    ax.set_title("Phase diagram of $\\Delta$" + note, fontsize=9)
+    ax.set_title("Phase diagram of $\\Delta = L_{ret} - L_{im}$\n" + note, fontsize=9)
     return save(fig, out, "theory_phase_delta")

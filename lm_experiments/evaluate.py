@@ -4,8 +4,9 @@
   the paper's L_im, L_ret, L_ft, L_pre are all this function applied to different
   (model, split) pairs (sharded over the ranks of a multi-process job). Per-block losses and, on request, top-1 next-token correctness are
   kept for sample-wise analyses (1->0 forgetting / 0->1 transfer, arXiv 2510.17776).
-* :func:`save_checkpoint` -- ``save_pretrained`` (safetensors) + tokenizer + extra JSON,
-  atomically, loadable by ``AutoModelForCausalLM.from_pretrained``.
+* :func:`save_checkpoint` -- ``save_pretrained`` (safetensors) + tokenizer + extra JSON +
+  generation config + model card, atomically, loadable by
+  ``AutoModelForCausalLM.from_pretrained`` and ready for ``generate`` (stops at EOS).
 * :func:`layerwise_change` -- relative Frobenius change per tensor and per layer group:
   where in the network fine-tuning acts.
 """
@@ -13,10 +14,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,18 +114,53 @@ def _block_losses(model: nn.Module, blocks: np.ndarray, batch_size: int, device:
     return per_example, correct
 
 
+def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
+    """``{"bos_token_id", "eos_token_id", "pad_token_id"}`` of ``tokenizer``: a
+    ``transformers`` tokenizer's own ids, a raw ``tokenizers.Tokenizer``'s ids of the
+    project's special tokens (``lm_experiments.data.config.SPECIAL_TOKENS``); all None for
+    None or a tokenizer without them."""
+    out: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if tokenizer is None:
+        return out
+    if hasattr(tokenizer, "eos_token_id"):
+        for k in out:
+            v = getattr(tokenizer, k, None)
+            out[k] = None if v is None else int(v)
+    elif hasattr(tokenizer, "token_to_id"):
+        from lm_experiments.data.config import SPECIAL_TOKENS
+
+        for k in out:
+            v = tokenizer.token_to_id(SPECIAL_TOKENS[k.removesuffix("_id")])
+            out[k] = None if v is None else int(v)
+    return out
+
+
 def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict) -> None:
-    """Save ``model`` so that ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads it.
+    """Save ``model`` so that ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads it and
+    ``generate`` works on it as on a Hugging Face model.
 
     Writes ``config.json`` + ``model.safetensors`` (``save_pretrained``), the tokenizer
     (``save_pretrained`` for a ``transformers`` tokenizer, ``tokenizer.json`` for a raw
-    ``tokenizers.Tokenizer``; skipped when None) and ``extra.json`` (``extra``, e.g. the
-    resolved config, seed, losses, provenance). Atomic: everything goes to a sibling temp
-    directory that is renamed onto ``out_dir`` (an existing ``out_dir`` is replaced).
-    A ``PeftModel`` is merged on a copy first. The saved config has
-    ``attention_dropout=0``: dropout is a training setting (``model.set_dropout``), its
-    rate belongs in ``extra``.
+    ``tokenizers.Tokenizer``; skipped when None), ``extra.json`` (``extra``, e.g. the
+    resolved config, seed, losses, provenance) and a model card ``README.md`` (the lineage
+    in ``extra``, :func:`lm_experiments.checkpoints.model_card`). Atomic: everything goes
+    to a sibling temp directory that is renamed onto ``out_dir`` (an existing ``out_dir``
+    is replaced); files and directories get the umask's modes (``early_exposure.io``).
+    A ``PeftModel`` is merged on a copy first.
+
+    The saved config differs from the in-memory one (which is left untouched: training
+    keeps ``use_cache=False``) in what inference needs: the tokenizer's
+    ``bos/eos/pad_token_id`` (so ``generate`` stops at EOS), ``use_cache=True`` (a
+    key-value cache for generation; load with ``use_cache=False`` to train,
+    :func:`lm_experiments.checkpoints.load_model`) and ``attention_dropout=0`` (dropout
+    is a training setting, ``model.set_dropout``; its rate belongs in ``extra``). The same
+    ids and ``use_cache`` go into ``generation_config.json`` (``GenerationConfig``).
     """
+    from transformers import GenerationConfig
+
+    from early_exposure.io import atomic_dir, atomic_write_text
+    from lm_experiments.checkpoints import model_card
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -139,8 +172,8 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
             model = merge_lora(copy.deepcopy(model))
     except ImportError:
         pass
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    ids = special_token_ids(tokenizer)
+    with atomic_dir(out_dir) as tmp:
         cfg = model.config
         saved_p = cfg.attention_dropout
         cfg.attention_dropout = 0.0
@@ -148,6 +181,15 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
             model.save_pretrained(tmp, safe_serialization=True)
         finally:
             cfg.attention_dropout = saved_p
+        # the inference settings, on a copy of the config (the model's own is not touched)
+        saved_cfg = copy.deepcopy(cfg)
+        saved_cfg.attention_dropout = 0.0
+        saved_cfg.use_cache = True
+        for k, v in ids.items():
+            if v is not None:
+                setattr(saved_cfg, k, v)
+        saved_cfg.save_pretrained(tmp)
+        GenerationConfig(**{k: v for k, v in ids.items() if v is not None}, use_cache=True).save_pretrained(tmp)
         if tokenizer is not None:
             if hasattr(tokenizer, "save_pretrained"):
                 tokenizer.save_pretrained(str(tmp))
@@ -157,17 +199,7 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
                 raise ConfigError("tokenizer", f"cannot save a {type(tokenizer).__name__}; pass a tokenizers.Tokenizer, "
                                   "a transformers tokenizer or None")
         atomic_write_json(tmp / "extra.json", extra)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-            os.rmdir(old)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_text(tmp / "README.md", model_card(extra, config=saved_cfg, special_ids=ids))
 
 
 _LAYER_RE = re.compile(r"layers\.(\d+)\.(self_attn|mlp|input_layernorm|post_attention_layernorm)\.")
