@@ -129,9 +129,9 @@ class StageContext:
                         precision=self.cfg.precision, return_correct=correct)
 
     def load(self, path: Path) -> Any:
-        from transformers import AutoModelForCausalLM
+        from lm_experiments.checkpoints import load_model
 
-        return AutoModelForCausalLM.from_pretrained(path).to(self.device)
+        return load_model(path, self.device)  # use_cache off for training (saved on, for generate)
 
     @main_process_only
     def save_model(self, model: Any, path: Path, extra: dict[str, Any]) -> None:
