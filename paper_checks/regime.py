@@ -18,9 +18,12 @@ per statement of the paper (defaults in :class:`Envelope`, reasons in docs/regim
 5. ``partial``: fine-tuning forgets partially, not totally: median forgetting fraction at
    the gentlest fine-tuning lr in (``min_forgetting``, ``max_forgetting``).
 
-A run set (preset x pipeline) is inside when every arm (method) of it is inside; an LM
-check on a run set outside becomes INCONCLUSIVE with the failing criteria named (its
-original status and evidence kept in ``data["regime"]``).
+Each arm (method, compute-matched arms apart) of a run set (preset x pipeline) is judged on
+its own; an LM check is judged on the arms it reads (:func:`check_arms`: the baseline and
+candidate of a frontier comparison, the base arms of the lambda studies and of the
+matched-L_im check). A check any of whose arms is outside becomes INCONCLUSIVE with the
+failing criteria named (its original status and evidence kept in ``data["regime"]``); the
+run set as a whole is reported inside only when every arm is.
 """
 
 from __future__ import annotations
@@ -112,8 +115,20 @@ def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
     return out
 
 
+def check_arms(c: dict[str, Any]) -> list[str] | None:
+    """The arms (regime-table names) an LM check reads; None = every arm of its run set."""
+    d, key = c.get("data") or {}, c.get("analogue") or ""
+    if "baseline" in d and "candidate" in d:
+        return [d["baseline"], d["candidate"]]
+    if key in ("b.sec41", "b.matched_im"):
+        return ["unmixed", "mixed"]
+    if key == "c.sec42":
+        return ["unmixed (compute-matched)", "mixed (compute-matched)"]
+    return None
+
+
 def gate_checks(checks: list[dict[str, Any]], regime: dict[str, Any]) -> None:
-    """In place: an LM check on a run set outside the envelope (or without regime data)
+    """In place: an LM check whose arms are outside the envelope (or without regime data)
     becomes INCONCLUSIVE, its earlier status and evidence kept in ``data["regime"]``."""
     for c in checks:
         if c["side"] != "lm" or not c["id"].startswith("lm.") or c["id"].count(".") < 2:
@@ -124,7 +139,9 @@ def gate_checks(checks: list[dict[str, Any]], regime: dict[str, Any]) -> None:
         if verdict is None:
             why = ["no regime data (run directories missing)"]
         else:
-            why = verdict["failed"]
+            arms = check_arms(c)
+            why = [f"{name}: {crit}" for name, a in verdict["arms"].items()
+                   if arms is None or name in arms for crit in a["failed"]]
         c["data"]["regime"] = {"inside": not why, "failed": why, "status_before": c["status"]}
         if why and not c["evidence"].startswith("no data"):
             c["data"]["regime"]["evidence_before"] = c["evidence"]

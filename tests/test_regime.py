@@ -143,3 +143,19 @@ def test_claims_a_pipeline_did_not_plan_are_listed_apart(tmp_path: Path) -> None
     assert "lm.q.e.lora.ret_ft.x" in ids and "lm.q.e.lora.ret_ft.y" not in ids
     assert apart["lm.q.e.lora.ret_ft.y"]["judged_in"] == ["lm.q.e.lora.ret_ft.x"]
     assert "lm.q.c.sec42.x" in ids and "lm.q.c.sec42.y" in ids  # judged nowhere: stays "no data"
+
+
+def test_gate_reads_the_arms_of_each_check(tmp_path: Path) -> None:
+    """One arm outside (unmixed+lora): the LoRA claim is gated, the mixing claim is not."""
+    df = frontier_rows("lm", "a>b>c", {"unmixed": 0.0, "mixed": 0.5, "unmixed+lora": 0.0, "mixed+lora": 0.5},
+                       seeds=[0, 1, 2, 3])
+    write_frontier(df, tmp_path / "lm" / "q" / "frontier.csv")
+    reg = regime_rows(df)
+    reg.loc[reg["method"] == "unmixed+lora", "kept_post"] = 0.1
+    reg.to_csv(tmp_path / "lm" / "q" / "regime.csv", index=False)
+    rep = build_report(tmp_path, CheckOptions(n_boot=50))
+    by = {c["id"]: c for c in rep["checks"]}
+    assert by["lm.q.a.mixing.ret_ft.a>b>c"]["status"] == "PASS"
+    lora = by["lm.q.e.lora.ret_ft.a>b>c"]
+    assert lora["status"] == "INCONCLUSIVE" and "unmixed+lora: kept_post" in lora["evidence"]
+    assert rep["regime"]["presets"]["q"]["a>b>c"]["inside"] is False
