@@ -14,8 +14,11 @@ side. Claims (paper sections):
 - (e) Appendix B.3 / Figure 7: mixing also improves the LoRA frontier.
 
 Frontier comparisons use the hypervolume difference (area dominated, common reference
-point; :mod:`early_exposure.pareto`) with a bootstrap interval over seeds (paired), and
-report the loss gap at matched first coordinate. A claim PASSes only when the interval
+point; :mod:`early_exposure.pareto`) and the loss gap at matched first coordinate, each
+computed on every seed's own fronts (paired: the same seeds in both arms) and summarised by
+a Student-t interval over seeds, with the exact sign-flip p beside it (with 3-5 seeds a
+percentile bootstrap over seeds degenerates to a handful of distinct resamples). The lambda
+studies use per-seed slopes and gaps the same way. A claim PASSes only when the interval
 excludes zero in its favour, FAILs when the interval shows no meaningful effect or the
 opposite, and is INCONCLUSIVE otherwise or with fewer than ``min_seeds`` seeds (the
 noise-free theory frontier may resample upstream checkpoints instead).
@@ -35,7 +38,7 @@ from early_exposure.errors import ConfigError
 from early_exposure.frontier import BASE_METHODS, VIEWS, select_arm
 from early_exposure.pareto import front_box, hypervolume, loss_gap_at_matched_x, pareto_front
 from paper_checks.report import make_check, no_data
-from paper_checks.stats import Interval, bootstrap_two_arms, bootstrap_units, slope
+from paper_checks.stats import Interval, sign_flip_p, slope, t_interval
 
 
 
@@ -86,8 +89,8 @@ def compare_frontiers(
     """Does ``candidate``'s frontier beat ``baseline``'s in ``view``? -> (status, evidence, data).
 
     Statistic: hypervolume(candidate) - hypervolume(baseline) against one reference point
-    (from all points of both arms), with a percentile bootstrap interval over seeds
-    (paired: the same resampled seeds for both arms). Also the loss gap (baseline minus
+    (from all points of both arms), computed on each shared seed's own fronts, with a
+    Student-t interval over those per-seed values. Also the loss gap (baseline minus
     candidate second coordinate at matched first coordinate) with its interval.
     """
     a_all, lam_a = select_arm(df, baseline)
@@ -117,22 +120,28 @@ def compare_frontiers(
 
     shared = sorted(set(a["seed"]) & set(b["seed"]))
     if len(shared) >= opts.min_seeds:
-        unit, paired, keep = "seed", True, shared
+        unit, keep = "seed", shared
     else:
-        unit, paired, keep = "upstream_id", False, None
+        unit, keep = "upstream_id", None
     ga, gb = _groups(a, unit, view, keep), _groups(b, unit, view, keep)
     na = {k: (v - lo) / span for k, v in ga.items()}
     nb = {k: (v - lo) / span for k, v in gb.items()}
     # exact theory losses with one seed: nothing to resample, the values are the answer
     noise_free = side == "theory" and len(set(a["seed"]) | set(b["seed"])) == 1
-    kw = dict(paired=paired, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
     if noise_free or unit != "seed":  # exact theory, or too few seeds: point estimates only
         hv0 = hv_b - hv_a
         g0 = loss_gap_at_matched_x(pa, pb)["gap"]
         hv_iv, gap_iv = Interval(hv0, hv0, hv0, 0, 0), Interval(g0, g0, g0, 0, 0)
-    else:
-        hv_iv = bootstrap_two_arms(lambda p, q: hypervolume(q, ref) - hypervolume(p, ref), na, nb, **kw)
-        gap_iv = bootstrap_two_arms(lambda p, q: loss_gap_at_matched_x(p, q)["gap"], ga, gb, **kw)
+    else:  # per-seed fronts (common normalisation and reference), t-interval over the seeds
+        per_hv = {k: hypervolume(nb[k], ref) - hypervolume(na[k], ref) for k in keep}
+        per_gap = {k: loss_gap_at_matched_x(ga[k], gb[k])["gap"] for k in keep}
+        hv_iv = t_interval(list(per_hv.values()), level=opts.level)
+        gap_iv = t_interval(list(per_gap.values()), level=opts.level)
+        data.update(per_seed={"hv_diff": {str(k): v for k, v in per_hv.items()},
+                              "loss_gap": {str(k): v for k, v in per_gap.items()}},
+                    sign_flip_p={"hv_diff": sign_flip_p(list(per_hv.values())),
+                                 "loss_gap": sign_flip_p(list(per_gap.values()))},
+                    interval=f"t over {len(keep)} seeds, per-seed fronts")
     data.update(unit=unit, n_units={"baseline": len(ga), "candidate": len(gb)}, shared_seeds=len(shared),
                 hv_diff=hv_iv.as_dict(), hv_diff_relative=hv_iv.point / max(hv_a, 1e-12),
                 loss_gap=gap_iv.as_dict())
@@ -154,9 +163,9 @@ def compare_frontiers(
         gap_lo = gap_hi = gap_iv.point
     else:
         if not np.isfinite(hv_iv.lo):
-            return "INCONCLUSIVE", f"bootstrap interval undefined; {desc}", data
+            return "INCONCLUSIVE", f"interval undefined; {desc}", data
         hv_lo, hv_hi, gap_lo, gap_hi = hv_iv.lo, hv_iv.hi, gap_iv.lo, gap_iv.hi
-    data["decision"] = "exact values" if noise_free else "bootstrap interval over seeds"
+    data["decision"] = "exact values" if noise_free else "t-interval over per-seed statistics"
     # meaningful = the candidate's second loss is lower by >= min_effect of the baseline
     # front's mean, at matched first loss (where the fronts overlap)
     scale = float(np.abs(pareto_front(pa)[:, 1]).mean())
@@ -224,11 +233,13 @@ def _lambda_stat(t: pd.DataFrame, col: str, ft_lr: float | None) -> tuple[Callab
 
 
 def _booter(opts: CheckOptions, resample: bool) -> Callable[[Callable[[list[Any]], float], list[Any]], Interval]:
-    """Bootstrap over seeds, or (``resample=False``: one exact seed, or too few seeds to
-    judge) the point estimate alone, shown without an interval."""
+    """Per-seed statistics summarised by a Student-t interval over seeds
+    (:func:`paper_checks.stats.t_interval`: the statistic computed on each seed alone), or
+    (``resample=False``: one exact seed, or too few seeds to judge) the point estimate alone,
+    shown without an interval. The point of the interval is the mean of the per-seed values."""
     def boot(stat: Callable[[list[Any]], float], units: list[Any]) -> Interval:
         if resample:
-            return bootstrap_units(stat, units, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
+            return t_interval([float(stat([u])) for u in units], level=opts.level)
         v = float(stat(list(units)))
         return Interval(v, v, v, 0, 0)
     return boot
