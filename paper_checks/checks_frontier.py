@@ -65,7 +65,7 @@ class CheckOptions:
 def _fmt(iv: Interval, digits: int = 3) -> str:
     if not np.isfinite(iv.point):
         return "undefined"
-    if iv.n_boot == 0:
+    if iv.n_boot == 0 and iv.n_valid == 0:  # an exact value or a point estimate alone
         return f"{iv.point:.{digits}g}"
     return f"{iv.point:.{digits}g} [{iv.lo:.{digits}g}, {iv.hi:.{digits}g}]"
 
