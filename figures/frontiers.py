@@ -25,7 +25,9 @@ LABELS = {"L_ft": "fine-tuning loss $L_{ft}$", "L_ret": "retained post-training 
 
 
 def draw_frontier(ax: plt.Axes, df: pd.DataFrame, method: str, view: str, dashed: bool = False) -> bool:
-    """Scatter one method's points and join its Pareto front; False when it has no rows."""
+    """Scatter one method's points, draw each seed's own Pareto front (thin; the checks judge
+    per-seed fronts) and the front of all seeds' points (thick); the legend names the arm's
+    lambda and its seed count. False when the method has no rows."""
     rows, lam = select_arm(df, method)
     rows = rows.loc[~rows["diverged"]]
     if rows.empty:
@@ -34,10 +36,17 @@ def draw_frontier(ax: plt.Axes, df: pd.DataFrame, method: str, view: str, dashed
     pts = rows[[x, y]].to_numpy(np.float64)
     c = COLOURS.get(method, None)
     marker = "s" if "lora" in method else "o"
+    ls = "--" if dashed else "-"
     ax.scatter(pts[:, 0], pts[:, 1], s=12, alpha=0.3, color=c, marker=marker)
+    seeds = sorted(rows["seed"].unique())
+    if len(seeds) > 1:
+        for s in seeds:
+            fs = pareto_front(rows.loc[rows["seed"] == s, [x, y]].to_numpy(np.float64))
+            ax.plot(fs[:, 0], fs[:, 1], ls=ls, lw=0.7, alpha=0.5, color=c)
     f = pareto_front(pts)
-    label = method + (f" ($\\lambda$={lam:g})" if lam and not method.startswith("unmixed") else "")
-    ax.plot(f[:, 0], f[:, 1], ls="--" if dashed else "-", marker=marker, ms=4, color=c, label=label)
+    lam_txt = f"$\\lambda$={lam:g}" if lam is not None else "$\\lambda$=0"
+    label = f"{method} ({lam_txt}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+    ax.plot(f[:, 0], f[:, 1], ls=ls, lw=1.8, marker=marker, ms=4, color=c, label=label)
     ax.set_xlabel(LABELS[x])
     ax.set_ylabel(LABELS[y])
     return True
