@@ -177,6 +177,20 @@ def _pack_split(shard: TokenShard, idx: DocIndex, positions: np.ndarray, eos_id:
     return frozenset(idx.hexes(in_blocks)), info
 
 
+def _pack_held_out(shard: TokenShard, idx: DocIndex, positions: np.ndarray, eos_id: int, cfg: DataConfig,
+                   role: str, split: str, n_blocks: int, work: Path) -> tuple[frozenset[str], dict]:
+    """Pack a held-out split (``val`` / ``test``) of ``n_blocks``; a split whose documents
+    hold fewer tokens raises a ConfigError naming the field to change."""
+    out = _pack_split(shard, idx, positions, eos_id, cfg.seq_len, n_blocks, work / f"{role}_{split}.npy")
+    if out[1]["tokens"] < n_blocks * cfg.seq_len:
+        field, frac = ("val_tokens", "val_fraction") if split == "val" else ("test_tokens", "test_fraction")
+        raise ConfigError(f"{SECTION}.{field}",
+                          f"role {role!r}: its {'validation' if split == 'val' else 'test'} documents hold "
+                          f"{out[1]['stream_tokens']} tokens, fewer than {field}={n_blocks * cfg.seq_len}; lower "
+                          f"{field}, raise {frac} or add data ({SECTION}.{role}.max_chars / max_docs)")
+    return out
+
+
 def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: bool = True) -> PreparedData:
     """Build (or load from cache) the tokenizer and packed token splits of ``cfg``.
 
@@ -228,21 +242,10 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
             shards[role] = tokenize_to_shard(_docs(cfg, role, cache_root), idx, encode, len(tok),
                                              work / f"{role}.tokens", progress=bar.update)
             bar.close()
-            vals[role] = _pack_split(shards[role], idx, idx.val, eos, cfg.seq_len, cfg.num_val_blocks,
-                                     work / f"{role}_val.npy")
-            if vals[role][1]["tokens"] < cfg.num_val_blocks * cfg.seq_len:
-                raise ConfigError(f"{SECTION}.val_tokens",
-                                  f"role {role!r}: its validation documents hold {vals[role][1]['stream_tokens']} "
-                                  f"tokens, fewer than val_tokens={cfg.val_tokens}; lower val_tokens, raise val_fraction "
-                                  f"or add data ({SECTION}.{role}.max_chars / max_docs)")
+            vals[role] = _pack_held_out(shards[role], idx, idx.val, eos, cfg, role, "val", cfg.num_val_blocks, work)
             if cfg.num_test_blocks:
-                tests[role] = _pack_split(shards[role], idx, idx.test, eos, cfg.seq_len, cfg.num_test_blocks,
-                                          work / f"{role}_test.npy")
-                if tests[role][1]["tokens"] < cfg.num_test_blocks * cfg.seq_len:
-                    raise ConfigError(f"{SECTION}.test_tokens",
-                                      f"role {role!r}: its test documents hold {tests[role][1]['stream_tokens']} tokens, "
-                                      f"fewer than the {cfg.num_test_blocks * cfg.seq_len} asked for; lower test_tokens, "
-                                      f"raise test_fraction or add data ({SECTION}.{role}.max_chars / max_docs)")
+                tests[role] = _pack_held_out(shards[role], idx, idx.test, eos, cfg, role, "test", cfg.num_test_blocks,
+                                             work)
         for role in ROLES:
             idx = index[role]
             train_h, tinfo = _pack_split(shards[role], idx, idx.train, eos, cfg.seq_len, max_train_blocks,
