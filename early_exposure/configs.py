@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -62,9 +63,17 @@ def yaml_load(text: str) -> Any:
 def load_mapping(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML file into a dict (``ConfigError`` if missing or malformed)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("--config", f"{p} is a directory; give a YAML or JSON file (e.g. one of configs/)")
     if not p.is_file():
         raise ConfigError("--config", f"file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("--config", f"{p} is not a UTF-8 text file (binary or another encoding); "
+                          "give a YAML or JSON config") from None
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {p}: {exc.strerror or exc}") from None
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -269,3 +278,52 @@ def check_list(path: str, values: tuple[Any, ...], lo: float | None = None, hi: 
         return
     for i, v in enumerate(values):
         check_range(f"{path}[{i}]", v, lo, hi, lo_open=lo_open, hi_open=hi_open)
+
+
+def check_output_dir(flag: str, path: str | Path) -> Path:
+    """``path`` can hold (or become) an output directory: raise ConfigError naming ``flag`` otherwise.
+
+    Run by every command line on its output locations before any work, so a path under a
+    regular file or in a read-only place fails in one line up front instead of after the
+    computation. Nothing is created here.
+    """
+    p = Path(path)
+    if str(path).strip() == "":
+        raise ConfigError(flag, "empty path; give a directory")
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(flag, f"{p} exists and is not a directory; give a directory path")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(flag, f"{p} is not writable; give a directory you can write to")
+        return p
+    for anc in p.absolute().parents:
+        if os.path.lexists(anc):
+            if not anc.is_dir():
+                raise ConfigError(flag, f"cannot create {p}: {anc} is a file, not a directory; "
+                                  f"give a {flag} path outside it")
+            if not os.access(anc, os.W_OK | os.X_OK):
+                raise ConfigError(flag, f"cannot create {p}: {anc} is not writable; "
+                                  "give a directory you can write to")
+            break
+    return p
+
+
+def check_output_file(flag: str, path: str | Path) -> Path:
+    """``path`` can be written as a file (its folder is a valid output directory)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(flag, f"{p} is a directory; give a file path")
+    check_output_dir(flag, p.parent if str(p.parent) else ".")
+    return p
+
+
+def check_input_dir(flag: str, path: str | Path) -> Path:
+    """``path`` is an existing, readable directory (ConfigError naming ``flag`` otherwise)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(flag, f"directory not found: {p}")
+    if not p.is_dir():
+        raise ConfigError(flag, f"{p} is a file, not a directory; give the directory that holds the results")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise ConfigError(flag, f"{p} is not readable")
+    return p

@@ -27,6 +27,7 @@ import io
 import sys
 from pathlib import Path
 
+from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, cli_main
 from early_exposure.io import atomic_write_bytes, atomic_write_json
 from early_exposure.provenance import provenance
@@ -49,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.trajectory_stride is not None and args.trajectory_stride < 1:
         raise ConfigError("--trajectory-stride", f"must be a positive integer, got {args.trajectory_stride}")
+    check_output_dir("--out", args.out)
     cfg = load_config(args.config, args.set)
     res = simulate(cfg, method=args.method, trajectory_stride=args.trajectory_stride)
     out = Path(args.out)
@@ -72,6 +74,8 @@ def _assumptions(args: argparse.Namespace) -> int:
     from linear_theory.checks.assumptions import assumptions_table, run_assumptions
     from linear_theory.config import load_config
 
+    if args.out is not None:
+        check_output_dir("--out", args.out)
     body = run_assumptions(load_config(args.config, args.set))
     body["provenance"] = provenance()
     print(assumptions_table(body))
@@ -85,6 +89,7 @@ def _verify(args: argparse.Namespace) -> int:
     """``verify``: DIR/theorems.json; exit 1 if a check fails."""
     from linear_theory.checks import theorems
 
+    check_output_dir("--out", args.out)
     body = theorems.run_checks()
     body["provenance"] = provenance()
     path = atomic_write_json(Path(args.out) / "theorems.json", body)
@@ -98,6 +103,7 @@ def _latent(args: argparse.Namespace) -> int:
     """``latent``: DIR/latent.json, the beyond-the-paper verdict rows (docs/theory_latent.md)."""
     from linear_theory.latent.check import latent_check
 
+    check_output_dir("--out", args.out)
     rows = latent_check()
     path = atomic_write_json(Path(args.out) / "latent.json", {"checks": rows, "provenance": provenance()})
     for r in rows:
@@ -110,6 +116,7 @@ def _matched(args: argparse.Namespace) -> int:
     """``matched``: DIR/matched.csv, L_ret against L_im along the stage-2 trajectory per arm."""
     from linear_theory.studies.matched import run_matched
 
+    check_output_dir("--out", args.out)
     df = run_matched(args.out, args.config, args.set)
     for (pipe, method), g in df.groupby(["pipeline", "method"]):
         print(f"{pipe:<18} {method:<8} L_im {g['L_im'].min():.4g}..{g['L_im'].max():.4g}  "
@@ -125,12 +132,19 @@ def _sweep(args: argparse.Namespace) -> int:
     from linear_theory.sweep.engine import use_cpu_devices
     from linear_theory.sweep.files import parse_shard, run_sweep
     from linear_theory.sweep.grid import parse_grid
+    from linear_theory.sweep.plan import make_plan
 
     if args.cpu_devices is not None and args.cpu_devices < 1:
         raise ConfigError("--cpu-devices", f"must be >= 1, got {args.cpu_devices}")
+    check_output_dir("--out", args.out)
     cfg = load_config(args.config, args.set)
     axes = parse_grid(args.grid, cfg)
     shard = parse_shard(args.shard)
+    # a shard must own at least one chunk, else it would write a plan and then find nothing to merge
+    n_chunks = len(make_plan(cfg, axes, method=args.method, chunk_size=args.chunk_size).chunks)
+    if shard[1] > n_chunks:
+        raise ConfigError("--shard", f"{args.shard} asks for {shard[1]} shards but this grid has only {n_chunks} "
+                          f"chunk(s); use at most {n_chunks} shards or a smaller --chunk-size")
     use_cpu_devices(args.cpu_devices)
     run_sweep(cfg, axes, args.out, method=args.method, chunk_size=args.chunk_size, shard=shard,
               plots=not args.no_plots, max_chunks=args.max_chunks)
@@ -141,16 +155,49 @@ def _merge(args: argparse.Namespace) -> int:
     """``merge PART_DIR ... --out DIR``: the shards of one sweep -> the files of an unsharded run."""
     from linear_theory.sweep.files import merge_parts
 
+    check_output_dir("--out", args.out)
+    _check_parts(args.parts)
     merge_parts(args.parts, args.out, plots=not args.no_plots)
     print(f"merged {len(args.parts)} part dir(s) into {args.out}")
     return 0
+
+
+def _check_parts(parts: list[str]) -> None:
+    """Every part directory holds readable sweep parts of one shard count (ConfigError otherwise)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    counts: dict[int, list[str]] = {}
+    for d in map(Path, parts):
+        if not d.is_dir():
+            raise ConfigError("merge", f"part directory not found: {d}" if not d.exists()
+                              else f"{d} is a file; give the --out directories of the sweep --shard i/N runs")
+        for mpath in sorted(d.glob("sweep.part*of*.json")):
+            fix = f"rerun the sweep --shard command that wrote it (--out {d}) to rewrite it"
+            try:
+                meta = json.loads(mpath.read_bytes().decode("utf-8"))
+                i, n = (int(v) for v in meta["shard"])
+                meta["hash"], meta["n_points"], meta["seconds"]
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+                raise ConfigError("merge", f"{mpath} is damaged (unreadable or incomplete); {fix}") from None
+            part = mpath.with_suffix(".parquet")
+            try:
+                pq.read_table(part)
+            except (OSError, ValueError):  # pyarrow.ArrowInvalid is a ValueError
+                raise ConfigError("merge", f"{part} is missing or damaged (not a readable Parquet file); {fix}") from None
+            counts.setdefault(n, []).append(f"{i}/{n} in {d}")
+    if len(counts) > 1:
+        listed = "; ".join(", ".join(v) for v in counts.values())
+        raise ConfigError("merge", f"the parts were split into different shard counts ({listed}); "
+                          f"merge the parts of one sweep --shard i/N family (one N)")
 
 
 def _frontier(args: argparse.Namespace) -> int:
     """``frontier``: the side=theory frontier table -> DIR/frontier.csv, DIR/frontier.json."""
     from linear_theory.studies.frontier import load_frontier_config, run_frontier
 
-    out = Path(args.out)
+    out = check_output_dir("--out", args.out)
     rows = run_frontier(load_frontier_config(args.config, args.set), out)
     print(f"wrote {len(rows)} theory frontier rows ({sum(r['diverged'] for r in rows)} diverged) to {out / 'frontier.csv'}")
     return 0
@@ -160,6 +207,7 @@ def _compute_matched(args: argparse.Namespace) -> int:
     """``compute-matched``: Sections 4.1 / 4.2 analogues on finite samples -> DIR."""
     from linear_theory.studies.compute_matched import load_cm_config, run_compute_matched
 
+    check_output_dir("--out", args.out)
     df, summary = run_compute_matched(load_cm_config(args.config, args.set), args.out)
     for key, s in summary.items():
         print(f"Sec {key}: best mix_fraction for L_ret {s['best_mix_fraction_L_ret']:g}, "
@@ -184,26 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="simulate pre -> post -> ft for one config")
     _config_options(p, "YAML/JSON config (default: configs/theory/default.yaml values)")
     p.add_argument("--out", required=True, help="output directory (result.json, trajectory.csv)")
-    p.add_argument("--trajectory-stride", type=int, default=None, metavar="N", help="record the spectrum every N steps")
-    p.add_argument("--method", default="auto", choices=["auto", "full", "spectral"])
+    p.add_argument("--trajectory-stride", type=int, default=None, metavar="N",
+                   help="record the spectrum every N steps in DIR/trajectory.csv (default: no trajectory)")
+    p.add_argument("--method", default="auto", choices=["auto", "full", "spectral"],
+                   help="simulation path: full (weight matrices), spectral (decoupled scalar recurrences; needs "
+                        "width = n and an aligned or ideal init), auto (spectral when applicable; default)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("assumptions", help="check the assumptions of Appendix C for a config")
     _config_options(p)
-    p.add_argument("--out", default=None, help="write DIR/assumptions.json")
+    p.add_argument("--out", default=None, help="also write DIR/assumptions.json (default: print only)")
     p.set_defaults(func=_assumptions)
 
     p = sub.add_parser("verify", help="numerical checks of Theorems C.9-C.17 -> DIR/theorems.json")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (theorems.json)")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("latent", help="the latent-benefit witness beyond the paper -> DIR/latent.json")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (latent.json)")
     p.set_defaults(func=_latent)
 
     p = sub.add_parser("matched", help="retention at matched L_im along the stage-2 trajectory -> DIR/matched.csv")
     _config_options(p, "YAML/JSON SimConfig of the Appendix C pipeline (default: built-in default)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (matched.csv)")
     p.set_defaults(func=_matched)
 
     p = sub.add_parser("sweep", help="vectorised grid sweep over config fields")
@@ -212,9 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid axis: a:b:n (linear), log:a:b:n, or v1,v2,... ; FIELD is a short "
                         "name (mix_fraction, beta, T, ...) or a dotted path (stages.post.steps)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--method", default="auto", choices=["auto", "full", "spectral"])
-    p.add_argument("--chunk-size", type=int, default=None, help="grid points per chunk")
-    p.add_argument("--shard", default=None, metavar="i/N", help="run the i-th (0-based) of N slices")
+    p.add_argument("--method", default="auto", choices=["auto", "full", "spectral"],
+                   help="simulation path: full (weight matrices), spectral (decoupled scalar recurrences; needs "
+                        "width = n and an aligned or ideal init), auto (spectral when applicable; default)")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="grid points per chunk (the unit of resumption; default: sized to the problem)")
+    p.add_argument("--shard", default=None, metavar="i/N",
+                   help="run the i-th (0-based) of N slices of the chunks (N at most the number of chunks); "
+                        "combine the parts with merge")
     p.add_argument("--no-plots", action="store_true", help="skip heatmap PNGs")
     p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
                    help="XLA CPU devices to split the grid over (default: the usable cores; 1 = off)")
@@ -222,21 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("merge", help="merge sharded sweep parts into one sweep.parquet")
-    p.add_argument("parts", nargs="+", help="output directories of the --shard runs")
-    p.add_argument("--out", required=True)
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("parts", nargs="+", metavar="PART_DIR", help="output directories of the sweep --shard i/N runs")
+    p.add_argument("--out", required=True, help="output directory (sweep.parquet, sweep.csv, sweep.json, heatmaps)")
+    p.add_argument("--no-plots", action="store_true", help="skip heatmap PNGs")
     p.set_defaults(func=_merge)
 
     p = sub.add_parser("frontier", help="theory frontier table (side=theory)")
     _config_options(p, "study config (configs/theory/sweep_frontier.yaml; default: built-in defaults)",
                     "mix_fraction=[0.25,0.5]")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (frontier.csv, frontier.json)")
     p.set_defaults(func=_frontier)
 
     p = sub.add_parser("compute-matched", help="Section 4.1/4.2 analogues (finite samples)")
     _config_options(p, "study config (configs/theory/sweep_compute_matched.yaml; default: built-in defaults)",
                     "n_samples=400")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (frontier.csv, compute_matched.csv/.json/.png)")
     p.set_defaults(func=_compute_matched)
     return parser
 
