@@ -34,7 +34,7 @@ from typing import Any
 
 from lm_experiments.config import PipelineConfig, config_from_mapping, config_to_dict
 from lm_experiments.plan import FtRun, Plan, PostRun, PreRun
-from lm_experiments.stages import STAGE_FUNCTIONS, StageContext
+from lm_experiments.stages import StageContext, run_locked
 
 EXECUTORS = ("serial", "ray")
 _REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def run_one(ctx: StageContext, stage: str, record: PreRun | PostRun | FtRun,
         return _outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
     try:
         _fault_hooks(unit)
-        res = STAGE_FUNCTIONS[stage](ctx, record)
+        res = run_locked(ctx, stage, record, unit)
     except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
         return _outcome(stage, unit, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
     return _outcome(stage, unit, res)

@@ -25,11 +25,13 @@ section. Random streams (``early_exposure.seeding``): the training RNG of each r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +39,17 @@ from typing import Any
 
 import numpy as np
 
+from early_exposure import integrity
 from early_exposure.configs import to_dict
 from early_exposure.frontier import method_name
 from early_exposure.io import atomic_write_bytes, atomic_write_json
 from early_exposure.provenance import provenance
 from early_exposure.seeding import int_seed
+from lm_experiments import distributed
 from lm_experiments.config import OptimSection, PipelineConfig
 from lm_experiments.distributed import collective_stage, main_first, main_process_only
 from lm_experiments.plan import FtRun, PostRun, PreRun, TrajRun, ft_key, post_subset
+from lm_experiments.rundirs import lock_path, read_run, sealed
 from lm_experiments.schedules import PlannedSource, finetune_source, posttrain_source, pretrain_source, split_post_blocks
 
 # under torchrun only rank 0 writes files (lm_experiments.distributed); unchanged in one process
@@ -170,12 +175,42 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_sealed_main = main_process_only(sealed)
+
+
+def _write_result(d: Path, result: dict[str, Any]) -> None:
+    """``result.json`` of run directory ``d`` with the integrity record of its files, last."""
+    atomic_write_json(d / "result.json", {**result, "integrity": _sealed_main(d)})
+
+
 def _finished(stage: str, d: Path) -> StageResult | None:
-    p = d / "result.json"
-    if not p.exists():
+    """The finished run in ``d``; None when it is not finished or damaged (reported in one
+    line on rank 0: the caller then redoes it)."""
+    if not (d / "result.json").exists():
         return None
-    rec = json.loads(p.read_text())
+    rec, why = read_run(d)
+    if why is not None:
+        if distributed.is_main():
+            integrity.report(why, f"redoing {stage} run {d.name}")
+        return None
     return StageResult(stage, d, bool(rec["diverged"]), rec.get("losses", {}), rec)
+
+
+def run_locked(ctx: StageContext, stage: str, record: Any, unit: str) -> StageResult:
+    """Run one unit holding its lock (:func:`early_exposure.integrity.unit_lock`): a second
+    process asked for the same run waits for the holder and then returns its finished,
+    verified result. Under ``torchrun`` rank 0 takes the lock and the others wait at a
+    barrier, so every rank enters the run together."""
+    dctx = distributed.context()
+    if not dctx.active:
+        def note(m: str) -> None:
+            print(f"[lock] {m}", file=sys.stderr, flush=True)
+
+        with integrity.unit_lock(lock_path(ctx.out, stage, unit), on_wait=note):
+            return STAGE_FUNCTIONS[stage](ctx, record)
+    with (integrity.unit_lock(lock_path(ctx.out, stage, unit)) if dctx.is_main else contextlib.nullcontext()):
+        distributed.barrier()
+        return STAGE_FUNCTIONS[stage](ctx, record)
 
 
 def train_summary(res: Any, source: PlannedSource | None, optim: Any) -> dict[str, Any]:
@@ -234,7 +269,7 @@ def run_pre(ctx: StageContext, r: PreRun) -> StageResult:
         ctx.save_model(model, d / "model", {"stage": "pre", "pre_id": r.pre_id, "seed": r.seed,
                                             "mix_fraction": r.mix_fraction})
         result["model_dir"] = "model"
-    atomic_write_json(d / "result.json", result)
+    _write_result(d, result)
     _remove_train_state(d)
     return StageResult("pre", d, bool(res.diverged), losses, result)
 
@@ -257,7 +292,7 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
         raise RuntimeError(f"post-training {r.upstream_id} needs its pretraining run {r.pre.pre_id} first")
     if upstream.diverged:
         result = {**base, "diverged": True, "reason": "stage 1 diverged", "losses": {}, "model_dir": None}
-        atomic_write_json(d / "result.json", result)
+        _write_result(d, result)
         return StageResult("post", d, True, {}, result)
     from lm_experiments.model import apply_lora, merge_lora, set_dropout
 
@@ -316,7 +351,7 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
         ctx.save_model(model, d / "model", {"stage": "post", "upstream_id": r.upstream_id, "setting": st.as_dict(),
                                             "compute_matched": r.compute_matched})
         result["model_dir"], result["eval_npz"] = "model", "eval_post.npz"
-    atomic_write_json(d / "result.json", result)
+    _write_result(d, result)
     _remove_train_state(d)
     return StageResult("post", d, diverged, losses, result)
 
@@ -371,7 +406,7 @@ def run_traj(ctx: StageContext, r: TrajRun) -> StageResult:
     rows: list[dict[str, Any]] = []
     if post_up.diverged:
         result = {**base, "diverged": True, "reason": "upstream diverged", "rows": rows}
-        atomic_write_json(d / "result.json", result)
+        _write_result(d, result)
         return StageResult("traj", d, True, {}, result)
     t0 = time.time()
     pdir = post_dir(ctx.out, r.post)
@@ -384,8 +419,12 @@ def run_traj(ctx: StageContext, r: TrajRun) -> StageResult:
     for i, m in enumerate(ckpts):
         sd = d / f"step-{m['step']:06d}"
         if (sd / "result.json").is_file():
-            rows.append(json.loads((sd / "result.json").read_text()))
-            continue
+            row, why = integrity.read_json(sd / "result.json")
+            if why is None:
+                rows.append(row)
+                continue
+            if distributed.is_main():
+                integrity.report(why, f"redoing checkpoint {m['step']} of trajectory {r.traj_id}")
         model = ctx.load(pdir / m["dir"] / "model")
         source = finetune_source(ctx.pools["ft"], tokens=sec.tokens, batch_size=sec.batch_size, seed=seed)
         optim = optim_for(sec.optim, steps=len(source), lr=r.ft_lr)
@@ -402,7 +441,7 @@ def run_traj(ctx: StageContext, r: TrajRun) -> StageResult:
         _remove_train_state(sd)
         rows.append(row)
     result = {**base, "diverged": False, "best_step": best, "rows": rows, "wall_s": time.time() - t0}
-    atomic_write_json(d / "result.json", result)
+    _write_result(d, result)
     return StageResult("traj", d, False, {}, result)
 
 
@@ -488,7 +527,7 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
               "files": {"eval_npz": "eval.npz" if (d / "eval.npz").exists() else None,
                         "theta_pre": str(Path("..", "..", "upstream", f"pre-{r.post.pre.pre_id}", "model")),
                         "theta_post": str(Path("..", "..", "upstream", f"post-{r.post.upstream_id}", "model"))}}
-    atomic_write_json(d / "result.json", result)
+    _write_result(d, result)
     _remove_train_state(d)
     return StageResult("ft", d, bool(diverged), all_losses, result)
 

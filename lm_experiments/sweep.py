@@ -19,7 +19,6 @@ function of the config)::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +31,9 @@ from early_exposure.errors import ConfigError
 from early_exposure.frontier import make_row, write_frontier
 from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
 from lm_experiments.config import PipelineConfig
+from lm_experiments.rundirs import read_run
 from lm_experiments.plan import FtRun, Plan, PostRun, PreRun, describe_plan, estimate_seconds, make_plan, post_sequences
-from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult, ft_dir, traj_dir
+from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult, ft_dir, run_locked, traj_dir
 
 
 def prepare(cfg: PipelineConfig, *, cache_root: Path | None = None, progress: bool = True,
@@ -74,9 +74,13 @@ def data_sizes(prepared: Any) -> dict[str, int]:
 def run_unit(stage: str, record: PreRun | PostRun | FtRun, cfg: PipelineConfig, out: Path, *,
              cache_root: Path | None = None, ctx: StageContext | None = None) -> StageResult:
     """Execute one run given only its record, the resolved config and the output directory
-    (its upstream runs must be finished). ``ctx`` reuses an open context in this process."""
+    (its upstream runs must be finished). ``ctx`` reuses an open context in this process. The
+    run's lock is held meanwhile (:func:`lm_experiments.stages.run_locked`): another process
+    running the same unit is waited for and its result reused."""
+    from lm_experiments.executors import _unit_id
+
     ctx = ctx or StageContext.open(cfg, out, cache_root=cache_root)
-    return STAGE_FUNCTIONS[stage](ctx, record)
+    return run_locked(ctx, stage, record, _unit_id(stage, record))
 
 
 def _nan_if_none(v: Any) -> float:
@@ -87,10 +91,9 @@ def frontier_rows(out: Path, plan: Plan) -> list[dict[str, Any]]:
     """One frontier row per finished fine-tuning run of ``plan``, in plan order."""
     rows = []
     for r in plan.ft:
-        p = ft_dir(out, r) / "result.json"
-        if not p.exists():
+        res, _ = read_run(ft_dir(out, r))  # None: not finished, or damaged (redone by the next run)
+        if res is None:
             continue
-        res = json.loads(p.read_text())
         L = res["losses"]
         rows.append(make_row(
             side="lm", pipeline=res["pipeline"], method=res["method"], mix_fraction=res["mix_fraction"],
@@ -112,10 +115,9 @@ def matched_rows(out: Path, plan: Plan) -> list[dict[str, Any]]:
     matched-table schema, ``early_exposure.matched``), in plan order."""
     rows = []
     for r in plan.traj:
-        p = traj_dir(out, r) / "result.json"
-        if not p.exists():
+        res, _ = read_run(traj_dir(out, r))
+        if res is None:
             continue
-        res = json.loads(p.read_text())
         for row in res["rows"]:
             rows.append({"side": "lm", "pipeline": res["pipeline"], "method": res["method"],
                          "mix_fraction": res["mix_fraction"], "seed": res["seed"], "upstream_id": res["upstream_id"],

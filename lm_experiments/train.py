@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from early_exposure import integrity
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_via
 from early_exposure.seeding import int_seed
@@ -137,6 +138,26 @@ def _restore_snapshot(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_via(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _load_state(path: Path, main: bool) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None when there is none or it is damaged (it differs
+    from its manifest, or does not load): reported in one line, and the run trains from its
+    start (the next checkpoint overwrites the damaged one)."""
+    if not path.exists():
+        return None
+    why = integrity.check(path)
+    if why is None:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+            if isinstance(ck, dict) and "fingerprint" in ck:
+                return ck
+            why = f"{path} is not a training checkpoint"
+        except Exception as exc:  # noqa: BLE001 - a damaged pickle raises many types
+            why = f"{path} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+    if main:
+        integrity.report(why, "discarding it: this run trains from its start")
+    return None
 
 
 def _fingerprint(model: nn.Module, source: BatchSource, optim: OptimConfig, seed: int) -> dict[str, Any]:
@@ -302,8 +323,8 @@ def train(
     with torch.random.fork_rng(devices=cuda_devices):
         # rank 0 (and a single process) seeds with ``seed``: one process is the plain run bitwise
         torch.manual_seed(int(seed) if rank == 0 else int_seed(int(seed), "ddp-rank", rank))
-        if state_path.exists():
-            ck = torch.load(state_path, map_location="cpu", weights_only=False)
+        ck = _load_state(state_path, main)
+        if ck is not None:
             if ck["fingerprint"] != fingerprint:
                 raise ConfigError(
                     "ckpt_dir", f"{state_path} belongs to a different run (model, steps, optimiser or seed "
@@ -336,6 +357,7 @@ def train(
                     "wall_s": wall_before + (time.perf_counter() - t0), "eval_s": eval_s, "rng": _rng_state(device),
                     **({"rng_ranks": rng_ranks, "world_size": world} if world > 1 else {}),
                 }, state_path)
+                integrity.seal(state_path)  # size + SHA-256, checked before a resume trusts it
             distributed.barrier()
 
         model.train()
@@ -416,8 +438,7 @@ def train(
         if best_weights is not None and (best_step != step or diverged) and (restore_best or diverged):
             _restore_snapshot(model, best_weights)
         if main:
-            if state_path.exists():
-                state_path.unlink()
+            integrity.unseal(state_path)
             if ckpt_dir.exists() and not any(ckpt_dir.iterdir()):
                 ckpt_dir.rmdir()
         distributed.barrier()  # no rank may find the deleted checkpoint of this run later

@@ -23,6 +23,7 @@ import jax
 import pandas as pd
 
 from early_exposure.errors import ConfigError
+from early_exposure.integrity import check, read_json, report, seal, structural_check, unit_lock
 from early_exposure.io import atomic_write_bytes, atomic_write_json
 from early_exposure.provenance import provenance
 from linear_theory.config import SimConfig
@@ -57,6 +58,17 @@ def _chunk_path(out: Path, plan: SweepPlan, c: int) -> Path:
     return out / "chunks" / plan.hash / f"c{c:06d}.parquet"
 
 
+def _chunk_done(path: Path, log: Callable[..., None]) -> bool:
+    """Whether chunk file ``path`` exists and is intact (its manifest, else a readable
+    parquet footer); a damaged one is reported in one line and will be recomputed."""
+    if not path.exists():
+        return False
+    why = check(path)
+    if why is not None:
+        report(why, "recomputing this chunk", log)
+    return why is None
+
+
 def write_outputs(df: pd.DataFrame, out: Path, meta: dict[str, Any], *, plots: bool = True) -> None:
     """``sweep.parquet``, ``sweep.csv``, ``sweep.json`` (+ heatmaps) for a complete sweep."""
     df = df.sort_values("point", kind="stable").reset_index(drop=True)
@@ -85,13 +97,16 @@ def run_sweep(base: SimConfig, axes: list[Axis], out: str | Path, *, method: str
     i, N = shard
     mine = [c for c in range(len(plan.chunks)) if c % N == i]
     state = out / "plan.json"
-    if state.exists():
-        old = json.loads(state.read_text())
-        if old.get("hash") != plan.hash:
-            raise ConfigError("--out", f"{out} holds a different sweep (plan {old.get('hash')}, this one {plan.hash}); "
+    old, why = read_json(state) if state.exists() else ({}, None)
+    if why is not None:
+        report(why, "rewriting it", log)
+    elif state.exists():
+        if not isinstance(old, dict) or old.get("hash") != plan.hash:
+            raise ConfigError("--out", f"{out} holds a different sweep (plan {dict(old).get('hash')}, this one "
+                              f"{plan.hash}); "
                               "use a new --out or delete it")
     n_pts = sum(len(plan.chunks[c][1]) for c in mine)
-    done = [c for c in mine if _chunk_path(out, plan, c).exists()]
+    done = [c for c in mine if _chunk_done(_chunk_path(out, plan, c), log)]
     log(f"sweep plan {plan.hash}: {plan.n_points} configs on grid {'x'.join(map(str, plan.shape))} "
         f"({', '.join(a.path for a in plan.axes)}); {len(plan.groups)} group(s), {len(plan.chunks)} chunk(s) "
         f"of <= {plan.chunk_size}; shard {i}/{N}: {len(mine)} chunk(s), {n_pts} configs, {len(done)} already done; "
@@ -103,20 +118,30 @@ def run_sweep(base: SimConfig, axes: list[Axis], out: str | Path, *, method: str
     bar.update(sum(len(plan.chunks[c][1]) for c in done))
     ran = 0
     t0 = time.perf_counter()
-    for c in mine:
-        path = _chunk_path(out, plan, c)
-        if path.exists():
-            continue
-        if max_chunks is not None and ran >= max_chunks:
-            bar.close()
-            log(f"stopped after {ran} chunk(s); rerun the same command to resume")
-            return None
-        rows = run_points(plan, c)
-        atomic_write_bytes(path, _parquet_bytes(rows))
-        ran += 1
-        bar.update(len(rows))
-        if on_chunk is not None:
-            on_chunk(c)
+    todo = [c for c in mine if c not in set(done)]
+    for blocking in (False, True):  # chunks another process holds: skipped first, waited for after
+        held = []
+        for c in todo:
+            path = _chunk_path(out, plan, c)
+            if max_chunks is not None and ran >= max_chunks:
+                bar.close()
+                log(f"stopped after {ran} chunk(s); rerun the same command to resume")
+                return None
+            with unit_lock(path.with_suffix(".lock"), blocking=blocking) as got:
+                if not got:
+                    held.append(c)
+                    continue
+                if path.exists() and check(path) is None:  # finished by another process meanwhile
+                    bar.update(len(plan.chunks[c][1]))
+                    continue
+                rows = run_points(plan, c)
+                atomic_write_bytes(path, _parquet_bytes(rows))
+                seal(path)
+            ran += 1
+            bar.update(len(rows))
+            if on_chunk is not None:
+                on_chunk(c)
+        todo = held
     bar.close()
     frames = [pd.read_parquet(_chunk_path(out, plan, c)) for c in mine]
     df = pd.concat(frames, ignore_index=True).sort_values("point", kind="stable").reset_index(drop=True)
@@ -140,7 +165,10 @@ def merge_parts(parts: list[str | Path], out: str | Path, *, plots: bool = True)
         if not found:
             raise ConfigError("merge", f"{d} holds no sweep part (sweep.partIofN.json); run sweep --shard i/N there")
         for mpath in found:
-            meta = json.loads(mpath.read_text())
+            meta, why = read_json(mpath)
+            why = why or structural_check(mpath.with_suffix(".parquet"))
+            if why is not None:
+                raise ConfigError("merge", f"{why}; rerun its sweep --shard i/N command to rewrite the part")
             metas.append(meta)
             frames.append(pd.read_parquet(mpath.with_suffix(".parquet")))
     hashes = sorted({m["hash"] for m in metas})
