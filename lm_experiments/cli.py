@@ -7,7 +7,9 @@ Run a preset (CPU, under 15 minutes including data preparation)::
 Options: ``--set post.sweep.lr=[1e-3,3e-3]`` (repeatable overrides of any config field),
 ``--dry-run`` (print runs, tokens per stage and an estimated time; train nothing),
 ``--cache DIR`` (data cache; default ``$EARLY_EXPOSURE_CACHE`` or ``~/.cache/early_exposure``),
-``--no-progress``, ``--executor serial|ray`` (Ray: every run a task, on every core of this
+``--no-progress``, ``--curves csv|tensorboard`` (after the runs, write each run's training curve
+locally: ``OUT/curves/<stage>-<id>.csv`` or TensorBoard event files under ``OUT/tensorboard/``;
+off by default, nothing leaves the machine), ``--executor serial|ray`` (Ray: every run a task, on every core of this
 machine or, with ``--address``, on a cluster), ``--max-retries``. Rerunning the same command
 skips finished runs and resumes interrupted ones; a run that fails is recorded while the
 others go on, and the command then exits 1. Bad input exits with code 2 and one line naming the field, before
@@ -25,7 +27,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, cli_main
+
+#: stages whose result.json keeps the per-step training history (``train.history``)
+_CURVE_FILES = ("upstream/*/result.json", "runs/*/result.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,17 +44,78 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set post.sweep.lr=[1e-3] (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and estimated time; train nothing")
-    run.add_argument("--cache", default=None, help="data cache directory")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--cache", default=None, metavar="DIR",
+                     help="data cache directory (default: $EARLY_EXPOSURE_CACHE or ~/.cache/early_exposure)")
+    run.add_argument("--cache-root", dest="cache_root_deprecated", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bars (default: a bar per stage and one for the whole sweep with rate and ETA)")
+    run.add_argument("--curves", choices=("csv", "tensorboard"), default=None,
+                     help="also write each run's training curve (step, train_loss, lr, grad_norm, val_loss) "
+                          "locally: OUT/curves/*.csv or TensorBoard events in OUT/tensorboard/ "
+                          "(needs the tensorboard package); default: off")
     run.add_argument("--executor", choices=("serial", "ray"), default="serial",
                      help="serial: one run at a time in this process; ray: every run a Ray task "
                           "(local Ray on every core, or a cluster with --address)")
     run.add_argument("--address", default=None,
                      help="with --executor ray: join a running Ray cluster ('auto' or HOST:PORT)")
-    run.add_argument("--max-retries", type=int, default=2,
+    run.add_argument("--max-retries", type=int, default=2, metavar="N",
                      help="with --executor ray: retries of a task whose worker died (default 2)")
     return p
 
+
+
+def _histories(record: dict) -> dict[str, list[dict]]:
+    """``{stage: per-step history}`` of one result.json (``train.history`` or ``stages.<s>.history``)."""
+    out: dict[str, list[dict]] = {}
+    train = record.get("train")
+    if isinstance(train, dict) and isinstance(train.get("history"), list) and train["history"]:
+        out[str(record.get("stage", "train"))] = train["history"]
+    for stage, summary in (record.get("stages") or {}).items():
+        if isinstance(summary, dict) and isinstance(summary.get("history"), list) and summary["history"]:
+            out[stage] = summary["history"]
+    return out
+
+
+def write_curves(out: Path, kind: str) -> list[Path]:
+    """Write the training curve of every finished run under ``out`` (its ``result.json`` files)
+    as ``out/curves/<stage>-<id>.csv`` or TensorBoard scalars in ``out/tensorboard/<stage>-<id>/``.
+    Unreadable result files are left out (the run is redone by the next run command)."""
+    import csv
+    import io
+    import json
+
+    from early_exposure.io import atomic_write_bytes
+
+    written: list[Path] = []
+    for pattern in _CURVE_FILES:
+        for f in sorted(out.glob(pattern)):
+            try:
+                record = json.loads(f.read_bytes().decode("utf-8"))
+            except (OSError, ValueError):
+                continue
+            run_id = f.parent.name
+            for stage, hist in _histories(record).items():
+                name = run_id if run_id.startswith(f"{stage}-") else f"{stage}-{run_id}"
+                cols = sorted({k for h in hist for k in h}, key=lambda c: (c != "step", c))
+                if kind == "csv":
+                    buf = io.StringIO()
+                    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+                    w.writeheader()
+                    w.writerows(hist)
+                    written.append(atomic_write_bytes(out / "curves" / f"{name}.csv", buf.getvalue().encode("utf-8")))
+                else:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    logdir = out / "tensorboard" / name
+                    if logdir.is_dir():  # written by an earlier command: the run is finished, keep it
+                        continue
+                    with SummaryWriter(log_dir=str(logdir)) as tb:
+                        for h in hist:
+                            for k, v in h.items():
+                                if k != "step" and isinstance(v, (int, float)):
+                                    tb.add_scalar(k, v, int(h["step"]))
+                    written.append(logdir)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,23 +125,36 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed one usage line
         return int(exc.code or 0)
-    from lm_experiments import distributed
-    from lm_experiments.config import load_config
-    from lm_experiments.sweep import run_pipeline
-
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", f"{out} exists and is not a directory")
+    if args.cache_root_deprecated is not None:
+        print("warning: --cache-root is deprecated; use --cache", file=sys.stderr)
+        args.cache = args.cache or args.cache_root_deprecated
     if args.max_retries < 0:
         raise ConfigError("--max-retries", f"must be >= 0, got {args.max_retries}")
+    out = check_output_dir("--out", args.out)
+    from lm_experiments import distributed
+    from lm_experiments.config import load_config
+    from lm_experiments.data.prepare import default_cache_root
+    from lm_experiments.sweep import run_pipeline
+
+    check_output_dir("--cache", args.cache or default_cache_root())
+    if args.curves == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
+        except ImportError:
+            raise ConfigError("--curves", "tensorboard is not installed; pip install tensorboard, "
+                              "or use --curves csv") from None
+    cfg = load_config(args.config, args.overrides)
     distributed.init_from_env()  # under torchrun: one process group, every run data-parallel over it
+    is_main = distributed.context().is_main
     try:
         m = run_pipeline(cfg, out, cache_root=Path(args.cache) if args.cache else None, dry_run=args.dry_run,
                          progress=not args.no_progress, executor=args.executor, address=args.address,
                          max_retries=args.max_retries)
     finally:
         distributed.shutdown()
+        if args.curves and not args.dry_run and out.is_dir() and is_main:
+            n = len(write_curves(out, args.curves))
+            print(f"training curves of {n} run stage(s) -> {out / ('curves' if args.curves == 'csv' else 'tensorboard')}")
     if m.get("failed"):
         print(f"error: {len(m['failed'])} runs failed (listed above and in {out / 'manifest.json'}); "
               "rerun the same command to retry them", file=sys.stderr)

@@ -46,6 +46,21 @@ from lm_experiments.data import DataConfig
 from lm_experiments.post_axes import POST_AXES, PostSetting, axis_values
 
 
+#: upper bounds of the budget fields: far above any run of this pipeline (the paper pretrains
+#: on 8.7e9 tokens), so a value beyond them is a typo (an extra zero, 1e15 for 1e5)
+MAX_TOKENS = 10**12
+MAX_BATCH = 2**20
+MAX_EPOCHS = 10_000
+
+
+def check_budget(path: str, value: int, hi: int, unit: str) -> None:
+    """An integer in [1, hi]; above ``hi`` the message says why the bound exists and what to do."""
+    check_int(path, value, 1)
+    if value > hi:
+        raise ConfigError(path, f"{value:.3g} {unit} is beyond the sane maximum {hi:.0e} "
+                          f"(the paper's largest budget is 8.7e9 tokens); lower it")
+
+
 @dataclass(frozen=True)
 class ModelSection:
     """Which architecture (a key of ``lm_experiments.model.MODEL_PRESETS``)."""
@@ -106,8 +121,8 @@ class PreSection:
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
-        check_int("tokens", self.tokens, 1)
-        check_int("batch_size", self.batch_size, 1)
+        check_budget("tokens", self.tokens, MAX_TOKENS, "tokens")
+        check_budget("batch_size", self.batch_size, MAX_BATCH, "sequences")
         check_list("mix_fraction", self.mix_fraction, 0.0, 1.0)
         if self.optim.min_lr > self.optim.lr:
             raise ConfigError("optim.min_lr", f"must be in [0, {self.optim.lr}] (optim.lr), got {self.optim.min_lr}")
@@ -166,13 +181,13 @@ class PostSection:
         if self.optim.min_lr > lowest:
             raise ConfigError("optim.min_lr", f"must be in [0, {lowest}] (the lowest post-training lr), "
                               f"got {self.optim.min_lr}")
-        check_int("max_epochs", self.max_epochs, 1)
+        check_budget("max_epochs", self.max_epochs, MAX_EPOCHS, "epochs")
         if self.max_tokens is not None:
-            check_int("max_tokens", self.max_tokens, 1)
+            check_budget("max_tokens", self.max_tokens, MAX_TOKENS, "tokens")
         check_range("eval_every_epochs", self.eval_every_epochs, 0.0, float(self.max_epochs), lo_open=True)
         check_int("patience", self.patience, 1)
         if self.post_train_tokens is not None:
-            check_int("post_train_tokens", self.post_train_tokens, 1)
+            check_budget("post_train_tokens", self.post_train_tokens, MAX_TOKENS, "tokens")
         if self.compute_matched:
             check_list("compute_matched", self.compute_matched, 0.0, 1.0)
         check_int("lora_rank", self.lora_rank, 1)
@@ -236,8 +251,8 @@ class FtSection:
 
     def __post_init__(self) -> None:
         check_list("lr", self.lr, 0.0, None, lo_open=True)
-        check_int("tokens", self.tokens, 1)
-        check_int("batch_size", self.batch_size, 1)
+        check_budget("tokens", self.tokens, MAX_TOKENS, "tokens")
+        check_budget("batch_size", self.batch_size, MAX_BATCH, "sequences")
         check_int("checkpoint_every", self.checkpoint_every, 0)
 
 
@@ -277,7 +292,7 @@ class EvalSection:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, 1)
+        check_budget("batch_size", self.batch_size, MAX_BATCH, "sequences")
 
 
 @dataclass(frozen=True)
