@@ -3,9 +3,15 @@
 Judge saved results (never trains)::
 
     python -m paper_checks --results results/ --out results/report
+    python -m paper_checks --results results/lm/cpu-quick --out report/       # one LM output directory
+    python -m paper_checks --results results/ other_lm_out/ --out report/      # several of either
 
-writes ``OUT/report.json`` and ``OUT/report.md`` atomically and prints the verdict table;
-exit 0 whenever the report was produced, whatever the verdicts.
+``--results`` takes results trees (``DIR/theory/...``, ``DIR/lm/<preset>/frontier.csv``, as
+``reproduce`` writes them) and LM output directories (``DIR/frontier.csv`` + ``DIR/runs/``, as
+``python -m lm_experiments run --out DIR`` writes them), one or several; the command prints
+what it found (which frontier tables, which theory files) before judging, and exits 2 when
+it finds nothing to judge. It writes ``OUT/report.json`` and ``OUT/report.md`` atomically and
+prints the verdict table; exit 0 whenever the report was produced, whatever the verdicts.
 
 Run the whole study (theory, LM preset, figures, checks), resumable::
 
@@ -16,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from early_exposure.configs import check_input_dir, check_output_dir
 from early_exposure.errors import ConfigError, cli_main
 from early_exposure.frontier import read_frontier
 from early_exposure.provenance import provenance
@@ -29,7 +36,7 @@ from paper_checks.analyses import forgetting_analysis, layerwise_analysis
 from paper_checks.checks_frontier import CheckOptions, frontier_checks, lambda_checks
 from paper_checks.checks_matched import matched_checks
 from paper_checks.checks_theory import collect_errata, latent_checks, theory_checks
-from paper_checks.regime import gate_checks, regime_report
+from paper_checks.regime import gate_checks
 from paper_checks.report import print_table, summarise, write_report
 
 
@@ -48,8 +55,121 @@ def lm_preset_dirs(results: Path) -> list[Path]:
     return sorted(p.parent for p in (results / "lm").glob("*/frontier.csv"))
 
 
-def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None) -> dict[str, Any]:
-    """Every check and analysis on the saved results under ``results``."""
+#: the theory files the checks read, relative to a results tree
+THEORY_FILES = ("theory/verify/theorems.json", "theory/verify/assumptions.json", "theory/frontier/frontier.csv",
+                "theory/compute_matched/frontier.csv", "theory/latent/latent.json", "theory/matched/matched.csv")
+
+
+@dataclass
+class Inputs:
+    """What ``--results`` pointed at: one results tree for the theory side (or none) and the
+    LM output directories, each with the label its checks carry (``lm.<label>.*``)."""
+
+    theory_root: Path | None = None
+    lm_dirs: list[tuple[str, Path]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # one line per --results argument
+
+    @classmethod
+    def from_tree(cls, results: Path) -> "Inputs":
+        """A results tree as ``reproduce`` writes it (no checks on what it holds)."""
+        return cls(Path(results), [(p.name, p) for p in lm_preset_dirs(Path(results))], [f"{results}: results tree"])
+
+    def theory_found(self) -> list[str]:
+        root = self.theory_root
+        return [] if root is None else [f for f in THEORY_FILES if (root / f).is_file()]
+
+    def summary(self) -> list[str]:
+        """Lines saying exactly what was found."""
+        lines = list(self.sources)
+        theory = self.theory_found()
+        lines.append(f"theory files ({len(theory)}): " + (", ".join(str(self.theory_root / f) for f in theory)
+                                                           if theory else "none"))
+        lines.append(f"LM frontier tables ({len(self.lm_dirs)}): " + (
+            ", ".join(f"{label} = {d / 'frontier.csv'}" for label, d in self.lm_dirs) if self.lm_dirs else "none"))
+        return lines
+
+
+def _is_lm_out(d: Path) -> bool:
+    return any((d / f).exists() for f in ("frontier.csv", "frontier.partial.csv", "runs", "manifest.json"))
+
+
+def discover(paths: list[str | Path]) -> Inputs:
+    """Classify each ``--results`` path (results tree or LM output directory); ConfigError when a
+    path holds neither, when two trees both hold theory results, or when nothing can be judged."""
+    found = Inputs()
+    for raw in paths:
+        d = check_input_dir("--results", raw)
+        if _is_lm_out(d):
+            if not (d / "frontier.csv").is_file():
+                why = ("only frontier.partial.csv: some runs failed or are unfinished; rerun the same "
+                       "lm_experiments run command" if (d / "frontier.partial.csv").is_file() else "no frontier.csv yet")
+                found.sources.append(f"{d}: LM output directory, {why}")
+                continue
+            found.lm_dirs.append((d.resolve().name, d))
+            found.sources.append(f"{d}: LM output directory")
+            continue
+        presets = lm_preset_dirs(d)
+        has_theory = any((d / f).is_file() for f in THEORY_FILES)
+        if not presets and not has_theory:
+            raise ConfigError("--results", f"{d} holds neither a results tree (theory/..., lm/<preset>/frontier.csv) "
+                              "nor an LM output directory (frontier.csv, runs/); give the --out of "
+                              "`paper_checks reproduce` or of `lm_experiments run`")
+        if has_theory:
+            if found.theory_root is not None:
+                raise ConfigError("--results", f"both {found.theory_root} and {d} hold theory results; "
+                                  "give one results tree with theory/ (LM directories may be several)")
+            found.theory_root = d
+        found.lm_dirs += [(p.name, p) for p in presets]
+        found.sources.append(f"{d}: results tree ({'theory, ' if has_theory else ''}{len(presets)} LM preset(s))")
+    # labels become check ids (lm.<label>.*): unique and without dots
+    seen: dict[str, int] = {}
+    labelled = []
+    for label, d in found.lm_dirs:
+        label = label.replace(".", "_") or "lm"
+        seen[label] = seen.get(label, 0) + 1
+        labelled.append((label if seen[label] == 1 else f"{label}_{seen[label]}", d))
+    found.lm_dirs = labelled
+    if not found.lm_dirs and not found.theory_found():
+        raise ConfigError("--results", "nothing to judge: no frontier.csv and no theory results in "
+                          f"{', '.join(map(str, paths))}; run `python -m paper_checks reproduce` or "
+                          "`python -m lm_experiments run` first (or wait for its frontier.csv)")
+    return found
+
+
+def _regime(inputs: Inputs) -> dict[str, Any]:
+    """The regime report of every LM directory, keyed by its label (regime_report per tree)."""
+    from paper_checks.regime import regime_report
+
+    reports: dict[Path, dict[str, Any]] = {}
+    out: dict[str, Any] | None = None
+    presets: dict[str, Any] = {}
+    for label, d in inputs.lm_dirs:
+        tree = d.parent.parent if d.parent.name == "lm" else None
+        if tree is None:
+            # an LM output directory outside a results tree: judge it through a one-entry tree view
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "lm").mkdir()
+                (Path(tmp) / "lm" / label).symlink_to(d.resolve(), target_is_directory=True)
+                rep = regime_report(Path(tmp))
+            presets[label] = rep["presets"].get(label)
+        else:
+            if tree not in reports:
+                reports[tree] = regime_report(tree)
+            rep = reports[tree]
+            presets[label] = rep["presets"].get(d.name)
+        out = out or rep
+    if out is None:
+        out = regime_report(inputs.theory_root or Path("/nonexistent"))
+    return {**out, "presets": {k: v for k, v in presets.items() if v is not None}}
+
+
+def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | None = None) -> dict[str, Any]:
+    """Every check and analysis on the saved results (a results tree, or what :func:`discover` found)."""
+    inputs = results if isinstance(results, Inputs) else Inputs.from_tree(Path(results))
+    # the theory side reads a results tree; without one, every theory check says "no data"
+    results = inputs.theory_root if inputs.theory_root is not None else Path("/nonexistent-theory-results")
     checks: list[dict[str, Any]] = theory_checks(results)
 
     theory_front, why_f = _load(results / "theory" / "frontier" / "frontier.csv")
@@ -60,23 +180,22 @@ def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None)
     checks += matched_checks(results / "theory" / "matched" / "matched.csv", "theory", "theory", opts)
 
     analyses: dict[str, Any] = {}
-    presets = lm_preset_dirs(results)
-    if not presets:
-        checks += frontier_checks(None, "lm", "lm", opts, what=f"no {results / 'lm'}/<preset>/frontier.csv")
-        checks += lambda_checks(None, "lm", "lm", opts, what=f"no {results / 'lm'}/<preset>/frontier.csv")
+    if not inputs.lm_dirs:
+        checks += frontier_checks(None, "lm", "lm", opts, what="no LM frontier.csv given")
+        checks += lambda_checks(None, "lm", "lm", opts, what="no LM frontier.csv given")
         analyses["forgetting"] = {"note": "no data: no LM results", "table": []}
         analyses["layerwise"] = {"note": "no data: no LM results", "table": []}
-    for pdir in presets:
+    for label, pdir in inputs.lm_dirs:
         df, why = _load(pdir / "frontier.csv")
-        prefix = f"lm.{pdir.name}"
+        prefix = f"lm.{label}"
         checks += frontier_checks(df, "lm", prefix, opts, what=why or "")
         checks += lambda_checks(df, "lm", prefix, opts, what=why or "")
         if (pdir / "matched.csv").is_file():
             checks += matched_checks(pdir / "matched.csv", "lm", prefix, opts)
-        analyses[f"forgetting ({pdir.name})"] = forgetting_analysis(df, pdir, k=chance_k)
-        analyses[f"layerwise ({pdir.name})"] = layerwise_analysis(df, pdir)
+        analyses[f"forgetting ({label})"] = forgetting_analysis(df, pdir, k=chance_k)
+        analyses[f"layerwise ({label})"] = layerwise_analysis(df, pdir)
     checks, not_planned = split_not_planned(checks)
-    regime = regime_report(results)
+    regime = _regime(inputs)
     gate_checks(checks, regime)  # an LM verdict on a run set outside the paper's regime is INCONCLUSIVE
     return {
         "checks": checks,
@@ -86,7 +205,9 @@ def build_report(results: Path, opts: CheckOptions, chance_k: int | None = None)
         "summary": summarise(checks),
         "analyses": analyses,
         "settings": asdict(opts),
-        "results_dir": str(results),
+        "results_dir": str(inputs.theory_root or (inputs.lm_dirs[0][1] if inputs.lm_dirs else "")),
+        "inputs": {"theory": [str(inputs.theory_root / f) for f in inputs.theory_found()],
+                   "lm": {label: str(d) for label, d in inputs.lm_dirs}},
         "provenance": provenance(),
     }
 
@@ -111,14 +232,35 @@ def split_not_planned(checks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     return keep, apart
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become one-line ConfigErrors (exit 2 via cli_main)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(self.prog, message)
+
+
+EPILOG = """commands:
+  reproduce   run the whole study (theory, LM presets, figures, these checks), resumable:
+              python -m paper_checks reproduce --preset quick --out results/
+              (python -m paper_checks reproduce --help for its options)"""
+
+
 def _checks_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m paper_checks",
-                                 description="Judge every claim of the paper against saved results.")
-    ap.add_argument("--results", required=True, help="results directory (as written by reproduce)")
+    ap = _Parser(prog="python -m paper_checks", usage="%(prog)s [reproduce ...] | --results DIR [DIR ...] --out DIR ...",
+                 description="Judge every claim of the paper against saved results (or, with `reproduce`, "
+                             "produce them first).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", required=True, nargs="+", action="extend", metavar="DIR",
+                    help="results tree(s) (DIR/theory/..., DIR/lm/<preset>/frontier.csv, as reproduce writes them) "
+                         "and/or LM output directories (DIR/frontier.csv + DIR/runs/, as lm_experiments run "
+                         "--out DIR writes them); several allowed, at most one with theory results")
     ap.add_argument("--out", required=True, help="where report.json and report.md go")
-    ap.add_argument("--min-seeds", type=int, default=CheckOptions.min_seeds)
-    ap.add_argument("--n-boot", type=int, default=CheckOptions.n_boot)
-    ap.add_argument("--level", type=float, default=CheckOptions.level)
+    ap.add_argument("--min-seeds", type=int, default=CheckOptions.min_seeds, metavar="N",
+                    help=f"fewest independent seeds for a PASS or FAIL on noisy data; fewer -> INCONCLUSIVE "
+                         f"(default {CheckOptions.min_seeds})")
+    ap.add_argument("--n-boot", type=int, default=CheckOptions.n_boot, metavar="N",
+                    help=f"bootstrap replicates (theory intervals over upstream units), >= 20 (default {CheckOptions.n_boot})")
+    ap.add_argument("--level", type=float, default=CheckOptions.level,
+                    help=f"two-sided confidence level of every interval, in (0.5, 1) (default {CheckOptions.level})")
     ap.add_argument("--seed", type=int, default=CheckOptions.seed, help="bootstrap RNG seed")
     ap.add_argument("--quiet", action="store_true", help="do not print the verdict table")
     return ap
@@ -126,12 +268,13 @@ def _checks_parser() -> argparse.ArgumentParser:
 
 def run_checks(argv: list[str] | None) -> int:
     args = _checks_parser().parse_args(argv)
-    results = Path(args.results)
-    if not results.is_dir():
-        raise ConfigError("--results", f"not a directory: {results}")
     opts = CheckOptions(min_seeds=args.min_seeds, n_boot=args.n_boot, level=args.level, seed=args.seed)
-    report = build_report(results, opts)
-    pj, pm = write_report(report, Path(args.out))
+    out = check_output_dir("--out", args.out)
+    inputs = discover(args.results)
+    for line in inputs.summary():
+        print(f"found {line}")
+    report = build_report(inputs, opts)
+    pj, pm = write_report(report, out)
     if not args.quiet:
         print_table(report)
     print(f"wrote {pj} and {pm}")
