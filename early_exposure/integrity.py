@@ -231,6 +231,26 @@ def _safetensors(path: Path) -> str | None:
     return None
 
 
+def _ar(path: Path) -> str | None:
+    """A Unix ``ar`` archive (a .deb): the magic, and every member within the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"!<arch>\n":
+            return f"{path} is not an ar archive (missing magic: corrupted)"
+        pos = 8
+        while pos + 60 <= size:
+            fh.seek(pos)
+            header = fh.read(60)
+            try:
+                n = int(header[48:58].decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError):
+                return f"{path}: malformed member header at byte {pos} (corrupted)"
+            if pos + 60 + n > size:
+                return f"{path}: member at byte {pos} runs past the end of the file (truncated)"
+            pos += 60 + n + (n & 1)
+    return None if pos >= size else f"{path}: {size - pos} trailing bytes (corrupted)"
+
+
 def _parquet(path: Path) -> str | None:
     try:
         import pyarrow.parquet as pq
@@ -253,7 +273,7 @@ def _gzip(path: Path) -> str | None:
 
 def structural_check(path: str | os.PathLike[str]) -> str | None:
     """What is structurally wrong with ``path`` (by its suffix: ``.json``, ``.npz`` / ``.pt`` /
-    ``.zip`` / ``.whl``, ``.safetensors``, ``.parquet``, ``.gz``), or None; other suffixes
+    ``.zip`` / ``.whl``, ``.safetensors``, ``.parquet``, ``.gz``, ``.deb``), or None; other suffixes
     only need to exist."""
     path = Path(path)
     if not path.is_file():
@@ -269,6 +289,8 @@ def structural_check(path: str | os.PathLike[str]) -> str | None:
         return _parquet(path)
     if suffix == ".gz":
         return _gzip(path)
+    if suffix == ".deb":
+        return _ar(path)
     return None
 
 

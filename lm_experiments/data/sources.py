@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from early_exposure import integrity
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_json, stable_hash
 from lm_experiments.data import embedded
@@ -205,7 +206,10 @@ def corpus_identity(spec: CorpusSpec, where: str, cache_root: Path, *, progress:
                 "sources": [{"path": str(spec.path), "license": "user-provided"}], "missing": []}
     out = _hf_dir(spec, cache_root, where)
     meta_path = out / "meta.json"
-    if not meta_path.is_file():
+    meta, why = embedded.cached_docs(out) if meta_path.is_file() else (None, None)
+    if why is not None:
+        integrity.report(why, f"streaming dataset {spec.name!r} again")
+    if meta is None:
         from tqdm.auto import tqdm
 
         stream = tqdm(iter_hf_documents(spec, where), desc=f"stream {spec.name}", unit="doc", disable=not progress)
@@ -213,9 +217,10 @@ def corpus_identity(spec: CorpusSpec, where: str, cache_root: Path, *, progress:
         if not n_docs:
             (out / "docs.jsonl.gz").unlink(missing_ok=True)
             raise ConfigError(f"{where}.name", f"dataset {spec.name!r} yielded no documents")
-        atomic_write_json(meta_path, {"name": spec.name, "documents": n_docs, "docs_sha256": sha,
-                                      "spec": {k: getattr(spec, k) for k in spec.__dataclass_fields__}})
-    meta = json.loads(meta_path.read_text())
+        meta = {"name": spec.name, "documents": n_docs, "docs_sha256": sha,
+                "docs_bytes": (out / "docs.jsonl.gz").stat().st_size,
+                "spec": {k: getattr(spec, k) for k in spec.__dataclass_fields__}}
+        atomic_write_json(meta_path, meta)
     return {"source": "hf", "name": spec.name, "sha256": meta["docs_sha256"], "cache": out.name,
             "sources": [{"dataset": spec.name, "config": spec.hf_config, "split": spec.hf_split,
                          "license": "see the dataset card"}], "missing": []}
@@ -226,14 +231,16 @@ def iter_documents(spec: CorpusSpec, where: str, cache_root: Path) -> Iterator[s
     memory is bounded by one document (embedded, hf) or one file (local)."""
     try:
         if spec.source == "embedded":
-            meta = embedded.ensure_embedded(spec.name, cache_root)
+            meta = embedded.ensure_embedded(spec.name, cache_root, retry_partial=False)
             yield from embedded.iter_docs(embedded.embedded_dir(spec.name, cache_root) / "docs.jsonl.gz",
                                           meta["docs_sha256"])
         elif spec.source == "local":
             yield from _iter_local_documents(spec, where)
         else:
             out = _hf_dir(spec, cache_root, where)
-            meta = json.loads((out / "meta.json").read_text())
+            meta, why = embedded.cached_docs(out)
+            if why is not None:
+                raise SourceUnavailable(f"{why}; rerun to stream it again")
             yield from embedded.iter_docs(out / "docs.jsonl.gz", meta["docs_sha256"])
     except SourceUnavailable as exc:
         raise ConfigError(f"{where}.name", str(exc)) from None
