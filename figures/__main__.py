@@ -3,7 +3,9 @@
     python -m figures all --results results/ --out results/figures
     python -m figures frontiers|lambda|spectra|phase|theory_vs_lm|matched --results DIR --out OUT
 
-Missing data: the figure is skipped with a printed note (exit 0). Inputs that are not
+Bad arguments and damaged input files (a table that cannot be read: truncated, not UTF-8,
+missing columns) stop the command before anything is drawn: one line naming the file and how
+to rebuild it, exit 2. Missing data: the figure is skipped with a printed note (exit 0). Inputs that are not
 comparable (several pipelines or evaluation sets in one panel): that figure is refused,
 the others are drawn, and the exit code is 1.
 """
@@ -14,11 +16,83 @@ import argparse
 import sys
 from pathlib import Path
 
+from early_exposure.configs import check_input_dir, check_output_dir
 from early_exposure.errors import ConfigError, cli_main
 from early_exposure.io import atomic_write_json
 from figures.common import Logger
 
 FAMILIES = ("frontiers", "lambda", "spectra", "phase", "theory_vs_lm", "matched")
+FAMILY_HELP = {
+    "all": "every family below",
+    "frontiers": "loss frontiers per pipeline (LM presets and the theory study)",
+    "lambda": "losses against the mix fraction lambda (plain and compute-matched)",
+    "spectra": "theory singular-value staircases, mixed vs unmixed",
+    "phase": "theory phase diagram over (mix_fraction, beta) from the sweep",
+    "theory_vs_lm": "theory and LM frontiers side by side",
+    "matched": "L_ret against L_im along stage 2 (matched-L_im study)",
+}
+#: which input tables each family reads (relative to --results; globs) and the command that rebuilds them
+_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "frontiers": (("lm/*/frontier.csv", "python -m lm_experiments run"),
+                  ("theory/frontier/frontier.csv", "python -m linear_theory frontier")),
+    "lambda": (("lm/*/frontier.csv", "python -m lm_experiments run"),
+               ("theory/compute_matched/frontier.csv", "python -m linear_theory compute-matched")),
+    "spectra": (("theory/trajectories/*/trajectory.csv", "python -m linear_theory run --trajectory-stride N"),
+                ("theory/trajectories/*/result.json", "python -m linear_theory run --trajectory-stride N")),
+    "phase": (("theory/sweep/sweep.parquet", "python -m linear_theory sweep"),),
+    "theory_vs_lm": (("lm/*/frontier.csv", "python -m lm_experiments run"),
+                     ("theory/frontier/frontier.csv", "python -m linear_theory frontier")),
+    "matched": (("lm/*/matched.csv", "python -m lm_experiments run"),
+                ("theory/matched/matched.csv", "python -m linear_theory matched")),
+}
+
+
+def _damage(path: Path) -> str | None:
+    """Why ``path`` cannot be read as the table its name says, or None when it can."""
+    import json
+
+    import pandas as pd
+
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pq.read_table(path)
+        except (OSError, ValueError):  # pyarrow.ArrowInvalid is a ValueError
+            return "not a readable Parquet file: truncated or corrupted"
+        return None
+    try:
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_bytes().decode("utf-8"))
+            except json.JSONDecodeError:
+                return "not valid JSON: truncated or corrupted"
+        elif path.name == "frontier.csv":
+            from early_exposure.frontier import read_frontier
+
+            path.read_bytes().decode("utf-8")
+            read_frontier(path)
+        else:
+            path.read_bytes().decode("utf-8")
+            pd.read_csv(path)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"unreadable: {msg[:100]}"
+    return None
+
+
+def check_inputs(results: Path, which: str) -> None:
+    """ConfigError naming the first damaged input table of the chosen figures and the command
+    that rebuilds it; run before anything is drawn."""
+    for fam in FAMILIES if which == "all" else (which,):
+        for pattern, fix in _INPUTS[fam]:
+            for path in sorted(results.glob(pattern)):
+                why = _damage(path) if path.is_file() else None
+                if why is not None:
+                    raise ConfigError("--results", f"damaged input {path} ({why}); rebuild it by rerunning `{fix}` with its --out "
+                                      "(or move it away to draw the other figures)")
 
 
 def make_figures(results: Path, out: Path, which: str = "all", log: Logger = print) -> tuple[list[Path], list[str]]:
@@ -53,15 +127,29 @@ def make_figures(results: Path, out: Path, which: str = "all", log: Logger = pri
     return paths, failures
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become one-line ConfigErrors (exit 2 via cli_main)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(self.prog, message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m figures", description=__doc__.split("\n")[0],
+                 epilog="figure families: " + "; ".join(f"{k}: {v}" for k, v in FAMILY_HELP.items()))
+    ap.add_argument("which", choices=("all", *FAMILIES), metavar="FAMILY",
+                    help=f"which figures: {', '.join(('all', *FAMILIES))} (described below)")
+    ap.add_argument("--results", required=True,
+                    help="results tree (DIR/theory/..., DIR/lm/<preset>/..., as paper_checks reproduce writes it)")
+    ap.add_argument("--out", required=True, help="output directory (PNG and PDF files, figures.json)")
+    return ap
+
+
 def _main(argv: list[str] | None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m figures", description=__doc__.split("\n")[0])
-    ap.add_argument("which", choices=("all", *FAMILIES))
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    results, out = Path(args.results), Path(args.out)
-    if not results.is_dir():
-        raise ConfigError("--results", f"not a directory: {results}")
+    args = build_parser().parse_args(argv)
+    results = check_input_dir("--results", args.results)
+    out = check_output_dir("--out", args.out)
+    check_inputs(results, args.which)
     paths, failures = make_figures(results, out, args.which)
     if paths:
         atomic_write_json(out / "figures.json", {"figures": [str(p) for p in paths], "refused": failures})
