@@ -11,6 +11,11 @@ producers also resume inside a step); figures and checks always rerun (seconds).
 failed step is recorded and the others go on; the job then ends with a non-zero exit.
 It ends by printing the verdict table and the paths of the figures.
 
+Progress: the LM steps run with their progress bars on (into the step's log); while such a
+step runs, its sweep-wide bar (runs done, tokens, rate and ETA) is relayed here: redrawn in
+place on a terminal, one line per finished run otherwise (a log file, CI); other long steps
+print a heartbeat line every minute.
+
 Presets: ``quick`` (CPU, under 25 minutes on 2 cores: LM ``cpu-quick-flan-chem`` and
 ``cpu-quick-flan-music``, 3 seeds each, in the paper's regime), ``full``
 (CPU, hours: LM ``cpu-full``, finer theory grids), ``gpu`` (LM ``gpu-135m``).
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_json
 from early_exposure.provenance import provenance
@@ -54,6 +60,32 @@ class Step:
     outputs: tuple[str, ...]
     derived: bool = False  # figures / checks: cheap, always rerun so they match the current data
     env: dict[str, str] = field(default_factory=dict)
+    progress: str | None = None  # prefix of the step's progress-bar line to relay (None: heartbeat only)
+
+
+#: the LM sweep's run-wide bar (lm_experiments.sweep: ``pipeline (<executor>)``): runs done, tokens, rate, ETA
+PIPELINE_BAR = "pipeline ("
+
+
+class ProgressTail:
+    """The newest line starting with ``prefix`` in a growing log (tqdm redraws with ``\r``)."""
+
+    def __init__(self, path: Path, prefix: str) -> None:
+        self.path, self.prefix, self.offset, self.rest = path, prefix, 0, ""
+
+    def latest(self) -> str | None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                new = fh.read()
+        except OSError:
+            return None
+        self.offset += len(new)
+        text = self.rest + new.decode("utf-8", errors="replace")
+        parts = text.replace("\r", "\n").split("\n")
+        self.rest = parts.pop()  # an unfinished last piece waits for the next read
+        found = [p.strip() for p in parts if p.strip().startswith(self.prefix)]
+        return found[-1] if found else None
 
 
 def _config(*candidates: str) -> str:
@@ -118,8 +150,8 @@ def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
     ]
     steps += [
         Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
-                          "--out", str(out / "lm" / lm), "--no-progress", "--executor", executor),
-             (f"lm/{lm}/frontier.csv",))
+                          "--out", str(out / "lm" / lm), "--executor", executor),
+             (f"lm/{lm}/frontier.csv",), progress=PIPELINE_BAR)
         for lm in LM_PRESETS[preset]
     ]
     steps += [
@@ -147,8 +179,14 @@ def _tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, heartbeat_s: float = 60.0) -> dict[str, Any]:
-    """Run (or skip) every step; returns and keeps writing the ``reproduce.json`` record."""
+def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, heartbeat_s: float = 60.0,
+             poll_s: float = 2.0, tty: bool | None = None) -> dict[str, Any]:
+    """Run (or skip) every step; returns and keeps writing the ``reproduce.json`` record.
+
+    A step with ``progress`` has its progress line relayed each time it changes (polled every
+    ``poll_s``): redrawn in place when ``tty`` (default: stdout is a terminal), else one line each."""
+    if tty is None:
+        tty = sys.stdout.isatty()
     state_path = out / "reproduce.json"
     prev = {s["name"]: s for s in _load_state(state_path).get("steps", [])}
     record: dict[str, Any] = {"preset": preset, "out": str(out), "steps": [], "provenance": provenance()}
@@ -172,18 +210,39 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
                 fh.flush()
                 proc = subprocess.Popen(list(step.argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
                                         env={**os.environ, **step.env})
+                tail = ProgressTail(logf, step.progress) if step.progress else None
+                shown, last_beat, drawn = None, t0, False
                 try:
-                    while True:  # a heartbeat line while a long step runs
+                    while True:  # relay the step's progress line; else a heartbeat while a long step runs
                         try:
-                            rc = proc.wait(timeout=heartbeat_s)
+                            rc = proc.wait(timeout=poll_s if tail else heartbeat_s)
                             break
                         except subprocess.TimeoutExpired:
-                            log(f"[{i}/{len(steps)}] {step.name}: still running, "
-                                f"{time.perf_counter() - t0:.0f} s elapsed")
+                            pass
+                        line = tail.latest() if tail else None
+                        now = time.perf_counter()
+                        if line is not None and line != shown:
+                            shown, last_beat = line, now
+                            if tty:
+                                sys.stdout.write(f"\r\033[K[{i}/{len(steps)}] {step.name}: {line}")
+                                sys.stdout.flush()
+                                drawn = True
+                            else:
+                                log(f"[{i}/{len(steps)}] {step.name}: {line}")
+                        elif now - last_beat >= heartbeat_s:
+                            last_beat = now
+                            if drawn:
+                                sys.stdout.write("\n")
+                                drawn = False
+                            log(f"[{i}/{len(steps)}] {step.name}: still running, {now - t0:.0f} s elapsed")
                 except BaseException:
                     proc.terminate()
                     proc.wait()
                     raise
+                finally:
+                    if drawn:
+                        sys.stdout.write("\n")
+                        sys.stdout.flush()
             wall = time.perf_counter() - t0
             missing = [o for o in step.outputs if not (out / o).is_file()]
             ok = rc == 0 and not missing
@@ -197,15 +256,24 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
     return record
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become one-line ConfigErrors (exit 2 via cli_main)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(self.prog, message)
+
+
 def reproduce_main(argv: list[str] | None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m paper_checks reproduce", description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)}")
-    ap.add_argument("--out", default="results", help="results directory (resumed if it exists)")
+    ap = _Parser(prog="python -m paper_checks reproduce", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="quick", choices=PRESETS,
+                    help="quick: CPU, under 25 min on 2 cores (LM cpu-quick-flan-chem and cpu-quick-flan-music); "
+                         "full: CPU, hours (LM cpu-full, finer theory grids); gpu: LM gpu-135m (default: quick)")
+    ap.add_argument("--out", default="results", help="results directory (resumed if it exists; default: results)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     ap.add_argument("--executor", default="auto", choices=("auto", "serial", "ray"),
                     help="how the LM steps run their runs: auto (Ray on 2+ cores when installed), serial, ray")
     args = ap.parse_args(argv)
-    out = Path(args.out).resolve()
+    out = check_output_dir("--out", args.out).resolve()
     executor = resolve_executor(args.executor)
     steps = plan(args.preset, out, executor)
     print(f"LM executor: {executor}")
