@@ -30,6 +30,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -149,6 +150,7 @@ class StageContext:
               on_eval: Any = None) -> Any:
         from lm_experiments import train as engine
 
+        _log_training(self.out, ckpt_dir)
         return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
                             precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
                             on_eval=on_eval,
@@ -156,6 +158,15 @@ class StageContext:
                             micro_batch=self.cfg.micro_batch, progress=self.progress,
                             compile=self.cfg.train.compile, cross_entropy=self.cfg.train.cross_entropy,
                             ce_chunk_tokens=self.cfg.train.ce_chunk_tokens)
+
+
+def _log_training(out: Path, ckpt_dir: Path) -> None:
+    """Testing hook: with ``LM_EXPERIMENTS_TRAINING_LOG=<path>`` every training started appends
+    ``<run dir relative to OUT> <pid>`` to that file (the tests count trainings per unit)."""
+    path = os.environ.get("LM_EXPERIMENTS_TRAINING_LOG")
+    if path and distributed.is_main():
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{Path(ckpt_dir).parent.relative_to(out).as_posix()} {os.getpid()}\n")
 
 
 def optim_for(section: OptimSection, *, steps: int, **overrides: Any) -> Any:
