@@ -159,5 +159,10 @@ def _main(argv: list[str] | None) -> int:
     return 1 if failures else 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``python -m figures``, ``early-exposure-figures``): ConfigError -> one line, exit 2."""
+    return cli_main(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli_main(_main))
+    sys.exit(main())

@@ -173,13 +173,19 @@ def compare_frontiers(
     tol = 1e-9 if noise_free else 0.0
     gap_defined = bool(np.isfinite(gap_lo) and np.isfinite(gap_hi))
     better_area, no_better_area = hv_lo > tol, hv_hi <= tol
-    data.update(min_effect_gap=m)
-    if better_area and (not gap_defined or gap_lo >= m):
+    # without overlap in x there is no gap to hold to min_effect: the area gain itself must
+    # then be meaningful (>= min_effect of the baseline's area), so every view has a minimum
+    m_hv = opts.min_effect * hv_a
+    data.update(min_effect_gap=m, min_effect_hv=m_hv)
+    if better_area and (gap_lo >= m if gap_defined else hv_lo >= m_hv):
         return "PASS", desc, data
     if no_better_area and not (gap_defined and gap_lo > 0):
         return "FAIL", f"no larger dominated area: {desc}", data
     if gap_defined and gap_hi < m and not better_area:
         return "FAIL", f"no meaningful gain (< {m:.3g}) at matched {x}: {desc}", data
+    if better_area and not gap_defined:
+        return "INCONCLUSIVE", (f"fronts do not overlap in {x} (gap undefined) and the area gain is not meaningful "
+                                f"(< {m_hv:.3g}, {opts.min_effect:.0%} of the baseline's): {desc}"), data
     if better_area:
         return "INCONCLUSIVE", f"larger area but gain at matched {x} not meaningful (< {m:.3g}): {desc}", data
     if no_better_area:

@@ -96,5 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """Entry point (``python -m lm_experiments.data``, ``lm-experiments-data``): ConfigError -> exit 2."""
+    return cli_main(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    sys.exit(run())
