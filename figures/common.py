@@ -2,8 +2,10 @@
 
 Rule: figures only read saved files (they never train). Before plotting, a figure asserts
 its inputs are comparable (one pipeline per panel, one side, the same evaluation-set
-fingerprint when the runs record one); a figure whose data is absent is skipped with a
-printed note, never a crash.
+fingerprint when the runs record one); a figure whose data is absent or damaged (a truncated
+or non-UTF-8 ``frontier.csv``, one missing columns, a garbage parquet file) is skipped with a
+printed note, never a crash, and a damaged run directory is listed and its rows left out
+(:func:`frontier_tables`).
 
 Every figure goes through :func:`save`, which finishes it the same way: a loss axis whose
 plotted values span more than a decade is put on a log scale (:func:`log_scale_if_wide`:
@@ -15,7 +17,6 @@ column names (:func:`plain`).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -32,6 +33,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 
 from early_exposure.frontier import read_frontier  # noqa: E402
+from early_exposure.integrity import read_json  # noqa: E402
 from early_exposure.io import atomic_write_figure  # noqa: E402
 
 #: one colour per method family, as in the paper (unmixed black, mixed purple)
@@ -52,10 +54,50 @@ class NotComparable(Exception):
     """The inputs of one figure are not comparable: refuse to draw it."""
 
 
+#: what reading a damaged table raises (truncated, not UTF-8, garbage, columns missing)
+_TABLE_ERRORS = (ValueError, KeyError, TypeError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError)
+
+
 def load_frontier(path: Path) -> pd.DataFrame:
+    """The frontier table at ``path``; :class:`Skip` naming what is wrong when it is absent
+    or damaged (truncated, not UTF-8, columns missing)."""
     if not path.is_file():
         raise Skip(f"{path} not found")
-    return read_frontier(path)
+    try:
+        return read_frontier(path)
+    except _TABLE_ERRORS as exc:
+        raise Skip(f"{path} is damaged ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def load_parquet(path: Path, log: Logger, what: str) -> pd.DataFrame | None:
+    """The parquet table at ``path``, or None after logging ``skip <what>: ...`` when it is
+    absent or damaged (e.g. a garbage ``sweep.parquet``)."""
+    if not path.is_file():
+        log(f"skip {what}: {path} not found")
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... on a damaged file
+        log(f"skip {what}: {path} is damaged ({type(exc).__name__}: {_first_line(exc)})")
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:160]
+
+
+def damaged_runs(run_root: Path) -> dict[str, str]:
+    """``{run_id: what is wrong}`` for the damaged fine-tuning runs under ``run_root/runs``
+    (unreadable ``result.json``, a file that differs from its integrity record:
+    :mod:`lm_experiments.rundirs`)."""
+    from lm_experiments.rundirs import read_run
+
+    out = {}
+    for p in sorted(Path(run_root).glob("runs/*/result.json")):
+        why = read_run(p.parent, strict=False)[1]
+        if why is not None:
+            out[p.parent.name] = why
+    return out
 
 
 def lm_presets(results: Path) -> list[Path]:
@@ -75,6 +117,11 @@ def frontier_tables(results: Path, theory_study: str, log: Logger,
         except Skip as s:
             log(f"skip {what} {label}: {s}")
             continue
+        if root is not None:
+            bad = damaged_runs(root)
+            for rid, why in bad.items():
+                log(f"skip damaged run {rid} in {what} {label}: {why}")
+            df = df.loc[~df["run_id"].astype(str).isin(bad)]
         for pipe, sub in df.groupby("pipeline"):
             yield label, pipe, sub, root
 
@@ -107,10 +154,10 @@ def assert_comparable(df: pd.DataFrame, run_root: Path | None = None) -> dict[st
         for rid in df["run_id"].unique():
             f = run_root / "runs" / str(rid) / "result.json"
             if f.is_file():
-                try:
-                    fp = _find_fingerprints(json.loads(f.read_text(encoding="utf-8")))
-                except json.JSONDecodeError:
+                rec, why = read_json(f)
+                if why is not None:  # a damaged run: frontier_tables lists and drops it
                     continue
+                fp = _find_fingerprints(rec)
                 for k, v in fp.items():
                     seen.setdefault(k, set()).add(v)
         bad = {k: sorted(v) for k, v in seen.items() if len(v) > 1}

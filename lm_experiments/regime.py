@@ -74,11 +74,16 @@ def _f(d: dict[str, Any], k: str) -> float:
 
 
 def regime_table(out_dir: str | Path) -> pd.DataFrame:
-    """The table of the module docstring for the fine-tuning runs under ``out_dir``."""
+    """The table of the module docstring for the fine-tuning runs under ``out_dir``. Damaged
+    run directories (:mod:`lm_experiments.rundirs`) are left out and listed in
+    ``table.attrs["skipped"]`` (``"<dir>: <what is wrong>"``)."""
+    from lm_experiments.rundirs import RunReader
+
     out = Path(out_dir)
+    reader = RunReader()
     pre_info: dict[str, dict[str, Any]] = {}
     for p in sorted((out / "upstream").glob("pre-*/result.json")):
-        rec = _read(p)
+        rec = reader.run(p.parent)
         if rec is None:
             continue
         mdir = p.parent / "model"
@@ -90,12 +95,12 @@ def regime_table(out_dir: str | Path) -> pd.DataFrame:
     ref_by_seed = {v["seed"]: _f(v["losses"], "L_post_stage1") for v in pre_info.values() if v["mix_fraction"] == 0}
     post_info = {}
     for p in sorted((out / "upstream").glob("post-*/result.json")):
-        rec = _read(p)
+        rec = reader.run(p.parent)
         if rec is not None:
             post_info[rec["upstream_id"]] = rec
     rows = []
     for p in sorted((out / "runs").glob("*/result.json")):
-        rec = _read(p)
+        rec = reader.run(p.parent)
         if rec is None:
             continue
         pre = pre_info.get(rec.get("pre_id"), {})
@@ -124,7 +129,9 @@ def regime_table(out_dir: str | Path) -> pd.DataFrame:
             "forgetting": (l_ret - l_im) / (ref - l_im) if ref - l_im > 0 else float("nan"),
             "diverged": bool(rec.get("diverged")),
         })
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    table.attrs["skipped"] = reader.skipped
+    return table
 
 
 def write_regime(out_dir: str | Path) -> Path:
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m lm_experiments.regime OUT  (an lm_experiments run --out directory)", file=sys.stderr)
         return 2
     df = regime_table(args[0])
+    for s in df.attrs.get("skipped", []):
+        print(f"skipped damaged run {s}", file=sys.stderr)
     cols = ["method", "mix_fraction", "compute_matched", "seed", "ft_lr", "tokens_per_param", "L_pre_pre_over_lnV",
             "kept_post", "kept_ft", "stopped_early", "L_im", "L_ret", "forgetting"]
     with pd.option_context("display.width", 200, "display.max_rows", 500):

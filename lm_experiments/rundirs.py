@@ -34,13 +34,14 @@ def damage(d: Path) -> str | None:
     return read_run(d)[1] if (Path(d) / "result.json").exists() else None
 
 
-def read_run(d: Path) -> tuple[dict[str, Any] | None, str | None]:
+def read_run(d: Path, *, strict: bool = True) -> tuple[dict[str, Any] | None, str | None]:
     """``(result.json record, None)`` of an intact finished run directory, else
-    ``(None, what is wrong)`` (one line naming the file)."""
+    ``(None, what is wrong)`` (one line naming the file). ``strict``: the record must be a
+    stage's (hold ``diverged``); readers of hand-made trees pass False (any JSON object)."""
     d = Path(d)
     p = d / "result.json"
     rec, why = integrity.read_json(p)
-    if why is None and (not isinstance(rec, dict) or "diverged" not in rec):
+    if why is None and (not isinstance(rec, dict) or (strict and "diverged" not in rec)):
         why = f"{p} is not a run record"
     if why is None:
         why = (integrity.check_records(d, rec["integrity"]) if rec.get("integrity") is not None
@@ -67,11 +68,15 @@ class RunReader:
     def run(self, d: Path) -> dict[str, Any] | None:
         d = Path(d)
         if d not in self._seen:
-            rec, why = (None, None) if not (d / "result.json").exists() else read_run(d)
+            rec, why = (None, None) if not (d / "result.json").exists() else read_run(d, strict=False)
             if why is not None:
                 self.skipped.append(f"{d}: {why}")
             self._seen[d] = rec
         return self._seen[d]
+
+    def damaged(self, what: Path | str, why: str) -> None:
+        """Record a damaged file found by the caller (e.g. an array that does not load)."""
+        self.skipped.append(f"{what}: {why}")
 
     def file(self, d: Path, name: str) -> Path | None:
         """``d/name`` when the run in ``d`` is intact and holds it, else None."""

@@ -8,7 +8,10 @@
   (``group/<g>`` keys written by ``lm_experiments.evaluate.layerwise_change``) averaged per
   method, with the group that changed most.
 
-Both read only saved files; a run without the arrays is skipped and counted.
+Both read only saved files; a run without the arrays is skipped and counted; a damaged run
+(unreadable ``result.json``, a file that differs from its integrity record, an array file that
+does not open: :mod:`lm_experiments.rundirs`) is skipped and listed (``skipped_damaged`` and
+the note).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.forgetting import forgetting_metrics
+from early_exposure.integrity import structural_check
+from lm_experiments.rundirs import RunReader
 
 _BEFORE = re.compile(r"(post|stage_?2|before|im)", re.I)
 _AFTER = re.compile(r"(ft|stage_?3|after|ret)", re.I)
@@ -63,10 +68,16 @@ def forgetting_analysis(frontier: pd.DataFrame | None, lm_dir: Path, k: int | No
         return {"note": "no data: no LM frontier table", "table": []}
     recs = []
     skipped = 0
+    reader = RunReader()
     for row in frontier.itertuples(index=False):
         run_dir = lm_dir / "runs" / str(row.run_id)
         pair = None
-        for p in _find_run_files(run_dir, "*.npz") if run_dir.is_dir() else []:
+        intact = not (run_dir / "result.json").exists() or reader.run(run_dir) is not None
+        for p in _find_run_files(run_dir, "*.npz") if run_dir.is_dir() and intact else []:
+            why = structural_check(p)
+            if why is not None:
+                reader.damaged(run_dir, why)
+                break
             pair = _correct_pair(p)
             if pair is not None:
                 break
@@ -75,16 +86,25 @@ def forgetting_analysis(frontier: pd.DataFrame | None, lm_dir: Path, k: int | No
             continue
         m = forgetting_metrics(pair[0], pair[1], k=k)
         recs.append({"pipeline": row.pipeline, "method": _label(row), "ft_lr": float(row.ft_lr), **m})
+    damaged = _damaged_note(reader)
     if not recs:
-        return {"note": f"no data: no run directory holds before/after correctness arrays ({skipped} runs looked at)",
-                "table": []}
+        return {"note": f"no data: no run directory holds before/after correctness arrays ({skipped} runs looked at)"
+                        + damaged, "table": [], "skipped_damaged": reader.skipped}
     df = pd.DataFrame(recs)
     cols = ["acc_before", "acc_after", "forgetting", "forgetting_relative", "backward_transfer"]
     agg = df.groupby(["pipeline", "method", "ft_lr"])[cols].mean().reset_index()
     agg["runs"] = df.groupby(["pipeline", "method", "ft_lr"]).size().to_numpy()
     table = agg.to_dict(orient="records")
     return {"note": (f"theta_post -> theta_ft on D_post eval tokens (top-1 next-token correctness); "
-                     f"{len(recs)} runs, {skipped} without arrays"), "table": table}
+                     f"{len(recs)} runs, {skipped} without arrays" + damaged), "table": table,
+            "skipped_damaged": reader.skipped}
+
+
+def _damaged_note(reader: RunReader) -> str:
+    """``"; skipped N damaged run(s): <dir>: <what is wrong>; ..."`` (empty when none)."""
+    if not reader.skipped:
+        return ""
+    return f"; skipped {len(reader.skipped)} damaged run(s): " + "; ".join(reader.skipped)
 
 
 def _find_groups(obj: Any) -> dict[str, float] | None:
@@ -106,10 +126,12 @@ def layerwise_analysis(frontier: pd.DataFrame | None, lm_dir: Path) -> dict[str,
     if frontier is None or frontier.empty:
         return {"note": "no data: no LM frontier table", "table": []}
     recs = []
+    reader = RunReader()
     for row in frontier.drop_duplicates("run_id").itertuples(index=False):
         run_dir = lm_dir / "runs" / str(row.run_id)
         groups = None
-        for p in _find_run_files(run_dir, "*.json") if run_dir.is_dir() else []:
+        intact = not (run_dir / "result.json").exists() or reader.run(run_dir) is not None
+        for p in _find_run_files(run_dir, "*.json") if run_dir.is_dir() and intact else []:
             try:
                 groups = _find_groups(json.loads(p.read_text(encoding="utf-8")))
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -118,8 +140,10 @@ def layerwise_analysis(frontier: pd.DataFrame | None, lm_dir: Path) -> dict[str,
                 break
         if groups:
             recs += [{"method": _label(row), "group": g, "change": v} for g, v in groups.items()]
+    damaged = _damaged_note(reader)
     if not recs:
-        return {"note": "no data: no run holds layerwise changes (group/<g> keys)", "table": []}
+        return {"note": "no data: no run holds layerwise changes (group/<g> keys)" + damaged, "table": [],
+                "skipped_damaged": reader.skipped}
     df = pd.DataFrame(recs)
     df["kind"] = df["group"].str.replace(r"layers\.\d+\.", "", regex=True)
     agg = df.groupby(["method", "kind"])["change"].mean().reset_index()
@@ -133,4 +157,5 @@ def layerwise_analysis(frontier: pd.DataFrame | None, lm_dir: Path) -> dict[str,
                       "change_most": float(top["change"].iloc[0]),
                       "most_changed_layer": int(by_layer.idxmax()) if len(by_layer) else -1,
                       **{f"mean_{k}": float(v) for k, v in zip(top["kind"], top["change"])}})
-    return {"note": "relative Frobenius change ||dW||/||W|| per layer-group kind, mean over runs", "table": table}
+    return {"note": "relative Frobenius change ||dW||/||W|| per layer-group kind, mean over runs" + damaged,
+            "table": table, "skipped_damaged": reader.skipped}

@@ -97,7 +97,8 @@ def judge_run_set(table: pd.DataFrame, env: Envelope) -> dict[str, Any]:
 
 def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
     """{preset: {pipeline: run-set verdict}} for ``results/lm/<preset>/`` (``regime.csv`` when
-    present, else read from the run directories), with the envelope used."""
+    present, else read from the run directories), with the envelope used; damaged run
+    directories are left out and listed under ``skipped_damaged`` ({preset: ["<dir>: <why>"]})."""
     from lm_experiments.regime import regime_table
 
     env = env or Envelope()
@@ -110,6 +111,8 @@ def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             out["presets"][pdir.name] = {"error": f"regime table unreadable: {exc}"}
             continue
+        if table.attrs.get("skipped"):  # damaged run directories, left out of the table
+            out.setdefault("skipped_damaged", {})[pdir.name] = list(table.attrs["skipped"])
         out["presets"][pdir.name] = ({pipe: judge_run_set(g, env) for pipe, g in table.groupby("pipeline")}
                                      if len(table) else {})
     return out
@@ -170,4 +173,6 @@ def regime_markdown(regime: dict[str, Any]) -> list[str]:
                              f"{f(a['L_pre_pre_over_lnV'])} | {f(a['stopped_share'])} | {f(a['kept_post'])} | "
                              f"{f(a['kept_ft'])} | {f(a['forgetting_gentlest'])} | "
                              f"{'yes' if a['inside'] else 'no: ' + ', '.join(a['failed'])} |")
+    for preset, skipped in (regime.get("skipped_damaged") or {}).items():
+        lines += ["", f"Damaged runs left out of the regime table of {preset}: " + "; ".join(skipped)]
     return lines
