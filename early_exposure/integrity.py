@@ -251,6 +251,18 @@ def _ar(path: Path) -> str | None:
     return None if pos >= size else f"{path}: {size - pos} trailing bytes (corrupted)"
 
 
+def _text_table(path: Path) -> str | None:
+    """A CSV table as the writers here leave it: UTF-8, ending with a newline."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{path} is not UTF-8 text (byte {exc.start}: corrupted)"
+    if data and not data.endswith(b"\n"):
+        return f"{path} does not end with a newline (truncated)"
+    return None
+
+
 def _parquet(path: Path) -> str | None:
     try:
         import pyarrow.parquet as pq
@@ -273,7 +285,7 @@ def _gzip(path: Path) -> str | None:
 
 def structural_check(path: str | os.PathLike[str]) -> str | None:
     """What is structurally wrong with ``path`` (by its suffix: ``.json``, ``.npz`` / ``.pt`` /
-    ``.zip`` / ``.whl``, ``.safetensors``, ``.parquet``, ``.gz``, ``.deb``), or None; other suffixes
+    ``.zip`` / ``.whl``, ``.safetensors``, ``.parquet``, ``.gz``, ``.deb``, ``.csv``), or None; other suffixes
     only need to exist."""
     path = Path(path)
     if not path.is_file():
@@ -291,6 +303,8 @@ def structural_check(path: str | os.PathLike[str]) -> str | None:
         return _gzip(path)
     if suffix == ".deb":
         return _ar(path)
+    if suffix == ".csv":
+        return _text_table(path)
     return None
 
 

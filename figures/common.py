@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 
 from early_exposure.frontier import read_frontier  # noqa: E402
-from early_exposure.integrity import read_json  # noqa: E402
+from early_exposure.integrity import check, read_json  # noqa: E402
 from early_exposure.io import atomic_write_figure  # noqa: E402
 
 #: one colour per method family, as in the paper (unmixed black, mixed purple)
@@ -63,6 +63,9 @@ def load_frontier(path: Path) -> pd.DataFrame:
     or damaged (truncated, not UTF-8, columns missing)."""
     if not path.is_file():
         raise Skip(f"{path} not found")
+    why = check(path)  # its manifest when the writer sealed it, else UTF-8 and a final newline
+    if why is not None:
+        raise Skip(f"{path} is damaged: {why}")
     try:
         return read_frontier(path)
     except _TABLE_ERRORS as exc:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from early_exposure import integrity
 from early_exposure.configs import to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import make_row, write_frontier
@@ -132,9 +133,11 @@ def write_tables(ctx: StageContext, plan: Plan, name: str) -> None:
     """``name`` (frontier.csv or frontier.partial.csv) and, beside a complete frontier of a
     plan with the matched-L_im study, ``matched.csv`` (columns :data:`MATCHED_TABLE_COLUMNS`)."""
     write_frontier(frontier_rows(ctx.out, plan), ctx.out / name)
+    integrity.seal(ctx.out / name)  # size + SHA-256: readers tell a damaged table from a short one
     if plan.traj and name == "frontier.csv":
         df = pd.DataFrame(matched_rows(ctx.out, plan), columns=list(MATCHED_TABLE_COLUMNS))
         atomic_write_bytes(ctx.out / "matched.csv", df.to_csv(index=False).encode())
+        integrity.seal(ctx.out / "matched.csv")
 
 
 def manifest(ctx: StageContext, plan: Plan, status: dict[str, Any], wall_s: float) -> dict[str, Any]:
@@ -181,6 +184,7 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
         bar.update(o.get("ft_budget", 0) if o["stage"] == "ft" else planned.get(o["id"], 0))
         if o["stage"] == "ft" and time.time() - last_partial[0] > 30:
             write_frontier(frontier_rows(ctx.out, plan), ctx.out / "frontier.partial.csv")
+            integrity.seal(ctx.out / "frontier.partial.csv")
             last_partial[0] = time.time()
 
     try:
@@ -196,7 +200,7 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
         write_tables(ctx, plan, "frontier.partial.csv")
     else:
         write_tables(ctx, plan, "frontier.csv")
-        (ctx.out / "frontier.partial.csv").unlink(missing_ok=True)
+        integrity.unseal(ctx.out / "frontier.partial.csv")
     m = {**manifest(ctx, plan, status, time.time() - t0), "executor": executor, "failed": failed}
     atomic_write_json(ctx.out / "manifest.json", m)
     return m
