@@ -211,15 +211,16 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
                 proc = subprocess.Popen(list(step.argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
                                         env={**os.environ, **step.env})
                 tail = ProgressTail(logf, step.progress) if step.progress else None
-                shown, last_beat, drawn = None, t0, False
+                shown, last_beat, drawn, rc = None, t0, False, None
                 try:
-                    while True:  # relay the step's progress line; else a heartbeat while a long step runs
+                    while rc is None:  # relay the step's progress line; else a heartbeat while a long step runs
                         try:
                             rc = proc.wait(timeout=poll_s if tail else heartbeat_s)
-                            break
                         except subprocess.TimeoutExpired:
                             pass
-                        line = tail.latest() if tail else None
+                        if rc is not None and tail is None:
+                            break
+                        line = tail.latest() if tail else None  # after the exit too: the bar's final state
                         now = time.perf_counter()
                         if line is not None and line != shown:
                             shown, last_beat = line, now
@@ -229,7 +230,7 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
                                 drawn = True
                             else:
                                 log(f"[{i}/{len(steps)}] {step.name}: {line}")
-                        elif now - last_beat >= heartbeat_s:
+                        elif rc is None and now - last_beat >= heartbeat_s:
                             last_beat = now
                             if drawn:
                                 sys.stdout.write("\n")
