@@ -13,9 +13,9 @@ announces, a parquet file has its footer, a gzip stream ends). A damaged artefac
 reported in one line (:func:`report`: which file, what is wrong, what happens now) and
 redone by the caller, never trusted and never a traceback.
 
-Verifying a large file reads it once; the result is remembered per process for an
-unchanged file (same size and modification time), so a theta_post read by every
-fine-tuning run of a sweep is hashed once.
+Verifying a file reads it once; the digest of a large one (>= 1 MiB) is remembered per
+process for an unchanged file (same inode, size, modification and change times), so a
+theta_post read by every fine-tuning run of a sweep is hashed once.
 
 Locks. :func:`unit_lock` holds an exclusive ``fcntl.flock`` on one lock file per unit
 (a run of the LM pipeline, a chunk of a theory sweep): a second process on the same output

@@ -23,6 +23,7 @@ from typing import Any
 
 from early_exposure.frontier import method_name
 from early_exposure.io import atomic_write_text
+from lm_experiments.rundirs import read_run
 
 #: the columns of ``checkpoints.csv``, in order
 INDEX_COLUMNS: tuple[str, ...] = (
@@ -133,7 +134,8 @@ def _hparams(h: Any) -> str:
 
 def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The rows of :func:`write_checkpoint_index` (dicts over :data:`INDEX_COLUMNS`; None
-    where a value does not apply)."""
+    where a value does not apply). Damaged run directories (:mod:`lm_experiments.rundirs`)
+    are left out."""
     out = Path(out_dir)
     rows: list[dict[str, Any]] = []
 
@@ -144,7 +146,9 @@ def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         rows.append(r)
 
     for p in sorted(out.glob("upstream/pre-*/result.json")):
-        rec = _read(p)
+        rec = read_run(p.parent, strict=False)[0]  # None: damaged (redone by the next run), left out
+        if rec is None:
+            continue
         d = _model_dir(p.parent, rec)
         if d is None or rec.get("diverged"):
             continue
@@ -152,7 +156,9 @@ def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             mixed=float(rec.get("mix_fraction") or 0) > 0), mix_fraction=rec.get("mix_fraction"),
             seed=rec.get("seed"), model_dir=d)
     for p in sorted(out.glob("upstream/post-*/result.json")):
-        rec = _read(p)
+        rec = read_run(p.parent, strict=False)[0]  # None: damaged (redone by the next run), left out
+        if rec is None:
+            continue
         if rec.get("diverged"):
             continue
         common = dict(pre_id=rec.get("pre_id"), upstream_id=rec.get("upstream_id"),
@@ -169,7 +175,9 @@ def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 row(stage="post-trajectory", id=rec.get("upstream_id"), step=meta.get("step"), L_im=meta.get("L_im"),
                     model_dir=m.parent / "model", **common)
     for p in sorted(out.glob("runs/*/result.json")):
-        rec = _read(p)
+        rec = read_run(p.parent, strict=False)[0]  # None: damaged (redone by the next run), left out
+        if rec is None:
+            continue
         d = p.parent / "model"
         if not d.is_dir() or rec.get("diverged"):
             continue
