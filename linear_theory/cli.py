@@ -138,6 +138,7 @@ def _sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--cpu-devices", f"must be >= 1, got {args.cpu_devices}")
     check_output_dir("--out", args.out)
     cfg = load_config(args.config, args.set)
+    _check_grid_size(args.grid)
     axes = parse_grid(args.grid, cfg)
     shard = parse_shard(args.shard)
     # a shard must own at least one chunk, else it would write a plan and then find nothing to merge
@@ -149,6 +150,25 @@ def _sweep(args: argparse.Namespace) -> int:
     run_sweep(cfg, axes, args.out, method=args.method, chunk_size=args.chunk_size, shard=shard,
               plots=not args.no_plots, max_chunks=args.max_chunks)
     return 0
+
+
+def _check_grid_size(items: list[str]) -> None:
+    """Refuse an oversized grid from the point counts of its ``a:b:n`` specs, before the axes
+    (n values each) are built: ``mix_fraction=0:1:1e8`` fails at once instead of hanging."""
+    from linear_theory.sweep.grid import MAX_POINTS
+
+    total = 1
+    for item in items:
+        spec = item.split("=", 1)[-1]
+        count = spec.rsplit(":", 1)[-1] if ":" in spec else None
+        try:
+            n = int(float(count)) if count is not None else len(spec.split(","))
+        except ValueError:
+            continue  # parse_grid names the malformed spec
+        total *= max(n, 1)
+        if total > MAX_POINTS:
+            raise ConfigError("--grid", f"more than {MAX_POINTS} grid points (at {item!r}); "
+                              "coarsen the axes or split the study into several sweeps")
 
 
 def _merge(args: argparse.Namespace) -> int:

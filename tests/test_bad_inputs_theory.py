@@ -123,3 +123,17 @@ def test_merge_of_a_truncated_part_names_it(parts, tmp_path, capsys):
     # the good parts still merge (the check does not refuse valid input)
     assert theory_main(["merge", str(parts / "p0of2"), str(parts / "p1of2"), "--no-plots", "--out", str(out)]) == 0
     assert (out / "sweep.parquet").is_file()
+
+
+def test_oversized_grid_is_refused_at_once(tmp_path, capsys):
+    from linear_theory.sweep.grid import MAX_POINTS
+
+    out = tmp_path / "sweep"
+    t0 = time.perf_counter()
+    # 1e8 x 1e5 points: building the first axis alone (1e8 values) would take minutes
+    assert theory_main(["sweep", "--grid", "mix_fraction=0:1:100000000", "--grid", "beta=0.1:2:100000",
+                        "--out", str(out)]) == 2
+    assert time.perf_counter() - t0 < 5.0
+    line = _one_line(capsys)
+    assert line.startswith("error: --grid:") and str(MAX_POINTS) in line
+    assert not out.exists()
