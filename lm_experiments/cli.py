@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed one usage line
         return int(exc.code or 0)
     if args.cache_root_deprecated is not None:
-        print("warning: --cache-root is deprecated; use --cache", file=sys.stderr)
+        # the deprecated spelling (hidden from --help), kept silent so scripts keep working
         args.cache = args.cache or args.cache_root_deprecated
     if args.max_retries < 0:
         raise ConfigError("--max-retries", f"must be >= 0, got {args.max_retries}")
