@@ -5,7 +5,10 @@ and leave the same directory layout, so the frontier table (read back from the r
 directories in plan order) is the same whichever executor ran it. Both record a run that
 raises (or, on Ray, whose worker dies more than ``max_retries`` times) as *failed*, skip its
 descendants, and go on with every other run; a rerun of the same command retries exactly
-the runs that are not finished.
+the runs that are not finished. Every run holds its lock (:func:`run_locked`,
+``OUT/.locks/<stage>-<id>.lock``) while it runs, so two invocations on one output directory,
+or a Ray task retried while another copy still runs, never train the same run twice: the
+second waits and reuses the first's verified result.
 
 Ray does the scheduling: every pretraining, post-training and fine-tuning run is one task
 with its resource request (``cpus_per_task`` CPUs, one GPU per task on a CUDA device) and
@@ -25,16 +28,21 @@ process (a lost worker).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
+from early_exposure import integrity
+from lm_experiments import distributed
 from lm_experiments.config import PipelineConfig, config_from_mapping, config_to_dict
 from lm_experiments.plan import FtRun, Plan, PostRun, PreRun
-from lm_experiments.stages import StageContext, run_locked
+from lm_experiments.rundirs import lock_path
+from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult
 
 EXECUTORS = ("serial", "ray")
 _REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +72,23 @@ def _outcome(stage: str, unit: str, res: Any = None, error: str | None = None, s
     if res is not None and stage == "ft":
         out["ft_budget"] = int(res.record["ft_budget"])
     return out
+
+
+def run_locked(ctx: StageContext, stage: str, record: Any, unit: str) -> StageResult:
+    """Run one unit holding its lock (:func:`early_exposure.integrity.unit_lock`): a second
+    process asked for the same run waits for the holder and then returns its finished,
+    verified result. Under ``torchrun`` rank 0 takes the lock and the others wait at a
+    barrier, so every rank enters the run together."""
+    dctx = distributed.context()
+    if not dctx.active:
+        def note(m: str) -> None:
+            print(f"[lock] {m}", file=sys.stderr, flush=True)
+
+        with integrity.unit_lock(lock_path(ctx.out, stage, unit), on_wait=note):
+            return STAGE_FUNCTIONS[stage](ctx, record)
+    with (integrity.unit_lock(lock_path(ctx.out, stage, unit)) if dctx.is_main else contextlib.nullcontext()):
+        distributed.barrier()
+        return STAGE_FUNCTIONS[stage](ctx, record)
 
 
 def run_one(ctx: StageContext, stage: str, record: PreRun | PostRun | FtRun,
@@ -194,4 +219,4 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["EXECUTORS", "run_one", "run_serial", "run_ray", "check_executor"]
+__all__ = ["EXECUTORS", "run_locked", "run_one", "run_serial", "run_ray", "check_executor"]

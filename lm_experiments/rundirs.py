@@ -13,6 +13,7 @@ readers (``paper_checks``, ``figures``, :mod:`lm_experiments.regime`) skip it an
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,19 @@ def lock_path(out: Path, stage: str, unit: str) -> Path:
     return Path(out) / ".locks" / f"{stage}-{unit}.lock"
 
 
+def log_training(out: Path, ckpt_dir: Path) -> None:
+    """Testing hook: with ``LM_EXPERIMENTS_TRAINING_LOG=<path>`` every training started appends
+    ``<run dir relative to OUT> <pid>`` to that file (the tests count trainings per unit)."""
+    path = os.environ.get("LM_EXPERIMENTS_TRAINING_LOG")
+    if not path:
+        return
+    from lm_experiments.distributed import is_main  # torch: imported only when the hook is on
+
+    if is_main():
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{Path(ckpt_dir).parent.relative_to(out).as_posix()} {os.getpid()}\n")
+
+
 class RunReader:
     """Reads run directories for an analysis, remembering which were damaged.
 
@@ -84,4 +98,4 @@ class RunReader:
         return p if self.run(d) is not None and p.is_file() else None
 
 
-__all__ = ["NOT_SEALED", "sealed", "damage", "read_run", "lock_path", "RunReader"]
+__all__ = ["NOT_SEALED", "sealed", "damage", "read_run", "lock_path", "log_training", "RunReader"]

@@ -25,14 +25,11 @@ section. Random streams (``early_exposure.seeding``): the training RNG of each r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import math
-import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +47,7 @@ from lm_experiments import distributed
 from lm_experiments.config import OptimSection, PipelineConfig
 from lm_experiments.distributed import collective_stage, main_first, main_process_only
 from lm_experiments.plan import FtRun, PostRun, PreRun, TrajRun, ft_key, post_subset
-from lm_experiments.rundirs import lock_path, read_run, sealed
+from lm_experiments.rundirs import log_training, read_run, sealed
 from lm_experiments.schedules import PlannedSource, finetune_source, posttrain_source, pretrain_source, split_post_blocks
 
 # under torchrun only rank 0 writes files (lm_experiments.distributed); unchanged in one process
@@ -150,7 +147,7 @@ class StageContext:
               on_eval: Any = None) -> Any:
         from lm_experiments import train as engine
 
-        _log_training(self.out, ckpt_dir)
+        log_training(self.out, ckpt_dir)
         return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
                             precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
                             on_eval=on_eval,
@@ -158,15 +155,6 @@ class StageContext:
                             micro_batch=self.cfg.micro_batch, progress=self.progress,
                             compile=self.cfg.train.compile, cross_entropy=self.cfg.train.cross_entropy,
                             ce_chunk_tokens=self.cfg.train.ce_chunk_tokens)
-
-
-def _log_training(out: Path, ckpt_dir: Path) -> None:
-    """Testing hook: with ``LM_EXPERIMENTS_TRAINING_LOG=<path>`` every training started appends
-    ``<run dir relative to OUT> <pid>`` to that file (the tests count trainings per unit)."""
-    path = os.environ.get("LM_EXPERIMENTS_TRAINING_LOG")
-    if path and distributed.is_main():
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"{Path(ckpt_dir).parent.relative_to(out).as_posix()} {os.getpid()}\n")
 
 
 def optim_for(section: OptimSection, *, steps: int, **overrides: Any) -> Any:
@@ -205,23 +193,6 @@ def _finished(stage: str, d: Path) -> StageResult | None:
             integrity.report(why, f"redoing {stage} run {d.name}")
         return None
     return StageResult(stage, d, bool(rec["diverged"]), rec.get("losses", {}), rec)
-
-
-def run_locked(ctx: StageContext, stage: str, record: Any, unit: str) -> StageResult:
-    """Run one unit holding its lock (:func:`early_exposure.integrity.unit_lock`): a second
-    process asked for the same run waits for the holder and then returns its finished,
-    verified result. Under ``torchrun`` rank 0 takes the lock and the others wait at a
-    barrier, so every rank enters the run together."""
-    dctx = distributed.context()
-    if not dctx.active:
-        def note(m: str) -> None:
-            print(f"[lock] {m}", file=sys.stderr, flush=True)
-
-        with integrity.unit_lock(lock_path(ctx.out, stage, unit), on_wait=note):
-            return STAGE_FUNCTIONS[stage](ctx, record)
-    with (integrity.unit_lock(lock_path(ctx.out, stage, unit)) if dctx.is_main else contextlib.nullcontext()):
-        distributed.barrier()
-        return STAGE_FUNCTIONS[stage](ctx, record)
 
 
 def train_summary(res: Any, source: PlannedSource | None, optim: Any) -> dict[str, Any]:

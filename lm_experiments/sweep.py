@@ -34,7 +34,7 @@ from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
 from lm_experiments.config import PipelineConfig
 from lm_experiments.rundirs import read_run
 from lm_experiments.plan import FtRun, Plan, PostRun, PreRun, describe_plan, estimate_seconds, make_plan, post_sequences
-from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult, ft_dir, run_locked, traj_dir
+from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult, ft_dir, traj_dir
 
 
 def prepare(cfg: PipelineConfig, *, cache_root: Path | None = None, progress: bool = True,
@@ -78,7 +78,7 @@ def run_unit(stage: str, record: PreRun | PostRun | FtRun, cfg: PipelineConfig, 
     (its upstream runs must be finished). ``ctx`` reuses an open context in this process. The
     run's lock is held meanwhile (:func:`lm_experiments.stages.run_locked`): another process
     running the same unit is waited for and its result reused."""
-    from lm_experiments.executors import _unit_id
+    from lm_experiments.executors import _unit_id, run_locked
 
     ctx = ctx or StageContext.open(cfg, out, cache_root=cache_root)
     return run_locked(ctx, stage, record, _unit_id(stage, record))

@@ -13,7 +13,6 @@ plan, provenance) and the heatmaps of :mod:`linear_theory.sweep.plots`.
 from __future__ import annotations
 
 import io as _io
-import json
 import sys
 import time
 from pathlib import Path
