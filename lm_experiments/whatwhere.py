@@ -1,0 +1,544 @@
+"""What is forgotten (items) and where (layer rollback), on an LM results directory.
+
+    python -m lm_experiments.whatwhere OUT [--rollback-arms base|all] [--rollback-lr LR] [--k 4] [--threads 1]
+
+``OUT`` is an ``lm_experiments run --out`` directory (one pipeline). Everything is read from
+it (configs, checkpoints, the data cache); nothing there is changed. Written under
+``OUT/whatwhere/`` (atomically; docs/whatwhere.md):
+
+- ``items.json``: the item sets (roles, kinds, n, k, thresholds, items left out, families),
+  timings and what was restricted;
+- ``transitions.csv``: one row per (checkpoint pair, item set) of every fine-tuning run:
+  pair ``pre->post`` (theta_pre -> theta_post, one per upstream, ``ft_lr`` NaN) or
+  ``post->ft``; the four counts ``n_1->0`` ..., ``forgetting``, ``backward_transfer`` (and
+  relative), ``forgetting_chance_adjusted`` / ``backward_transfer_chance_adjusted`` for
+  k-way sets (:mod:`lm_experiments.items`);
+- ``families.csv``: the same per instruction family (``post->ft``, instruction sets);
+- ``forgetting_map.csv``: per (method, lambda, compute-matched, ft_lr, pair, set) the mean
+  over seeds of every rate with its Student-t 95% interval (``paper_checks.stats.t_interval``)
+  and the number of seeds;
+- ``agreement.csv``: transitions that hold in every seed (:func:`lm_experiments.items.agreement`),
+  and ``protection.csv``: per arm pair (unmixed X vs mixed X, same ft lr) the items that the
+  unmixed arm forgets (1->0) and the mixed arm keeps (1->1), in every seed and per seed, with
+  the mean Jaccard overlap of the per-seed protected sets across seed pairs;
+- ``rollback.csv`` (per run and unit) and ``depth_profile.csv`` (mean over seeds with
+  intervals): the share of the L_ret increase undone by restoring a unit to theta_post,
+  ``(L_ret(ft) - L_ret(rb)) / (L_ret(ft) - L_im)``, the share of the post->ft 1->0 k-way
+  items answered right again, the cost in L_ft ``L_ft(rb) - L_ft(ft)`` and as a share of
+  stage 3's L_ft gain; ``none`` and ``all`` are evaluated too and must reproduce the run's
+  recorded L_ret and (L_im, L_ft after stage 2) (``reproduced_*`` columns);
+- ``update_geometry.csv``: per fine-tuning run and unit, the relative update norms of stage
+  2 and stage 3, their cosine and the principal-angle overlaps (:mod:`lm_experiments.whatwhere_rollback`).
+
+Fine-tuned models are read from ``runs/<id>/model`` (``ft.save_checkpoints: true``); when a
+run did not save its model it is re-fine-tuned into a temporary directory with
+:func:`lm_experiments.stages.run_ft` from its record (deterministic; the recomputed L_ret is
+compared with the recorded one and the difference written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
+from lm_experiments import items as it
+
+BASE_METHODS = ("unmixed", "mixed")
+RATE_METRICS = ("forgetting", "backward_transfer", "forgetting_relative", "backward_transfer_relative",
+                "forgetting_chance_adjusted", "backward_transfer_chance_adjusted", "acc_before", "acc_after")
+RUN_KEYS = ("pipeline", "method", "mix_fraction", "compute_matched", "seed", "ft_lr", "run_id", "upstream_id")
+
+
+def _read(p: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---- the results directory ------------------------------------------------------------------
+@dataclasses.dataclass
+class Results:
+    out: Path
+    cfg: Any
+    prepared: Any
+    data_used: dict[str, Any]
+    ft: dict[str, dict[str, Any]]     # run_id -> result.json (finished, not diverged)
+    post: dict[str, dict[str, Any]]   # upstream_id -> result.json
+    pre: dict[str, dict[str, Any]]    # pre_id -> result.json
+    pipeline: str
+    cache_root: Path | None = None
+
+    def model_dir(self, stage: str, ident: str) -> Path:
+        if stage == "pre":
+            return self.out / "upstream" / f"pre-{ident}" / "model"
+        if stage == "post":
+            return self.out / "upstream" / f"post-{ident}" / "model"
+        return self.out / "runs" / ident / "model"
+
+
+def open_results(out: Path, cache_root: Path | None = None) -> Results:
+    from lm_experiments.config import config_from_mapping
+    from lm_experiments.sweep import prepare
+
+    out = Path(out)
+    man = _read(out / "manifest.json")
+    if man is None or "config" not in man:
+        raise SystemExit(f"error: {out}: no manifest.json with a config (not an lm_experiments run --out directory)")
+    cfg = config_from_mapping(man["config"])
+    prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=False, log=lambda _: None)
+    if man.get("data_fingerprint") and man["data_fingerprint"] != prepared.fingerprint:
+        raise SystemExit(f"error: {out}: data fingerprint {prepared.fingerprint} differs from the run's "
+                         f"{man['data_fingerprint']} (another data cache?)")
+    ft, post, pre = {}, {}, {}
+    for p in sorted(out.glob("runs/*/result.json")):
+        r = _read(p)
+        if r and not r.get("diverged") and r.get("losses"):
+            ft[r["run_id"]] = r
+    for p in sorted(out.glob("upstream/post-*/result.json")):
+        r = _read(p)
+        if r and not r.get("diverged"):
+            post[r["upstream_id"]] = r
+    for p in sorted(out.glob("upstream/pre-*/result.json")):
+        r = _read(p)
+        if r and not r.get("diverged"):
+            pre[r["pre_id"]] = r
+    return Results(out, cfg, prepared, data_used, ft, post, pre, man.get("pipeline") or cfg.pipeline_label(), cache_root)
+
+
+# ---- item suite --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RoleItems:
+    role: str
+    corpus: str
+    kind: str                               # "instruction" | "document"
+    mc: it.MCSet | None = None
+    blocks: np.ndarray | None = None
+    doc_ids: np.ndarray | None = None
+    unparsed: int = 0
+
+
+def test_documents(res: Results, role: str) -> list[tuple[str, str]]:
+    """(sha256 hex, text) of the role's test-split documents, in hash order."""
+    from lm_experiments.data import sources
+    from lm_experiments.data.prepare import default_cache_root
+    from lm_experiments.data.shards import _digest, cut_document
+
+    split = res.prepared.splits[role]
+    hashes = split.test_doc_hashes if split.test is not None else split.val_doc_hashes
+    spec = getattr(res.cfg.data, role)
+    cache = res.cache_root or default_cache_root()
+    found = {}
+    for d in sources.iter_documents(spec, f"data.{role}", cache):
+        for piece in (cut_document(d, res.cfg.data.max_doc_chars) if res.cfg.data.max_doc_chars else [d]):
+            h = _digest(piece).hex()
+            if h in hashes:
+                found[h] = piece
+    return sorted(found.items())
+
+
+def build_suite(res: Results, k: int = it.DEFAULT_K, seed: int = 0) -> dict[str, RoleItems]:
+    tok = res.prepared.tokenizer
+    eos = int(tok.eos_token_id)
+    seq_len = int(res.prepared.splits["pre"].train.shape[1])
+
+    def encode(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    suite = {}
+    for role in ("pre", "post", "ft"):
+        name = getattr(res.cfg.data, role).name
+        fams = it.INSTRUCTION_CORPORA.get(name)
+        if fams is not None:
+            items, bad = it.documents_of(test_documents(res, role), fams)
+            suite[role] = RoleItems(role, name, "instruction", mc=it.build_mc(items, encode, eos, seq_len, k=k,
+                                                                               seed=seed), unparsed=bad)
+        else:
+            blocks = np.asarray(res.prepared.splits[role].report)
+            suite[role] = RoleItems(role, name, "document", blocks=blocks, doc_ids=it.document_ids(blocks, eos))
+    return suite
+
+
+def suite_hash(suite: dict[str, RoleItems]) -> str:
+    ident = {}
+    for role, ri in suite.items():
+        if ri.kind == "instruction":
+            ident[role] = [ri.mc.k, [x.doc for x in ri.mc.items], ri.mc.answer.tolist(),
+                           stable_hash([s.tolist() for s in ri.mc.seqs], 16)]
+        else:
+            ident[role] = stable_hash(ri.blocks.tolist(), 16)
+    return stable_hash(ident, 16)
+
+
+def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 256, min_tokens: int = 8
+                  ) -> dict[str, np.ndarray]:
+    """Raw per-item values of one model: ``<role>.mc`` / ``.em`` (bool) and ``.answer_ll``
+    for instruction roles, ``<role>.doc_acc`` / ``.block_acc`` (accuracies) for the others."""
+    out = {}
+    for role, ri in suite.items():
+        if ri.kind == "instruction":
+            s = it.score_mc(model, ri.mc, batch_size=batch_size)
+            out[f"{role}.mc"], out[f"{role}.em"], out[f"{role}.answer_ll"] = s["mc"], s["em"], s["answer_ll"]
+        else:
+            corr = it.block_token_correct(model, ri.blocks, batch_size=64)
+            out[f"{role}.doc_acc"] = it.document_accuracy(corr, ri.doc_ids, min_tokens=min_tokens)[1]
+            out[f"{role}.block_acc"] = corr.mean(axis=1)
+    return out
+
+
+# ---- models -----------------------------------------------------------------------------------------
+def _load(path: Path):
+    from lm_experiments.checkpoints import load_model
+
+    return load_model(path, for_training=True).eval()
+
+
+def regenerate_ft(res: Results, run_ids: list[str], work: Path) -> dict[str, Path]:
+    """Re-fine-tune runs that did not save their model (``ft.save_checkpoints`` off) into
+    ``work`` with :func:`lm_experiments.stages.run_ft` from their plan records; returns
+    run_id -> model dir and writes ``regenerated_L_ret_diff`` into the run records."""
+    from lm_experiments.plan import make_plan
+    from lm_experiments.stages import StageContext, run_ft
+    from lm_experiments.sweep import data_sizes
+
+    cfg = dataclasses.replace(res.cfg, ft=dataclasses.replace(res.cfg.ft, save_checkpoints=True))
+    plan = make_plan(res.cfg, data_sizes(res.prepared), res.prepared.fingerprint)
+    recs = {r.run_id: r for r in plan.ft}
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "upstream").exists():
+        (work / "upstream").symlink_to((res.out / "upstream").resolve())
+    import torch
+
+    ctx = StageContext(cfg, res.prepared, work, torch.device("cpu"), res.data_used, progress=False)
+    out = {}
+    for rid in run_ids:
+        if rid not in recs:
+            continue
+        sr = run_ft(ctx, recs[rid])
+        res.ft[rid]["regenerated_L_ret_diff"] = abs(sr.losses["L_ret"] - res.ft[rid]["losses"]["L_ret"])
+        out[rid] = work / "runs" / rid / "model"
+    return out
+
+
+# ---- tables -------------------------------------------------------------------------------------------
+def correctness(raw: dict[str, np.ndarray], tau: dict[str, float]) -> dict[str, np.ndarray]:
+    """Item sets (bool) from raw values: k-way ``mc``, ``em``, and ``doc`` / ``block`` at the thresholds."""
+    out = {}
+    for key, v in raw.items():
+        role, what = key.split(".")
+        if what in ("mc", "em"):
+            out[key] = np.asarray(v, dtype=bool)
+        elif what in ("doc_acc", "block_acc"):
+            unit = what.removesuffix("_acc")
+            out[f"{role}.{unit}"] = np.asarray(v) > tau[f"{role}.{unit}"]
+    return out
+
+
+def thresholds(raw: list[dict[str, np.ndarray]], given: float | None = None) -> dict[str, float]:
+    """tau per per-document / per-block set (an item is correct when its accuracy is
+    strictly above tau): ``given``, else the median of the accuracies of every item under
+    every checkpoint evaluated (theta_pre, theta_post, theta_ft pooled), so about half of
+    all (item, checkpoint) pairs count as correct and the bar is the same before and after."""
+    keys = {k for r in raw for k in r if k.endswith(("doc_acc", "block_acc"))}
+    out = {}
+    for k in sorted(keys):
+        role, what = k.split(".")
+        out[f"{role}.{what.removesuffix('_acc')}"] = (float(given) if given is not None else
+                                                      float(np.median(np.concatenate([r[k] for r in raw if k in r]))))
+    return out
+
+
+def transition_rows(res: Results, corr: dict[str, dict[str, np.ndarray]], suite: dict[str, RoleItems],
+                    k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows, fam_rows = [], []
+    seen_up = set()
+    for rid, r in sorted(res.ft.items()):
+        base = {c: r.get(c) for c in RUN_KEYS}
+        base["pipeline"] = res.pipeline
+        pairs = [("post->ft", f"post:{r['upstream_id']}", f"ft:{rid}", r.get("ft_lr"))]
+        if r["upstream_id"] not in seen_up:
+            seen_up.add(r["upstream_id"])
+            pairs.append(("pre->post", f"pre:{r['pre_id']}", f"post:{r['upstream_id']}", float("nan")))
+        for pair, kb, ka, lr in pairs:
+            if kb not in corr or ka not in corr:
+                continue
+            for s in corr[kb]:
+                kk = k if s.endswith(".mc") else None
+                m = it.item_metrics(corr[kb][s], corr[ka][s], k=kk)
+                rows.append({**base, "ft_lr": lr, "run_id": rid if pair == "post->ft" else "", "pair": pair,
+                             "set": s, "k": kk or 0, **m})
+                role = s.split(".")[0]
+                if pair == "post->ft" and suite[role].kind == "instruction":
+                    fams = suite[role].mc.families()
+                    for f in sorted(set(fams)):
+                        sel = fams == f
+                        fm = it.item_metrics(corr[kb][s][sel], corr[ka][s][sel], k=kk)
+                        fam_rows.append({**base, "pair": pair, "set": s, "family": f, "k": kk or 0, **fm})
+    return rows, fam_rows
+
+
+_GROUP = ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "pair", "set"]
+
+
+def seed_map(df: pd.DataFrame, group: list[str], metrics: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """Mean over seeds with a Student-t 95% interval, per group (NaN groups kept)."""
+    from paper_checks.stats import t_interval
+
+    out = []
+    for key, g in df.groupby(group, dropna=False, sort=True):
+        row = dict(zip(group, key))
+        row["n_seeds"] = int(g["seed"].nunique())
+        row["n_items"] = float(g["n"].mean()) if "n" in g else float("nan")
+        for m in metrics:
+            if m not in g:
+                continue
+            iv = t_interval(list(g.groupby("seed")[m].mean()))
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = iv.point, iv.lo, iv.hi
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def agreement_rows(res: Results, corr: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict], list[dict]]:
+    """Transitions holding in every seed per arm, and early exposure's protection per arm pair."""
+    arms: dict[tuple, dict[int, str]] = {}
+    for rid, r in res.ft.items():
+        key = (r["method"], float(r["mix_fraction"]), bool(r["compute_matched"]), float(r["ft_lr"]))
+        arms.setdefault(key, {})[int(r["seed"])] = rid
+    agree, protect = [], []
+    for (method, lam, cm, lr), by_seed in sorted(arms.items()):
+        seeds = sorted(by_seed)
+        for s in corr.get(f"ft:{by_seed[seeds[0]]}", {}):
+            b = np.stack([corr[f"post:{res.ft[by_seed[x]]['upstream_id']}"][s] for x in seeds])
+            a = np.stack([corr[f"ft:{by_seed[x]}"][s] for x in seeds])
+            agree.append({"pipeline": res.pipeline, "method": method, "mix_fraction": lam, "compute_matched": cm,
+                          "ft_lr": lr, "pair": "post->ft", "set": s, **it.agreement(b, a)})
+    for (method, lam, cm, lr), by_seed in sorted(arms.items()):
+        if cm or not method.startswith("unmixed"):
+            continue
+        twin = [key for key in arms if key[0] == "mixed" + method[len("unmixed"):] and not key[2] and key[3] == lr]
+        for tkey in twin:
+            seeds = sorted(set(by_seed) & set(arms[tkey]))
+            if not seeds:
+                continue
+            for s in corr.get(f"ft:{by_seed[seeds[0]]}", {}):
+                per = []
+                for x in seeds:
+                    ru, rm = by_seed[x], arms[tkey][x]
+                    fu = corr[f"post:{res.ft[ru]['upstream_id']}"][s] & ~corr[f"ft:{ru}"][s]
+                    km = corr[f"post:{res.ft[rm]['upstream_id']}"][s] & corr[f"ft:{rm}"][s]
+                    per.append((fu, km, fu & km))
+                fu_all = np.all([p[0] for p in per], axis=0)
+                prot_all = fu_all & np.all([p[1] for p in per], axis=0)
+                jac = []
+                for i in range(len(per)):
+                    for j in range(i + 1, len(per)):
+                        u = (per[i][2] | per[j][2]).sum()
+                        jac.append((per[i][2] & per[j][2]).sum() / u if u else float("nan"))
+                protect.append({"pipeline": res.pipeline, "unmixed_arm": method, "mixed_arm": tkey[0],
+                                "mix_fraction": tkey[1], "ft_lr": lr, "set": s, "seeds": len(seeds),
+                                "n": int(len(per[0][0])),
+                                "forgotten_unmixed_per_seed": float(np.mean([p[0].sum() for p in per])),
+                                "protected_per_seed": float(np.mean([p[2].sum() for p in per])),
+                                "forgotten_unmixed_all_seeds": int(fu_all.sum()),
+                                "protected_all_seeds": int(prot_all.sum()),
+                                "protected_jaccard_across_seeds": float(np.nanmean(jac)) if jac and
+                                np.isfinite(jac).any() else float("nan")})
+    return agree, protect
+
+
+def _csv(df: pd.DataFrame, path: Path) -> Path:
+    return atomic_write_bytes(path, df.to_csv(index=False).encode())
+
+
+def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", rollback_lr: float | None = None,
+            tau: float | None = None, cache_root: Path | None = None, log=print) -> dict[str, Any]:
+    """Run the whole analysis on ``out`` and write ``out/whatwhere`` (module docstring)."""
+    from lm_experiments.whatwhere_rollback import rollback_units, update_geometry
+
+    t0 = time.perf_counter()
+    res = open_results(out, cache_root)
+    wdir = Path(out) / "whatwhere"
+    suite = build_suite(res, k=k)
+    t_suite = time.perf_counter() - t0
+    log(f"[whatwhere] {res.pipeline}: {len(res.ft)} fine-tuned runs; item sets built in {t_suite:.1f} s")
+    missing = [rid for rid in res.ft if not res.model_dir("ft", rid).is_dir()]
+    tmp = tempfile.TemporaryDirectory(prefix="whatwhere-")
+    ft_dirs = {rid: res.model_dir("ft", rid) for rid in res.ft if rid not in missing}
+    if missing:
+        log(f"[whatwhere] {len(missing)} runs saved no theta_ft (ft.save_checkpoints off): re-fine-tuning them")
+        ft_dirs.update(regenerate_ft(res, missing, Path(tmp.name)))
+    t_regen = time.perf_counter() - t0 - t_suite
+
+    # raw item values of every checkpoint, cached by model file
+    cache_path = wdir / "item_cache.npz"
+    sh = suite_hash(suite)
+    cache: dict[str, np.ndarray] = {}
+    if cache_path.is_file():
+        with np.load(cache_path) as z:
+            cache = {kk: z[kk] for kk in z.files}
+    models = {f"pre:{r['pre_id']}": res.model_dir("pre", r["pre_id"]) for r in res.ft.values()}
+    models.update({f"post:{r['upstream_id']}": res.model_dir("post", r["upstream_id"]) for r in res.ft.values()})
+    models.update({f"ft:{rid}": d for rid, d in ft_dirs.items()})
+    raw: dict[str, dict[str, np.ndarray]] = {}
+    loaded: dict[str, Any] = {}
+    for key, d in sorted(models.items()):
+        f = d / "model.safetensors"
+        ident = f"{sh}|{key}|{f.stat().st_size}|{int(f.stat().st_mtime)}" if f.is_file() else None
+        hit = {kk.split("||", 1)[1]: v for kk, v in cache.items() if ident and kk.startswith(ident + "||")}
+        if hit:
+            raw[key] = hit
+            continue
+        model = _load(d)
+        raw[key] = measure_items(model, suite)
+        if ident:
+            cache.update({f"{ident}||{kk}": v for kk, v in raw[key].items()})
+    t_items = time.perf_counter() - t0 - t_suite - t_regen
+    wdir.mkdir(parents=True, exist_ok=True)
+    buf = __import__("io").BytesIO()
+    np.savez_compressed(buf, **cache)
+    atomic_write_bytes(cache_path, buf.getvalue())
+
+    tau_used = thresholds(list(raw.values()), tau)
+    corr = {kk: correctness(v, tau_used) for kk, v in raw.items()}
+    rows, fam_rows = transition_rows(res, corr, suite, k)
+    trans = pd.DataFrame(rows)
+    _csv(trans, wdir / "transitions.csv")
+    fam = pd.DataFrame(fam_rows)
+    _csv(fam, wdir / "families.csv")
+    fmap = seed_map(trans, _GROUP, RATE_METRICS)
+    _csv(fmap, wdir / "forgetting_map.csv")
+    if not fam.empty:
+        _csv(seed_map(fam, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "set", "family"],
+                      RATE_METRICS), wdir / "families_map.csv")
+    agree, protect = agreement_rows(res, corr)
+    _csv(pd.DataFrame(agree), wdir / "agreement.csv")
+    _csv(pd.DataFrame(protect), wdir / "protection.csv")
+
+    # where: update geometry (every run), rollback (selected runs)
+    from lm_experiments.whatwhere_rollback import rollback_profile
+
+    geo, rb = [], []
+    lrs = sorted({float(r["ft_lr"]) for r in res.ft.values()})
+    lr_rb = float(rollback_lr) if rollback_lr is not None else (lrs[-1] if lrs else float("nan"))
+    sel = [rid for rid, r in sorted(res.ft.items()) if not r.get("compute_matched")
+           and (rollback_arms == "all" or r["method"] in BASE_METHODS) and math.isclose(float(r["ft_lr"]), lr_rb)]
+    post_role = suite.get("post")
+    import torch
+
+    from lm_experiments.evaluate import evaluate
+
+    blocks = {role: np.asarray(res.prepared.splits[role].report) for role in ("post", "ft")}
+
+    def losses(m) -> dict[str, float]:
+        return {f"L_{role}": evaluate(m, blocks[role], batch_size=res.cfg.eval.batch_size, device=torch.device("cpu"),
+                                      shard=False).mean_loss for role in blocks}
+
+    t_g = time.perf_counter()
+    for rid, r in sorted(res.ft.items()):
+        base = {c: r.get(c) for c in RUN_KEYS}
+        base["pipeline"] = res.pipeline
+        m_pre, m_post, m_ft = (_load(res.model_dir("pre", r["pre_id"])), _load(res.model_dir("post", r["upstream_id"])),
+                               _load(ft_dirs[rid]))
+        for g in update_geometry(m_pre, m_post, m_ft):
+            geo.append({**base, **g})
+        if rid not in sel:
+            continue
+        forgotten = None
+        if post_role is not None and post_role.kind == "instruction":
+            cb, ca = corr[f"post:{r['upstream_id']}"]["post.mc"], corr[f"ft:{rid}"]["post.mc"]
+            forgotten = np.flatnonzero(cb & ~ca)
+
+        def measure(m) -> dict[str, float]:
+            out = losses(m)
+            if forgotten is not None and len(forgotten):
+                out["restored_items"] = float(it.score_mc(m, post_role.mc, subset=forgotten)["mc"].mean())
+            return out
+
+        prof = rollback_profile(m_post, m_ft, measure, rollback_units(m_ft))
+        L = r["losses"]
+        l_im, l_ret, l_ft, l_ft2 = L["L_im"], prof["none"]["L_post"], prof["none"]["L_ft"], prof["all"]["L_ft"]
+        for u, v in prof.items():
+            rb.append({**base, "unit": u, "L_ret_rb": v["L_post"], "L_ft_rb": v["L_ft"],
+                       "share_ret_undone": (l_ret - v["L_post"]) / (l_ret - l_im) if l_ret != l_im else float("nan"),
+                       "cost_ft": v["L_ft"] - l_ft,
+                       "share_ft_gain_lost": (v["L_ft"] - l_ft) / (l_ft2 - l_ft) if l_ft2 != l_ft else float("nan"),
+                       "share_items_restored": v.get("restored_items", float("nan")),
+                       "n_forgotten_items": 0 if forgotten is None else int(len(forgotten)),
+                       "reproduced_L_ret_diff": abs(prof["none"]["L_post"] - L["L_ret"]),
+                       "reproduced_L_im_diff": abs(prof["all"]["L_post"] - l_im)})
+    t_where = time.perf_counter() - t_g
+    geo_df, rb_df = pd.DataFrame(geo), pd.DataFrame(rb)
+    _csv(geo_df, wdir / "update_geometry.csv")
+    _csv(rb_df, wdir / "rollback.csv")
+    gkeys = ["pipeline", "method", "mix_fraction", "ft_lr", "unit"]
+    if not rb_df.empty:
+        _csv(seed_map(rb_df, gkeys, ["share_ret_undone", "share_items_restored", "cost_ft", "share_ft_gain_lost"]),
+             wdir / "depth_profile.csv")
+    if not geo_df.empty:
+        _csv(seed_map(geo_df, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "unit"],
+                      ["rel_update_post", "rel_update_ft", "cosine", "overlap_left", "overlap_right"]),
+             wdir / "update_geometry_map.csv")
+    tmp.cleanup()
+    info = {"pipeline": res.pipeline, "results": str(out), "k": k, "tau": tau_used,
+            "tau_rule": "given" if tau is not None else "correct when accuracy > tau; tau = median over every checkpoint evaluated (pooled)",
+            "sets": {role: ({"corpus": ri.corpus, "kind": ri.kind, "n_items": ri.mc.n, "left_out": ri.mc.dropped,
+                             "unparsed": ri.unparsed,
+                             "families": {f: int((ri.mc.families() == f).sum()) for f in sorted(set(ri.mc.families()))}}
+                            if ri.kind == "instruction" else
+                            {"corpus": ri.corpus, "kind": ri.kind, "n_blocks": int(ri.blocks.shape[0]),
+                             "n_documents": int(len(raw[next(iter(raw))][f"{role}.doc_acc"]))})
+                     for role, ri in suite.items()},
+            "runs": len(res.ft), "models_evaluated": len(models), "regenerated_ft": len(missing),
+            "regenerated_L_ret_max_diff": max([res.ft[x].get("regenerated_L_ret_diff", 0.0) for x in missing],
+                                              default=0.0),
+            "rollback": {"arms": rollback_arms, "ft_lr": lr_rb, "runs": len(sel)},
+            "seconds": {"suite": round(t_suite, 2), "regenerate": round(t_regen, 2), "items": round(t_items, 2),
+                        "where": round(t_where, 2), "total": round(time.perf_counter() - t0, 2)}}
+    atomic_write_json(wdir / "items.json", info)
+    log(f"[whatwhere] wrote {wdir} in {info['seconds']['total']:.1f} s ({info['seconds']})")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lm_experiments.whatwhere",
+                                 description="What is forgotten (items) and where (layer rollback) on an LM run directory.")
+    ap.add_argument("out", help="an lm_experiments run --out directory")
+    ap.add_argument("--k", type=int, default=it.DEFAULT_K, help="options per multiple-choice item (default 4)")
+    ap.add_argument("--rollback-arms", choices=("base", "all"), default="base",
+                    help="rollback on the base arms (unmixed, mixed) or every non-compute-matched arm")
+    ap.add_argument("--rollback-lr", type=float, default=None, help="fine-tuning lr of the rolled-back runs "
+                    "(default: the largest)")
+    ap.add_argument("--tau", type=float, default=None, help="accuracy threshold of per-document items "
+                    "(default: pooled median over every checkpoint)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--cache", default=None, help="data cache directory")
+    a = ap.parse_args(argv)
+    if not Path(a.out).is_dir():
+        print(f"error: {a.out}: not a directory", file=sys.stderr)
+        return 2
+    if a.k < 2:
+        print("error: --k: must be >= 2", file=sys.stderr)
+        return 2
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(max(1, a.threads))
+    analyse(Path(a.out), k=a.k, rollback_arms=a.rollback_arms, rollback_lr=a.rollback_lr, tau=a.tau,
+            cache_root=Path(a.cache) if a.cache else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
