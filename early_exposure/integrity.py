@@ -322,15 +322,22 @@ def report(reason: str, action: str = "redoing it", log: Callable[[str], None] |
 # ---- locks ----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def unit_lock(path: str | os.PathLike[str], *, on_wait: Callable[[str], None] | None = None,
-              blocking: bool = True) -> Iterator[bool]:
+              blocking: bool = True, optional: bool = False) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created with its folder) for the block.
 
     A non-blocking try first; when another process holds it, ``on_wait`` is called with a
     one-line note and (``blocking``) the call waits for it, or (not ``blocking``) yields False
-    without the lock. Yields True while the lock is held."""
+    without the lock. Yields True while the lock is held. ``optional``: where the lock file
+    cannot be created (a read-only cache) the block runs without it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        if not optional:
+            raise
+        yield True
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -228,6 +229,16 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
                                "corpora": {r: idents[r]["sha256"] for r in ROLES}}, 16)
     pdir = cache_root / "prepared" / fingerprint
     meta_path = pdir / "meta.json"
+    # one process builds a fingerprint at a time; another waits, then loads what it built
+    with integrity.unit_lock(pdir.parent / f".{fingerprint}.lock", optional=True, on_wait=lambda m: print(
+            f"[data] {m}", file=sys.stderr, flush=True)):
+        return _load_or_build(cfg, cache_root, idents, fingerprint, pdir, meta_path, t0, progress)
+
+
+def _load_or_build(cfg: DataConfig, cache_root: Path, idents: dict, fingerprint: str, pdir: Path, meta_path: Path,
+                   t0: float, progress: bool) -> PreparedData:
+    """The cached preparation of ``fingerprint`` when intact, else build it (see
+    :func:`prepare_data`)."""
     cached = _load_cached(pdir, meta_path)
     if cached is not None:
         splits, meta = cached
