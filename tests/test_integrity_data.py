@@ -215,3 +215,32 @@ def test_hf_corpus_cache_with_damaged_documents_is_streamed_again(tmp_path, caps
     assert len(lines) == 1 and str(p) in lines[0] and again["sha256"] == ident["sha256"]
     with gzip.open(p, "rt") as fh:
         assert [json.loads(ln) for ln in fh] == [r["text"] for r in rows]
+
+
+def _hold(lock: str, ready, release) -> None:
+    from early_exposure.integrity import unit_lock
+
+    with unit_lock(lock):
+        ready.set()
+        release.wait(60)
+
+
+def test_data_preparation_waits_for_another_process_preparing_the_same_fingerprint(built, capsys) -> None:
+    import multiprocessing
+    import threading
+
+    lock = built["cache"] / "prepared" / f".{built['data'].fingerprint}.lock"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(lock), ready, release))
+    holder.start()
+    assert ready.wait(60)
+    timer = threading.Timer(1.0, release.set)
+    timer.start()
+    capsys.readouterr()
+    again = prepare_data(_cfg(built["paths"]), cache_root=built["cache"], progress=False)
+    holder.join(60)
+    timer.join()
+    assert release.is_set()  # it returned only after the holder let go
+    assert "[data]" in capsys.readouterr().err and again.stats["cache_hit"]
+    _same_splits(again, built["data"])
