@@ -48,10 +48,18 @@ _INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def _damage(path: Path) -> str | None:
-    """Why ``path`` cannot be read as the table its name says, or None when it can."""
+    """Why ``path`` cannot be read as the table its name says, or None when it can: its
+    integrity manifest when its writer sealed it (a truncation at a line end is caught too),
+    then whether it parses as the table its name says."""
     import json
 
     import pandas as pd
+
+    from early_exposure.integrity import check
+
+    why = check(path)
+    if why is not None:
+        return why
 
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -91,7 +99,8 @@ def check_inputs(results: Path, which: str) -> None:
             for path in sorted(results.glob(pattern)):
                 why = _damage(path) if path.is_file() else None
                 if why is not None:
-                    raise ConfigError("--results", f"damaged input {path} ({why}); rebuild it by rerunning `{fix}` with its --out "
+                    what = why if str(path) in why else f"{path} ({why})"
+                    raise ConfigError("--results", f"damaged input {what}; rebuild it by rerunning `{fix}` with its --out "
                                       "(or move it away to draw the other figures)")
 
 

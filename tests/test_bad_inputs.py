@@ -168,7 +168,7 @@ def _frontier_missing_columns(d: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage, why", [
-    (_damage_sweep, "not a readable Parquet file"), (_truncate_result, "not valid JSON"),
+    (_damage_sweep, "not a readable parquet file"), (_truncate_result, "JSON"),
     (_non_utf8_frontier, "not UTF-8"), (_frontier_missing_columns, "L_ret"),
 ])
 def test_figures_refuse_a_damaged_table_before_drawing(tmp_path, fixture_tree, capsys, damage, why):
@@ -452,3 +452,21 @@ def test_curves_csv_end_to_end_on_a_tiny_pipeline(tmp_path):
     out2 = tmp_path / "out2"
     assert _lm(["run", "--config", str(p), "--out", str(out2), "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
     assert not (out2 / "curves").exists() and not (out2 / "tensorboard").exists()
+
+
+def test_figures_refuse_a_sealed_table_cut_at_a_line_end(tmp_path, fixture_tree, capsys):
+    """A frontier table cut after a complete line still parses; its manifest gives it away."""
+    from early_exposure.integrity import seal
+
+    tree = tmp_path / "results"
+    shutil.copytree(fixture_tree, tree)
+    csv = tree / "lm/cpu-quick/frontier.csv"
+    seal(csv)
+    lines = csv.read_bytes().splitlines(keepends=True)
+    csv.write_bytes(b"".join(lines[: len(lines) // 2]))
+    assert len(pd.read_csv(csv)) == len(lines) // 2 - 1  # still a valid-looking table
+    out = tmp_path / "figs"
+    assert _figures(["frontiers", "--results", str(tree), "--out", str(out)]) == 2
+    line = _one_line(capsys)
+    assert str(csv) in line and "truncated" in line and "lm_experiments run" in line
+    assert not out.exists()
