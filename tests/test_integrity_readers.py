@@ -118,6 +118,26 @@ def test_figures_skip_a_damaged_frontier_table(lm_out: Path, tmp_path: Path, dam
     assert any(ln.startswith("skip frontiers lm-tiny:") and str(csv) in ln for ln in log)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not UTF-8", "column missing"])
+def test_paper_checks_on_a_damaged_frontier_table_say_what_is_wrong(lm_out: Path, tmp_path: Path, capsys,
+                                                                   damage: str) -> None:
+    res = tmp_path / "results"
+    shutil.copytree(lm_out, res / "lm" / "tiny")
+    csv = res / "lm" / "tiny" / "frontier.csv"
+    text = csv.read_bytes()
+    if damage == "truncated":
+        csv.write_bytes(text[: len(text) * 2 // 3])
+    elif damage == "not UTF-8":
+        csv.write_bytes(text.replace(b"unmixed", b"unm\xffxed", 1))
+    else:
+        pd.read_csv(csv).drop(columns=["L_ret"]).to_csv(csv, index=False)
+    out = tmp_path / "report"
+    assert checks_main(["--results", str(res), "--out", str(out), "--n-boot", "20", "--quiet"]) == 0
+    assert "Traceback" not in "".join(capsys.readouterr())
+    lm = [c for c in json.loads((out / "report.json").read_text())["checks"] if c["side"] == "lm"]
+    assert lm and all(c["status"] == "INCONCLUSIVE" and f"{csv} invalid" in c["evidence"] for c in lm)
+
+
 def test_a_garbage_parquet_is_skipped_with_one_line(tmp_path: Path) -> None:
     p = tmp_path / "sweep.parquet"
     p.write_bytes(b"PAR1 this is not a parquet file at all")
