@@ -5,8 +5,9 @@ fixed held-out sets, write its directory (``result.json`` last, atomically) and 
 :class:`StageResult`. They read their upstream run's ``result.json`` and model from disk,
 so a run needs only its record, the resolved config and the output directory
 (:meth:`StageContext.open` prepares the rest from the data cache): that is the unit a
-distributed executor calls. A run whose ``result.json`` exists is returned as it is; an
-interrupted run resumes from the engine's checkpoint (``train_state/``); a non-finite loss
+distributed executor calls. A run whose ``result.json`` exists is returned as it is once
+its directory matches the integrity record in it (:mod:`lm_experiments.rundirs`; a damaged
+run is reported in one line and redone); an interrupted run resumes from the engine's checkpoint (``train_state/``); a non-finite loss
 marks the run (and its descendants) diverged.
 
 Losses (nats per token, fixed held-out sets: the test split when the data config has one,
