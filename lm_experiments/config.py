@@ -129,6 +129,12 @@ class PreSection:
         check_int("checkpoint_every", self.checkpoint_every, 0)
 
 
+# Paper Table 9: LoRA on the attention output projection, the MLP and the head; not Q/K/V.
+LORA_TARGETS: tuple[str, ...] = ("o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+#: every module name LoRA may target (``post.lora_targets``)
+LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
 @dataclass(frozen=True)
 class PostSection:
     """Post-training on D_post from every theta_pre (Secs. 4.1-4.4, App. A.5-A.6).
@@ -151,6 +157,8 @@ class PostSection:
             in pretraining, the disjoint rest in ONE post-training epoch with the base setting
             (the grid's first values), no early stopping.
         lora_rank, lora_alpha: LoRA shape (paper: 64, 128).
+        lora_targets: the modules LoRA adapts (paper Table 9: o_proj and the MLP and the head,
+            not q/k/v); any of ``LORA_MODULES``.
         checkpoint_every: steps between resumable checkpoints (0 = none).
     """
 
@@ -165,6 +173,7 @@ class PostSection:
     compute_matched: tuple[float, ...] = ()
     lora_rank: int = 64
     lora_alpha: int = 128
+    lora_targets: tuple[str, ...] = LORA_TARGETS
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
@@ -192,6 +201,12 @@ class PostSection:
             check_list("compute_matched", self.compute_matched, 0.0, 1.0)
         check_int("lora_rank", self.lora_rank, 1)
         check_int("lora_alpha", self.lora_alpha, 1)
+        targets = tuple(self.lora_targets) if isinstance(self.lora_targets, (list, tuple)) else ()
+        bad = [t for t in targets if t not in LORA_MODULES]
+        if not targets or bad or len(set(targets)) != len(targets):
+            raise ConfigError("lora_targets", f"must be a non-empty list of distinct module names from "
+                              f"{list(LORA_MODULES)}, got {self.lora_targets!r}")
+        object.__setattr__(self, "lora_targets", targets)
         check_int("checkpoint_every", self.checkpoint_every, 0)
 
     def _axis_grid(self) -> list[tuple[Any, ...]]:

@@ -82,8 +82,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# Paper Table 9: LoRA on the attention output projection, the MLP and the head; not Q/K/V.
-LORA_TARGETS: tuple[str, ...] = ("o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+# Paper Table 9: LoRA on the attention output projection, the MLP and the head; not Q/K/V
+# (defined with the config, which validates ``post.lora_targets`` against LORA_MODULES).
+from lm_experiments.config import LORA_MODULES, LORA_TARGETS  # noqa: E402
 
 
 def model_config(preset: str, *, vocab_size: int, max_seq_len: int, dropout: float = 0.0) -> LlamaConfig:
@@ -221,11 +222,12 @@ def untie_head(model: LlamaForCausalLM) -> None:
         model._tied_weights_keys = {}
 
 
-def apply_lora(model: LlamaForCausalLM, *, rank: int = 64, alpha: int = 128, dropout: float = 0.0) -> "peft.PeftModel":
+def apply_lora(model: LlamaForCausalLM, *, rank: int = 64, alpha: int = 128, dropout: float = 0.0,
+               targets: tuple[str, ...] = LORA_TARGETS) -> "peft.PeftModel":
     """Wrap ``model`` with LoRA adapters (paper App. B.3, Table 9: rank 64, alpha 128).
 
-    Targets ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj`` and ``lm_head`` (not
-    q/k/v); every base weight is frozen, only ``lora_A``/``lora_B`` train.
+    Targets ``targets``, by default ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj`` and
+    ``lm_head`` (not q/k/v); every base weight is frozen, only ``lora_A``/``lora_B`` train.
 
     Tied embeddings: SmolLM2 ties ``lm_head`` to ``embed_tokens``. An adapter on a tied head
     must change the output projection only; a merge into the shared tensor would silently
@@ -244,9 +246,13 @@ def apply_lora(model: LlamaForCausalLM, *, rank: int = 64, alpha: int = 128, dro
     _check_p(dropout)
     if not isinstance(model, LlamaForCausalLM):
         raise ConfigError("model", f"apply_lora expects a LlamaForCausalLM, got {type(model).__name__}")
-    untie_head(model)
+    bad = [t for t in targets if t not in LORA_MODULES]
+    if not targets or bad:
+        raise ConfigError("lora.targets", f"must be module names from {list(LORA_MODULES)}, got {list(targets)!r}")
+    if "lm_head" in targets:
+        untie_head(model)
     cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=float(dropout),
-                          target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM")
+                          target_modules=list(targets), bias="none", task_type="CAUSAL_LM")
     return peft.get_peft_model(model, cfg)
 
 

@@ -27,7 +27,7 @@ from early_exposure.configs import to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.io import stable_hash
 from early_exposure.seeding import stream
-from lm_experiments.config import PipelineConfig
+from lm_experiments.config import LORA_TARGETS, PipelineConfig
 from lm_experiments.post_axes import POST_AXES, PostSetting
 
 #: Fixed seed of the D_post subset (``post.post_train_tokens``): the same D_post for every
@@ -155,7 +155,9 @@ def _post_key_section(cfg: PipelineConfig) -> dict[str, Any]:
     return {"min_lr": o.min_lr, "warmup_steps": o.warmup_steps, "weight_decay": o.weight_decay,
             "max_epochs": p.max_epochs, "max_tokens": p.max_tokens, "eval_every_epochs": p.eval_every_epochs,
             "patience": p.patience, "post_train_tokens": p.post_train_tokens, "lora_rank": p.lora_rank,
-            "lora_alpha": p.lora_alpha}
+            "lora_alpha": p.lora_alpha,
+            # only when not the paper's targets, so that earlier run keys stay valid
+            **({"lora_targets": list(p.lora_targets)} if tuple(p.lora_targets) != LORA_TARGETS else {})}
 
 
 def _ft_key_section(cfg: PipelineConfig) -> dict[str, Any]:

@@ -299,7 +299,8 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
             cuda = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(int_seed(r.pre.seed, "torch", "lora-init", r.upstream_id))
-                model = apply_lora(model, rank=sec.lora_rank, alpha=sec.lora_alpha, dropout=st.dropout)
+                model = apply_lora(model, rank=sec.lora_rank, alpha=sec.lora_alpha, dropout=st.dropout,
+                                   targets=sec.lora_targets)
         else:
             set_dropout(model, st.dropout)
         steps_per_epoch = math.ceil(len(post_indices) / st.batch_size)

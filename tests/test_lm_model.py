@@ -209,6 +209,23 @@ def test_lora_targets_exactly_paper_modules():
     assert head.lora_A["default"].weight.shape == (4, 128) and head.scaling["default"] == 2.0
 
 
+def test_lora_targets_without_head_keep_the_tie_and_wrap_only_what_is_named():
+    import peft
+
+    from early_exposure.errors import ConfigError
+
+    base = build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=0)
+    model = apply_lora(base, rank=4, alpha=8, targets=("o_proj", "down_proj"))
+    wrapped = [name for name, m in model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    assert sorted(w.rsplit(".", 1)[-1] for w in wrapped) == ["down_proj", "down_proj", "o_proj", "o_proj"]
+    inner = model.base_model.model
+    assert inner.lm_head.weight is inner.model.embed_tokens.weight  # not untied: no adapter on the head
+    merged = merge_lora(model)
+    assert merged.config.tie_word_embeddings and merged.lm_head.weight is merged.model.embed_tokens.weight
+    with pytest.raises(ConfigError, match="lora.targets"):
+        apply_lora(build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=0), targets=("o_proj", "wq"))
+
+
 def test_lora_trains_only_adapters_and_merge_keeps_input_embedding(tmp_path):
     base = build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=0)
     before = {k: v.clone() for k, v in base.state_dict().items()}
