@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import re
@@ -143,7 +144,31 @@ def _worker_context(config_json: str, out: str, cache_root: str | None) -> Stage
 def _ray_unit(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
               upstream: dict[str, Any] | None) -> dict[str, Any]:
     ctx = _worker_context(config_json, out, cache_root)
-    return run_one(ctx, stage, record, upstream)
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(_Tee(buf, sys.stderr)):
+        o = run_one(ctx, stage, record, upstream)
+    # the driver does not see worker output (log_to_driver=False): hand it the one-line notes
+    o["notes"] = [ln for ln in buf.getvalue().splitlines() if ln.startswith(_NOTES)]
+    return o
+
+
+#: worker lines the driver prints: damaged artefacts found (and redone), lock waits
+_NOTES = ("damaged artefact:", "[lock]")
+
+
+class _Tee(io.TextIOBase):
+    """Writes to two text streams (a worker's notes kept, and still in its log file)."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    def write(self, s: str) -> int:
+        self.a.write(s)
+        self.b.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self.b.flush()
 
 
 def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | None, on_done: Any,
@@ -180,6 +205,8 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
                 stage, unit, up = pending.pop(ref)
                 try:
                     o = ray.get(ref)
+                    for line in o.pop("notes", []):
+                        print(line, file=sys.stderr, flush=True)
                 except Exception as exc:  # noqa: BLE001 - its worker was lost beyond max_retries, or its upstream's
                     if up is not None and outcomes.get(up, {}).get("failed"):
                         o = _outcome(stage, unit, skipped=True, error=f"upstream run {up} failed")

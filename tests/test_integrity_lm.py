@@ -200,3 +200,18 @@ def test_two_concurrent_runs_on_one_directory_train_each_unit_once(ref: dict, tm
         | {f"runs/{i}" for i in ref["plan"]["ft"]}
     assert set(counts) == units and set(counts.values()) == {1}
     assert (out / "frontier.csv").read_bytes() == ref["frontier"]
+
+
+def test_the_ray_executor_redoes_a_damaged_run_and_the_driver_prints_the_line(ref: dict, tmp_path: Path,
+                                                                             capsys) -> None:
+    out = tmp_path / "ray"
+    shutil.copytree(ref["out"], out)
+    victim = out / "upstream" / f"post-{ref['plan']['post'][0]}" / "model" / "model.safetensors"
+    good = victim.read_bytes()
+    _truncate(victim)
+    capsys.readouterr()
+    assert run([*ref["argv"][:3], "--out", str(out), *ref["argv"][3:], "--executor", "ray"]) == 0
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.err.splitlines() if ln.startswith("damaged artefact")]
+    assert len(lines) == 1 and str(victim) in lines[0] and "Traceback" not in cap.err
+    assert victim.read_bytes() == good and (out / "frontier.csv").read_bytes() == ref["frontier"]
