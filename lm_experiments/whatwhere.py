@@ -361,152 +361,124 @@ def _csv(df: pd.DataFrame, path: Path) -> Path:
     return atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 
-def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", rollback_lr: float | None = None,
-            tau: float | None = None, cache_root: Path | None = None, log=print) -> dict[str, Any]:
-    """Run the whole analysis on ``out`` and write ``out/whatwhere`` (module docstring)."""
-    from lm_experiments.whatwhere_rollback import rollback_units, update_geometry
+def _stamp(res: Results, key: str) -> str:
+    """What identifies a checkpoint's evaluation in the cache: its run's result.json (size, mtime)."""
+    stage, ident = key.split(":", 1)
+    p = (res.out / "runs" / ident if stage == "ft" else res.model_dir(stage, ident).parent) / "result.json"
+    st = p.stat()
+    return f"{st.st_size}-{int(st.st_mtime)}"
 
-    t0 = time.perf_counter()
-    res = open_results(out, cache_root)
-    wdir = Path(out) / "whatwhere"
-    suite = build_suite(res, k=k)
-    t_suite = time.perf_counter() - t0
-    log(f"[whatwhere] {res.pipeline}: {len(res.ft)} fine-tuned runs; item sets built in {t_suite:.1f} s")
-    missing = [rid for rid in res.ft if not res.model_dir("ft", rid).is_dir()]
-    tmp = tempfile.TemporaryDirectory(prefix="whatwhere-")
-    ft_dirs = {rid: res.model_dir("ft", rid) for rid in res.ft if rid not in missing}
-    if missing:
-        log(f"[whatwhere] {len(missing)} runs saved no theta_ft (ft.save_checkpoints off): re-fine-tuning them")
-        ft_dirs.update(regenerate_ft(res, missing, Path(tmp.name)))
-    t_regen = time.perf_counter() - t0 - t_suite
 
-    # raw item values of every checkpoint, cached by model file
-    cache_path = wdir / "item_cache.npz"
+def evaluate_items(res: Results, suite: dict[str, RoleItems], models: dict[str, Path], cache_path: Path
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Raw item values of every model (``pre:<id>`` / ``post:<id>`` / ``ft:<id>`` -> dir), read
+    from / added to the cache file (keyed by the item suite's hash and the run's record)."""
     sh = suite_hash(suite)
     cache: dict[str, np.ndarray] = {}
     if cache_path.is_file():
         with np.load(cache_path) as z:
             cache = {kk: z[kk] for kk in z.files}
-    models = {f"pre:{r['pre_id']}": res.model_dir("pre", r["pre_id"]) for r in res.ft.values()}
-    models.update({f"post:{r['upstream_id']}": res.model_dir("post", r["upstream_id"]) for r in res.ft.values()})
-    models.update({f"ft:{rid}": d for rid, d in ft_dirs.items()})
+    by_ident: dict[str, dict[str, np.ndarray]] = {}
+    for kk, v in cache.items():
+        ident, name = kk.split("||", 1)
+        by_ident.setdefault(ident, {})[name] = v
     raw: dict[str, dict[str, np.ndarray]] = {}
-    loaded: dict[str, Any] = {}
     for key, d in sorted(models.items()):
-        f = d / "model.safetensors"
-        ident = f"{sh}|{key}|{f.stat().st_size}|{int(f.stat().st_mtime)}" if f.is_file() else None
-        hit = {kk.split("||", 1)[1]: v for kk, v in cache.items() if ident and kk.startswith(ident + "||")}
-        if hit:
-            raw[key] = hit
+        ident = f"{sh}|{key}|{_stamp(res, key)}"
+        if ident in by_ident:
+            raw[key] = by_ident[ident]
             continue
-        model = _load(d)
-        raw[key] = measure_items(model, suite)
-        if ident:
-            cache.update({f"{ident}||{kk}": v for kk, v in raw[key].items()})
-    t_items = time.perf_counter() - t0 - t_suite - t_regen
-    wdir.mkdir(parents=True, exist_ok=True)
-    buf = __import__("io").BytesIO()
-    np.savez_compressed(buf, **cache)
+        raw[key] = measure_items(_load(d), suite)
+        by_ident[ident] = raw[key]
+    keep = {f"{i}||{n}": v for i, vals in by_ident.items() if i.startswith(sh) for n, v in vals.items()}
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **keep)
     atomic_write_bytes(cache_path, buf.getvalue())
+    return raw
 
-    tau_used = thresholds(list(raw.values()), tau)
-    corr = {kk: correctness(v, tau_used) for kk, v in raw.items()}
-    rows, fam_rows = transition_rows(res, corr, suite, k)
-    trans = pd.DataFrame(rows)
-    _csv(trans, wdir / "transitions.csv")
-    fam = pd.DataFrame(fam_rows)
-    _csv(fam, wdir / "families.csv")
-    fmap = seed_map(trans, _GROUP, RATE_METRICS)
-    _csv(fmap, wdir / "forgetting_map.csv")
-    if not fam.empty:
-        _csv(seed_map(fam, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "set", "family"],
-                      RATE_METRICS), wdir / "families_map.csv")
-    agree, protect = agreement_rows(res, corr)
-    _csv(pd.DataFrame(agree), wdir / "agreement.csv")
-    _csv(pd.DataFrame(protect), wdir / "protection.csv")
 
-    # where: update geometry (every run), rollback (selected runs)
-    from lm_experiments.whatwhere_rollback import rollback_profile
+def select_runs(res: Results, include_cm: bool, lrs: list[float] | str | None) -> list[float]:
+    """Keep the fine-tuning runs of the analysis (in place) and return their lrs: compute-matched
+    arms only with ``include_cm``; the learning rates ``lrs`` (``None``: the largest, where
+    fine-tuning forgets most; ``"all"``: every one)."""
+    every = sorted({float(r["ft_lr"]) for r in res.ft.values()})
+    keep = every if lrs == "all" else (every[-1:] if lrs is None else [float(x) for x in lrs])
+    res.ft = {rid: r for rid, r in res.ft.items()
+              if (include_cm or not r.get("compute_matched"))
+              and any(math.isclose(float(r["ft_lr"]), x) for x in keep)}
+    return keep
 
-    geo, rb = [], []
-    lrs = sorted({float(r["ft_lr"]) for r in res.ft.values()})
-    lr_rb = float(rollback_lr) if rollback_lr is not None else (lrs[-1] if lrs else float("nan"))
-    sel = [rid for rid, r in sorted(res.ft.items()) if not r.get("compute_matched")
-           and (rollback_arms == "all" or r["method"] in BASE_METHODS) and math.isclose(float(r["ft_lr"]), lr_rb)]
-    post_role = suite.get("post")
-    import torch
 
-    from lm_experiments.evaluate import evaluate
+def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", rollback_lr: float | None = None,
+            tau: float | None = None, include_cm: bool = False, lrs: list[float] | str | None = None,
+            all_units: bool = False,
+            cache_root: Path | None = None, log=print) -> dict[str, Any]:
+    """Run the whole analysis on ``out`` and write ``out/whatwhere`` (module docstring)."""
+    from lm_experiments.whatwhere_rollback import where_tables
 
-    blocks = {role: np.asarray(res.prepared.splits[role].report) for role in ("post", "ft")}
-
-    def losses(m) -> dict[str, float]:
-        return {f"L_{role}": evaluate(m, blocks[role], batch_size=res.cfg.eval.batch_size, device=torch.device("cpu"),
-                                      shard=False).mean_loss for role in blocks}
-
-    t_g = time.perf_counter()
-    for rid, r in sorted(res.ft.items()):
-        base = {c: r.get(c) for c in RUN_KEYS}
-        base["pipeline"] = res.pipeline
-        m_pre, m_post, m_ft = (_load(res.model_dir("pre", r["pre_id"])), _load(res.model_dir("post", r["upstream_id"])),
-                               _load(ft_dirs[rid]))
-        for g in update_geometry(m_pre, m_post, m_ft):
-            geo.append({**base, **g})
-        if rid not in sel:
-            continue
-        forgotten = None
-        if post_role is not None and post_role.kind == "instruction":
-            cb, ca = corr[f"post:{r['upstream_id']}"]["post.mc"], corr[f"ft:{rid}"]["post.mc"]
-            forgotten = np.flatnonzero(cb & ~ca)
-
-        def measure(m) -> dict[str, float]:
-            out = losses(m)
-            if forgotten is not None and len(forgotten):
-                out["restored_items"] = float(it.score_mc(m, post_role.mc, subset=forgotten)["mc"].mean())
-            return out
-
-        prof = rollback_profile(m_post, m_ft, measure, rollback_units(m_ft))
-        L = r["losses"]
-        l_im, l_ret, l_ft, l_ft2 = L["L_im"], prof["none"]["L_post"], prof["none"]["L_ft"], prof["all"]["L_ft"]
-        for u, v in prof.items():
-            rb.append({**base, "unit": u, "L_ret_rb": v["L_post"], "L_ft_rb": v["L_ft"],
-                       "share_ret_undone": (l_ret - v["L_post"]) / (l_ret - l_im) if l_ret != l_im else float("nan"),
-                       "cost_ft": v["L_ft"] - l_ft,
-                       "share_ft_gain_lost": (v["L_ft"] - l_ft) / (l_ft2 - l_ft) if l_ft2 != l_ft else float("nan"),
-                       "share_items_restored": v.get("restored_items", float("nan")),
-                       "n_forgotten_items": 0 if forgotten is None else int(len(forgotten)),
-                       "reproduced_L_ret_diff": abs(prof["none"]["L_post"] - L["L_ret"]),
-                       "reproduced_L_im_diff": abs(prof["all"]["L_post"] - l_im)})
-    t_where = time.perf_counter() - t_g
-    geo_df, rb_df = pd.DataFrame(geo), pd.DataFrame(rb)
-    _csv(geo_df, wdir / "update_geometry.csv")
-    _csv(rb_df, wdir / "rollback.csv")
-    gkeys = ["pipeline", "method", "mix_fraction", "ft_lr", "unit"]
-    if not rb_df.empty:
-        _csv(seed_map(rb_df, gkeys, ["share_ret_undone", "share_items_restored", "cost_ft", "share_ft_gain_lost"]),
-             wdir / "depth_profile.csv")
-    if not geo_df.empty:
-        _csv(seed_map(geo_df, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "unit"],
-                      ["rel_update_post", "rel_update_ft", "cosine", "overlap_left", "overlap_right"]),
-             wdir / "update_geometry_map.csv")
-    tmp.cleanup()
+    t0 = time.perf_counter()
+    clock = {}
+    res = open_results(out, cache_root)
+    lrs_used = select_runs(res, include_cm, lrs)
+    wdir = Path(out) / "whatwhere"
+    wdir.mkdir(parents=True, exist_ok=True)
+    suite = build_suite(res, k=k)
+    clock["suite"] = time.perf_counter() - t0
+    log(f"[whatwhere] {res.pipeline}: {len(res.ft)} fine-tuning runs; item sets built in {clock['suite']:.1f} s")
+    missing = [rid for rid in res.ft if not res.model_dir("ft", rid).is_dir()]
+    with tempfile.TemporaryDirectory(prefix="whatwhere-") as tmp:
+        ft_dirs = {rid: res.model_dir("ft", rid) for rid in res.ft if rid not in missing}
+        t = time.perf_counter()
+        if missing:
+            log(f"[whatwhere] {len(missing)} runs saved no theta_ft (ft.save_checkpoints off): re-fine-tuning them")
+            ft_dirs.update(regenerate_ft(res, missing, Path(tmp)))
+        clock["regenerate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        models = {f"pre:{r['pre_id']}": res.model_dir("pre", r["pre_id"]) for r in res.ft.values()}
+        models.update({f"post:{r['upstream_id']}": res.model_dir("post", r["upstream_id"]) for r in res.ft.values()})
+        models.update({f"ft:{rid}": d for rid, d in ft_dirs.items()})
+        raw = evaluate_items(res, suite, models, wdir / "item_cache.npz")
+        clock["items"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tau_used = thresholds(list(raw.values()), tau)
+        corr = {kk: correctness(v, tau_used) for kk, v in raw.items()}
+        rows, fam_rows = transition_rows(res, corr, suite, k)
+        trans, fam = pd.DataFrame(rows), pd.DataFrame(fam_rows)
+        _csv(trans, wdir / "transitions.csv")
+        _csv(fam, wdir / "families.csv")
+        _csv(seed_map(trans, _GROUP, RATE_METRICS), wdir / "forgetting_map.csv")
+        if not fam.empty:
+            _csv(seed_map(fam, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "set", "family"],
+                          RATE_METRICS), wdir / "families_map.csv")
+        agree, protect = agreement_rows(res, corr)
+        _csv(pd.DataFrame(agree), wdir / "agreement.csv")
+        _csv(pd.DataFrame(protect), wdir / "protection.csv")
+        clock["tables"] = time.perf_counter() - t
+        t = time.perf_counter()
+        where = where_tables(res, suite, corr, ft_dirs, rollback_arms=rollback_arms, rollback_lr=rollback_lr,
+                             write=lambda df, name: _csv(df, wdir / name), seed_map=seed_map, log=log,
+                             all_units=all_units)
+        clock["where"] = time.perf_counter() - t
+    clock["total"] = time.perf_counter() - t0
     info = {"pipeline": res.pipeline, "results": str(out), "k": k, "tau": tau_used,
-            "tau_rule": "given" if tau is not None else "correct when accuracy > tau; tau = median over every checkpoint evaluated (pooled)",
+            "tau_rule": "given" if tau is not None else
+            "correct when accuracy > tau; tau = median over every checkpoint evaluated (pooled)",
             "sets": {role: ({"corpus": ri.corpus, "kind": ri.kind, "n_items": ri.mc.n, "left_out": ri.mc.dropped,
                              "unparsed": ri.unparsed,
                              "families": {f: int((ri.mc.families() == f).sum()) for f in sorted(set(ri.mc.families()))}}
                             if ri.kind == "instruction" else
                             {"corpus": ri.corpus, "kind": ri.kind, "n_blocks": int(ri.blocks.shape[0]),
-                             "n_documents": int(len(raw[next(iter(raw))][f"{role}.doc_acc"]))})
+                             "n_documents": int(len(next(iter(raw.values()))[f"{role}.doc_acc"])) if raw else 0})
                      for role, ri in suite.items()},
-            "runs": len(res.ft), "models_evaluated": len(models), "regenerated_ft": len(missing),
+            "runs": len(res.ft), "compute_matched_included": include_cm, "ft_lrs": lrs_used,
+            "models_evaluated": len(models), "regenerated_ft": len(missing),
             "regenerated_L_ret_max_diff": max([res.ft[x].get("regenerated_L_ret_diff", 0.0) for x in missing],
                                               default=0.0),
-            "rollback": {"arms": rollback_arms, "ft_lr": lr_rb, "runs": len(sel)},
-            "seconds": {"suite": round(t_suite, 2), "regenerate": round(t_regen, 2), "items": round(t_items, 2),
-                        "where": round(t_where, 2), "total": round(time.perf_counter() - t0, 2)}}
+            "rollback": where, "seconds": {kk: round(v, 2) for kk, v in clock.items()}}
     atomic_write_json(wdir / "items.json", info)
-    log(f"[whatwhere] wrote {wdir} in {info['seconds']['total']:.1f} s ({info['seconds']})")
+    log(f"[whatwhere] wrote {wdir} in {clock['total']:.1f} s ({info['seconds']})")
     return info
 
 
@@ -521,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: the largest)")
     ap.add_argument("--tau", type=float, default=None, help="accuracy threshold of per-document items "
                     "(default: pooled median over every checkpoint)")
+    ap.add_argument("--include-cm", action="store_true", help="also the compute-matched arms (more models)")
+    ap.add_argument("--lrs", nargs="+", default=None, help="fine-tuning lrs to analyse, or 'all' "
+                    "(default: the largest, where fine-tuning forgets most; it is also the rollback lr)")
+    ap.add_argument("--all-units", action="store_true", help="roll back every unit (also each layer's norms)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--cache", default=None, help="data cache directory")
     a = ap.parse_args(argv)
@@ -530,13 +506,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.k < 2:
         print("error: --k: must be >= 2", file=sys.stderr)
         return 2
+    try:
+        lrs = None if a.lrs is None else ("all" if a.lrs == ["all"] else [float(x) for x in a.lrs])
+    except ValueError:
+        print("error: --lrs: numbers or 'all'", file=sys.stderr)
+        return 2
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, a.threads))
     analyse(Path(a.out), k=a.k, rollback_arms=a.rollback_arms, rollback_lr=a.rollback_lr, tau=a.tau,
-            cache_root=Path(a.cache) if a.cache else None)
+            include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, cache_root=Path(a.cache) if a.cache else None)
     return 0
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 __all__ = ["rollback_units", "rolled_back", "rollback_profile", "update_cosine", "subspace_overlap",
-           "update_geometry", "depth_order"]
+           "update_geometry", "depth_order", "where_tables"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|mlp|input_layernorm|post_attention_layernorm)\.")
 
@@ -204,3 +204,95 @@ def update_geometry(theta_pre: nn.Module, theta_post: nn.Module, theta_ft: nn.Mo
                      "overlap_left": _mean([o["left"] for o in ov]), "overlap_right": _mean([o["right"] for o in ov]),
                      "n_matrices": len(ov)})
     return rows
+
+
+# ---- the tables of lm_experiments.whatwhere -----------------------------------------------------
+BASE_METHODS = ("unmixed", "mixed")
+RUN_KEYS = ("pipeline", "method", "mix_fraction", "compute_matched", "seed", "ft_lr", "run_id", "upstream_id")
+
+
+def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.ndarray]], ft_dirs: dict[str, Any], *,
+                 rollback_arms: str, rollback_lr: float | None, write: Callable[[Any, str], Any],
+                 seed_map: Callable[..., Any], log: Callable[[str], None] = print, all_units: bool = False
+                 ) -> dict[str, Any]:
+    """``update_geometry.csv`` (+ ``update_geometry_map.csv``) for every run of ``res.ft`` and
+    ``rollback.csv`` (+ ``depth_profile.csv``) for the runs of the base arms (``rollback_arms
+    = "base"``) or of every arm (``"all"``) at ``rollback_lr`` (default: the largest lr);
+    returns what was rolled back. ``res`` is a :class:`lm_experiments.whatwhere.Results`.
+    Without ``all_units`` the per-layer norm units (``layers.<i>.norm``, ``layer_norms``) are
+    left out of the rollback (not of the geometry)."""
+    import math
+
+    import pandas as pd
+
+    from lm_experiments import items as it
+    from lm_experiments.evaluate import evaluate
+    from lm_experiments.whatwhere import _load
+
+    lrs = sorted({float(r["ft_lr"]) for r in res.ft.values()})
+    lr_rb = float(rollback_lr) if rollback_lr is not None else (lrs[-1] if lrs else float("nan"))
+    sel = {rid for rid, r in res.ft.items() if not r.get("compute_matched")
+           and (rollback_arms == "all" or r["method"] in BASE_METHODS) and math.isclose(float(r["ft_lr"]), lr_rb)}
+    post_role = suite.get("post")
+    blocks = {role: np.asarray(res.prepared.splits[role].report) for role in ("post", "ft")}
+    cpu = torch.device("cpu")
+
+    def losses(m: nn.Module) -> dict[str, float]:
+        return {f"L_{role}": evaluate(m, b, batch_size=res.cfg.eval.batch_size, device=cpu, shard=False).mean_loss
+                for role, b in blocks.items()}
+
+    geo, rb = [], []
+    n_units = 0
+    for rid, r in sorted(res.ft.items()):
+        base = {c: r.get(c) for c in RUN_KEYS}
+        base["pipeline"] = res.pipeline
+        m_pre = _load(res.model_dir("pre", r["pre_id"]))
+        m_post = _load(res.model_dir("post", r["upstream_id"]))
+        m_ft = _load(ft_dirs[rid])
+        geo += [{**base, **g} for g in update_geometry(m_pre, m_post, m_ft)]
+        if rid not in sel:
+            continue
+        forgotten = None
+        if post_role is not None and post_role.kind == "instruction":
+            cb, ca = corr[f"post:{r['upstream_id']}"]["post.mc"], corr[f"ft:{rid}"]["post.mc"]
+            forgotten = np.flatnonzero(cb & ~ca)
+
+        def measure(m: nn.Module) -> dict[str, float]:
+            out = losses(m)
+            if forgotten is not None and len(forgotten):
+                out["restored"] = float(it.score_mc(m, post_role.mc, subset=forgotten)["mc"].mean())
+            return out
+
+        units = rollback_units(m_ft)
+        if not all_units:  # the per-layer norm units are cheap to add but each costs two evaluations
+            units = {u: v for u, v in units.items() if u not in ("layer_norms", "other") and not u.endswith(".norm")}
+        n_units = len(units)
+        prof = rollback_profile(m_post, m_ft, measure, units)
+        l_im = float(r["losses"]["L_im"])
+        l_ret, l_ft, l_ft2 = prof["none"]["L_post"], prof["none"]["L_ft"], prof["all"]["L_ft"]
+        for u, v in prof.items():
+            rb.append({**base, "unit": u, "L_ret_rb": v["L_post"], "L_ft_rb": v["L_ft"],
+                       "share_ret_undone": (l_ret - v["L_post"]) / (l_ret - l_im) if l_ret != l_im else float("nan"),
+                       "cost_ft": v["L_ft"] - l_ft,
+                       "share_ft_gain_lost": (v["L_ft"] - l_ft) / (l_ft2 - l_ft) if l_ft2 != l_ft else float("nan"),
+                       "share_items_restored": v.get("restored", float("nan")),
+                       "n_forgotten_items": 0 if forgotten is None else int(len(forgotten)),
+                       "reproduced_L_ret_diff": abs(l_ret - float(r["losses"]["L_ret"])),
+                       "reproduced_L_im_diff": abs(prof["all"]["L_post"] - l_im)})
+    geo_df, rb_df = pd.DataFrame(geo), pd.DataFrame(rb)
+    write(geo_df, "update_geometry.csv")
+    write(rb_df, "rollback.csv")
+    if not rb_df.empty:
+        write(seed_map(rb_df, ["pipeline", "method", "mix_fraction", "ft_lr", "unit"],
+                       ["share_ret_undone", "share_items_restored", "cost_ft", "share_ft_gain_lost"]),
+              "depth_profile.csv")
+    if not geo_df.empty:
+        write(seed_map(geo_df, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "unit"],
+                       ["rel_update_post", "rel_update_ft", "cosine", "overlap_left", "overlap_right"]),
+              "update_geometry_map.csv")
+    worst = float(rb_df["reproduced_L_ret_diff"].max()) if not rb_df.empty else float("nan")
+    log(f"[whatwhere] rollback: {len(sel)} runs x {n_units} units at ft lr {lr_rb:g}; max |L_ret(none) - recorded| "
+        f"= {worst:.2e}")
+    return {"arms": rollback_arms, "ft_lr": lr_rb, "runs": len(sel), "units": n_units,
+            "reproduced_L_ret_max_diff": worst,
+            "reproduced_L_im_max_diff": float(rb_df["reproduced_L_im_diff"].max()) if not rb_df.empty else float("nan")}
