@@ -26,6 +26,10 @@ Each test document becomes one :class:`Item` whose family is recognised from its
   Sequences longer than the model's context (``seq_len``) keep their last ``seq_len`` tokens
   (the prompt is cut from the left); an item whose answer does not fit is left out and counted.
 
+Beside them, the per-document rule below applied to the answer: ``answer`` items, correct
+when the teacher-forced top-1 accuracy of the answer tokens (``answer + [EOS]``) is above
+the threshold (informative where a small model is at chance on the k-way form).
+
 Other corpora (music, chemistry, general text): **per-document items** on the packed test
 blocks, scored exactly where the reported losses are (:func:`block_token_correct`): the
 document's mean top-1 next-token accuracy over its target tokens in the test blocks
@@ -193,10 +197,11 @@ def build_mc(items: Sequence[Item], encode: Callable[[str], list[int]], eos_id: 
 
 
 def sequence_scores(model, seqs: Sequence[np.ndarray], starts: np.ndarray, *, batch_size: int = 256,
-                    device=None, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    device=None, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every sequence r: the total log-likelihood (float64, natural log) of its tokens
-    ``seqs[r][starts[r]:]`` given their prefixes, and whether every one of them is the
-    argmax of its predicted distribution (greedy reproduces the continuation).
+    ``seqs[r][starts[r]:]`` given their prefixes, whether every one of them is the argmax of
+    its predicted distribution (greedy reproduces the continuation), and the share of them
+    that are (teacher-forced top-1 accuracy of the continuation).
 
     ``model(input_ids=x).logits`` (b, t, V) is read at the positions that predict the
     continuation; sequences are batched by length and right-padded (causal attention:
@@ -207,8 +212,9 @@ def sequence_scores(model, seqs: Sequence[np.ndarray], starts: np.ndarray, *, ba
     n = len(seqs)
     ll = np.zeros(n, dtype=np.float64)
     greedy = np.zeros(n, dtype=bool)
+    acc = np.zeros(n, dtype=np.float64)
     if n == 0:
-        return ll, greedy
+        return ll, greedy, acc
     lens = np.asarray([len(s) for s in seqs])
     if (np.asarray(starts) < 1).any() or (np.asarray(starts) >= lens).any():
         raise ValueError("every continuation needs a prefix and at least one token (1 <= start < len)")
@@ -242,10 +248,11 @@ def sequence_scores(model, seqs: Sequence[np.ndarray], starts: np.ndarray, *, ba
                 for j, r in enumerate(idx):
                     ll[r] = lp[seg[j]:seg[j + 1]].sum()
                     greedy[r] = bool(hit[seg[j]:seg[j + 1]].all())
+                    acc[r] = float(hit[seg[j]:seg[j + 1]].mean())
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
-    return ll, greedy
+    return ll, greedy, acc
 
 
 def choose(scores: np.ndarray) -> np.ndarray:
@@ -257,17 +264,19 @@ def score_mc(model, mc: MCSet, *, batch_size: int = 256, device=None, subset: np
              ) -> dict[str, np.ndarray]:
     """Score ``mc`` (or the items ``subset``, int indices) with ``model``: bool ``mc`` (k-way
     correct), bool ``em`` (exact match of the answer), float ``answer_ll`` (total
-    log-likelihood of the answer continuation) and int ``choice``, one entry per item."""
+    log-likelihood of the answer continuation), float ``answer_acc`` (its teacher-forced
+    top-1 token accuracy, for per-document items) and int ``choice``, one entry per item."""
     items = np.arange(mc.n) if subset is None else np.asarray(subset, dtype=np.int64)
     k = mc.k
     rows = (items[:, None] * k + np.arange(k)[None, :]).reshape(-1)
-    ll, greedy = sequence_scores(model, [mc.seqs[r] for r in rows], mc.starts[rows], batch_size=batch_size,
-                                 device=device)
-    ll, greedy = ll.reshape(-1, k), greedy.reshape(-1, k)
+    ll, greedy, acc = sequence_scores(model, [mc.seqs[r] for r in rows], mc.starts[rows], batch_size=batch_size,
+                                      device=device)
+    ll, greedy, acc = ll.reshape(-1, k), greedy.reshape(-1, k), acc.reshape(-1, k)
     ans = mc.answer[items]
     choice = choose(ll)
     ar = np.arange(len(items))
-    return {"mc": choice == ans, "em": greedy[ar, ans], "answer_ll": ll[ar, ans], "choice": choice}
+    return {"mc": choice == ans, "em": greedy[ar, ans], "answer_ll": ll[ar, ans], "answer_acc": acc[ar, ans],
+            "choice": choice}
 
 
 # ---- per-document items -----------------------------------------------------------------------

@@ -170,8 +170,12 @@ def build_suite(res: Results, k: int = it.DEFAULT_K, seed: int = 0) -> dict[str,
     return suite
 
 
+#: bump when measure_items changes what it records (the item cache is keyed by it)
+ITEMS_VERSION = 2
+
+
 def suite_hash(suite: dict[str, RoleItems]) -> str:
-    ident = {}
+    ident: dict[str, Any] = {"version": ITEMS_VERSION}
     for role, ri in suite.items():
         if ri.kind == "instruction":
             ident[role] = [ri.mc.k, [x.doc for x in ri.mc.items], ri.mc.answer.tolist(),
@@ -190,6 +194,7 @@ def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 256, 
         if ri.kind == "instruction":
             s = it.score_mc(model, ri.mc, batch_size=batch_size)
             out[f"{role}.mc"], out[f"{role}.em"], out[f"{role}.answer_ll"] = s["mc"], s["em"], s["answer_ll"]
+            out[f"{role}.answer_acc"] = s["answer_acc"]
         else:
             corr = it.block_token_correct(model, ri.blocks, batch_size=64)
             out[f"{role}.doc_acc"] = it.document_accuracy(corr, ri.doc_ids, min_tokens=min_tokens)[1]
@@ -239,7 +244,7 @@ def correctness(raw: dict[str, np.ndarray], tau: dict[str, float]) -> dict[str, 
         role, what = key.split(".")
         if what in ("mc", "em"):
             out[key] = np.asarray(v, dtype=bool)
-        elif what in ("doc_acc", "block_acc"):
+        elif what in ("doc_acc", "block_acc", "answer_acc"):
             unit = what.removesuffix("_acc")
             out[f"{role}.{unit}"] = np.asarray(v) > tau[f"{role}.{unit}"]
     return out
@@ -250,7 +255,7 @@ def thresholds(raw: list[dict[str, np.ndarray]], given: float | None = None) -> 
     strictly above tau): ``given``, else the median of the accuracies of every item under
     every checkpoint evaluated (theta_pre, theta_post, theta_ft pooled), so about half of
     all (item, checkpoint) pairs count as correct and the bar is the same before and after."""
-    keys = {k for r in raw for k in r if k.endswith(("doc_acc", "block_acc"))}
+    keys = {k for r in raw for k in r if k.endswith(("doc_acc", "block_acc", "answer_acc"))}
     out = {}
     for k in sorted(keys):
         role, what = k.split(".")

@@ -99,13 +99,16 @@ def test_sequence_scores_equal_hand_computed_log_likelihoods():
     model = BigramLogits(table)
     seqs = [np.array([6, 1, 2, 7]), np.array([6, 1, 3, 5, 7]), np.array([0, 6, 1, 4, 7])]
     starts = np.array([2, 2, 3])
-    ll, greedy = it.sequence_scores(model, seqs, starts, batch_size=2)
+    ll, greedy, acc = it.sequence_scores(model, seqs, starts, batch_size=2)
     by_hand = [_logp(table, 1, 2) + _logp(table, 2, 7),
                _logp(table, 1, 3) + _logp(table, 3, 5) + _logp(table, 5, 7),
                _logp(table, 1, 4) + _logp(table, 4, 7)]
     np.testing.assert_allclose(ll, by_hand, rtol=1e-6)
     # greedy from 1 is 2 (largest logit), from 2 is 7: only the first continuation is greedy
     assert greedy.tolist() == [True, False, False]
+    # token accuracy: seq 2 continuation 3, 5, 7: argmax from 1 is 2 (miss), from 3 is 5 (hit), from 5 is 7 (hit)
+    # seq 3 continuation 4, 7: from 1 miss, from 4 (row 4: 7 at 5.0) hit
+    np.testing.assert_allclose(acc, [1.0, 2 / 3, 1 / 2])
 
 
 def test_mc_scorer_picks_highest_total_log_likelihood_not_mean():
@@ -134,6 +137,8 @@ def test_mc_scorer_picks_highest_total_log_likelihood_not_mean():
     assert s["answer_ll"][0] == pytest.approx(tot_a, rel=1e-6)
     # greedy from 1 is 3 (logit 1.0 > 0.0), so the answer 2 is not an exact match
     assert s["em"].tolist() == [False]
+    # answer tokens 2 (argmax from 1 is 3: miss) and EOS (argmax from 2 is 7: hit)
+    assert s["answer_acc"].tolist() == [0.5]
     # move the answer to option B: the scorer still chooses A, so the item is wrong
     mc.answer = np.array([0])
     assert it.score_mc(model, mc)["mc"].tolist() == [False]
