@@ -1,0 +1,176 @@
+"""What is forgotten and where (docs/whatwhere.md): a forgetting map per LM pipeline and a
+depth profile per arm, from the tables of ``python -m lm_experiments.whatwhere``.
+
+    python -m figures.whatwhere --results results/ --out results/figures
+
+Reads ``results/lm/<preset>/whatwhere/{forgetting_map,depth_profile,update_geometry_map}.csv``;
+writes ``whatwhere_map_<preset>.png/.pdf`` and ``whatwhere_depth_<preset>.png/.pdf``. A preset
+without the tables is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from figures.common import Logger, safe_name, save  # noqa: E402
+
+#: item sets shown in the map, in order, with their plain names (absent ones are left out)
+SETS = {"post.mc": "D_post k-way choice (chance-adjusted)", "post.answer": "D_post answer tokens",
+        "post.em": "D_post exact match", "pre.block": "D_pre blocks", "pre.doc": "D_pre documents",
+        "ft.block": "D_ft blocks", "ft.doc": "D_ft documents"}
+PAIRS = {"post->ft": "fine-tuning (theta_post -> theta_ft)", "pre->post": "post-training (theta_pre -> theta_post)"}
+ARM_ORDER = ("", "+dropout", "+replay", "+lora")
+
+
+def _arm_label(method: str, lam: float, cm: bool) -> str:
+    return f"{method} (lambda={lam:g}{', CM' if cm else ''})"
+
+
+def _sorted_arms(df: pd.DataFrame) -> list[tuple[str, float, bool]]:
+    arms = {(m, float(l), bool(c)) for m, l, c in zip(df["method"], df["mix_fraction"], df["compute_matched"])}
+
+    def key(a: tuple[str, float, bool]) -> tuple:
+        suffix = a[0].split("+", 1)[1] if "+" in a[0] else ""
+        return (a[2], ARM_ORDER.index("+" + suffix) if suffix and "+" + suffix in ARM_ORDER else
+                (0 if not suffix else 9), a[1])
+    return sorted(arms, key=key)
+
+
+def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
+    """Heat map: rows = arms, columns = (stage, item set); cell = mean 1->0 rate over seeds
+    (chance-adjusted for k-way items) with its 95% t-interval written in."""
+    cols = [(p, s) for p in PAIRS for s in SETS if ((fmap["pair"] == p) & (fmap["set"] == s)).any()]
+    if not cols:
+        return []
+    lrs = sorted(fmap.loc[fmap["pair"] == "post->ft", "ft_lr"].dropna().unique())
+    arms = _sorted_arms(fmap)
+    vals = np.full((len(arms), len(cols)), np.nan)
+    text = [["" for _ in cols] for _ in arms]
+    n_seeds = set()
+    for i, (m, lam, cm) in enumerate(arms):
+        for j, (p, s) in enumerate(cols):
+            sel = ((fmap["method"] == m) & np.isclose(fmap["mix_fraction"], lam) & (fmap["compute_matched"] == cm)
+                   & (fmap["pair"] == p) & (fmap["set"] == s))
+            if p == "post->ft" and lrs:
+                sel &= np.isclose(fmap["ft_lr"], lrs[-1])
+            g = fmap[sel]
+            if g.empty:
+                continue
+            r = g.iloc[0]
+            metric = "forgetting_chance_adjusted" if s.endswith(".mc") else "forgetting"
+            vals[i, j] = r[metric]
+            n_seeds.add(int(r["n_seeds"]))
+            lo, hi = r.get(f"{metric}_lo", np.nan), r.get(f"{metric}_hi", np.nan)
+            text[i][j] = f"{r[metric]:.2f}" + (f"\n[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "")
+    fig, ax = plt.subplots(figsize=(1.55 * len(cols) + 3, 0.55 * len(arms) + 2.2))
+    im = ax.imshow(vals, cmap="magma_r", vmin=0, vmax=max(0.05, float(np.nanmax(vals)) if np.isfinite(vals).any()
+                                                           else 1), aspect="auto")
+    for i in range(len(arms)):
+        for j in range(len(cols)):
+            if text[i][j]:
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7,
+                        color="white" if vals[i, j] > 0.6 * np.nanmax(vals) else "black")
+    ax.set_xticks(range(len(cols)), [f"{SETS[s]}\n{PAIRS[p].split(' (')[0]}" for p, s in cols], fontsize=7,
+                  rotation=30, ha="right")
+    ax.set_yticks(range(len(arms)), [_arm_label(*a) for a in arms], fontsize=8)
+    fig.colorbar(im, ax=ax, label="share of items forgotten (1->0)")
+    seeds = ", ".join(str(x) for x in sorted(n_seeds)) or "?"
+    lr = f"fine-tuning lr {lrs[-1]:g}" if lrs else ""
+    ax.set_title(f"What is forgotten, {preset}: items right before and wrong after each stage\n"
+                 f"(mean over {seeds} seeds, 95% t-interval; {lr})", fontsize=9)
+    return save(fig, out, f"whatwhere_map_{safe_name(preset)}")
+
+
+def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, out: Path) -> list[Path]:
+    """Per arm family (rows): share of the L_ret increase undone by restoring one unit to
+    theta_post, its cost (share of stage 3's L_ft gain lost), and stage 3's relative update
+    norm per unit; unmixed vs mixed side by side, 95% t-intervals over seeds."""
+    single = [u for u in ("embeddings", *sorted({u for u in depth["unit"] if u.count(".") == 1
+                                                and u.startswith("layers.")}, key=lambda u: int(u.split(".")[1])),
+                          "final_norm", "head", "attention", "mlp") if u in set(depth["unit"])]
+    if not single:
+        return []
+    fams = sorted({m.split("+", 1)[1] if "+" in m else "" for m in depth["method"]},
+                  key=lambda f: ARM_ORDER.index("+" + f) if f and "+" + f in ARM_ORDER else 0)
+    panels = [("share_ret_undone", "share of the L_ret increase undone"),
+              ("share_ft_gain_lost", "share of the L_ft gain lost (cost)")]
+    if geo is not None and not geo.empty:
+        panels.append(("rel_update_ft", "relative update norm, stage 3"))
+    fig, axes = plt.subplots(len(fams), len(panels), figsize=(4.3 * len(panels), 2.8 * len(fams)), squeeze=False)
+    x = np.arange(len(single))
+    n_seeds = set()
+    for r, fam in enumerate(fams):
+        for c, (metric, label) in enumerate(panels):
+            ax = axes[r, c]
+            src = geo if metric == "rel_update_ft" else depth
+            for k, (base, colour) in enumerate((("unmixed", "black"), ("mixed", "tab:purple"))):
+                method = base + (f"+{fam}" if fam else "")
+                g = src[(src["method"] == method)]
+                if "compute_matched" in g:
+                    g = g[~g["compute_matched"].astype(bool)]
+                if "ft_lr" in g and len(depth["ft_lr"].dropna()):
+                    g = g[np.isclose(g["ft_lr"], float(depth["ft_lr"].dropna().iloc[0]))]
+                g = g.set_index("unit").reindex(single)
+                if g[metric].isna().all():
+                    continue
+                n_seeds.update(int(v) for v in g["n_seeds"].dropna())
+                lo = (g[metric] - g.get(f"{metric}_lo", g[metric])).clip(lower=0).fillna(0)
+                hi = (g.get(f"{metric}_hi", g[metric]) - g[metric]).clip(lower=0).fillna(0)
+                ax.bar(x + (k - 0.5) * 0.38, g[metric], 0.38, yerr=[lo, hi], color=colour, alpha=0.8,
+                       label=method, capsize=2)
+            ax.axhline(0, color="grey", lw=0.6)
+            ax.set_xticks(x, [u.replace("layers.", "layer ") for u in single], fontsize=7, rotation=30)
+            ax.set_title(f"{'base' if not fam else '+' + fam}: {label}", fontsize=8)
+            if c == 0:
+                ax.legend(fontsize=7)
+    lr = float(depth["ft_lr"].dropna().iloc[0]) if len(depth["ft_lr"].dropna()) else float("nan")
+    fig.suptitle(f"Where fine-tuning forgets, {preset}: restore one unit of theta_ft to theta_post\n"
+                 f"(input -> output; mean over {', '.join(map(str, sorted(n_seeds))) or '?'} seeds, 95% t-intervals; "
+                 f"fine-tuning lr {lr:g})", fontsize=9)
+    return save(fig, out, f"whatwhere_depth_{safe_name(preset)}")
+
+
+def make_whatwhere_figures(results: Path, out: Path, log: Logger = print) -> list[Path]:
+    """Every preset's forgetting map and depth profile (skipped with a note when absent)."""
+    paths: list[Path] = []
+    found = sorted((Path(results) / "lm").glob("*/whatwhere"))
+    if not found:
+        log(f"skip whatwhere: no {Path(results) / 'lm'}/<preset>/whatwhere (python -m lm_experiments.whatwhere)")
+    for w in found:
+        preset = w.parent.name
+        fm, dp, gm = w / "forgetting_map.csv", w / "depth_profile.csv", w / "update_geometry_map.csv"
+        if fm.is_file():
+            paths += forgetting_map(pd.read_csv(fm), preset, Path(out))
+        else:
+            log(f"skip whatwhere map {preset}: {fm} not found")
+        if dp.is_file():
+            paths += depth_profile(pd.read_csv(dp), pd.read_csv(gm) if gm.is_file() else None, preset, Path(out))
+        else:
+            log(f"skip whatwhere depth {preset}: {dp} not found")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m figures.whatwhere")
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    if not Path(a.results).is_dir():
+        print(f"error: --results: {a.results} is not a directory", file=sys.stderr)
+        return 2
+    for p in make_whatwhere_figures(Path(a.results), Path(a.out)):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
