@@ -1,0 +1,60 @@
+"""Report rows beyond the paper (paper_checks.checks_beyond) on hand-made what/where tables:
+the paired per-seed difference, its Student-t interval and the status it implies."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from paper_checks.checks_beyond import beyond_checks
+
+
+def _trans(unmixed: list[float], mixed: list[float]) -> pd.DataFrame:
+    rows = []
+    for method, vals in (("unmixed", unmixed), ("mixed", mixed)):
+        for seed, v in enumerate(vals):
+            rows.append({"pipeline": "p", "method": method, "mix_fraction": 0.0 if method == "unmixed" else 1.0,
+                         "compute_matched": False, "seed": seed, "ft_lr": 3e-4, "pair": "post->ft",
+                         "set": "post.answer", "n": 50, "forgetting": v})
+    return pd.DataFrame(rows)
+
+
+def _tree(tmp_path, unmixed, mixed):
+    w = tmp_path / "lm" / "quick" / "whatwhere"
+    w.mkdir(parents=True)
+    _trans(unmixed, mixed).to_csv(w / "transitions.csv", index=False)
+    (w / "items.json").write_text(json.dumps({"pipeline": "p"}))
+    return tmp_path
+
+
+def _row(rows, cid):
+    return next(r for r in rows if r["id"] == cid)
+
+
+def test_protect_row_interval_and_status(tmp_path):
+    res = _tree(tmp_path, [0.30, 0.35, 0.28], [0.10, 0.12, 0.11])
+    r = _row(beyond_checks(res), "lm.quick.whatwhere.protect.post.answer")
+    diffs = [0.20, 0.23, 0.17]
+    m = sum(diffs) / 3
+    sd = pd.Series(diffs).std(ddof=1)
+    half = stats.t.ppf(0.975, 2) * sd / 3 ** 0.5
+    iv = r["data"]["interval"]
+    assert iv["point"] == pytest.approx(m) and iv["lo"] == pytest.approx(m - half) and iv["hi"] == pytest.approx(m + half)
+    assert r["status"] == "PASS" and r["pipeline"] == "p" and r["data"]["n_items"] == 50
+    assert r["data"]["baseline"] == "unmixed" and r["data"]["candidate"] == "mixed"
+    assert "3 seeds" in r["evidence"] and "50 items" in r["evidence"]
+    # the absent sets say so; the theory rows say where to get them
+    assert _row(beyond_checks(res), "lm.quick.whatwhere.protect.post.mc")["status"] == "INCONCLUSIVE"
+    assert _row(beyond_checks(res), "theory.whatwhere.c16_overlap")["evidence"].startswith("no data")
+
+
+def test_protect_row_fail_and_inconclusive(tmp_path):
+    r = _row(beyond_checks(_tree(tmp_path / "a", [0.1, 0.11, 0.12], [0.3, 0.32, 0.29])),
+             "lm.quick.whatwhere.protect.post.answer")
+    assert r["status"] == "FAIL"
+    r = _row(beyond_checks(_tree(tmp_path / "b", [0.1, 0.3, 0.2], [0.2, 0.1, 0.25])),
+             "lm.quick.whatwhere.protect.post.answer")
+    assert r["status"] == "INCONCLUSIVE"   # differences -0.1, 0.2, -0.05: the interval holds 0
