@@ -35,6 +35,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,12 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
         env.update({k: v for k, v in os.environ.items() if k.startswith("LM_EXPERIMENTS_FAULT_")})
         if cache_root is None and os.environ.get("EARLY_EXPOSURE_CACHE"):
             env["EARLY_EXPOSURE_CACHE"] = os.environ["EARLY_EXPOSURE_CACHE"]
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": env})
+        with warnings.catch_warnings():
+            # ray.init starts its processes through Popen with a preexec_fn (a fork, exec-ed at
+            # once); JAX, when initialised in this process (a test session), warns on any fork
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": env})
     try:
         gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and _has_cuda())
         task = ray.remote(num_cpus=max(1, cfg.threads), num_gpus=1 if gpu else 0, max_retries=max_retries,
