@@ -48,7 +48,14 @@ def _sorted_arms(df: pd.DataFrame) -> list[tuple[str, float, bool]]:
 def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
     """Heat map: rows = arms, columns = (stage, item set); cell = mean 1->0 rate over seeds
     (chance-adjusted for k-way items) with its 95% t-interval written in."""
-    cols = [(p, s) for p in PAIRS for s in SETS if ((fmap["pair"] == p) & (fmap["set"] == s)).any()]
+    cols, dropped = [], []
+    for p in PAIRS:
+        for s in SETS:
+            g = fmap[(fmap["pair"] == p) & (fmap["set"] == s)]
+            if g.empty:
+                continue
+            # a column where no arm had anything right before the stage has nothing to forget
+            (cols if (g["acc_before"].fillna(0) > 0).any() else dropped).append((p, s))
     if not cols:
         return []
     lrs = sorted(fmap.loc[fmap["pair"] == "post->ft", "ft_lr"].dropna().unique())
@@ -85,8 +92,10 @@ def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
     fig.colorbar(im, ax=ax, label="share of items forgotten (1->0)")
     seeds = ", ".join(str(x) for x in sorted(n_seeds)) or "?"
     lr = f"fine-tuning lr {lrs[-1]:g}" if lrs else ""
+    none = ("; nothing right before, so left out: " + ", ".join(f"{SETS[s]} ({p})" for p, s in dropped)
+            if dropped else "")
     ax.set_title(f"What is forgotten, {preset}: items right before and wrong after each stage\n"
-                 f"(mean over {seeds} seeds, 95% t-interval; {lr})", fontsize=9)
+                 f"(mean over {seeds} seeds, 95% t-interval; {lr}{none})", fontsize=8, wrap=True)
     return save(fig, out, f"whatwhere_map_{safe_name(preset)}")
 
 
@@ -104,14 +113,15 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
     panels = [("share_ret_undone", "share of the L_ret increase undone"),
               ("share_ft_gain_lost", "share of the L_ft gain lost (cost)")]
     if geo is not None and not geo.empty:
-        panels.append(("rel_update_ft", "relative update norm, stage 3"))
+        panels += [("rel_update_ft", "relative update norm, stage 3"),
+                   ("cosine", "cosine of the stage-2 and stage-3 updates")]
     fig, axes = plt.subplots(len(fams), len(panels), figsize=(4.3 * len(panels), 2.8 * len(fams)), squeeze=False)
     x = np.arange(len(single))
     n_seeds = set()
     for r, fam in enumerate(fams):
         for c, (metric, label) in enumerate(panels):
             ax = axes[r, c]
-            src = geo if metric == "rel_update_ft" else depth
+            src = geo if metric in ("rel_update_ft", "cosine") else depth
             for k, (base, colour) in enumerate((("unmixed", "black"), ("mixed", "tab:purple"))):
                 method = base + (f"+{fam}" if fam else "")
                 g = src[(src["method"] == method)]

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -203,7 +204,10 @@ def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 256, 
 
 
 # ---- models -----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
 def _load(path: Path):
+    """A checkpoint in eval mode, loaded once per process (the analysis reads each model in
+    the item and the rollback phases and never modifies one: rollback works on a copy)."""
     from lm_experiments.checkpoints import load_model
 
     return load_model(path, for_training=True).eval()
