@@ -198,7 +198,8 @@ def _check_parts(parts: list[str]) -> None:
             try:
                 meta = json.loads(mpath.read_bytes().decode("utf-8"))
                 i, n = (int(v) for v in meta["shard"])
-                meta["hash"], meta["n_points"], meta["seconds"]
+                if not {"hash", "n_points", "seconds"} <= set(meta):
+                    raise KeyError("hash, n_points, seconds")
             except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
                 raise ConfigError("merge", f"{mpath} is damaged (unreadable or incomplete); {fix}") from None
             part = mpath.with_suffix(".parquet")
