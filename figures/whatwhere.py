@@ -112,6 +112,8 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
                   key=lambda f: ARM_ORDER.index("+" + f) if f and "+" + f in ARM_ORDER else 0)
     panels = [("share_ret_undone", "share of the L_ret increase undone"),
               ("share_ft_gain_lost", "share of the L_ft gain lost (cost)")]
+    if "share_answers_restored" in depth and depth["share_answers_restored"].notna().any():
+        panels.insert(1, ("share_answers_restored", "share of forgotten D_post answers restored"))
     if geo is not None and not geo.empty:
         panels += [("rel_update_ft", "relative update norm, stage 3"),
                    ("cosine", "cosine of the stage-2 and stage-3 updates")]

@@ -24,7 +24,7 @@ it (configs, checkpoints, the data cache); nothing there is changed. Written und
 - ``rollback.csv`` (per run and unit) and ``depth_profile.csv`` (mean over seeds with
   intervals): the share of the L_ret increase undone by restoring a unit to theta_post,
   ``(L_ret(ft) - L_ret(rb)) / (L_ret(ft) - L_im)``, the share of the post->ft 1->0 k-way
-  items answered right again, the cost in L_ft ``L_ft(rb) - L_ft(ft)`` and as a share of
+  items (``share_items_restored``) and answer items (``share_answers_restored``) right again, the cost in L_ft ``L_ft(rb) - L_ft(ft)`` and as a share of
   stage 3's L_ft gain; ``none`` and ``all`` are evaluated too and must reproduce the run's
   recorded L_ret and (L_im, L_ft after stage 2) (``reproduced_*`` columns);
 - ``update_geometry.csv``: per fine-tuning run and unit, the relative update norms of stage
@@ -468,7 +468,7 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
         t = time.perf_counter()
         where = where_tables(res, suite, corr, ft_dirs, rollback_arms=rollback_arms, rollback_lr=rollback_lr,
                              write=lambda df, name: _csv(df, wdir / name), seed_map=seed_map, log=log,
-                             all_units=all_units)
+                             all_units=all_units, tau=tau_used)
         clock["where"] = time.perf_counter() - t
     clock["total"] = time.perf_counter() - t0
     info = {"pipeline": res.pipeline, "results": str(out), "k": k, "tau": tau_used,

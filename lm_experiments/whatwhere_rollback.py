@@ -213,8 +213,8 @@ RUN_KEYS = ("pipeline", "method", "mix_fraction", "compute_matched", "seed", "ft
 
 def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.ndarray]], ft_dirs: dict[str, Any], *,
                  rollback_arms: str, rollback_lr: float | None, write: Callable[[Any, str], Any],
-                 seed_map: Callable[..., Any], log: Callable[[str], None] = print, all_units: bool = False
-                 ) -> dict[str, Any]:
+                 seed_map: Callable[..., Any], log: Callable[[str], None] = print, all_units: bool = False,
+                 tau: dict[str, float] | None = None) -> dict[str, Any]:
     """``update_geometry.csv`` (+ ``update_geometry_map.csv``) for every run of ``res.ft`` and
     ``rollback.csv`` (+ ``depth_profile.csv``) for the runs of the base arms (``rollback_arms
     = "base"``) or of every arm (``"all"``) at ``rollback_lr`` (default: the largest lr);
@@ -234,6 +234,7 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
     sel = {rid for rid, r in res.ft.items() if not r.get("compute_matched")
            and (rollback_arms == "all" or r["method"] in BASE_METHODS) and math.isclose(float(r["ft_lr"]), lr_rb)}
     post_role = suite.get("post")
+    tau = tau or {}
     blocks = {role: np.asarray(res.prepared.splits[role].report) for role in ("post", "ft")}
     cpu = torch.device("cpu")
 
@@ -252,15 +253,24 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
         geo += [{**base, **g} for g in update_geometry(m_pre, m_post, m_ft)]
         if rid not in sel:
             continue
-        forgotten = None
+        lost = {}  # item set -> indices of the post->ft 1->0 items
         if post_role is not None and post_role.kind == "instruction":
-            cb, ca = corr[f"post:{r['upstream_id']}"]["post.mc"], corr[f"ft:{rid}"]["post.mc"]
-            forgotten = np.flatnonzero(cb & ~ca)
+            for s in ("post.mc", "post.answer"):
+                cb, ca = corr[f"post:{r['upstream_id']}"].get(s), corr[f"ft:{rid}"].get(s)
+                if cb is not None and ca is not None:
+                    lost[s] = np.flatnonzero(cb & ~ca)
+        subset = np.union1d(*lost.values()) if len(lost) == 2 else next(iter(lost.values()), np.zeros(0, int))
 
         def measure(m: nn.Module) -> dict[str, float]:
             out = losses(m)
-            if forgotten is not None and len(forgotten):
-                out["restored"] = float(it.score_mc(m, post_role.mc, subset=forgotten)["mc"].mean())
+            if len(subset):
+                sc = it.score_mc(m, post_role.mc, subset=subset)
+                pos = {int(x): j for j, x in enumerate(subset)}
+                for s, idx in lost.items():
+                    if len(idx):
+                        j = [pos[int(x)] for x in idx]
+                        ok = sc["mc"][j] if s == "post.mc" else sc["answer_acc"][j] > tau.get("post.answer", np.inf)
+                        out[f"restored:{s}"] = float(np.mean(ok))
             return out
 
         units = rollback_units(m_ft)
@@ -275,8 +285,10 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
                        "share_ret_undone": (l_ret - v["L_post"]) / (l_ret - l_im) if l_ret != l_im else float("nan"),
                        "cost_ft": v["L_ft"] - l_ft,
                        "share_ft_gain_lost": (v["L_ft"] - l_ft) / (l_ft2 - l_ft) if l_ft2 != l_ft else float("nan"),
-                       "share_items_restored": v.get("restored", float("nan")),
-                       "n_forgotten_items": 0 if forgotten is None else int(len(forgotten)),
+                       "share_items_restored": v.get("restored:post.mc", float("nan")),
+                       "share_answers_restored": v.get("restored:post.answer", float("nan")),
+                       "n_forgotten_items": int(len(lost.get("post.mc", []))),
+                       "n_forgotten_answers": int(len(lost.get("post.answer", []))),
                        "reproduced_L_ret_diff": abs(l_ret - float(r["losses"]["L_ret"])),
                        "reproduced_L_im_diff": abs(prof["all"]["L_post"] - l_im)})
     geo_df, rb_df = pd.DataFrame(geo), pd.DataFrame(rb)
@@ -284,7 +296,8 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
     write(rb_df, "rollback.csv")
     if not rb_df.empty:
         write(seed_map(rb_df, ["pipeline", "method", "mix_fraction", "ft_lr", "unit"],
-                       ["share_ret_undone", "share_items_restored", "cost_ft", "share_ft_gain_lost"]),
+                       ["share_ret_undone", "share_items_restored", "share_answers_restored", "cost_ft",
+                        "share_ft_gain_lost"]),
               "depth_profile.csv")
     if not geo_df.empty:
         write(seed_map(geo_df, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "unit"],
