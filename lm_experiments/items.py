@@ -260,23 +260,33 @@ def choose(scores: np.ndarray) -> np.ndarray:
     return np.asarray(scores).argmax(axis=-1)
 
 
-def score_mc(model, mc: MCSet, *, batch_size: int = 256, device=None, subset: np.ndarray | None = None
-             ) -> dict[str, np.ndarray]:
+def score_mc(model, mc: MCSet, *, batch_size: int = 256, device=None, subset: np.ndarray | None = None,
+             mc_items: int | None = None) -> dict[str, np.ndarray]:
     """Score ``mc`` (or the items ``subset``, int indices) with ``model``: bool ``mc`` (k-way
     correct), bool ``em`` (exact match of the answer), float ``answer_ll`` (total
     log-likelihood of the answer continuation), float ``answer_acc`` (its teacher-forced
-    top-1 token accuracy, for per-document items) and int ``choice``, one entry per item."""
+    top-1 token accuracy, for per-document items) and int ``choice``, one entry per item.
+    ``mc_items``: score the distractors only of items with index < ``mc_items`` (the k-way
+    form costs k forward passes, the answer one); ``mc`` / ``choice`` of the others are False
+    / -1 and ``mc_scored`` says which are real."""
     items = np.arange(mc.n) if subset is None else np.asarray(subset, dtype=np.int64)
     k = mc.k
-    rows = (items[:, None] * k + np.arange(k)[None, :]).reshape(-1)
-    ll, greedy, acc = sequence_scores(model, [mc.seqs[r] for r in rows], mc.starts[rows], batch_size=batch_size,
-                                      device=device)
-    ll, greedy, acc = ll.reshape(-1, k), greedy.reshape(-1, k), acc.reshape(-1, k)
+    scored = np.ones(len(items), dtype=bool) if mc_items is None else items < mc_items
     ans = mc.answer[items]
-    choice = choose(ll)
+    rows = np.where(scored[:, None], items[:, None] * k + np.arange(k)[None, :], -1)
+    rows[~scored, 0] = items[~scored] * k + ans[~scored]        # the answer alone
+    flat = rows[rows >= 0]
+    ll_f, greedy_f, acc_f = sequence_scores(model, [mc.seqs[r] for r in flat], mc.starts[flat],
+                                            batch_size=batch_size, device=device)
+    ll = np.full(rows.shape, -np.inf)
+    greedy = np.zeros(rows.shape, dtype=bool)
+    acc = np.zeros(rows.shape)
+    ll[rows >= 0], greedy[rows >= 0], acc[rows >= 0] = ll_f, greedy_f, acc_f
+    col = np.where(scored, ans, 0)                               # where each item's answer row sits
     ar = np.arange(len(items))
-    return {"mc": choice == ans, "em": greedy[ar, ans], "answer_ll": ll[ar, ans], "answer_acc": acc[ar, ans],
-            "choice": choice}
+    choice = np.where(scored, choose(ll), -1)
+    return {"mc": scored & (choice == ans), "em": greedy[ar, col], "answer_ll": ll[ar, col],
+            "answer_acc": acc[ar, col], "choice": choice, "mc_scored": scored}
 
 
 # ---- per-document items -----------------------------------------------------------------------

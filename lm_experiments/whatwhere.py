@@ -128,6 +128,11 @@ class RoleItems:
     blocks: np.ndarray | None = None
     doc_ids: np.ndarray | None = None
     unparsed: int = 0
+    mc_items: int | None = None             # items whose k-way form is scored (the first ones, hash order)
+
+    @property
+    def n_mc(self) -> int:
+        return self.mc.n if self.mc_items is None else min(self.mc.n, self.mc_items)
 
 
 def test_documents(res: Results, role: str) -> list[tuple[str, str]]:
@@ -149,7 +154,8 @@ def test_documents(res: Results, role: str) -> list[tuple[str, str]]:
     return sorted(found.items())
 
 
-def build_suite(res: Results, k: int = it.DEFAULT_K, seed: int = 0) -> dict[str, RoleItems]:
+def build_suite(res: Results, k: int = it.DEFAULT_K, seed: int = 0, mc_items: int | None = None
+                ) -> dict[str, RoleItems]:
     tok = res.prepared.tokenizer
     eos = int(tok.eos_token_id)
     seq_len = int(res.prepared.splits["pre"].train.shape[1])
@@ -164,7 +170,8 @@ def build_suite(res: Results, k: int = it.DEFAULT_K, seed: int = 0) -> dict[str,
         if fams is not None:
             items, bad = it.documents_of(test_documents(res, role), fams)
             suite[role] = RoleItems(role, name, "instruction", mc=it.build_mc(items, encode, eos, seq_len, k=k,
-                                                                               seed=seed), unparsed=bad)
+                                                                               seed=seed), unparsed=bad,
+                                     mc_items=mc_items)
         else:
             blocks = np.asarray(res.prepared.splits[role].report)
             suite[role] = RoleItems(role, name, "document", blocks=blocks, doc_ids=it.document_ids(blocks, eos))
@@ -179,7 +186,7 @@ def suite_hash(suite: dict[str, RoleItems]) -> str:
     ident: dict[str, Any] = {"version": ITEMS_VERSION}
     for role, ri in suite.items():
         if ri.kind == "instruction":
-            ident[role] = [ri.mc.k, [x.doc for x in ri.mc.items], ri.mc.answer.tolist(),
+            ident[role] = [ri.mc.k, ri.mc_items, [x.doc for x in ri.mc.items], ri.mc.answer.tolist(),
                            stable_hash([s.tolist() for s in ri.mc.seqs], 16)]
         else:
             ident[role] = stable_hash(ri.blocks.tolist(), 16)
@@ -193,8 +200,9 @@ def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 256, 
     out = {}
     for role, ri in suite.items():
         if ri.kind == "instruction":
-            s = it.score_mc(model, ri.mc, batch_size=batch_size)
-            out[f"{role}.mc"], out[f"{role}.em"], out[f"{role}.answer_ll"] = s["mc"], s["em"], s["answer_ll"]
+            s = it.score_mc(model, ri.mc, batch_size=batch_size, mc_items=ri.mc_items)
+            out[f"{role}.mc"] = s["mc"][:ri.n_mc]
+            out[f"{role}.em"], out[f"{role}.answer_ll"] = s["em"], s["answer_ll"]
             out[f"{role}.answer_acc"] = s["answer_acc"]
         else:
             corr = it.block_token_correct(model, ri.blocks, batch_size=64)
@@ -289,7 +297,7 @@ def transition_rows(res: Results, corr: dict[str, dict[str, np.ndarray]], suite:
                              "set": s, "k": kk or 0, **m})
                 role = s.split(".")[0]
                 if pair == "post->ft" and suite[role].kind == "instruction":
-                    fams = suite[role].mc.families()
+                    fams = suite[role].mc.families()[:len(corr[kb][s])]
                     for f in sorted(set(fams)):
                         sel = fams == f
                         fm = it.item_metrics(corr[kb][s][sel], corr[ka][s][sel], k=kk)
@@ -422,7 +430,7 @@ def select_runs(res: Results, include_cm: bool, lrs: list[float] | str | None) -
 
 def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", rollback_lr: float | None = None,
             tau: float | None = None, include_cm: bool = False, lrs: list[float] | str | None = None,
-            all_units: bool = False,
+            all_units: bool = False, mc_items: int | None = 100,
             cache_root: Path | None = None, log=print) -> dict[str, Any]:
     """Run the whole analysis on ``out`` and write ``out/whatwhere`` (module docstring)."""
     from lm_experiments.whatwhere_rollback import where_tables
@@ -433,7 +441,7 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
     lrs_used = select_runs(res, include_cm, lrs)
     wdir = Path(out) / "whatwhere"
     wdir.mkdir(parents=True, exist_ok=True)
-    suite = build_suite(res, k=k)
+    suite = build_suite(res, k=k, mc_items=mc_items)
     clock["suite"] = time.perf_counter() - t0
     log(f"[whatwhere] {res.pipeline}: {len(res.ft)} fine-tuning runs; item sets built in {clock['suite']:.1f} s")
     missing = [rid for rid in res.ft if not res.model_dir("ft", rid).is_dir()]
@@ -474,7 +482,8 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
     info = {"pipeline": res.pipeline, "results": str(out), "k": k, "tau": tau_used,
             "tau_rule": "given" if tau is not None else
             "correct when accuracy > tau; tau = median over every checkpoint evaluated (pooled)",
-            "sets": {role: ({"corpus": ri.corpus, "kind": ri.kind, "n_items": ri.mc.n, "left_out": ri.mc.dropped,
+            "sets": {role: ({"corpus": ri.corpus, "kind": ri.kind, "n_items": ri.mc.n, "n_k_way": ri.n_mc,
+                             "left_out": ri.mc.dropped,
                              "unparsed": ri.unparsed,
                              "families": {f: int((ri.mc.families() == f).sum()) for f in sorted(set(ri.mc.families()))}}
                             if ri.kind == "instruction" else
@@ -505,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--include-cm", action="store_true", help="also the compute-matched arms (more models)")
     ap.add_argument("--lrs", nargs="+", default=None, help="fine-tuning lrs to analyse, or 'all' "
                     "(default: the largest, where fine-tuning forgets most; it is also the rollback lr)")
-    ap.add_argument("--all-units", action="store_true", help="roll back every unit (also each layer's norms)")
+    ap.add_argument("--mc-items", default="100", help="items whose k-way form is scored (k forward passes "
+                    "each; exact match and answer items use every item); 'all' for every one (default 100)")
+    ap.add_argument("--all-units", action="store_true", help="roll back every unit (also each layer's "
+                    "attention / mlp / norms, not only whole layers and module groups)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--cache", default=None, help="data cache directory")
     a = ap.parse_args(argv)
@@ -520,13 +532,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("error: --lrs: numbers or 'all'", file=sys.stderr)
         return 2
+    try:
+        mc_items = None if a.mc_items == "all" else int(a.mc_items)
+        if mc_items is not None and mc_items < 1:
+            raise ValueError
+    except ValueError:
+        print("error: --mc-items: a positive integer or 'all'", file=sys.stderr)
+        return 2
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, a.threads))
     analyse(Path(a.out), k=a.k, rollback_arms=a.rollback_arms, rollback_lr=a.rollback_lr, tau=a.tau,
-            include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, cache_root=Path(a.cache) if a.cache else None)
+            include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, mc_items=mc_items, cache_root=Path(a.cache) if a.cache else None)
     return 0
 
 

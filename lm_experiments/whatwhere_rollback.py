@@ -219,8 +219,9 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
     ``rollback.csv`` (+ ``depth_profile.csv``) for the runs of the base arms (``rollback_arms
     = "base"``) or of every arm (``"all"``) at ``rollback_lr`` (default: the largest lr);
     returns what was rolled back. ``res`` is a :class:`lm_experiments.whatwhere.Results`.
-    Without ``all_units`` the per-layer norm units (``layers.<i>.norm``, ``layer_norms``) are
-    left out of the rollback (not of the geometry)."""
+    Without ``all_units`` the parts of single layers (``layers.<i>.attention`` / ``.mlp`` /
+    ``.norm``) and ``layer_norms`` are left out of the rollback (not of the geometry): the
+    module groups ``attention`` / ``mlp`` over all layers stay."""
     import math
 
     import pandas as pd
@@ -275,7 +276,8 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
 
         units = rollback_units(m_ft)
         if not all_units:  # the per-layer norm units are cheap to add but each costs two evaluations
-            units = {u: v for u, v in units.items() if u not in ("layer_norms", "other") and not u.endswith(".norm")}
+            units = {u: v for u, v in units.items() if u not in ("layer_norms", "other")
+                     and not (u.startswith("layers.") and u.count(".") == 2)}
         n_units = len(units)
         prof = rollback_profile(m_post, m_ft, measure, units)
         l_im = float(r["losses"]["L_im"])

@@ -139,6 +139,12 @@ def test_mc_scorer_picks_highest_total_log_likelihood_not_mean():
     assert s["em"].tolist() == [False]
     # answer tokens 2 (argmax from 1 is 3: miss) and EOS (argmax from 2 is 7: hit)
     assert s["answer_acc"].tolist() == [0.5]
+    # a second item (same options, answer at C) scored without distractors: answer values only
+    mc2 = it.MCSet(items=mc.items * 2, k=3, seqs=mc.seqs * 2, starts=np.array([2] * 6), answer=np.array([1, 2]))
+    s2 = it.score_mc(model, mc2, mc_items=1)
+    assert s2["mc_scored"].tolist() == [True, False] and s2["mc"].tolist() == [True, False]
+    assert s2["answer_ll"][1] == pytest.approx(tot_c, rel=1e-6) and s2["answer_acc"][1] == 0.5
+    assert s2["choice"].tolist() == [1, -1]
     # move the answer to option B: the scorer still chooses A, so the item is wrong
     mc.answer = np.array([0])
     assert it.score_mc(model, mc)["mc"].tolist() == [False]
