@@ -329,11 +329,16 @@ class TrainSection:
             always uses ``plain``.
         ce_chunk_tokens: tokens per chunk of ``chunked`` (8192 x vocab 49152 = 1.5 GiB of fp32
             logits at a time).
+        procs_per_run: processes per run: > 1 runs every unit of the sweep data-parallel with
+            ``torchrun --nproc_per_node procs_per_run`` (:mod:`lm_experiments.unit`; GPUs on
+            CUDA, gloo processes on CPU), as one multi-GPU task under ``--executor ray``.
+            1 = the run in the executor's own process. Under an outer ``torchrun`` it must be 1.
     """
 
     compile: bool = False
     cross_entropy: Literal["auto", "plain", "chunked", "fused"] = "auto"
     ce_chunk_tokens: int = 8192
+    procs_per_run: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.compile, bool):
@@ -342,6 +347,7 @@ class TrainSection:
             raise ConfigError("cross_entropy", f"must be one of 'auto', 'plain', 'chunked', 'fused', "
                               f"got {self.cross_entropy!r}")
         check_int("ce_chunk_tokens", self.ce_chunk_tokens, 1)
+        check_int("procs_per_run", self.procs_per_run, 1, 1024)
 
 
 @dataclass(frozen=True)

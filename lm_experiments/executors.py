@@ -119,11 +119,21 @@ def _units(plan: Plan) -> list[tuple[str, Any, str | None]]:
     return out
 
 
-def run_serial(ctx: StageContext, plan: Plan, on_done: Any) -> list[dict[str, Any]]:
-    """Every unit in plan order in this process; ``on_done(outcome)`` after each."""
+def run_serial(ctx: StageContext, plan: Plan, on_done: Any, cache_root: Path | None = None) -> list[dict[str, Any]]:
+    """Every unit in plan order in this process (with ``train.procs_per_run`` > 1: each in its
+    own torchrun job, reading the data cache at ``cache_root``); ``on_done(outcome)`` after each."""
     outcomes: dict[str, dict[str, Any]] = {}
+    procs = ctx.cfg.train.procs_per_run
+    config_json = json.dumps(config_to_dict(ctx.cfg), sort_keys=True) if procs > 1 else ""
     for stage, record, up in _units(plan):
-        o = run_one(ctx, stage, record, outcomes.get(up) if up else None)
+        upstream = outcomes.get(up) if up else None
+        if procs > 1:  # each run data-parallel over its own torchrun job (lm_experiments.unit)
+            from lm_experiments.unit import run_unit_procs
+
+            o = run_unit_procs(stage, record, config_json, str(ctx.out), str(cache_root) if cache_root else None,
+                               upstream, procs, _unit_id(stage, record))
+        else:
+            o = run_one(ctx, stage, record, upstream)
         outcomes[o["id"]] = o
         on_done(o)
     return list(outcomes.values())
@@ -140,6 +150,14 @@ def _worker_context(config_json: str, out: str, cache_root: str | None) -> Stage
     cfg = config_from_mapping(json.loads(config_json))
     torch.set_num_threads(max(1, cfg.threads))
     return StageContext.open(cfg, Path(out), cache_root=Path(cache_root) if cache_root else None)
+
+
+def _ray_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
+                    upstream: dict[str, Any] | None, nproc: int) -> dict[str, Any]:
+    """A multi-process run: this task holds ``nproc`` GPUs (or CPUs) and runs torchrun on them."""
+    from lm_experiments.unit import run_unit_procs
+
+    return run_unit_procs(stage, record, config_json, out, cache_root, upstream, nproc, _unit_id(stage, record))
 
 
 def _ray_unit(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
@@ -191,15 +209,17 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
                      runtime_env={"env_vars": env})
     try:
         gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and _has_cuda())
-        task = ray.remote(num_cpus=max(1, cfg.threads), num_gpus=1 if gpu else 0, max_retries=max_retries,
-                          retry_exceptions=False)(_ray_unit)
+        procs = cfg.train.procs_per_run  # > 1: one torchrun job per run, on procs GPUs (or CPUs) of one node
+        extra = (procs,) if procs > 1 else ()
+        task = ray.remote(num_cpus=max(1, cfg.threads) * (1 if gpu else procs), num_gpus=procs if gpu else 0,
+                          max_retries=max_retries, retry_exceptions=False)(_ray_unit_procs if procs > 1 else _ray_unit)
         config_json = json.dumps(config_to_dict(cfg), sort_keys=True)
         refs: dict[str, Any] = {}
         pending: dict[Any, tuple[str, str, str | None]] = {}
         order: dict[Any, int] = {}
         for i, (stage, record, up) in enumerate(_units(plan)):
             ref = task.remote(stage, record, config_json, str(out), str(cache_root) if cache_root else None,
-                              refs[up] if up else None)
+                              refs[up] if up else None, *extra)
             refs[_unit_id(stage, record)] = ref
             pending[ref], order[ref] = (stage, _unit_id(stage, record), up), i
         outcomes: dict[str, dict[str, Any]] = {}

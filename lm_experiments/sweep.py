@@ -192,7 +192,7 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
             run_ray(ctx.cfg, plan, ctx.out, cache_root=cache_root, on_done=on_done, address=address,
                     max_retries=max_retries)
         else:
-            run_serial(ctx, plan, on_done)
+            run_serial(ctx, plan, on_done, cache_root=cache_root)
     finally:
         bar.close()
     status["complete"] = not failed
@@ -226,6 +226,9 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
 
     check_executor(executor, address)
     dctx = distributed.context()
+    if dctx.active and cfg.train.procs_per_run > 1:
+        raise ConfigError("train.procs_per_run", f"must be 1 under torchrun ({dctx.world_size} processes already "
+                          "run every unit data-parallel); drop torchrun to run each unit as its own torchrun job")
     if dctx.active and executor != "serial":
         raise ConfigError("--executor", f"under torchrun ({dctx.world_size} processes) every run is data-parallel "
                           "over all of them: use --executor serial")

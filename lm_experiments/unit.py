@@ -1,0 +1,98 @@
+"""One run unit over several processes: ``torchrun`` inside a serial or Ray task.
+
+With ``train.procs_per_run: N`` (N > 1) every pretraining, post-training and fine-tuning run
+of a sweep is data-parallel over N processes (DDP, :mod:`lm_experiments.distributed`: NCCL
+over N GPUs on CUDA, gloo processes on CPU) with the semantics of one device at the same
+global batch. The executor (:mod:`lm_experiments.executors`) hands each unit to
+:func:`run_unit_procs`, which starts::
+
+    python -m torch.distributed.run --standalone --nproc_per_node N -m lm_experiments.unit SPEC
+
+in the executor's process (the serial executor) or inside a Ray task that holds N GPUs (or
+N x ``threads`` CPUs) of one node (``--executor ray``): several such runs share a node or a
+cluster as Ray places them. ``--standalone`` gives each run its own rendezvous on a free
+port. ``SPEC`` is a pickle of (stage, record, config, output directory, cache, upstream
+outcome); every rank opens the same context (rank 0 first: it fills the data cache), runs the
+unit through :func:`lm_experiments.executors.run_one` (rank 0 holds the unit's lock, rank 0
+writes every file) and rank 0 writes the outcome as JSON beside the spec. A rank that fails
+ends the job (fail-stop, as under an outer ``torchrun``): the outcome is then a failed run
+with the job's last error line, and a rerun resumes from the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from early_exposure.io import atomic_write_json
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "error:" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
+                   upstream: dict[str, Any] | None, nproc: int, unit: str) -> dict[str, Any]:
+    """Run one unit with ``torchrun --nproc_per_node nproc``; its outcome (never raises)."""
+    from lm_experiments.executors import _outcome
+
+    if upstream is not None and upstream["failed"]:
+        return _outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
+    work = Path(out) / ".units"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix=f"{stage}-{unit}-") as tmp:
+        spec, result = Path(tmp) / "spec.pkl", Path(tmp) / "outcome.json"
+        spec.write_bytes(pickle.dumps({"stage": stage, "record": record, "config_json": config_json, "out": out,
+                                       "cache_root": cache_root, "upstream": upstream, "outcome": str(result)}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "lm_experiments.unit", str(spec)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode == 0 and result.is_file():
+            return json.loads(result.read_text())
+        return _outcome(stage, unit, error=f"torchrun x{nproc} exited {proc.returncode}: "
+                        f"{_last_error_line(proc.stderr or proc.stdout)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of every rank (started by :func:`run_unit_procs`)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from lm_experiments import distributed
+    from lm_experiments.config import config_from_mapping
+    from lm_experiments.executors import run_one
+    from lm_experiments.stages import StageContext
+
+    args = sys.argv[1:] if argv is None else argv
+    spec = pickle.loads(Path(args[0]).read_bytes())
+    hf_logging.disable_progress_bar()
+    dctx = distributed.init_from_env()
+    try:
+        cfg = config_from_mapping(json.loads(spec["config_json"]))
+        torch.set_num_threads(max(1, cfg.threads))
+        with distributed.main_first():  # rank 0 fills the data cache first
+            ctx = StageContext.open(cfg, Path(spec["out"]),
+                                    cache_root=Path(spec["cache_root"]) if spec["cache_root"] else None)
+        outcome = run_one(ctx, spec["stage"], spec["record"], spec["upstream"])
+        if dctx.is_main:
+            atomic_write_json(Path(spec["outcome"]), outcome)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
