@@ -169,7 +169,7 @@ def _fingerprint(model: nn.Module, source: BatchSource, optim: OptimConfig, seed
 
 def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int,
                       *, loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, global_rows: int | None = None,
-                      world: int = 1) -> torch.Tensor:
+                      world: int = 1, zero_weight: bool = False) -> torch.Tensor:
     """Mean next-token cross-entropy of batch ``x`` (b, t); backward is run here per
     micro-batch (gradient accumulation), the detached mean loss is returned.
 
@@ -180,7 +180,10 @@ def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, p
     ranks; micro-batch losses are weighted by ``rows * world / global_rows`` so that DDP's
     gradient average is the gradient of the global mean (the returned value is this rank's
     share times ``world``: its all-reduced sum / world is the global mean). Accumulation
-    steps of a DDP module skip the gradient all-reduce (``no_sync``)."""
+    steps of a DDP module skip the gradient all-reduce (``no_sync``). ``zero_weight``: this
+    rank holds no rows of the global batch (a plan's last batch with fewer rows than ranks);
+    ``x`` is then a stand-in row whose loss enters with weight 0, so the rank still joins
+    DDP's gradient all-reduce (with zeros) and the step equals the one-device step."""
     b = x.shape[0]
     rows_total = b if global_rows is None else global_rows
     mb = b if micro_batch <= 0 else min(micro_batch, b)
@@ -195,7 +198,7 @@ def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, p
             with autocast_context(device, precision):
                 mean = fn(xi)  # HF shifts labels: mean over mb * (t - 1) targets
             # every row has t - 1 targets, so weighting by rows gives the full-batch mean exactly
-            loss = mean.float() * (xi.shape[0] * world / rows_total)
+            loss = mean.float() * (0.0 if zero_weight else xi.shape[0] * world / rows_total)
             loss.backward()
         total += loss.detach()
     return total
@@ -375,10 +378,12 @@ def train(
                 batch = np.asarray(source.batch(step), dtype=np.int64)  # the global batch (B, T)
                 rows = batch.shape[0]  # B, or fewer in a plan's last, partial batch
                 lo, hi = distributed.shard_bounds(rows, rank, world)
-                x = torch.as_tensor(batch[lo:hi] if world > 1 else batch).to(device, non_blocking=True)
+                empty = world > 1 and hi <= lo  # fewer rows than ranks: a stand-in row at weight 0
+                x = torch.as_tensor(batch[:1] if empty else batch[lo:hi] if world > 1 else batch)
+                x = x.to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
                 loss_t = loss_and_backward(model, x, device, precision, micro_batch, loss_fn=step_module,
-                                           global_rows=rows, world=world)
+                                           global_rows=rows, world=world, zero_weight=empty)
                 if world > 1:  # every rank sees the global mean: the same decisions everywhere
                     loss_t = distributed.all_reduce_sum(loss_t) / world
                 loss = float(loss_t)

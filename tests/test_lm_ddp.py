@@ -79,10 +79,24 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                      "state": {k: v.clone() for k, v in model.state_dict().items()},
                      "resumed_state": {k: v.clone() for k, v in resumed_model.state_dict().items()},
                      "ck_left": (out_p / f"ck-{name}").exists()}
+    # a plan whose last batch has 1 row (fewer than the 2 ranks): rank 1 holds none of it
+    pmodel = tiny_model()
+    pres = train(pmodel, _PartialSource(), ckpt_dir=out_p / "ck-partial", **runs["base"])
+    rec["partial"] = {"history": pres.history, "state": {k: v.clone() for k, v in pmodel.state_dict().items()}}
     ev = evaluate(model, _val(), batch_size=4, device=torch.device("cpu"), return_correct=True)  # sharded
     rec["eval"] = {"per_example": ev.per_example, "correct": ev.correct, "mean": ev.mean_loss}
     torch.save(rec, out_p / f"rank{rank}.pt")
     distributed.shutdown()
+
+
+class _PartialSource(ArraySource):
+    """Batches of 5, 5 and 1 rows (a plan's last, partial batch smaller than the world size)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, batch=5, seed=3)
+
+    def batch(self, step: int) -> np.ndarray:
+        return self.data[step][:1] if step == 2 else self.data[step]
 
 
 def _free_port() -> int:
@@ -210,3 +224,21 @@ def test_pipeline_under_torchrun_matches_one_process(tmp_path):
     one = json.loads(next((tmp_path / "one" / "runs").glob("*/result.json")).read_text())
     assert one["stages"]["pre"]["world_size"] == 1 and one["stages"]["pre"]["tokens"] == res["stages"]["pre"]["tokens"]
     assert not list((tmp_path / "ddp").rglob("train_state")) and not list((tmp_path / "ddp").rglob("*.tmp"))
+
+
+def test_ddp_last_batch_with_fewer_rows_than_ranks_matches_single_process(ddp, tmp_path):
+    """The rank without rows joins the all-reduce with a zero-weight stand-in row (no hang, no
+    NaN); losses and weights as one process on the same batches."""
+    from lm_experiments.train import train
+
+    kw = dict(_runs(tmp_path)["base"])
+    kw["micro_batch"] = 0
+    model = tiny_model()
+    init = {k: v.clone() for k, v in tiny_model().state_dict().items()}
+    res = train(model, _PartialSource(), ckpt_dir=tmp_path / "single-partial", **kw)
+    for r in range(WORLD):
+        got = ddp[r]["partial"]
+        assert len(got["history"]) == len(res.history) == 3
+        np.testing.assert_allclose([h["train_loss"] for h in got["history"]], [h["train_loss"] for h in res.history],
+                                   rtol=1e-5)
+        _assert_same_training(got["state"], model.state_dict(), init)
