@@ -42,7 +42,7 @@ class PostSetting:
 
     lr: float | None = _axis(None, lo=0.0, lo_open=True, label="lr={:g}", optim=True)
     dropout: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="p={:g}", suffix="+dropout")
-    batch_size: int = _axis(16, lo=1, label="b={}")
+    batch_size: int = _axis(16, lo=1, hi=2**20, label="b={}")  # hi: as every batch size (config.MAX_BATCH)
     replay: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="r={:g}", suffix="+replay")
     lora: bool = _axis(False, label="lora={}", suffix="+lora")
     weight_decay: float | None = _axis(None, lo=0.0, label="wd={:g}", optim=True)

@@ -44,6 +44,11 @@ def _load(path: Path) -> tuple[pd.DataFrame | None, str | None]:
     """A frontier table, or (None, reason) when absent or invalid (a check then says 'no data')."""
     if not path.is_file():
         return None, f"{path} not found"
+    from early_exposure import integrity
+
+    damage = integrity.check(path)  # against its manifest (a table cut at a line end parses as a shorter one)
+    if damage is not None:
+        return None, f"{path} damaged ({damage}); rerun the command that wrote it"
     try:
         return read_frontier(path), None
     except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -118,7 +118,7 @@ def test_figures_skip_a_damaged_frontier_table(lm_out: Path, tmp_path: Path, dam
     assert any(ln.startswith("skip frontiers lm-tiny:") and str(csv) in ln for ln in log)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not UTF-8", "column missing"])
+@pytest.mark.parametrize("damage", ["truncated", "cut at a line end", "not UTF-8", "column missing"])
 def test_paper_checks_on_a_damaged_frontier_table_say_what_is_wrong(lm_out: Path, tmp_path: Path, capsys,
                                                                    damage: str) -> None:
     res = tmp_path / "results"
@@ -127,6 +127,11 @@ def test_paper_checks_on_a_damaged_frontier_table_say_what_is_wrong(lm_out: Path
     text = csv.read_bytes()
     if damage == "truncated":
         csv.write_bytes(text[: len(text) * 2 // 3])
+    elif damage == "cut at a line end":  # parses as a valid, shorter table: only the manifest tells
+        lines = text.splitlines(keepends=True)
+        assert len(lines) >= 3
+        csv.write_bytes(b"".join(lines[:-1]))
+        assert len(pd.read_csv(csv)) == len(lines) - 2
     elif damage == "not UTF-8":
         csv.write_bytes(text.replace(b"unmixed", b"unm\xffxed", 1))
     else:
@@ -135,7 +140,7 @@ def test_paper_checks_on_a_damaged_frontier_table_say_what_is_wrong(lm_out: Path
     assert checks_main(["--results", str(res), "--out", str(out), "--n-boot", "20", "--quiet"]) == 0
     assert "Traceback" not in "".join(capsys.readouterr())
     lm = [c for c in json.loads((out / "report.json").read_text())["checks"] if c["side"] == "lm"]
-    assert lm and all(c["status"] == "INCONCLUSIVE" and f"{csv} invalid" in c["evidence"] for c in lm)
+    assert lm and all(c["status"] == "INCONCLUSIVE" and f"{csv} damaged" in c["evidence"] for c in lm)
 
 
 def test_a_garbage_parquet_is_skipped_with_one_line(tmp_path: Path) -> None:
