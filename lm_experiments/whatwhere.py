@@ -192,7 +192,7 @@ def suite_hash(suite: dict[str, RoleItems]) -> str:
     return stable_hash(ident, 16)
 
 
-def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 256, min_tokens: int = 8
+def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 32, min_tokens: int = 8
                   ) -> dict[str, np.ndarray]:
     """Raw per-item values of one model: ``<role>.mc`` / ``.em`` (bool) and ``.answer_ll``
     for instruction roles, ``<role>.doc_acc`` / ``.block_acc`` (accuracies) for the others."""
@@ -204,7 +204,7 @@ def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 256, 
             out[f"{role}.em"], out[f"{role}.answer_ll"] = s["em"], s["answer_ll"]
             out[f"{role}.answer_acc"] = s["answer_acc"]
         else:
-            corr = it.block_token_correct(model, ri.blocks, batch_size=64)
+            corr = it.block_token_correct(model, ri.blocks, batch_size=16)
             out[f"{role}.doc_acc"] = it.document_accuracy(corr, ri.doc_ids, min_tokens=min_tokens)[1]
             out[f"{role}.block_acc"] = corr.mean(axis=1)
     return out

@@ -240,7 +240,7 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
     cpu = torch.device("cpu")
 
     def losses(m: nn.Module) -> dict[str, float]:
-        return {f"L_{role}": evaluate(m, b, batch_size=res.cfg.eval.batch_size, device=cpu, shard=False).mean_loss
+        return {f"L_{role}": evaluate(m, b, batch_size=16, device=cpu, shard=False).mean_loss
                 for role, b in blocks.items()}
 
     geo, rb = [], []
