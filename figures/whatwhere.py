@@ -117,12 +117,17 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
     if geo is not None and not geo.empty:
         panels += [("rel_update_ft", "relative update norm, stage 3"),
                    ("cosine", "cosine of the stage-2 and stage-3 updates")]
-    fig, axes = plt.subplots(len(fams), len(panels), figsize=(4.3 * len(panels), 2.8 * len(fams)), squeeze=False)
+    ncol = min(3, len(panels))
+    per = -(-len(panels) // ncol)  # panel rows per arm family
+    fig, grid = plt.subplots(len(fams) * per, ncol, figsize=(4.3 * ncol, 2.8 * len(fams) * per), squeeze=False)
+    for extra in range(len(panels), per * ncol):  # empty cells of each family's last row
+        for r in range(len(fams)):
+            grid[r * per + extra // ncol, extra % ncol].axis("off")
     x = np.arange(len(single))
     n_seeds = set()
     for r, fam in enumerate(fams):
         for c, (metric, label) in enumerate(panels):
-            ax = axes[r, c]
+            ax = grid[r * per + c // ncol, c % ncol]
             src = geo if metric in ("rel_update_ft", "cosine") else depth
             for k, (base, colour) in enumerate((("unmixed", "black"), ("mixed", "tab:purple"))):
                 method = base + (f"+{fam}" if fam else "")
