@@ -60,6 +60,10 @@ from lm_experiments.whatwhere_tables import (RATE_METRICS, RUN_KEYS, _GROUP, agr
                                              correctness, seed_map, thresholds, transition_rows)
 
 
+class ResultsError(ValueError):
+    """The directory is not an analysable ``lm_experiments run --out`` directory (exit 2)."""
+
+
 def _read(p: Path) -> dict[str, Any] | None:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
@@ -95,11 +99,11 @@ def open_results(out: Path, cache_root: Path | None = None) -> Results:
     out = Path(out)
     man = _read(out / "manifest.json")
     if man is None or "config" not in man:
-        raise SystemExit(f"error: {out}: no manifest.json with a config (not an lm_experiments run --out directory)")
+        raise ResultsError(f"{out}: no manifest.json with a config (not an lm_experiments run --out directory)")
     cfg = config_from_mapping(man["config"])
     prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=False, log=lambda _: None)
     if man.get("data_fingerprint") and man["data_fingerprint"] != prepared.fingerprint:
-        raise SystemExit(f"error: {out}: data fingerprint {prepared.fingerprint} differs from the run's "
+        raise ResultsError(f"{out}: data fingerprint {prepared.fingerprint} differs from the run's "
                          f"{man['data_fingerprint']} (another data cache?)")
     ft, post, pre = {}, {}, {}
     for p in sorted(out.glob("runs/*/result.json")):
@@ -424,8 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         threadpool_limits(max(1, a.threads))
     except ImportError:
         pass
-    analyse(Path(a.out), k=a.k, rollback_arms=a.rollback_arms, rollback_lr=a.rollback_lr, tau=a.tau,
-            include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, mc_items=mc_items, cache_root=Path(a.cache) if a.cache else None)
+    try:
+        analyse(Path(a.out), k=a.k, rollback_arms=a.rollback_arms, rollback_lr=a.rollback_lr, tau=a.tau,
+                include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, mc_items=mc_items, cache_root=Path(a.cache) if a.cache else None)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
