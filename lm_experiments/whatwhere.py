@@ -24,7 +24,8 @@ it (configs, checkpoints, the data cache); nothing there is changed. Written und
 - ``rollback.csv`` (per run and unit) and ``depth_profile.csv`` (mean over seeds with
   intervals): the share of the L_ret increase undone by restoring a unit to theta_post,
   ``(L_ret(ft) - L_ret(rb)) / (L_ret(ft) - L_im)``, the share of the post->ft 1->0 k-way
-  items (``share_items_restored``) and answer items (``share_answers_restored``) right again, the cost in L_ft ``L_ft(rb) - L_ft(ft)`` and as a share of
+  items (``share_items_restored``) and answer items (``share_answers_restored``) right
+  again, the cost in L_ft ``L_ft(rb) - L_ft(ft)`` and as a share of
   stage 3's L_ft gain; ``none`` and ``all`` are evaluated too and must reproduce the run's
   recorded L_ret and (L_im, L_ft after stage 2) (``reproduced_*`` columns);
 - ``update_geometry.csv``: per fine-tuning run and unit, the relative update norms of stage
@@ -118,7 +119,8 @@ def open_results(out: Path, cache_root: Path | None = None) -> Results:
         r = _read(p)
         if r and not r.get("diverged"):
             pre[r["pre_id"]] = r
-    return Results(out, cfg, prepared, data_used, ft, post, pre, man.get("pipeline") or cfg.pipeline_label(), cache_root)
+    return Results(out, cfg, prepared, data_used, ft, post, pre, man.get("pipeline") or cfg.pipeline_label(),
+                   cache_root)
 
 
 # ---- item suite --------------------------------------------------------------------------------
@@ -380,7 +382,8 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lm_experiments.whatwhere",
-                                 description="What is forgotten (items) and where (layer rollback) on an LM run directory.")
+                                 description="What is forgotten (items) and where (layer rollback) on an LM "
+                                             "run directory.")
     ap.add_argument("out", help="an lm_experiments run --out directory")
     ap.add_argument("--k", type=int, default=it.DEFAULT_K, help="options per multiple-choice item (default 4)")
     ap.add_argument("--rollback-arms", choices=("base", "all"), default="base",
@@ -430,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         analyse(Path(a.out), k=a.k, rollback_arms=a.rollback_arms, rollback_lr=a.rollback_lr, tau=a.tau,
-                include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, mc_items=mc_items, cache_root=Path(a.cache) if a.cache else None)
+                include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, mc_items=mc_items,
+                cache_root=Path(a.cache) if a.cache else None)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

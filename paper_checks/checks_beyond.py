@@ -112,15 +112,17 @@ def lm_rows(wdir: Path, preset: str) -> list[dict[str, Any]]:
         status = ("INCONCLUSIVE" if int(r["seeds"]) < 2 or not math.isfinite(jac) else
                   "PASS" if jac > chance else "FAIL")
         out.append(make_check(cid, claim, SOURCE, "lm", status,
-                              f"{r['set']}: items forgotten by unmixed and kept by mixed: {r['protected_per_seed']:.1f} "
-                              f"per seed of {int(r['n'])}, {int(r['protected_all_seeds'])} in all {int(r['seeds'])} seeds; "
+                              f"{r['set']}: items forgotten by unmixed and kept by mixed: "
+                              f"{r['protected_per_seed']:.1f} per seed of {int(r['n'])}, "
+                              f"{int(r['protected_all_seeds'])} in all {int(r['seeds'])} seeds; "
                               f"mean Jaccard across seed pairs {jac:.3f} vs {chance:.3f} for independent sets "
                               f"(ft lr {float(r['ft_lr']):g})",
                               {**base, **{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()},
                                "chance_jaccard": chance}, pipeline))
     rb = _read_csv(wdir / "rollback.csv")
     cid = f"{pid}.where"
-    claim = "where: restoring one layer to theta_post undoes a different share of the L_ret increase with early exposure"
+    claim = ("where: restoring one layer to theta_post undoes a different share of the L_ret increase with "
+             "early exposure")
     if rb is None or rb.empty:
         out.append(no_data(cid, claim, SOURCE, "lm", "rollback.csv absent or empty", pipeline))
         return out

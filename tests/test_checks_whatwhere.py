@@ -42,7 +42,8 @@ def test_protect_row_interval_and_status(tmp_path):
     sd = pd.Series(diffs).std(ddof=1)
     half = stats.t.ppf(0.975, 2) * sd / 3 ** 0.5
     iv = r["data"]["interval"]
-    assert iv["point"] == pytest.approx(m) and iv["lo"] == pytest.approx(m - half) and iv["hi"] == pytest.approx(m + half)
+    assert iv["point"] == pytest.approx(m)
+    assert iv["lo"] == pytest.approx(m - half) and iv["hi"] == pytest.approx(m + half)
     assert r["status"] == "PASS" and r["pipeline"] == "p" and r["data"]["n_items"] == 50
     assert r["data"]["baseline"] == "unmixed" and r["data"]["candidate"] == "mixed"
     assert "3 seeds" in r["evidence"] and "50 items" in r["evidence"]
