@@ -12,7 +12,7 @@ of :func:`linear_theory.simulate` gives W1, W2 after every stage, and:
   spectrum value s_i = (U^T theta V)_ii is within ``tol`` (relative) of the D_post target,
   ``|s_i - sigma_post_i| <= tol * sigma_post_i``; transitions pre->post and post->ft counted
   per feature block (invariant, inconsistent, specialized; :func:`linear_theory.tasks.blocks`)
-  with :func:`lm_experiments.items.item_metrics`;
+  with :func:`early_exposure.forgetting.forgetting_metrics` (the counts and rates the LM items use);
 - **overlap of an update with a subspace** (``overlap.csv``): for the fine-tuning update
   D = theta_ft - theta_post (and stage 2's, theta_post - theta_pre) and each block S, the
   input-side share ||D V_S||_F^2 / ||D||_F^2 and the output-side share ||U_S^T D||_F^2 / ||D||_F^2.
@@ -71,8 +71,11 @@ def _holds(spectrum: np.ndarray, target: np.ndarray, tol: float) -> np.ndarray:
 
 
 def mode_rows(results: dict[str, Any], tol: float = 0.1) -> list[dict[str, Any]]:
+    from early_exposure.forgetting import forgetting_metrics, transition_counts
     from linear_theory.tasks import blocks, build_task
-    from lm_experiments.items import item_metrics
+
+    def item_metrics(b: np.ndarray, a: np.ndarray) -> dict[str, float]:  # as lm_experiments.items.item_metrics
+        return {**{f"n_{t}": float(v) for t, v in transition_counts(b, a).items()}, **forgetting_metrics(b, a)}
 
     rows = []
     for arm, r in results.items():
