@@ -25,7 +25,9 @@ from figures.common import Logger, safe_name, save  # noqa: E402
 
 #: item sets shown in the map, in order, with their plain names (absent ones are left out)
 SETS = {"post.mc": "D_post k-way choice (chance-adjusted)", "post.answer": "D_post answer tokens",
-        "post.em": "D_post exact match", "pre.block": "D_pre blocks", "pre.doc": "D_pre documents",
+        "post.em": "D_post exact match", "post.block": "D_post blocks", "post.doc": "D_post documents",
+        "pre.block": "D_pre blocks", "pre.doc": "D_pre documents",
+        "ft.mc": "D_ft k-way choice (chance-adjusted)", "ft.answer": "D_ft answer tokens", "ft.em": "D_ft exact match",
         "ft.block": "D_ft blocks", "ft.doc": "D_ft documents"}
 PAIRS = {"post->ft": "fine-tuning (theta_post -> theta_ft)", "pre->post": "post-training (theta_pre -> theta_post)"}
 ARM_ORDER = ("", "+dropout", "+replay", "+lora")

@@ -33,6 +33,7 @@ SOURCE = "beyond the paper (docs/whatwhere.md)"
 #: (item set, metric, plain name) of the item-level retention rows, in order
 PROTECT_SETS = (("post.mc", "forgetting_chance_adjusted", "D_post k-way items, chance-adjusted"),
                 ("post.answer", "forgetting", "D_post answers (token accuracy above tau)"),
+                ("post.block", "forgetting", "D_post test blocks (token accuracy above tau)"),
                 ("pre.block", "forgetting", "D_pre test blocks (token accuracy above tau)"))
 THEORY_IDS = ("theory.whatwhere.c16_overlap", "theory.whatwhere.modes", "theory.whatwhere.rollback")
 
@@ -80,13 +81,14 @@ def lm_rows(wdir: Path, preset: str) -> list[dict[str, Any]]:
     pf = trans[(trans["pair"] == "post->ft") & (~trans["compute_matched"].astype(bool))]
     lr = float(pf["ft_lr"].max()) if len(pf) else float("nan")
     pf = pf[np.isclose(pf["ft_lr"], lr)]
-    for s, metric, name in PROTECT_SETS:
+    present = [x for x in PROTECT_SETS if (pf["set"] == x[0]).any()]  # instruction or document D_post sets
+    if not present:
+        out.append(no_data(f"{pid}.protect", "early exposure lowers the share of items fine-tuning forgets", SOURCE,
+                           "lm", "no item set of PROTECT_SETS in transitions.csv", pipeline))
+    for s, metric, name in present:
         g = pf[pf["set"] == s]
         cid = f"{pid}.protect.{s}"
         claim = f"early exposure (lambda > 0) lowers the share of items fine-tuning forgets (1->0): {name}"
-        if g.empty:
-            out.append(no_data(cid, claim, SOURCE, "lm", f"no {s} rows in transitions.csv", pipeline))
-            continue
         diffs, seeds = _paired(g, metric, "unmixed", "mixed")
         iv = t_interval(diffs)
         n_items = int(g["n"].iloc[0])
@@ -103,8 +105,11 @@ def lm_rows(wdir: Path, preset: str) -> list[dict[str, Any]]:
     if prot is None or prot.empty:
         out.append(no_data(cid, claim, SOURCE, "lm", "protection.csv absent or empty", pipeline))
     else:
-        g = prot[(prot["unmixed_arm"] == "unmixed") & (prot["set"] == "post.answer")]
-        g = g if not g.empty else prot[prot["unmixed_arm"] == "unmixed"]
+        g = prot[prot["unmixed_arm"] == "unmixed"]
+        for s in ("post.answer", "post.block"):  # the D_post set of the pipeline's kind
+            if (g["set"] == s).any():
+                g = g[g["set"] == s]
+                break
         r = g.sort_values("ft_lr").iloc[-1]
         p = float(r["protected_per_seed"]) / max(float(r["n"]), 1.0)
         chance = p / (2 - p) if p < 2 else float("nan")  # Jaccard of two independent random sets of share p
