@@ -21,7 +21,7 @@ from early_exposure.errors import ConfigError, cli_main
 from early_exposure.io import atomic_write_json
 from figures.common import Logger
 
-FAMILIES = ("frontiers", "lambda", "spectra", "phase", "theory_vs_lm", "matched")
+FAMILIES = ("frontiers", "lambda", "spectra", "phase", "theory_vs_lm", "matched", "whatwhere")
 FAMILY_HELP = {
     "all": "every family below",
     "frontiers": "loss frontiers per pipeline (LM presets and the theory study)",
@@ -30,6 +30,7 @@ FAMILY_HELP = {
     "phase": "theory phase diagram over (mix_fraction, beta) from the sweep",
     "theory_vs_lm": "theory and LM frontiers side by side",
     "matched": "L_ret against L_im along stage 2 (matched-L_im study)",
+    "whatwhere": "beyond the paper: item-level forgetting map and layer-rollback depth profile per LM preset",
 }
 #: which input tables each family reads (relative to --results; globs) and the command that rebuilds them
 _INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -44,6 +45,8 @@ _INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
                      ("theory/frontier/frontier.csv", "python -m linear_theory frontier")),
     "matched": (("lm/*/matched.csv", "python -m lm_experiments run"),
                 ("theory/matched/matched.csv", "python -m linear_theory matched")),
+    "whatwhere": (("lm/*/whatwhere/forgetting_map.csv", "python -m lm_experiments.whatwhere"),
+                  ("lm/*/whatwhere/depth_profile.csv", "python -m lm_experiments.whatwhere")),
 }
 
 
@@ -111,6 +114,7 @@ def make_figures(results: Path, out: Path, which: str = "all", log: Logger = pri
     from figures.lambda_studies import lambda_figures
     from figures.matched import matched_figures
     from figures.theory import phase_figure, spectra_figure
+    from figures.whatwhere import make_whatwhere_figures
 
     paths: list[Path] = []
     failures: list[str] = []
@@ -128,6 +132,8 @@ def make_figures(results: Path, out: Path, which: str = "all", log: Logger = pri
                 paths += phase_figure(results, out, log)
             elif fam == "matched":
                 paths += matched_figures(results, out, log)
+            elif fam == "whatwhere":
+                paths += make_whatwhere_figures(results, out, log)
             else:
                 paths += theory_vs_lm(results, out, log)
         except NotComparable as e:

@@ -178,11 +178,17 @@ def make_whatwhere_figures(results: Path, out: Path, log: Logger = print) -> lis
     return paths
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
+    ap = argparse.ArgumentParser(prog="python -m figures.whatwhere",
+                                 description="Forgetting maps and depth profiles from lm/<preset>/whatwhere tables.")
+    ap.add_argument("--results", required=True, help="results tree holding lm/<preset>/whatwhere/")
+    ap.add_argument("--out", required=True, help="directory for the figures (PNG + PDF)")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m figures.whatwhere")
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
     if not Path(a.results).is_dir():
         print(f"error: --results: {a.results} is not a directory", file=sys.stderr)
         return 2

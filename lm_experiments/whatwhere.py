@@ -380,7 +380,8 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
     ap = argparse.ArgumentParser(prog="python -m lm_experiments.whatwhere",
                                  description="What is forgotten (items) and where (layer rollback) on an LM "
                                              "run directory.")
@@ -401,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
                     "attention / mlp / norms, not only whole layers and module groups)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--cache", default=None, help="data cache directory")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if not Path(a.out).is_dir():
         print(f"error: {a.out}: not a directory", file=sys.stderr)

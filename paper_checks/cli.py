@@ -35,6 +35,8 @@ from early_exposure.provenance import provenance
 from paper_checks.analyses import forgetting_analysis, layerwise_analysis
 from paper_checks.checks_frontier import CheckOptions, frontier_checks, lambda_checks
 from paper_checks.checks_matched import matched_checks
+from paper_checks.checks_beyond import lm_rows as beyond_lm_rows
+from paper_checks.checks_beyond import theory_rows as beyond_theory_rows
 from paper_checks.checks_theory import collect_errata, latent_checks, theory_checks
 from paper_checks.regime import gate_checks
 from paper_checks.report import print_table, summarise, write_report
@@ -182,6 +184,7 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
     checks += frontier_checks(theory_front, "theory", "theory", opts, claims="ad", what=why_f or "")
     checks += lambda_checks(theory_cm, "theory", "theory", opts, what=why_c or "")
     checks += latent_checks(results)
+    checks += beyond_theory_rows(results)  # beyond the paper: what / where (docs/whatwhere.md)
     checks += matched_checks(results / "theory" / "matched" / "matched.csv", "theory", "theory", opts)
 
     analyses: dict[str, Any] = {}
@@ -197,6 +200,8 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
         checks += lambda_checks(df, "lm", prefix, opts, what=why or "")
         if (pdir / "matched.csv").is_file():
             checks += matched_checks(pdir / "matched.csv", "lm", prefix, opts)
+        if (pdir / "whatwhere").is_dir():
+            checks += beyond_lm_rows(pdir / "whatwhere", label)
         analyses[f"forgetting ({label})"] = forgetting_analysis(df, pdir, k=chance_k)
         analyses[f"layerwise ({label})"] = layerwise_analysis(df, pdir)
     checks, not_planned = split_not_planned(checks)

@@ -46,7 +46,7 @@ PRESETS = ("quick", "full", "gpu")
 # (docs/lm_calibration.md), 3 seeds each: general > flan_post > chem with every arm of
 # claims (a)-(e) and the matched-L_im study, general > flan_post > music with the arms of
 # (a), (b) and the matched-L_im study.
-LM_PRESETS = {"quick": ("cpu-quick-flan-chem", "cpu-quick-flan-music"), "full": ("cpu-full",), "gpu": ("gpu-135m",)}
+LM_PRESETS = {"quick": ("cpu-quick-flan-chem", "cpu-quick-flan-music"), "full": ("cpu-full", "cpu-full-flan-music"), "gpu": ("gpu-135m",)}
 Logger = Callable[[str], None]
 GRID = {"quick": 32, "full": 64, "gpu": 64}
 
@@ -147,13 +147,18 @@ def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
              ("theory/latent/latent.json",)),
         Step("theory matched", (*py, "-m", "linear_theory", "matched", "--out", str(t / "matched")),
              ("theory/matched/matched.csv",)),
+        Step("theory whatwhere", (*py, "-m", "linear_theory.studies.whatwhere", "--out", str(t / "whatwhere")),
+             ("theory/whatwhere/whatwhere.json",)),
     ]
-    steps += [
-        Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
-                          "--out", str(out / "lm" / lm), "--executor", executor),
-             (f"lm/{lm}/frontier.csv",), progress=PIPELINE_BAR)
-        for lm in LM_PRESETS[preset]
-    ]
+    for lm in LM_PRESETS[preset]:
+        steps += [
+            Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
+                              "--out", str(out / "lm" / lm), "--executor", executor),
+                 (f"lm/{lm}/frontier.csv",), progress=PIPELINE_BAR),
+            # beyond the paper: what is forgotten (items) and where (layer rollback), docs/whatwhere.md
+            Step(f"LM {lm} whatwhere", (*py, "-m", "lm_experiments.whatwhere", str(out / "lm" / lm)),
+                 (f"lm/{lm}/whatwhere/items.json",)),
+        ]
     steps += [
         Step("figures", (*py, "-m", "figures", "all", "--results", str(out), "--out", str(out / "figures")),
              ("figures/figures.json",), derived=True),

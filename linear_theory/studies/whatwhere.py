@@ -201,17 +201,23 @@ def whatwhere_study(cfg=None, *, tol: float = 0.1, out: Path | None = None) -> d
     return body
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
+    ap = argparse.ArgumentParser(prog="python -m linear_theory.studies.whatwhere",
+                                 description="Per-feature transitions, update overlap and factor rollback (theory).")
+    ap.add_argument("--out", required=True, help="output directory (whatwhere.json, modes.csv, overlap.csv, rollback.csv)")
+    ap.add_argument("--config", default=None, help="theory config (default: the default task)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set stages.pre.mix_fraction=0.25 (repeatable)")
+    ap.add_argument("--tol", type=float, default=0.1, help="relative tolerance of 'holds the D_post value'")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
     from early_exposure.errors import ConfigError
     from linear_theory.config import load_config
 
-    ap = argparse.ArgumentParser(prog="python -m linear_theory.studies.whatwhere",
-                                 description="Per-feature transitions, update overlap and factor rollback (theory).")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--config", default=None, help="theory config (default: the default task)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--tol", type=float, default=0.1, help="relative tolerance of 'holds the D_post value'")
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
     try:
         cfg = load_config(a.config, a.set)
     except ConfigError as exc:
