@@ -503,8 +503,9 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
               "tokens": {"pre": pre_result.get("train", {}).get("tokens_by_source", {}),
                          "post": post_result.get("train", {}).get("tokens_by_source", {}),
                          "ft": ft_summary["tokens_by_source"]},
+              # the fine-tuning curve is kept here (pre and post keep theirs in their own run dirs)
               "stages": {"pre": _strip(pre_result.get("train")), "post": _strip(post_result.get("train")),
-                         "ft": _strip(ft_summary)},
+                         "ft": ft_summary},
               "wall_s": {"pre": pre_result.get("wall_s"), "post": post_result.get("wall_s"),
                          "ft": time.time() - t0},
               "layerwise_change": layerwise,

@@ -448,6 +448,10 @@ def test_curves_csv_end_to_end_on_a_tiny_pipeline(tmp_path):
         if rec.get("train", {}).get("history"):
             trained[f.parent.name] = rec["train"]
     assert {n.split("-")[0] for n in trained} == {"pre", "post"}
+    for f in sorted(out.glob("runs/*/result.json")):  # fine-tuning: its curve in the run's own result
+        rec = json.loads(f.read_text())
+        trained[f"ft-{f.parent.name}"] = rec["stages"]["ft"]
+    assert sum(n.startswith("ft-") for n in trained) == 1
     csvs = sorted(p.name for p in (out / "curves").glob("*.csv"))
     assert csvs == sorted(f"{n}.csv" for n in trained)
     for name, train in trained.items():
