@@ -79,6 +79,8 @@ def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
             vals[i, j] = r[metric]
             n_seeds.add(int(r["n_seeds"]))
             lo, hi = r.get(f"{metric}_lo", np.nan), r.get(f"{metric}_hi", np.nan)
+            if np.isfinite(lo):  # a share: the t-interval clipped to [0, 1]
+                lo, hi = max(0.0, float(lo)), min(1.0, float(hi))
             text[i][j] = f"{r[metric]:.2f}" + (f"\n[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "")
     fig, ax = plt.subplots(figsize=(1.55 * len(cols) + 3, 0.55 * len(arms) + 2.2))
     im = ax.imshow(vals, cmap="magma_r", vmin=0, vmax=max(0.05, float(np.nanmax(vals)) if np.isfinite(vals).any()
@@ -97,7 +99,7 @@ def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
     none = ("; nothing right before, so left out: " + ", ".join(f"{SETS[s]} ({p})" for p, s in dropped)
             if dropped else "")
     ax.set_title(f"What is forgotten, {preset}: items right before and wrong after each stage\n"
-                 f"(mean over {seeds} seeds, 95% t-interval; {lr}{none})", fontsize=8, wrap=True)
+                 f"(mean over {seeds} seeds, 95% t-interval clipped to [0, 1]; {lr}{none})", fontsize=8, wrap=True)
     return save(fig, out, f"whatwhere_map_{safe_name(preset)}")
 
 
