@@ -15,7 +15,7 @@ it (configs, checkpoints, the data cache); nothing there is changed. Written und
   k-way sets (:mod:`lm_experiments.items`);
 - ``families.csv``: the same per instruction family (``post->ft``, instruction sets);
 - ``forgetting_map.csv``: per (method, lambda, compute-matched, ft_lr, pair, set) the mean
-  over seeds of every rate with its Student-t 95% interval (``paper_checks.stats.t_interval``)
+  over seeds of every rate with its Student-t 95% interval (``early_exposure.stats.t_interval``)
   and the number of seeds;
 - ``agreement.csv``: transitions that hold in every seed (:func:`lm_experiments.items.agreement`),
   and ``protection.csv``: per arm pair (unmixed X vs mixed X, same ft lr) the items that the

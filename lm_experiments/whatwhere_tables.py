@@ -77,7 +77,7 @@ _GROUP = ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "pai
 
 def seed_map(df: pd.DataFrame, group: list[str], metrics: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """Mean over seeds with a Student-t 95% interval, per group (NaN groups kept)."""
-    from paper_checks.stats import t_interval
+    from early_exposure.stats import t_interval
 
     out = []
     for key, g in df.groupby(group, dropna=False, sort=True):

@@ -2,7 +2,7 @@
 
 - :mod:`paper_checks.checks_theory` -- Appendix C theorems, assumption feasibility, errata.
 - :mod:`paper_checks.checks_frontier`     -- frontier claims (a)-(e), used for both sides.
-- :mod:`paper_checks.stats`         -- bootstrap intervals over seeds / checkpoints.
+- :mod:`early_exposure.stats`      -- (shared) Student-t intervals and sign-flip tests over seeds.
 - :mod:`paper_checks.analyses`      -- sample-wise forgetting, layerwise change.
 - :mod:`paper_checks.report`        -- report.json / report.md / the verdict table.
 - :mod:`paper_checks.reproduce`     -- the one-command main job.

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from paper_checks.report import make_check, no_data
-from paper_checks.stats import t_interval
+from early_exposure.stats import t_interval
 
 SOURCE = "beyond the paper (docs/whatwhere.md)"
 #: (item set, metric, plain name) of the item-level retention rows, in order

@@ -38,7 +38,7 @@ from early_exposure.errors import ConfigError
 from early_exposure.frontier import BASE_METHODS, VIEWS, select_arm
 from early_exposure.pareto import front_box, hypervolume, loss_gap_at_matched_x, pareto_front
 from paper_checks.report import make_check, no_data
-from paper_checks.stats import Interval, sign_flip_p, slope, t_interval
+from early_exposure.stats import Interval, sign_flip_p, slope, t_interval
 
 
 
@@ -240,7 +240,7 @@ def _lambda_stat(t: pd.DataFrame, col: str, ft_lr: float | None) -> tuple[Callab
 
 def _booter(opts: CheckOptions, resample: bool) -> Callable[[Callable[[list[Any]], float], list[Any]], Interval]:
     """Per-seed statistics summarised by a Student-t interval over seeds
-    (:func:`paper_checks.stats.t_interval`: the statistic computed on each seed alone), or
+    (:func:`early_exposure.stats.t_interval`: the statistic computed on each seed alone), or
     (``resample=False``: one exact seed, or too few seeds to judge) the point estimate alone,
     shown without an interval. The point of the interval is the mean of the per-seed values."""
     def boot(stat: Callable[[list[Any]], float], units: list[Any]) -> Interval:

@@ -9,7 +9,7 @@ through that seed's checkpoints (sorted by L_im; checkpoints with equal L_im ave
 on a grid of ``GRID`` points spanning the overlap of the two arms' L_im ranges the
 statistic is the mean of L_ret(unmixed) - L_ret(mixed): positive = the mixed model retains
 better at the same immediate loss. Over seeds: a Student-t interval of the per-seed values
-(:func:`paper_checks.stats.t_interval`). PASS when its lower bound exceeds ``min_effect``
+(:func:`early_exposure.stats.t_interval`). PASS when its lower bound exceeds ``min_effect``
 of the mean L_ret, FAIL when its upper bound is below that (no meaningful benefit, or the
 reverse), INCONCLUSIVE otherwise, with fewer than ``min_seeds`` seeds, or where the arms'
 L_im ranges do not overlap on some seed. A noise-free theory table with one seed is judged
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from paper_checks.report import make_check, no_data
-from paper_checks.stats import sign_flip_p, t_interval
+from early_exposure.stats import sign_flip_p, t_interval
 
 GRID = 21
 CLAIM = "at matched L_im, mixed pretraining retains better (lower L_ret after fine-tuning)"

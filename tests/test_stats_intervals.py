@@ -17,7 +17,7 @@ import pytest
 
 from early_exposure.frontier import FRONTIER_COLUMNS
 from paper_checks.checks_frontier import CheckOptions, check_sec41, compare_frontiers
-from paper_checks.stats import sign_flip_p, t_interval
+from early_exposure.stats import sign_flip_p, t_interval
 from paper_checks.synthetic import frontier_rows, lambda_rows
 
 OPTS = CheckOptions()
