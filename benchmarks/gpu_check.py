@@ -14,7 +14,7 @@ is recorded as skipped):
 3. ``tput_135m``  smollm2-135m, batch 16 x 2048, bf16: eager, eager+chunked, compiled,
                   compiled+chunked (+ compiled+fused when installed): tokens/s, MFU, peak memory,
                   eval tokens/s, first-step losses (equal across variants up to bf16 rounding).
-4. ``engine``     ``lm_experiments.train.train`` itself on the GPU (tiny-3m, 4 steps): eager plain
+4. ``engine``     ``lm_experiments.engine.train.train`` itself on the GPU (tiny-3m, 4 steps): eager plain
                   vs compiled + ``auto`` cross-entropy (fused AdamW): losses agree, FLOPs/MFU recorded.
 5. ``ddp``        with more than one GPU: a 3-step DDP run of smollm2-135m (seq 512, global batch
                   8) under ``torchrun`` vs the same run on one GPU (losses), tokens/s and MFU.
@@ -85,9 +85,9 @@ def child_ce() -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from lm_experiments.losses import fused_backend, linear_cross_entropy
+    from lm_experiments.engine.losses import fused_backend, linear_cross_entropy
 
-    from lm_experiments.device import resolve_device
+    from lm_experiments.engine.device import resolve_device
 
     dev = resolve_device("auto")
     cuda = dev.type == "cuda"
@@ -135,11 +135,11 @@ def child_ce() -> dict[str, Any]:
 def child_engine() -> dict[str, Any]:
     import numpy as np
 
-    from lm_experiments.model import build_model
-    from lm_experiments.optim import OptimConfig
-    from lm_experiments.train import train
+    from lm_experiments.engine.model import build_model
+    from lm_experiments.engine.optim import OptimConfig
+    from lm_experiments.engine.train import train
 
-    from lm_experiments.device import resolve_device
+    from lm_experiments.engine.device import resolve_device
 
     dev = resolve_device("auto")
     v, tl = (256, 32) if DRY else (4096, 256)
@@ -173,11 +173,11 @@ def child_ddp(out_json: str) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from lm_experiments import distributed
-    from lm_experiments.device import resolve_device
-    from lm_experiments.model import build_model
-    from lm_experiments.optim import OptimConfig
-    from lm_experiments.train import train
+    from lm_experiments.engine import distributed
+    from lm_experiments.engine.device import resolve_device
+    from lm_experiments.engine.model import build_model
+    from lm_experiments.engine.optim import OptimConfig
+    from lm_experiments.engine.train import train
 
     ctx = distributed.init_from_env()
     dev = resolve_device("auto")

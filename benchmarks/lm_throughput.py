@@ -13,14 +13,14 @@ Memory of the loss alone (head projection + cross-entropy, forward and backward)
 versus chunked, at a vocabulary of 49,152 (each in a fresh subprocess):
     python benchmarks/lm_throughput.py --ce-memory [--ce-tokens 4096 --hidden 576 --vocab 49152]
 
-The timed step is the engine's own (``lm_experiments.train.loss_and_backward`` with the
-engine's :class:`lm_experiments.losses.CausalLMLoss`, grad clip, ``make_optimizer``'s AdamW,
+The timed step is the engine's own (``lm_experiments.engine.train.loss_and_backward`` with the
+engine's :class:`lm_experiments.engine.losses.CausalLMLoss`, grad clip, ``make_optimizer``'s AdamW,
 fused on CUDA), on random tokens, after ``--warmup`` untimed steps (which include the
 compilation of compiled variants). MFU = achieved FLOP/s / device peak, with training FLOPs
 per token ``6 * N + 12 * n_layer * d_model * seq_len`` (PaLM, App. B: N = non-embedding
 parameters plus the output head's matmul; the attention term counts the full, not causal,
-score matrix, the usual convention; ``lm_experiments.model.train_flops_per_token``). Peaks are
-dense bf16 figures (H100 SXM / H200 989 TFLOP/s; ``lm_experiments.device.device_peak_tflops``);
+score matrix, the usual convention; ``lm_experiments.engine.model.train_flops_per_token``). Peaks are
+dense bf16 figures (H100 SXM / H200 989 TFLOP/s; ``lm_experiments.engine.device.device_peak_tflops``);
 ``--peak-tflops`` overrides. Peak GPU memory is ``torch.cuda.max_memory_allocated`` over the
 timed steps. ``--ce-memory`` measures, on CPU, the growth of the process's peak resident set
 size (``getrusage`` ``ru_maxrss``, a high-water mark) across one loss + backward, in a fresh
@@ -49,12 +49,12 @@ import torch  # noqa: E402
 from early_exposure.errors import ConfigError, cli_main  # noqa: E402
 from early_exposure.io import atomic_write_json  # noqa: E402
 from early_exposure.provenance import provenance  # noqa: E402
-from lm_experiments.device import device_peak_tflops, resolve_device, uses_bf16  # noqa: E402,F401
-from lm_experiments.evaluate import evaluate  # noqa: E402
-from lm_experiments.losses import CausalLMLoss, linear_cross_entropy, resolve_cross_entropy  # noqa: E402
-from lm_experiments.model import MODEL_PRESETS, build_model, count_parameters, train_flops_per_token  # noqa: E402,F401
-from lm_experiments.optim import OptimConfig, make_optimizer  # noqa: E402
-from lm_experiments.train import loss_and_backward  # noqa: E402
+from lm_experiments.engine.device import device_peak_tflops, resolve_device, uses_bf16  # noqa: E402,F401
+from lm_experiments.engine.evaluate import evaluate  # noqa: E402
+from lm_experiments.engine.losses import CausalLMLoss, linear_cross_entropy, resolve_cross_entropy  # noqa: E402
+from lm_experiments.engine.model import MODEL_PRESETS, build_model, count_parameters, train_flops_per_token  # noqa: E402,F401
+from lm_experiments.engine.optim import OptimConfig, make_optimizer  # noqa: E402
+from lm_experiments.engine.train import loss_and_backward  # noqa: E402
 
 VARIANTS = ("eager", "compiled", "eager+plain", "compiled+plain", "eager+chunked", "compiled+chunked",
             "eager+fused", "compiled+fused", "eager+auto", "compiled+auto")

@@ -67,7 +67,7 @@ def early_stop(L: np.ndarray, steps: np.ndarray, r: float, patience: int = PATIE
 
     An evaluation improves when L < best * (1 - r); ``patience`` consecutive evaluations
     without improvement stop training and the best checkpoint is restored (as
-    ``lm_experiments.train``: ``val < best_val``, ``bad_evals >= patience``, best weights)."""
+    ``lm_experiments.engine.train``: ``val < best_val``, ``bad_evals >= patience``, best weights)."""
     best, best_step, bad = L[0], int(steps[0]), 0
     for v, s in zip(L[1:], steps[1:]):
         if v < best * (1.0 - r):

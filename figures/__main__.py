@@ -45,8 +45,8 @@ _INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
                      ("theory/frontier/frontier.csv", "python -m linear_theory frontier")),
     "matched": (("lm/*/matched.csv", "python -m lm_experiments run"),
                 ("theory/matched/matched.csv", "python -m linear_theory matched")),
-    "whatwhere": (("lm/*/whatwhere/forgetting_map.csv", "python -m lm_experiments.whatwhere"),
-                  ("lm/*/whatwhere/depth_profile.csv", "python -m lm_experiments.whatwhere")),
+    "whatwhere": (("lm/*/whatwhere/forgetting_map.csv", "python -m lm_experiments.analysis.whatwhere"),
+                  ("lm/*/whatwhere/depth_profile.csv", "python -m lm_experiments.analysis.whatwhere")),
 }
 
 

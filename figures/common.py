@@ -33,8 +33,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 
 from early_exposure.frontier import read_frontier  # noqa: E402
-from early_exposure.integrity import check, read_json  # noqa: E402
+from early_exposure.integrity import check  # noqa: E402
 from early_exposure.io import atomic_write_figure  # noqa: E402
+from early_exposure.runs import RunTree, read_run  # noqa: E402
 
 #: one colour per method family, as in the paper (unmixed black, mixed purple)
 COLOURS = {"unmixed": "black", "mixed": "tab:purple", "mixed+replay": "tab:green", "mixed+dropout": "tab:orange",
@@ -92,14 +93,12 @@ def _first_line(exc: BaseException) -> str:
 def damaged_runs(run_root: Path) -> dict[str, str]:
     """``{run_id: what is wrong}`` for the damaged fine-tuning runs under ``run_root/runs``
     (unreadable ``result.json``, a file that differs from its integrity record:
-    :mod:`lm_experiments.rundirs`)."""
-    from lm_experiments.rundirs import read_run
-
+    :mod:`early_exposure.runs`)."""
     out = {}
-    for p in sorted(Path(run_root).glob("runs/*/result.json")):
-        why = read_run(p.parent, strict=False)[1]
+    for d in RunTree(run_root).run_dirs("ft"):
+        why = read_run(d, strict=False)[1]
         if why is not None:
-            out[p.parent.name] = why
+            out[d.name] = why
     return out
 
 
@@ -152,12 +151,12 @@ def assert_comparable(df: pd.DataFrame, run_root: Path | None = None) -> dict[st
         if len(vals) != 1:
             raise NotComparable(f"rows from several {col}s {vals} in one panel")
     checked: dict[str, Any] = {"side": df["side"].iloc[0], "pipeline": df["pipeline"].iloc[0]}
-    if run_root is not None and (run_root / "runs").is_dir():
+    if run_root is not None and RunTree(run_root).run_dirs("ft"):
         seen: dict[str, set[str]] = {}
         for rid in df["run_id"].unique():
-            f = run_root / "runs" / str(rid) / "result.json"
-            if f.is_file():
-                rec, why = read_json(f)
+            d = RunTree(run_root).ft(str(rid))
+            if (d / "result.json").is_file():
+                rec, why = read_run(d, strict=False)
                 if why is not None:  # a damaged run: frontier_tables lists and drops it
                     continue
                 fp = _find_fingerprints(rec)

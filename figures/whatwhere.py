@@ -1,5 +1,5 @@
 """What is forgotten and where (docs/whatwhere.md): a forgetting map per LM pipeline and a
-depth profile per arm, from the tables of ``python -m lm_experiments.whatwhere``.
+depth profile per arm, from the tables of ``python -m lm_experiments.analysis.whatwhere``.
 
     python -m figures.whatwhere --results results/ --out results/figures
 
@@ -165,7 +165,7 @@ def make_whatwhere_figures(results: Path, out: Path, log: Logger = print) -> lis
     paths: list[Path] = []
     found = sorted((Path(results) / "lm").glob("*/whatwhere"))
     if not found:
-        log(f"skip whatwhere: no {Path(results) / 'lm'}/<preset>/whatwhere (python -m lm_experiments.whatwhere)")
+        log(f"skip whatwhere: no {Path(results) / 'lm'}/<preset>/whatwhere (python -m lm_experiments.analysis.whatwhere)")
     for w in found:
         preset = w.parent.name
         fm, dp, gm = w / "forgetting_map.csv", w / "depth_profile.csv", w / "update_geometry_map.csv"

@@ -16,7 +16,7 @@ others go on, and the command then exits 1. Bad input exits with code 2 and one 
 anything is written to ``--out``.
 
 Several GPUs, one run at a time over all of them (DDP at the same global batch; rank 0
-writes every file; :mod:`lm_experiments.distributed`)::
+writes every file; :mod:`lm_experiments.engine.distributed`)::
 
     torchrun --standalone --nproc_per_node 8 -m lm_experiments run --config configs/lm/gpu-135m.yaml --out DIR
 """
@@ -29,9 +29,10 @@ from pathlib import Path
 
 from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, cli_main
+from early_exposure.runs import RunTree
 
-#: stages whose result.json keeps the per-step training history (``train.history``)
-_CURVE_FILES = ("upstream/*/result.json", "runs/*/result.json")
+#: stages whose result.json keeps the per-step training history (``train.history``), in file order
+_CURVE_STAGES = ("post", "pre", "ft")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +88,8 @@ def write_curves(out: Path, kind: str) -> list[Path]:
     from early_exposure.io import atomic_write_bytes
 
     written: list[Path] = []
-    for pattern in _CURVE_FILES:
-        for f in sorted(out.glob(pattern)):
+    for stage_dirs in (RunTree(out).run_dirs(s) for s in _CURVE_STAGES):
+        for f in (d / "result.json" for d in stage_dirs):
             try:
                 record = json.loads(f.read_bytes().decode("utf-8"))
             except (OSError, ValueError):
@@ -131,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_retries < 0:
         raise ConfigError("--max-retries", f"must be >= 0, got {args.max_retries}")
     out = check_output_dir("--out", args.out)
-    from lm_experiments import distributed
+    from lm_experiments.engine import distributed
     from lm_experiments.config import load_config
     from lm_experiments.data.prepare import default_cache_root
-    from lm_experiments.sweep import run_pipeline
+    from lm_experiments.runner.pipeline import run_pipeline
 
     check_output_dir("--cache", args.cache or default_cache_root())
     if args.curves == "tensorboard":

@@ -5,12 +5,12 @@
   and after stage 3 (theta_ft), the 1->0 forgetting and 0->1 backward transfer of every
   fine-tuning run, averaged per (pipeline, method, fine-tuning lr): mixed vs unmixed.
 - Where fine-tuning acts: the relative Frobenius change per layer group
-  (``group/<g>`` keys written by ``lm_experiments.evaluate.layerwise_change``) averaged per
+  (``group/<g>`` keys written by ``lm_experiments.engine.evaluate.layerwise_change``) averaged per
   method, with the group that changed most.
 
 Both read only saved files; a run without the arrays is skipped and counted; a damaged run
 (unreadable ``result.json``, a file that differs from its integrity record, an array file that
-does not open: :mod:`lm_experiments.rundirs`) is skipped and listed (``skipped_damaged`` and
+does not open: :mod:`early_exposure.runs`) is skipped and listed (``skipped_damaged`` and
 the note).
 """
 
@@ -26,7 +26,7 @@ import pandas as pd
 
 from early_exposure.forgetting import forgetting_metrics
 from early_exposure.integrity import structural_check
-from lm_experiments.rundirs import RunReader
+from early_exposure.runs import RunReader, RunTree
 
 _BEFORE = re.compile(r"(post|stage_?2|before|im)", re.I)
 _AFTER = re.compile(r"(ft|stage_?3|after|ret)", re.I)
@@ -70,7 +70,7 @@ def forgetting_analysis(frontier: pd.DataFrame | None, lm_dir: Path, k: int | No
     skipped = 0
     reader = RunReader()
     for row in frontier.itertuples(index=False):
-        run_dir = lm_dir / "runs" / str(row.run_id)
+        run_dir = RunTree(lm_dir).ft(str(row.run_id))
         pair = None
         intact = not (run_dir / "result.json").exists() or reader.run(run_dir) is not None
         for p in _find_run_files(run_dir, "*.npz") if run_dir.is_dir() and intact else []:
@@ -128,7 +128,7 @@ def layerwise_analysis(frontier: pd.DataFrame | None, lm_dir: Path) -> dict[str,
     recs = []
     reader = RunReader()
     for row in frontier.drop_duplicates("run_id").itertuples(index=False):
-        run_dir = lm_dir / "runs" / str(row.run_id)
+        run_dir = RunTree(lm_dir).ft(str(row.run_id))
         groups = None
         intact = not (run_dir / "result.json").exists() or reader.run(run_dir) is not None
         for p in _find_run_files(run_dir, "*.json") if run_dir.is_dir() and intact else []:

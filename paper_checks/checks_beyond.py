@@ -2,7 +2,7 @@
 
 :func:`beyond_checks` reads, under a results directory,
 
-- ``lm/<preset>/whatwhere/`` (``python -m lm_experiments.whatwhere results/lm/<preset>``):
+- ``lm/<preset>/whatwhere/`` (``python -m lm_experiments.analysis.whatwhere results/lm/<preset>``):
   ``transitions.csv``, ``protection.csv``, ``rollback.csv``, ``items.json``;
 - ``theory/whatwhere/whatwhere.json`` (``python -m linear_theory.studies.whatwhere --out
   results/theory/whatwhere``): its ``checks`` rows, passed through,
@@ -77,7 +77,7 @@ def lm_rows(wdir: Path, preset: str) -> list[dict[str, Any]]:
     pid = f"lm.{preset}.whatwhere"
     if trans is None or trans.empty:
         return [no_data(f"{pid}.protect", "early exposure reduces item-level forgetting in fine-tuning", SOURCE, "lm",
-                        f"{wdir / 'transitions.csv'} not found (python -m lm_experiments.whatwhere)", pipeline)]
+                        f"{wdir / 'transitions.csv'} not found (python -m lm_experiments.analysis.whatwhere)", pipeline)]
     pf = trans[(trans["pair"] == "post->ft") & (~trans["compute_matched"].astype(bool))]
     lr = float(pf["ft_lr"].max()) if len(pf) else float("nan")
     pf = pf[np.isclose(pf["ft_lr"], lr)]

@@ -32,6 +32,7 @@ from early_exposure.configs import check_input_dir, check_output_dir
 from early_exposure.errors import ConfigError, cli_main
 from early_exposure.frontier import read_frontier
 from early_exposure.provenance import provenance
+from early_exposure.runs import RunTree
 from paper_checks.analyses import forgetting_analysis, layerwise_analysis
 from paper_checks.checks_frontier import CheckOptions, frontier_checks, lambda_checks
 from paper_checks.checks_matched import matched_checks
@@ -97,7 +98,7 @@ class Inputs:
 
 
 def _is_lm_out(d: Path) -> bool:
-    return any((d / f).exists() for f in ("frontier.csv", "frontier.partial.csv", "runs", "manifest.json"))
+    return RunTree(d).looks_like_run_tree()
 
 
 def discover(paths: list[str | Path]) -> Inputs:
@@ -107,9 +108,9 @@ def discover(paths: list[str | Path]) -> Inputs:
     for raw in paths:
         d = check_input_dir("--results", raw)
         if _is_lm_out(d):
-            if not (d / "frontier.csv").is_file():
+            if not RunTree(d).frontier.is_file():
                 why = ("only frontier.partial.csv: some runs failed or are unfinished; rerun the same "
-                       "lm_experiments run command" if (d / "frontier.partial.csv").is_file() else "no frontier.csv yet")
+                       "lm_experiments run command" if RunTree(d).frontier_partial.is_file() else "no frontier.csv yet")
                 found.sources.append(f"{d}: LM output directory, {why}")
                 continue
             found.lm_dirs.append((d.resolve().name, d))
@@ -194,14 +195,15 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
         analyses["forgetting"] = {"note": "no data: no LM results", "table": []}
         analyses["layerwise"] = {"note": "no data: no LM results", "table": []}
     for label, pdir in inputs.lm_dirs:
-        df, why = _load(pdir / "frontier.csv")
+        tree = RunTree(pdir)
+        df, why = _load(tree.frontier)
         prefix = f"lm.{label}"
         checks += frontier_checks(df, "lm", prefix, opts, what=why or "")
         checks += lambda_checks(df, "lm", prefix, opts, what=why or "")
-        if (pdir / "matched.csv").is_file():
-            checks += matched_checks(pdir / "matched.csv", "lm", prefix, opts)
-        if (pdir / "whatwhere").is_dir():
-            checks += beyond_lm_rows(pdir / "whatwhere", label)
+        if tree.matched.is_file():
+            checks += matched_checks(tree.matched, "lm", prefix, opts)
+        if tree.whatwhere.is_dir():
+            checks += beyond_lm_rows(tree.whatwhere, label)
         analyses[f"forgetting ({label})"] = forgetting_analysis(df, pdir, k=chance_k)
         analyses[f"layerwise ({label})"] = layerwise_analysis(df, pdir)
     checks, not_planned = split_not_planned(checks)

@@ -99,7 +99,7 @@ def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
     """{preset: {pipeline: run-set verdict}} for ``results/lm/<preset>/`` (``regime.csv`` when
     present, else read from the run directories), with the envelope used; damaged run
     directories are left out and listed under ``skipped_damaged`` ({preset: ["<dir>: <why>"]})."""
-    from lm_experiments.regime import regime_table
+    from paper_checks.lm_regime import regime_table
 
     env = env or Envelope()
     out: dict[str, Any] = {"envelope": asdict(env), "criteria": {k: v.format(**asdict(env)) for k, v in CRITERIA.items()},

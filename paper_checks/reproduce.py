@@ -63,7 +63,7 @@ class Step:
     progress: str | None = None  # prefix of the step's progress-bar line to relay (None: heartbeat only)
 
 
-#: the LM sweep's run-wide bar (lm_experiments.sweep: ``pipeline (<executor>)``): runs done, tokens, rate, ETA
+#: the LM sweep's run-wide bar (lm_experiments.runner.pipeline: ``pipeline (<executor>)``): runs done, tokens, rate, ETA
 PIPELINE_BAR = "pipeline ("
 
 
@@ -156,7 +156,7 @@ def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
                               "--out", str(out / "lm" / lm), "--executor", executor),
                  (f"lm/{lm}/frontier.csv",), progress=PIPELINE_BAR),
             # beyond the paper: what is forgotten (items) and where (layer rollback), docs/whatwhere.md
-            Step(f"LM {lm} whatwhere", (*py, "-m", "lm_experiments.whatwhere", str(out / "lm" / lm)),
+            Step(f"LM {lm} whatwhere", (*py, "-m", "lm_experiments.analysis.whatwhere", str(out / "lm" / lm)),
                  (f"lm/{lm}/whatwhere/items.json",)),
         ]
     steps += [

@@ -123,7 +123,7 @@ LAMBDA_PIPELINE = "general>music>flan"
 
 
 def regime_rows(frontier: pd.DataFrame, *, inside: bool = True) -> pd.DataFrame:
-    """A ``regime.csv`` (``lm_experiments.regime`` columns the envelope reads) for the runs
+    """A ``regime.csv`` (``paper_checks.lm_regime`` columns the envelope reads) for the runs
     of ``frontier``: every figure well inside the envelope, or (``inside=False``) a model
     back at uniform after post-training (kept_post 0.1)."""
     f = frontier

@@ -52,6 +52,6 @@ class ArraySource:
 
 def tiny_model(seed: int = 0, dropout: float = 0.0):
     """The tiny-1m preset at vocabulary V and sequence T."""
-    from lm_experiments.model import build_model
+    from lm_experiments.engine.model import build_model
 
     return build_model("tiny-1m", vocab_size=V, max_seq_len=T, seed=seed, dropout=dropout)

@@ -266,10 +266,10 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         argparse.ArgumentParser.parse_args = orig
     from figures.whatwhere import build_parser as ww_figures_parser
     from linear_theory.studies.whatwhere import build_parser as ww_theory_parser
-    from lm_experiments.whatwhere import build_parser as ww_lm_parser
+    from lm_experiments.analysis.whatwhere import build_parser as ww_lm_parser
 
     roots = {"linear_theory": theory_parser(), "lm_experiments": lm_parser(), "lm_experiments.data": data_parser(),
-             "paper_checks": _checks_parser(), "figures": figures_parser(), "lm_experiments.whatwhere": ww_lm_parser(),
+             "paper_checks": _checks_parser(), "figures": figures_parser(), "lm_experiments.analysis.whatwhere": ww_lm_parser(),
              "linear_theory.studies.whatwhere": ww_theory_parser(), "figures.whatwhere": ww_figures_parser(),
              **captured}
     out = {}

@@ -23,9 +23,9 @@ import yaml
 
 from early_exposure.integrity import manifest_path, unit_lock
 from lm_experiments.cli import run
-from lm_experiments.optim import OptimConfig
-from lm_experiments.rundirs import lock_path
-from lm_experiments.train import train
+from lm_experiments.engine.optim import OptimConfig
+from early_exposure.runs import lock_path
+from lm_experiments.engine.train import train
 from lm_tiny import ArraySource, tiny_model, write_corpora
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Items (lm_experiments.items): transitions and chance adjustment against hand-made
+"""Items (lm_experiments.analysis.items): transitions and chance adjustment against hand-made
 examples, the multiple-choice scorer against a model whose logits are set by hand, the
 document segmentation of packed blocks, template families."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lm_experiments import items as it
+from lm_experiments.analysis import items as it
 
 
 # ---- transitions ------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from early_exposure.io import atomic_write_json
-from lm_experiments.checkpoints import INDEX_COLUMNS, load_model, write_checkpoint_index
+from lm_experiments.engine.checkpoints import INDEX_COLUMNS, load_model, write_checkpoint_index
 from lm_experiments.data.tokenizer import train_bpe
-from lm_experiments.evaluate import save_checkpoint
-from lm_experiments.model import build_model
+from lm_experiments.engine.evaluate import save_checkpoint
+from lm_experiments.engine.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

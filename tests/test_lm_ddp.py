@@ -38,8 +38,8 @@ def _val() -> np.ndarray:
 
 def _runs(ckpt_root: Path) -> dict:
     """The runs both sides execute: name -> train() keyword arguments (one definition)."""
-    from lm_experiments.evaluate import evaluate
-    from lm_experiments.optim import OptimConfig
+    from lm_experiments.engine.evaluate import evaluate
+    from lm_experiments.engine.optim import OptimConfig
 
     cpu = torch.device("cpu")
     val = _val()
@@ -52,9 +52,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from lm_experiments import distributed
-    from lm_experiments.evaluate import evaluate
-    from lm_experiments.train import train
+    from lm_experiments.engine import distributed
+    from lm_experiments.engine.evaluate import evaluate
+    from lm_experiments.engine.train import train
 
     ctx = distributed.init_from_env(timeout_s=120)
     assert ctx.world_size == world and ctx.rank == rank
@@ -121,7 +121,7 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _single(name: str, tmp: Path):
-    from lm_experiments.train import train
+    from lm_experiments.engine.train import train
 
     kw = dict(_runs(tmp)[name])
     kw["micro_batch"] = 0  # the whole global batch in one forward: the plainest reference
@@ -168,7 +168,7 @@ def test_ddp_resume_reproduces_the_uninterrupted_run(ddp):
 
 
 def test_sharded_evaluate_equals_unsharded(ddp):
-    from lm_experiments.evaluate import evaluate
+    from lm_experiments.engine.evaluate import evaluate
 
     model = tiny_model()
     model.load_state_dict(ddp[0]["dropout"]["state"])
@@ -229,7 +229,7 @@ def test_pipeline_under_torchrun_matches_one_process(tmp_path):
 def test_ddp_last_batch_with_fewer_rows_than_ranks_matches_single_process(ddp, tmp_path):
     """The rank without rows joins the all-reduce with a zero-weight stand-in row (no hang, no
     NaN); losses and weights as one process on the same batches."""
-    from lm_experiments.train import train
+    from lm_experiments.engine.train import train
 
     kw = dict(_runs(tmp_path)["base"])
     kw["micro_batch"] = 0

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from early_exposure.errors import ConfigError
-from lm_experiments.losses import (
+from lm_experiments.engine.losses import (
     CausalLMLoss, ChunkedLinearCrossEntropy, causal_lm_loss, linear_cross_entropy, resolve_cross_entropy,
 )
-from lm_experiments.model import apply_lora
-from lm_experiments.optim import OptimConfig
-from lm_experiments.train import train
+from lm_experiments.engine.model import apply_lora
+from lm_experiments.engine.optim import OptimConfig
+from lm_experiments.engine.train import train
 from lm_tiny import T, V, ArraySource, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -184,7 +184,7 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_train_section_validated_and_outside_run_keys():
     from lm_experiments.config import PipelineConfig, TrainSection, config_from_mapping
     from lm_experiments.data import DataConfig
-    from lm_experiments.plan import make_plan
+    from lm_experiments.protocol.plan import make_plan
 
     base = {"data": {role: {"source": "local", "name": role, "path": f"/nonexistent/{role}.txt"}
                      for role in ("pre", "post", "ft")} | {"seq_len": T},

@@ -15,13 +15,13 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from early_exposure.errors import ConfigError
-from lm_experiments.device import autocast_context, resolve_device
-from lm_experiments.evaluate import save_checkpoint
-from lm_experiments.model import (
+from lm_experiments.engine.device import autocast_context, resolve_device
+from lm_experiments.engine.evaluate import save_checkpoint
+from lm_experiments.engine.model import (
     LORA_TARGETS, MODEL_PRESETS, apply_lora, build_model, count_parameters, merge_lora, model_config, set_dropout,
 )
-from lm_experiments.optim import OptimConfig
-from lm_experiments.train import train
+from lm_experiments.engine.optim import OptimConfig
+from lm_experiments.engine.train import train
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

@@ -160,7 +160,7 @@ def test_rerun_skips_finished_and_recomputes_missing_identically(setup: dict, mo
     out = setup["out"]
     before = (out / "frontier.csv").read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("**/result.json")}
-    import lm_experiments.train as engine
+    import lm_experiments.engine.train as engine
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was retrained")
@@ -190,7 +190,7 @@ def test_rerun_skips_finished_and_recomputes_missing_identically(setup: dict, mo
 ])
 def test_bad_input_exits_2_before_training_and_writes_nothing(setup: dict, override: str, field: str,
                                                               capsys, monkeypatch, tmp_path: Path) -> None:
-    import lm_experiments.train as engine
+    import lm_experiments.engine.train as engine
 
     monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("training started"))
     out = tmp_path / "never"
@@ -215,7 +215,7 @@ def test_dry_run_prints_plan_and_writes_nothing(setup: dict, capsys, tmp_path: P
 @pytest.mark.parametrize("preset", ["cpu-quick", "cpu-seeds", "cpu-full", "gpu-135m", "gpu-1b"])
 def test_presets_validate(preset: str) -> None:
     from lm_experiments.config import fallback_config, load_config
-    from lm_experiments.model import MODEL_PRESETS
+    from lm_experiments.engine.model import MODEL_PRESETS
 
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "configs" / "lm" / f"{preset}.yaml")
@@ -258,7 +258,7 @@ def test_command_line_set_wins_over_fallback_set(tmp_path: Path) -> None:
 def test_interrupted_sweep_resumes_to_the_same_losses(setup: dict, monkeypatch, tmp_path: Path) -> None:
     """Kill the sweep inside a post-training run (after the engine's checkpoint at step 3),
     rerun: the run resumes from that checkpoint and every loss equals the uninterrupted sweep's."""
-    import lm_experiments.train as engine
+    import lm_experiments.engine.train as engine
 
     real_train = engine.train
     calls = {"n": 0}

@@ -1,5 +1,5 @@
 """``train.procs_per_run``: every run of a sweep data-parallel over its own torchrun job
-(lm_experiments.unit), from the serial executor and as a multi-process Ray task.
+(lm_experiments.runner.launch), from the serial executor and as a multi-process Ray task.
 
 References: the one-process sweep of the same config (losses within the DDP tolerance of
 tests/test_lm_ddp.py: rtol 1e-5, gloo sums in another order than one process's matmuls),

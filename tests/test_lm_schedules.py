@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lm_experiments.schedules import (
+from lm_experiments.protocol.schedules import (
     PRE,
     POST,
     finetune_source,

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from early_exposure.errors import ConfigError
-from lm_experiments.evaluate import evaluate, layerwise_change, save_checkpoint
-from lm_experiments.optim import OptimConfig, lr_at, make_optimizer
-from lm_experiments.train import train
+from lm_experiments.engine.evaluate import evaluate, layerwise_change, save_checkpoint
+from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
+from lm_experiments.engine.train import train
 from lm_tiny import T, V, ArraySource, tiny_model
 
 
@@ -102,7 +102,7 @@ def test_evaluate_matches_hf_loss_and_independent_cross_entropy():
 
 
 def test_evaluate_row_chunking_gives_same_numbers(monkeypatch):
-    import lm_experiments.evaluate as ev
+    import lm_experiments.engine.evaluate as ev
 
     model, blocks = tiny_model(seed=1), _val_blocks()
     full = evaluate(model, blocks, batch_size=8, device=CPU, return_correct=True)

@@ -85,7 +85,7 @@ def test_weight_decay_axis_is_swept_and_equals_the_optimizer_section_path(tiny: 
 
 
 def _unit_in_fresh_process(stage: str, record, cfg, out: str, cache: str, q) -> None:
-    from lm_experiments.sweep import run_unit
+    from lm_experiments.runner.unit import run_unit
 
     torch.set_num_threads(1)
     res = run_unit(stage, record, cfg, Path(out), cache_root=Path(cache))
@@ -95,8 +95,8 @@ def _unit_in_fresh_process(stage: str, record, cfg, out: str, cache: str, q) -> 
 def test_a_run_executes_in_a_fresh_process_from_its_record_alone(tiny: dict) -> None:
     from lm_experiments.config import load_config
     from lm_experiments.data import prepare_data
-    from lm_experiments.plan import make_plan
-    from lm_experiments.sweep import data_sizes
+    from lm_experiments.protocol.plan import make_plan
+    from lm_experiments.data.resolve import data_sizes
 
     root, cache = tiny["root"], tiny["cache"]
     out = root / "plain"

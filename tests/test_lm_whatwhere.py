@@ -1,4 +1,4 @@
-"""lm_experiments.whatwhere end to end on a tiny two-seed pipeline (local corpora, CPU, tens of
+"""lm_experiments.analysis.whatwhere end to end on a tiny two-seed pipeline (local corpora, CPU, tens of
 seconds): every table is written, transition counts add up, `none` reproduces the recorded
 L_ret and `all` the recorded L_im exactly, a run whose model was not saved is re-fine-tuned
 to the same losses, and a directory that is not a run directory exits 2."""
@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lm_experiments.cli import run
-from lm_experiments.whatwhere import main as whatwhere_main
+from lm_experiments.analysis.whatwhere import main as whatwhere_main
 from lm_tiny import write_corpora
 
 SEQ = 16

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from early_exposure.frontier import write_frontier
-from lm_experiments.regime import regime_table
-from lm_experiments.schedules import POST, posttrain_source, pretrain_source, split_post_blocks
+from paper_checks.lm_regime import regime_table
+from lm_experiments.protocol.schedules import POST, posttrain_source, pretrain_source, split_post_blocks
 from paper_checks.checks_frontier import CheckOptions
 from paper_checks.cli import build_report
 from paper_checks.regime import Envelope, judge_arm

@@ -31,7 +31,7 @@ def test_plan_order_and_commands(tmp_path):
         assert (Path(__file__).resolve().parent.parent / "configs" / "lm" / f"{name}.yaml").is_file()
     assert "stages.pre.mix_fraction=0.5" in steps[3].argv and "--trajectory-stride" in steps[3].argv
     ww = steps[names.index("LM cpu-quick-flan-chem whatwhere")]  # reads the LM step's output directory
-    assert "lm_experiments.whatwhere" in ww.argv and str(tmp_path / "lm" / "cpu-quick-flan-chem") in ww.argv
+    assert "lm_experiments.analysis.whatwhere" in ww.argv and str(tmp_path / "lm" / "cpu-quick-flan-chem") in ww.argv
     assert [s.name for s in plan("gpu", tmp_path)][10] == "LM gpu-135m"
 
 

@@ -1,4 +1,4 @@
-"""Where (lm_experiments.whatwhere_rollback): rollback of every layer is theta_post, of none
+"""Where (lm_experiments.analysis.whatwhere_rollback): rollback of every layer is theta_post, of none
 theta_ft, exactly; a single unit restores only its own tensors; update overlaps are 1 for
 identical updates, 0 for orthogonal ones and cos^2 of a known angle in between."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lm_experiments.evaluate import evaluate
-from lm_experiments.whatwhere_rollback import (depth_order, rollback_profile, rollback_units, rolled_back,
+from lm_experiments.engine.evaluate import evaluate
+from lm_experiments.analysis.whatwhere_rollback import (depth_order, rollback_profile, rollback_units, rolled_back,
                                                subspace_overlap, update_cosine, update_geometry)
 from tests.lm_tiny import T, V, tiny_model
 

@@ -3,7 +3,7 @@
     python -m linear_theory.studies.whatwhere --out DIR [--config FILE] [--set KEY=VALUE ...] [--tol 0.1]
 
 The LM side counts items that flip between checkpoints and rolls layers back
-(:mod:`lm_experiments.whatwhere`); here the same questions have exact answers. For every arm
+(:mod:`lm_experiments.analysis.whatwhere`); here the same questions have exact answers. For every arm
 (``unmixed``: mix_fraction 0; ``mixed``: the config's mix_fraction, 0.5 by default; each
 also ``+replay`` (post.replay 0.1) and ``+dropout`` (post.dropout 0.1)) one full-matrix run
 of :func:`linear_theory.simulate` gives W1, W2 after every stage, and:
@@ -74,7 +74,7 @@ def mode_rows(results: dict[str, Any], tol: float = 0.1) -> list[dict[str, Any]]
     from early_exposure.forgetting import forgetting_metrics, transition_counts
     from linear_theory.tasks import blocks, build_task
 
-    def item_metrics(b: np.ndarray, a: np.ndarray) -> dict[str, float]:  # as lm_experiments.items.item_metrics
+    def item_metrics(b: np.ndarray, a: np.ndarray) -> dict[str, float]:  # as lm_experiments.analysis.items.item_metrics
         return {**{f"n_{t}": float(v) for t, v in transition_counts(b, a).items()}, **forgetting_metrics(b, a)}
 
     rows = []

@@ -17,7 +17,7 @@ all of them at the *same global batch* as on one device:
   accumulation steps skip the all-reduce via ``no_sync``). The reported training loss is
   all-reduced, the gradient norm is computed from the all-reduced gradients: every rank
   takes the same divergence, clipping and early-stopping decisions.
-* **Evaluation** (:func:`lm_experiments.evaluate.evaluate`) is sharded: every rank
+* **Evaluation** (:func:`lm_experiments.engine.evaluate.evaluate`) is sharded: every rank
   evaluates a contiguous slice of the held-out blocks, the per-block results are
   all-gathered, every rank returns the full result. A validation loss used for early
   stopping is broadcast from rank 0.

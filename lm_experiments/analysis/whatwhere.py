@@ -1,6 +1,6 @@
 """What is forgotten (items) and where (layer rollback), on an LM results directory.
 
-    python -m lm_experiments.whatwhere OUT [--rollback-arms base|all] [--rollback-lr LR] [--k 4] [--threads 1]
+    python -m lm_experiments.analysis.whatwhere OUT [--rollback-arms base|all] [--rollback-lr LR] [--k 4] [--threads 1]
 
 ``OUT`` is an ``lm_experiments run --out`` directory (one pipeline). Everything is read from
 it (configs, checkpoints, the data cache); nothing there is changed. Written under
@@ -12,12 +12,12 @@ it (configs, checkpoints, the data cache); nothing there is changed. Written und
   pair ``pre->post`` (theta_pre -> theta_post, one per upstream, ``ft_lr`` NaN) or
   ``post->ft``; the four counts ``n_1->0`` ..., ``forgetting``, ``backward_transfer`` (and
   relative), ``forgetting_chance_adjusted`` / ``backward_transfer_chance_adjusted`` for
-  k-way sets (:mod:`lm_experiments.items`);
+  k-way sets (:mod:`lm_experiments.analysis.items`);
 - ``families.csv``: the same per instruction family (``post->ft``, instruction sets);
 - ``forgetting_map.csv``: per (method, lambda, compute-matched, ft_lr, pair, set) the mean
   over seeds of every rate with its Student-t 95% interval (``early_exposure.stats.t_interval``)
   and the number of seeds;
-- ``agreement.csv``: transitions that hold in every seed (:func:`lm_experiments.items.agreement`),
+- ``agreement.csv``: transitions that hold in every seed (:func:`lm_experiments.analysis.items.agreement`),
   and ``protection.csv``: per arm pair (unmixed X vs mixed X, same ft lr) the items that the
   unmixed arm forgets (1->0) and the mixed arm keeps (1->1), in every seed and per seed, with
   the mean Jaccard overlap of the per-seed protected sets across seed pairs;
@@ -29,11 +29,11 @@ it (configs, checkpoints, the data cache); nothing there is changed. Written und
   stage 3's L_ft gain; ``none`` and ``all`` are evaluated too and must reproduce the run's
   recorded L_ret and (L_im, L_ft after stage 2) (``reproduced_*`` columns);
 - ``update_geometry.csv``: per fine-tuning run and unit, the relative update norms of stage
-  2 and stage 3, their cosine and the principal-angle overlaps (:mod:`lm_experiments.whatwhere_rollback`).
+  2 and stage 3, their cosine and the principal-angle overlaps (:mod:`lm_experiments.analysis.whatwhere_rollback`).
 
 Fine-tuned models are read from ``runs/<id>/model`` (``ft.save_checkpoints: true``); when a
 run did not save its model it is re-fine-tuned into a temporary directory with
-:func:`lm_experiments.stages.run_ft` from its record (deterministic; the recomputed L_ret is
+:func:`lm_experiments.protocol.stages.run_ft` from its record (deterministic; the recomputed L_ret is
 compared with the recorded one and the difference written).
 """
 
@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import json
 import math
 import sys
 import tempfile
@@ -54,73 +52,13 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
-from lm_experiments import items as it
+from early_exposure.runs import RunTree
+from lm_experiments.analysis import items as it
+from lm_experiments.analysis.results import Results, ResultsError, load_checkpoint, open_results  # noqa: F401
 
 BASE_METHODS = ("unmixed", "mixed")
-from lm_experiments.whatwhere_tables import (RATE_METRICS, RUN_KEYS, _GROUP, agreement_rows,  # noqa: E402,F401
+from lm_experiments.analysis.whatwhere_tables import (RATE_METRICS, RUN_KEYS, _GROUP, agreement_rows,  # noqa: E402,F401
                                              correctness, seed_map, thresholds, transition_rows)
-
-
-class ResultsError(ValueError):
-    """The directory is not an analysable ``lm_experiments run --out`` directory (exit 2)."""
-
-
-def _read(p: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-# ---- the results directory ------------------------------------------------------------------
-@dataclasses.dataclass
-class Results:
-    out: Path
-    cfg: Any
-    prepared: Any
-    data_used: dict[str, Any]
-    ft: dict[str, dict[str, Any]]     # run_id -> result.json (finished, not diverged)
-    post: dict[str, dict[str, Any]]   # upstream_id -> result.json
-    pre: dict[str, dict[str, Any]]    # pre_id -> result.json
-    pipeline: str
-    cache_root: Path | None = None
-
-    def model_dir(self, stage: str, ident: str) -> Path:
-        if stage == "pre":
-            return self.out / "upstream" / f"pre-{ident}" / "model"
-        if stage == "post":
-            return self.out / "upstream" / f"post-{ident}" / "model"
-        return self.out / "runs" / ident / "model"
-
-
-def open_results(out: Path, cache_root: Path | None = None) -> Results:
-    from lm_experiments.config import config_from_mapping
-    from lm_experiments.sweep import prepare
-
-    out = Path(out)
-    man = _read(out / "manifest.json")
-    if man is None or "config" not in man:
-        raise ResultsError(f"{out}: no manifest.json with a config (not an lm_experiments run --out directory)")
-    cfg = config_from_mapping(man["config"])
-    prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=False, log=lambda _: None)
-    if man.get("data_fingerprint") and man["data_fingerprint"] != prepared.fingerprint:
-        raise ResultsError(f"{out}: data fingerprint {prepared.fingerprint} differs from the run's "
-                         f"{man['data_fingerprint']} (another data cache?)")
-    ft, post, pre = {}, {}, {}
-    for p in sorted(out.glob("runs/*/result.json")):
-        r = _read(p)
-        if r and not r.get("diverged") and r.get("losses"):
-            ft[r["run_id"]] = r
-    for p in sorted(out.glob("upstream/post-*/result.json")):
-        r = _read(p)
-        if r and not r.get("diverged"):
-            post[r["upstream_id"]] = r
-    for p in sorted(out.glob("upstream/pre-*/result.json")):
-        r = _read(p)
-        if r and not r.get("diverged"):
-            pre[r["pre_id"]] = r
-    return Results(out, cfg, prepared, data_used, ft, post, pre, man.get("pipeline") or cfg.pipeline_label(),
-                   cache_root)
 
 
 # ---- item suite --------------------------------------------------------------------------------
@@ -217,29 +155,25 @@ def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 32, m
 
 
 # ---- models -----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=256)
-def _load(path: Path):
-    """A checkpoint in eval mode, loaded once per process (the analysis reads each model in
-    the item and the rollback phases and never modifies one: rollback works on a copy)."""
-    from lm_experiments.checkpoints import load_model
-
-    return load_model(path, for_training=True).eval()
-
-
 def regenerate_ft(res: Results, run_ids: list[str], work: Path) -> dict[str, Path]:
     """Re-fine-tune runs that did not save their model (``ft.save_checkpoints`` off) into
-    ``work`` with :func:`lm_experiments.stages.run_ft` from their plan records; returns
+    ``work`` with :func:`lm_experiments.protocol.stages.run_ft` from their plan records; returns
     run_id -> model dir and writes ``regenerated_L_ret_diff`` into the run records."""
-    from lm_experiments.plan import make_plan
-    from lm_experiments.stages import StageContext, run_ft
-    from lm_experiments.sweep import data_sizes
+    from lm_experiments.protocol.plan import make_plan
+    from lm_experiments.data.resolve import data_sizes
+    from lm_experiments.protocol.context import StageContext
+    from lm_experiments.protocol.stages import run_ft
 
     cfg = dataclasses.replace(res.cfg, ft=dataclasses.replace(res.cfg.ft, save_checkpoints=True))
     plan = make_plan(res.cfg, data_sizes(res.prepared), res.prepared.fingerprint)
     recs = {r.run_id: r for r in plan.ft}
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "upstream").exists():
-        (work / "upstream").symlink_to((res.out / "upstream").resolve())
+    for stage, idents in (("pre", res.pre), ("post", res.post)):  # upstream runs stay where they are: a link each
+        for ident in idents:
+            link = RunTree(work).run_dir(stage, ident)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(res.tree.run_dir(stage, ident).resolve())
     import torch
 
     ctx = StageContext(cfg, res.prepared, work, torch.device("cpu"), res.data_used, progress=False)
@@ -249,7 +183,7 @@ def regenerate_ft(res: Results, run_ids: list[str], work: Path) -> dict[str, Pat
             continue
         sr = run_ft(ctx, recs[rid])
         res.ft[rid]["regenerated_L_ret_diff"] = abs(sr.losses["L_ret"] - res.ft[rid]["losses"]["L_ret"])
-        out[rid] = work / "runs" / rid / "model"
+        out[rid] = RunTree(work).model("ft", rid)
     return out
 
 
@@ -261,7 +195,7 @@ def _csv(df: pd.DataFrame, path: Path) -> Path:
 def _stamp(res: Results, key: str) -> str:
     """What identifies a checkpoint's evaluation in the cache: its run's result.json (size, mtime)."""
     stage, ident = key.split(":", 1)
-    p = (res.out / "runs" / ident if stage == "ft" else res.model_dir(stage, ident).parent) / "result.json"
+    p = res.tree.run_dir(stage, ident) / "result.json"
     st = p.stat()
     return f"{st.st_size}-{int(st.st_mtime)}"
 
@@ -285,7 +219,7 @@ def evaluate_items(res: Results, suite: dict[str, RoleItems], models: dict[str, 
         if ident in by_ident:
             raw[key] = by_ident[ident]
             continue
-        raw[key] = measure_items(_load(d), suite)
+        raw[key] = measure_items(load_checkpoint(d), suite)
         by_ident[ident] = raw[key]
     keep = {f"{i}||{n}": v for i, vals in by_ident.items() if i.startswith(sh) for n, v in vals.items()}
     import io
@@ -313,13 +247,13 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
             all_units: bool = False, mc_items: int | None = 100,
             cache_root: Path | None = None, log=print) -> dict[str, Any]:
     """Run the whole analysis on ``out`` and write ``out/whatwhere`` (module docstring)."""
-    from lm_experiments.whatwhere_rollback import where_tables
+    from lm_experiments.analysis.whatwhere_rollback import where_tables
 
     t0 = time.perf_counter()
     clock = {}
     res = open_results(out, cache_root)
     lrs_used = select_runs(res, include_cm, lrs)
-    wdir = Path(out) / "whatwhere"
+    wdir = RunTree(out).whatwhere
     wdir.mkdir(parents=True, exist_ok=True)
     suite = build_suite(res, k=k, mc_items=mc_items)
     clock["suite"] = time.perf_counter() - t0
@@ -382,7 +316,7 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of :func:`main`."""
-    ap = argparse.ArgumentParser(prog="python -m lm_experiments.whatwhere",
+    ap = argparse.ArgumentParser(prog="python -m lm_experiments.analysis.whatwhere",
                                  description="What is forgotten (items) and where (layer rollback) on an LM "
                                              "run directory.")
     ap.add_argument("out", help="an lm_experiments run --out directory")

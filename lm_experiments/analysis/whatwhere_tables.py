@@ -1,4 +1,4 @@
-"""The item tables of :mod:`lm_experiments.whatwhere`: correctness from raw item values,
+"""The item tables of :mod:`lm_experiments.analysis.whatwhere`: correctness from raw item values,
 thresholds, transitions per checkpoint pair and family, seed maps with Student-t intervals,
 agreement across seeds and early exposure's protection (docs/whatwhere.md)."""
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lm_experiments import items as it
+from lm_experiments.analysis import items as it
 
 RATE_METRICS = ("forgetting", "backward_transfer", "forgetting_relative", "backward_transfer_relative",
                 "forgetting_chance_adjusted", "backward_transfer_chance_adjusted", "acc_before", "acc_after")

@@ -1,11 +1,11 @@
 """Executors of a plan: ``serial`` (this process, plan order) and ``ray`` (every run a task).
 
-Both call the same stage functions (:mod:`lm_experiments.stages`) on the same run records
+Both call the same stage functions (:mod:`lm_experiments.protocol.stages`) on the same run records
 and leave the same directory layout, so the frontier table (read back from the run
 directories in plan order) is the same whichever executor ran it. Both record a run that
 raises (or, on Ray, whose worker dies more than ``max_retries`` times) as *failed*, skip its
 descendants, and go on with every other run; a rerun of the same command retries exactly
-the runs that are not finished. Every run holds its lock (:func:`run_locked`,
+the runs that are not finished. Every run holds its lock (:func:`lm_experiments.runner.unit.run_locked`,
 ``OUT/.locks/<stage>-<id>.lock``) while it runs, so two invocations on one output directory,
 or a Ray task retried while another copy still runs, never train the same run twice: the
 second waits and reuses the first's verified result.
@@ -39,72 +39,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from early_exposure import integrity
-from lm_experiments import distributed
 from lm_experiments.config import PipelineConfig, config_from_mapping, config_to_dict
-from lm_experiments.plan import FtRun, Plan, PostRun, PreRun
-from lm_experiments.rundirs import lock_path
-from lm_experiments.stages import STAGE_FUNCTIONS, StageContext, StageResult
+from lm_experiments.protocol.context import StageContext
+from lm_experiments.protocol.plan import Plan
+from lm_experiments.runner.launch import run_unit_procs
+from lm_experiments.runner.unit import outcome, run_one, unit_id
 
 EXECUTORS = ("serial", "ray")
-_REPO = Path(__file__).resolve().parent.parent
-
-
-def _unit_id(stage: str, record: PreRun | PostRun | FtRun) -> str:
-    return {"pre": getattr(record, "pre_id", ""), "post": getattr(record, "upstream_id", ""),
-            "ft": getattr(record, "run_id", ""), "traj": getattr(record, "traj_id", "")}[stage]
-
-
-def _fault_hooks(unit: str) -> None:
-    if os.environ.get("LM_EXPERIMENTS_FAULT_RAISE") == unit:
-        raise RuntimeError(f"injected failure in run {unit} (LM_EXPERIMENTS_FAULT_RAISE)")
-    marker = os.environ.get("LM_EXPERIMENTS_FAULT_EXIT")
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(17)  # the worker dies without cleanup, as a lost node would
-
-
-def _outcome(stage: str, unit: str, res: Any = None, error: str | None = None, skipped: bool = False) -> dict[str, Any]:
-    out = {"stage": stage, "id": unit, "failed": error is not None or skipped, "error": error, "skipped": skipped,
-           "diverged": bool(res.diverged) if res is not None else False}
-    if res is not None and stage == "ft":
-        out["ft_budget"] = int(res.record["ft_budget"])
-    return out
-
-
-def run_locked(ctx: StageContext, stage: str, record: Any, unit: str) -> StageResult:
-    """Run one unit holding its lock (:func:`early_exposure.integrity.unit_lock`): a second
-    process asked for the same run waits for the holder and then returns its finished,
-    verified result. Under ``torchrun`` rank 0 takes the lock and the others wait at a
-    barrier, so every rank enters the run together."""
-    dctx = distributed.context()
-    if not dctx.active:
-        def note(m: str) -> None:
-            print(f"[lock] {m}", file=sys.stderr, flush=True)
-
-        with integrity.unit_lock(lock_path(ctx.out, stage, unit), on_wait=note):
-            return STAGE_FUNCTIONS[stage](ctx, record)
-    with (integrity.unit_lock(lock_path(ctx.out, stage, unit)) if dctx.is_main else contextlib.nullcontext()):
-        distributed.barrier()
-        return STAGE_FUNCTIONS[stage](ctx, record)
-
-
-def run_one(ctx: StageContext, stage: str, record: PreRun | PostRun | FtRun,
-            upstream: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one unit, never raising (but for ``KeyboardInterrupt``): its outcome as a dict."""
-    unit = _unit_id(stage, record)
-    if upstream is not None and upstream["failed"]:
-        return _outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
-    try:
-        _fault_hooks(unit)
-        res = run_locked(ctx, stage, record, unit)
-    except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
-        return _outcome(stage, unit, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-    return _outcome(stage, unit, res)
+_REPO = Path(__file__).resolve().parents[2]  # the checkout's root (Ray workers' PYTHONPATH)
 
 
 def _units(plan: Plan) -> list[tuple[str, Any, str | None]]:
@@ -127,11 +69,9 @@ def run_serial(ctx: StageContext, plan: Plan, on_done: Any, cache_root: Path | N
     config_json = json.dumps(config_to_dict(ctx.cfg), sort_keys=True) if procs > 1 else ""
     for stage, record, up in _units(plan):
         upstream = outcomes.get(up) if up else None
-        if procs > 1:  # each run data-parallel over its own torchrun job (lm_experiments.unit)
-            from lm_experiments.unit import run_unit_procs
-
+        if procs > 1:  # each run data-parallel over its own torchrun job (lm_experiments.runner.launch)
             o = run_unit_procs(stage, record, config_json, str(ctx.out), str(cache_root) if cache_root else None,
-                               upstream, procs, _unit_id(stage, record))
+                               upstream, procs, unit_id(stage, record))
         else:
             o = run_one(ctx, stage, record, upstream)
         outcomes[o["id"]] = o
@@ -155,9 +95,7 @@ def _worker_context(config_json: str, out: str, cache_root: str | None) -> Stage
 def _ray_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
                     upstream: dict[str, Any] | None, nproc: int) -> dict[str, Any]:
     """A multi-process run: this task holds ``nproc`` GPUs (or CPUs) and runs torchrun on them."""
-    from lm_experiments.unit import run_unit_procs
-
-    return run_unit_procs(stage, record, config_json, out, cache_root, upstream, nproc, _unit_id(stage, record))
+    return run_unit_procs(stage, record, config_json, out, cache_root, upstream, nproc, unit_id(stage, record))
 
 
 def _ray_unit(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
@@ -220,8 +158,8 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
         for i, (stage, record, up) in enumerate(_units(plan)):
             ref = task.remote(stage, record, config_json, str(out), str(cache_root) if cache_root else None,
                               refs[up] if up else None, *extra)
-            refs[_unit_id(stage, record)] = ref
-            pending[ref], order[ref] = (stage, _unit_id(stage, record), up), i
+            refs[unit_id(stage, record)] = ref
+            pending[ref], order[ref] = (stage, unit_id(stage, record), up), i
         outcomes: dict[str, dict[str, Any]] = {}
         while pending:
             ray.wait(list(pending), num_returns=1)
@@ -234,12 +172,12 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
                         print(line, file=sys.stderr, flush=True)
                 except Exception as exc:  # noqa: BLE001 - its worker was lost beyond max_retries, or its upstream's
                     if up is not None and outcomes.get(up, {}).get("failed"):
-                        o = _outcome(stage, unit, skipped=True, error=f"upstream run {up} failed")
+                        o = outcome(stage, unit, skipped=True, error=f"upstream run {up} failed")
                     else:
-                        o = _outcome(stage, unit, error=_first_line(exc))
+                        o = outcome(stage, unit, error=_first_line(exc))
                 outcomes[unit] = o
                 on_done(o)
-        return [outcomes[_unit_id(s, r)] for s, r, _ in _units(plan)]
+        return [outcomes[unit_id(s, r)] for s, r, _ in _units(plan)]
     finally:
         if started:
             ray.shutdown()
@@ -271,4 +209,4 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["EXECUTORS", "run_locked", "run_one", "run_serial", "run_ray", "check_executor"]
+__all__ = ["EXECUTORS", "run_serial", "run_ray", "check_executor"]

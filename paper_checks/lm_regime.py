@@ -1,10 +1,10 @@
 """Regime diagnostics of an LM results directory: is the testbed in the paper's regime?
 
-One row per fine-tuning run, read from the run directories (``upstream/pre-*``,
-``upstream/post-*``, ``runs/*`` ``result.json`` files and theta_pre's safetensors header),
+One row per fine-tuning run, read from the run tree (:class:`early_exposure.runs.RunTree`:
+the pre, post and fine-tuning runs' ``result.json`` and theta_pre's safetensors header),
 so it works on any finished or partial sweep::
 
-    python -m lm_experiments.regime OUT        # print the table (and write OUT/regime.csv)
+    python -m paper_checks.lm_regime OUT        # print the table (and write OUT/regime.csv)
 
 Columns (losses in nats on the reported held-out split; V = vocabulary size):
 
@@ -26,6 +26,7 @@ Columns (losses in nats on the reported held-out split; V = vocabulary size):
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -35,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from early_exposure.io import atomic_write_bytes
+from early_exposure.runs import RunReader, RunTree
 
 COLUMNS = ("run_id", "upstream_id", "pipeline", "method", "mix_fraction", "compute_matched", "seed", "ft_lr",
            "stage1_tokens", "n_params", "tokens_per_param", "vocab_size", "L_pre_pre", "L_pre_pre_over_lnV",
@@ -75,18 +77,16 @@ def _f(d: dict[str, Any], k: str) -> float:
 
 def regime_table(out_dir: str | Path) -> pd.DataFrame:
     """The table of the module docstring for the fine-tuning runs under ``out_dir``. Damaged
-    run directories (:mod:`lm_experiments.rundirs`) are left out and listed in
+    run directories (:mod:`early_exposure.runs`) are left out and listed in
     ``table.attrs["skipped"]`` (``"<dir>: <what is wrong>"``)."""
-    from lm_experiments.rundirs import RunReader
-
-    out = Path(out_dir)
+    tree = RunTree(out_dir)
     reader = RunReader()
     pre_info: dict[str, dict[str, Any]] = {}
-    for p in sorted((out / "upstream").glob("pre-*/result.json")):
-        rec = reader.run(p.parent)
+    for d in tree.run_dirs("pre"):
+        rec = reader.run(d)
         if rec is None:
             continue
-        mdir = p.parent / "model"
+        mdir = d / "model"
         tokens = (rec.get("train") or {}).get("tokens")
         pre_info[rec["pre_id"]] = {"n_params": count_params(mdir), "vocab": _vocab(mdir), "tokens": tokens,
                                    "losses": rec.get("losses", {}), "seed": rec.get("seed"),
@@ -94,13 +94,13 @@ def regime_table(out_dir: str | Path) -> pd.DataFrame:
     # reference of the forgetting fraction: D_post loss of the unmixed theta_pre, per seed
     ref_by_seed = {v["seed"]: _f(v["losses"], "L_post_stage1") for v in pre_info.values() if v["mix_fraction"] == 0}
     post_info = {}
-    for p in sorted((out / "upstream").glob("post-*/result.json")):
-        rec = reader.run(p.parent)
+    for d in tree.run_dirs("post"):
+        rec = reader.run(d)
         if rec is not None:
             post_info[rec["upstream_id"]] = rec
     rows = []
-    for p in sorted((out / "runs").glob("*/result.json")):
-        rec = reader.run(p.parent)
+    for d in tree.run_dirs("ft"):
+        rec = reader.run(d)
         if rec is None:
             continue
         pre = pre_info.get(rec.get("pre_id"), {})
@@ -136,16 +136,24 @@ def regime_table(out_dir: str | Path) -> pd.DataFrame:
 
 def write_regime(out_dir: str | Path) -> Path:
     """``OUT/regime.csv`` (atomically)."""
-    p = Path(out_dir) / "regime.csv"
+    p = RunTree(out_dir).regime
     atomic_write_bytes(p, regime_table(out_dir).to_csv(index=False).encode())
     return p
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m paper_checks.lm_regime",
+                                 description="Regime table of an LM results directory (writes OUT/regime.csv).")
+    ap.add_argument("out", metavar="OUT", help="an lm_experiments run --out directory")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m lm_experiments.regime OUT  (an lm_experiments run --out directory)", file=sys.stderr)
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not Path(a.out).is_dir():
+        print(f"OUT: {a.out} is not a directory (give an lm_experiments run --out directory)", file=sys.stderr)
         return 2
+    args = [a.out]
     df = regime_table(args[0])
     for s in df.attrs.get("skipped", []):
         print(f"skipped damaged run {s}", file=sys.stderr)

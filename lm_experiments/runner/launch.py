@@ -1,19 +1,19 @@
 """One run unit over several processes: ``torchrun`` inside a serial or Ray task.
 
 With ``train.procs_per_run: N`` (N > 1) every pretraining, post-training and fine-tuning run
-of a sweep is data-parallel over N processes (DDP, :mod:`lm_experiments.distributed`: NCCL
+of a sweep is data-parallel over N processes (DDP, :mod:`lm_experiments.engine.distributed`: NCCL
 over N GPUs on CUDA, gloo processes on CPU) with the semantics of one device at the same
-global batch. The executor (:mod:`lm_experiments.executors`) hands each unit to
+global batch. The executor (:mod:`lm_experiments.runner.executors`) hands each unit to
 :func:`run_unit_procs`, which starts::
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m lm_experiments.unit SPEC
+    python -m torch.distributed.run --standalone --nproc_per_node N -m lm_experiments.runner.launch SPEC
 
 in the executor's process (the serial executor) or inside a Ray task that holds N GPUs (or
 N x ``threads`` CPUs) of one node (``--executor ray``): several such runs share a node or a
 cluster as Ray places them. ``--standalone`` gives each run its own rendezvous on a free
 port. ``SPEC`` is a pickle of (stage, record, config, output directory, cache, upstream
 outcome); every rank opens the same context (rank 0 first: it fills the data cache), runs the
-unit through :func:`lm_experiments.executors.run_one` (rank 0 holds the unit's lock, rank 0
+unit through :func:`lm_experiments.runner.unit.run_one` (rank 0 holds the unit's lock, rank 0
 writes every file) and rank 0 writes the outcome as JSON beside the spec. A rank that fails
 ends the job (fail-stop, as under an outer ``torchrun``): the outcome is then a failed run
 with the job's last error line, and a rerun resumes from the checkpoints.
@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from early_exposure.io import atomic_write_json
+from lm_experiments.runner.unit import outcome, run_one
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]  # the checkout's root (the ranks' PYTHONPATH)
 
 
 def _last_error_line(text: str) -> str:
@@ -46,10 +47,8 @@ def _last_error_line(text: str) -> str:
 def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
                    upstream: dict[str, Any] | None, nproc: int, unit: str) -> dict[str, Any]:
     """Run one unit with ``torchrun --nproc_per_node nproc``; its outcome (never raises)."""
-    from lm_experiments.executors import _outcome
-
     if upstream is not None and upstream["failed"]:
-        return _outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
+        return outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
     work = Path(out) / ".units"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix=f"{stage}-{unit}-") as tmp:
@@ -58,11 +57,11 @@ def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_ro
                                        "cache_root": cache_root, "upstream": upstream, "outcome": str(result)}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "lm_experiments.unit", str(spec)]
+               "-m", "lm_experiments.runner.launch", str(spec)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode == 0 and result.is_file():
             return json.loads(result.read_text())
-        return _outcome(stage, unit, error=f"torchrun x{nproc} exited {proc.returncode}: "
+        return outcome(stage, unit, error=f"torchrun x{nproc} exited {proc.returncode}: "
                         f"{_last_error_line(proc.stderr or proc.stdout)}")
 
 
@@ -71,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from lm_experiments import distributed
+    from lm_experiments.engine import distributed
     from lm_experiments.config import config_from_mapping
-    from lm_experiments.executors import run_one
-    from lm_experiments.stages import StageContext
+    from lm_experiments.protocol.context import StageContext
 
     args = sys.argv[1:] if argv is None else argv
     spec = pickle.loads(Path(args[0]).read_bytes())

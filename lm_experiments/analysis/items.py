@@ -37,7 +37,7 @@ document's mean top-1 next-token accuracy over its target tokens in the test blo
 the EOS that ends a document belongs to it; a document with fewer than ``min_tokens``
 targets is left out). The item is correct when that accuracy is strictly above a
 threshold ``tau``, fixed once per pipeline and role for every checkpoint (so before and
-after are judged by the same bar; :mod:`lm_experiments.whatwhere` uses the median of the
+after are judged by the same bar; :mod:`lm_experiments.analysis.whatwhere` uses the median of the
 item accuracies pooled over every checkpoint it evaluates unless a number is given, and
 writes the value it used).
 The test blocks themselves (``seq_len`` tokens each, pieces of documents) give a finer
@@ -294,10 +294,10 @@ def score_mc(model, mc: MCSet, *, batch_size: int = 32, device=None, subset: np.
 # ---- per-document items -----------------------------------------------------------------------
 def block_token_correct(model, blocks: np.ndarray, *, batch_size: int = 16, device=None) -> np.ndarray:
     """bool (num_blocks, seq_len - 1): top-1 next-token correctness on the packed blocks, the
-    reported losses' evaluation (:func:`lm_experiments.evaluate.evaluate`)."""
+    reported losses' evaluation (:func:`lm_experiments.engine.evaluate.evaluate`)."""
     import torch
 
-    from lm_experiments.evaluate import evaluate
+    from lm_experiments.engine.evaluate import evaluate
 
     dev = device if device is not None else torch.device("cpu")
     return evaluate(model, np.asarray(blocks), batch_size=batch_size, device=dev, return_correct=True,

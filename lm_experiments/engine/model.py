@@ -161,7 +161,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
     forward hooks on ``self_attn`` and ``mlp`` (so it also works under ``peft``, which
     wraps only the linear layers inside them). Dropout is active in ``train()`` mode only.
     ``p == 0`` removes the hooks: the forward is then exactly Hugging Face's.
-    Hooks are not serialised; :func:`lm_experiments.evaluate.save_checkpoint` saves
+    Hooks are not serialised; :func:`lm_experiments.engine.evaluate.save_checkpoint` saves
     ``attention_dropout=0`` so a reloaded model carries no half-applied dropout.
     """
     _check_p(p)

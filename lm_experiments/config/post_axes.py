@@ -1,7 +1,7 @@
 """The post-training sweep axes: one definition, :class:`PostSetting`, whose fields ARE the axes.
 
 The grid and extras of ``post`` (:class:`lm_experiments.config.PostSection`), the run keys
-(:mod:`lm_experiments.plan`), the frontier's ``post_hparams``, the run labels and the method
+(:mod:`lm_experiments.protocol.plan`), the frontier's ``post_hparams``, the run labels and the method
 names all read the axes from here, so adding an axis is adding one field below (its default,
 range, label and method suffix in :func:`_axis`). An optimizer axis (``optim=True``: it
 overrides the ``post.optim`` field of the same name) defaults to ``None``, "not swept": the run

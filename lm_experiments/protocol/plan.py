@@ -5,7 +5,7 @@ every post-training setting (:class:`PostRun`, plus the compute-matched runs of 
 from each, one fine-tuning run per learning rate (:class:`FtRun`). A run record holds
 everything that determines its output except the resolved config and the prepared data
 (identified by the data fingerprint inside its key), so a run can execute in any process
-given only its record, the config and the output directory (:mod:`lm_experiments.stages`).
+given only its record, the config and the output directory (:mod:`lm_experiments.protocol.stages`).
 
 Run keys hash everything that determines a stage's output. Their layout (key schema 1) is
 kept stable across code versions, so a results directory written earlier resumes rather
@@ -28,7 +28,7 @@ from early_exposure.errors import ConfigError
 from early_exposure.io import stable_hash
 from early_exposure.seeding import stream
 from lm_experiments.config import LORA_TARGETS, PipelineConfig
-from lm_experiments.post_axes import POST_AXES, PostSetting
+from lm_experiments.config.post_axes import POST_AXES, PostSetting
 
 #: Fixed seed of the D_post subset (``post.post_train_tokens``): the same D_post for every
 #: root seed, as the paper's D_post is one fixed dataset.
@@ -288,8 +288,8 @@ def estimate_seconds(cfg: PipelineConfig, plan: Plan, prepared: Any, device: Any
     """
     import torch
 
-    from lm_experiments.device import autocast_context
-    from lm_experiments.model import build_model
+    from lm_experiments.engine.device import autocast_context
+    from lm_experiments.engine.model import build_model
 
     T = plan.sizes["seq_len"]
     model = build_model(cfg.model.preset, vocab_size=len(prepared.tokenizer), max_seq_len=T, seed=0).to(device)

@@ -1,12 +1,12 @@
 """The saved models of a sweep: their model cards, an index of them, loading one to train.
 
-* :func:`model_card` -- the ``README.md`` that :func:`lm_experiments.evaluate.save_checkpoint`
+* :func:`model_card` -- the ``README.md`` that :func:`lm_experiments.engine.evaluate.save_checkpoint`
   writes into every checkpoint: architecture and lineage (stage, run ids, mixing fraction,
   post-training setting, seed, losses) from the ``extra`` dict it is given.
 * :func:`write_checkpoint_index` -- ``OUT/checkpoints.csv``: one row per saved model of a
   sweep's output directory (``upstream/pre-*``, ``upstream/post-*`` and their stage-2
   trajectory, ``runs/*`` when fine-tuned models were kept), read from the runs'
-  ``result.json`` files (:mod:`lm_experiments.stages`).
+  ``result.json`` files (:mod:`lm_experiments.protocol.stages`).
 * :func:`load_model` -- ``AutoModelForCausalLM.from_pretrained`` with ``use_cache=False`` for
   training: checkpoints are saved with ``use_cache=True`` for ``generate``.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from early_exposure.frontier import method_name
 from early_exposure.io import atomic_write_text
-from lm_experiments.rundirs import read_run
+from early_exposure.runs import RunTree, read_run
 
 #: the columns of ``checkpoints.csv``, in order
 INDEX_COLUMNS: tuple[str, ...] = (
@@ -97,7 +97,7 @@ def model_card(extra: dict[str, Any], *, config: Any = None, special_ids: dict[s
 
 def load_model(path: str | os.PathLike[str], device: Any = None, *, for_training: bool = True) -> Any:
     """``AutoModelForCausalLM.from_pretrained(path)`` on ``device``; ``for_training`` turns the
-    saved ``use_cache=True`` (for ``generate``) off, as :func:`lm_experiments.model.build_model`
+    saved ``use_cache=True`` (for ``generate``) off, as :func:`lm_experiments.engine.model.build_model`
     has it (no key-value cache built in training forwards or under ``torch.compile``)."""
     from transformers import AutoModelForCausalLM
 
@@ -134,9 +134,10 @@ def _hparams(h: Any) -> str:
 
 def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The rows of :func:`write_checkpoint_index` (dicts over :data:`INDEX_COLUMNS`; None
-    where a value does not apply). Damaged run directories (:mod:`lm_experiments.rundirs`)
+    where a value does not apply). Damaged run directories (:mod:`early_exposure.runs`)
     are left out."""
     out = Path(out_dir)
+    tree = RunTree(out)
     rows: list[dict[str, Any]] = []
 
     def row(**kw: Any) -> None:
@@ -145,18 +146,18 @@ def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         r["model_dir"] = Path(os.path.relpath(kw["model_dir"], out)).as_posix()
         rows.append(r)
 
-    for p in sorted(out.glob("upstream/pre-*/result.json")):
-        rec = read_run(p.parent, strict=False)[0]  # None: damaged (redone by the next run), left out
+    for d_run in tree.run_dirs("pre"):
+        rec = read_run(d_run, strict=False)[0]  # None: damaged (redone by the next run), left out
         if rec is None:
             continue
-        d = _model_dir(p.parent, rec)
+        d = _model_dir(d_run, rec)
         if d is None or rec.get("diverged"):
             continue
         row(stage="pre", id=rec.get("pre_id"), pre_id=rec.get("pre_id"), method=method_name(
             mixed=float(rec.get("mix_fraction") or 0) > 0), mix_fraction=rec.get("mix_fraction"),
             seed=rec.get("seed"), model_dir=d)
-    for p in sorted(out.glob("upstream/post-*/result.json")):
-        rec = read_run(p.parent, strict=False)[0]  # None: damaged (redone by the next run), left out
+    for d_run in tree.run_dirs("post"):
+        rec = read_run(d_run, strict=False)[0]  # None: damaged (redone by the next run), left out
         if rec is None:
             continue
         if rec.get("diverged"):
@@ -165,20 +166,20 @@ def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                       method=_post_method(rec.get("mix_fraction"), rec.get("setting")),
                       mix_fraction=rec.get("mix_fraction"), post_hparams=_hparams(rec.get("setting")),
                       seed=rec.get("seed"), compute_matched=rec.get("compute_matched"))
-        d = _model_dir(p.parent, rec)
+        d = _model_dir(d_run, rec)
         if d is not None:
             row(stage="post", id=rec.get("upstream_id"), L_im=(rec.get("losses") or {}).get("L_im"), model_dir=d,
                 **common)
-        for m in sorted(p.parent.glob("trajectory/step-*/meta.json")):  # the matched-L_im study's checkpoints
+        for m in sorted(RunTree.post_trajectory(d_run).glob("step-*/meta.json")):  # the matched-L_im study's checkpoints
             if (m.parent / "model").is_dir():
                 meta = _read(m)
                 row(stage="post-trajectory", id=rec.get("upstream_id"), step=meta.get("step"), L_im=meta.get("L_im"),
                     model_dir=m.parent / "model", **common)
-    for p in sorted(out.glob("runs/*/result.json")):
-        rec = read_run(p.parent, strict=False)[0]  # None: damaged (redone by the next run), left out
+    for d_run in tree.run_dirs("ft"):
+        rec = read_run(d_run, strict=False)[0]  # None: damaged (redone by the next run), left out
         if rec is None:
             continue
-        d = p.parent / "model"
+        d = d_run / "model"
         if not d.is_dir() or rec.get("diverged"):
             continue
         row(stage="ft", id=rec.get("run_id"), pre_id=rec.get("pre_id"), upstream_id=rec.get("upstream_id"),
@@ -208,4 +209,4 @@ def write_checkpoint_index(out_dir: str | os.PathLike[str]) -> Path:
     w.writeheader()
     for r in checkpoint_rows(out):
         w.writerow({k: "" if v is None else v for k, v in r.items()})
-    return atomic_write_text(out / "checkpoints.csv", buf.getvalue())
+    return atomic_write_text(RunTree(out).checkpoint_index, buf.getvalue())

@@ -54,7 +54,7 @@ def fused_backend() -> str | None:
 
 def _plain_head(model: nn.Module) -> nn.Linear | None:
     """The model's output head when it is a bias-free ``nn.Linear`` (not LoRA-wrapped)."""
-    from lm_experiments.model import _llama_core
+    from lm_experiments.engine.model import _llama_core
 
     try:
         head = _llama_core(model).lm_head
@@ -197,7 +197,7 @@ class CausalLMLoss(nn.Module):
     def __init__(self, model: nn.Module, *, cross_entropy: str = "plain", chunk_tokens: int = 8192,
                  compile: bool = False) -> None:
         super().__init__()
-        from lm_experiments.model import _llama_core
+        from lm_experiments.engine.model import _llama_core
 
         if cross_entropy not in ("plain", "chunked", "fused:liger", "fused:cce"):
             raise ConfigError("train.cross_entropy", f"expected a resolved mode, got {cross_entropy!r}")

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lm_experiments.analysis.results import load_checkpoint
+
 __all__ = ["rollback_units", "rolled_back", "rollback_profile", "update_cosine", "subspace_overlap",
            "update_geometry", "depth_order", "where_tables"]
 
@@ -206,7 +208,7 @@ def update_geometry(theta_pre: nn.Module, theta_post: nn.Module, theta_ft: nn.Mo
     return rows
 
 
-# ---- the tables of lm_experiments.whatwhere -----------------------------------------------------
+# ---- the tables of lm_experiments.analysis.whatwhere -----------------------------------------------------
 BASE_METHODS = ("unmixed", "mixed")
 RUN_KEYS = ("pipeline", "method", "mix_fraction", "compute_matched", "seed", "ft_lr", "run_id", "upstream_id")
 
@@ -218,7 +220,7 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
     """``update_geometry.csv`` (+ ``update_geometry_map.csv``) for every run of ``res.ft`` and
     ``rollback.csv`` (+ ``depth_profile.csv``) for the runs of the base arms (``rollback_arms
     = "base"``) or of every arm (``"all"``) at ``rollback_lr`` (default: the largest lr);
-    returns what was rolled back. ``res`` is a :class:`lm_experiments.whatwhere.Results`.
+    returns what was rolled back. ``res`` is a :class:`lm_experiments.analysis.whatwhere.Results`.
     Without ``all_units`` the parts of single layers (``layers.<i>.attention`` / ``.mlp`` /
     ``.norm``) and ``layer_norms`` are left out of the rollback (not of the geometry): the
     module groups ``attention`` / ``mlp`` over all layers stay."""
@@ -226,9 +228,8 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
 
     import pandas as pd
 
-    from lm_experiments import items as it
-    from lm_experiments.evaluate import evaluate
-    from lm_experiments.whatwhere import _load
+    from lm_experiments.analysis import items as it
+    from lm_experiments.engine.evaluate import evaluate
 
     lrs = sorted({float(r["ft_lr"]) for r in res.ft.values()})
     lr_rb = float(rollback_lr) if rollback_lr is not None else (lrs[-1] if lrs else float("nan"))
@@ -248,9 +249,9 @@ def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.n
     for rid, r in sorted(res.ft.items()):
         base = {c: r.get(c) for c in RUN_KEYS}
         base["pipeline"] = res.pipeline
-        m_pre = _load(res.model_dir("pre", r["pre_id"]))
-        m_post = _load(res.model_dir("post", r["upstream_id"]))
-        m_ft = _load(ft_dirs[rid])
+        m_pre = load_checkpoint(res.model_dir("pre", r["pre_id"]))
+        m_post = load_checkpoint(res.model_dir("post", r["upstream_id"]))
+        m_ft = load_checkpoint(ft_dirs[rid])
         geo += [{**base, **g} for g in update_geometry(m_pre, m_post, m_ft)]
         if rid not in sel:
             continue

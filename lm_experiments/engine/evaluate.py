@@ -26,8 +26,8 @@ from torch import nn
 
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_json
-from lm_experiments.device import autocast_context, check_precision
-from lm_experiments.model import _eval_mode
+from lm_experiments.engine.device import autocast_context, check_precision
+from lm_experiments.engine.model import _eval_mode
 
 
 _CE_CHUNK_LOGITS = 1 << 26  # fp32 logits materialised at once by evaluate (256 MB)
@@ -67,7 +67,7 @@ def evaluate(model: nn.Module, blocks: np.ndarray, *, batch_size: int, device: t
         raise ConfigError("eval.blocks", f"need integer token ids, got dtype {blocks.dtype}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("eval.batch_size", f"must be a positive integer, got {batch_size!r}")
-    from lm_experiments import distributed
+    from lm_experiments.engine import distributed
 
     dctx = distributed.context()
     if shard is None:
@@ -143,7 +143,7 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
     (``save_pretrained`` for a ``transformers`` tokenizer, ``tokenizer.json`` for a raw
     ``tokenizers.Tokenizer``; skipped when None), ``extra.json`` (``extra``, e.g. the
     resolved config, seed, losses, provenance) and a model card ``README.md`` (the lineage
-    in ``extra``, :func:`lm_experiments.checkpoints.model_card`). Atomic: everything goes
+    in ``extra``, :func:`lm_experiments.engine.checkpoints.model_card`). Atomic: everything goes
     to a sibling temp directory that is renamed onto ``out_dir`` (an existing ``out_dir``
     is replaced); files and directories get the umask's modes (``early_exposure.io``).
     A ``PeftModel`` is merged on a copy first.
@@ -152,14 +152,14 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
     keeps ``use_cache=False``) in what inference needs: the tokenizer's
     ``bos/eos/pad_token_id`` (so ``generate`` stops at EOS), ``use_cache=True`` (a
     key-value cache for generation; load with ``use_cache=False`` to train,
-    :func:`lm_experiments.checkpoints.load_model`) and ``attention_dropout=0`` (dropout
+    :func:`lm_experiments.engine.checkpoints.load_model`) and ``attention_dropout=0`` (dropout
     is a training setting, ``model.set_dropout``; its rate belongs in ``extra``). The same
     ids and ``use_cache`` go into ``generation_config.json`` (``GenerationConfig``).
     """
     from transformers import GenerationConfig
 
     from early_exposure.io import atomic_dir, atomic_write_text
-    from lm_experiments.checkpoints import model_card
+    from lm_experiments.engine.checkpoints import model_card
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
         import peft
 
         if isinstance(model, peft.PeftModel):
-            from lm_experiments.model import merge_lora
+            from lm_experiments.engine.model import merge_lora
 
             model = merge_lora(copy.deepcopy(model))
     except ImportError:

@@ -2,7 +2,7 @@
 
 One function, :func:`train`: AdamW with betas (0.9, 0.95) and decoupled weight decay on
 matrices only, linear warmup then cosine decay to ``min_lr`` over ``len(source)`` steps
-(:func:`lm_experiments.optim.lr_at`), gradient clipping, bf16 autocast on GPUs, a tqdm bar with tokens/s and
+(:func:`lm_experiments.engine.optim.lr_at`), gradient clipping, bf16 autocast on GPUs, a tqdm bar with tokens/s and
 ETA, early stopping on a validation loss (post-training, Sec. 3: "early stopping on
 D_post validation loss"), divergence detection (a non-finite loss stops the run with
 ``diverged=True``; never an exception), and resumable atomic checkpoints.
@@ -21,11 +21,11 @@ caller saves the final model (e.g. ``evaluate.save_checkpoint``). ``stop_after_s
 simulates an interruption: it writes a checkpoint and returns with the checkpoint kept.
 
 Fast path (``compile``, ``cross_entropy``, ``ce_chunk_tokens``; config section ``train``):
-the loss is :class:`lm_experiments.losses.CausalLMLoss` (Hugging Face's plain loss, a
+the loss is :class:`lm_experiments.engine.losses.CausalLMLoss` (Hugging Face's plain loss, a
 chunked linear cross-entropy in plain torch, or a fused kernel on CUDA), optionally
 ``torch.compile``-d; AdamW is fused on CUDA. The defaults (no compile, ``auto`` = plain off
 CUDA) are bitwise the plain path on CPU. Several processes (``torchrun``): DDP at the same
-global batch, see :mod:`lm_experiments.distributed`. FLOPs and MFU of each run are in the
+global batch, see :mod:`lm_experiments.engine.distributed`. FLOPs and MFU of each run are in the
 :class:`TrainResult` (``flops``, ``mfu``).
 """
 
@@ -49,10 +49,10 @@ from early_exposure import integrity
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_via
 from early_exposure.seeding import int_seed
-from lm_experiments import distributed
-from lm_experiments.device import autocast_context, check_precision, device_name, device_peak_tflops
-from lm_experiments.losses import CausalLMLoss, resolve_cross_entropy
-from lm_experiments.optim import OptimConfig, lr_at, make_optimizer
+from lm_experiments.engine import distributed
+from lm_experiments.engine.device import autocast_context, check_precision, device_name, device_peak_tflops
+from lm_experiments.engine.losses import CausalLMLoss, resolve_cross_entropy
+from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
 
 STATE_FILE = "state.pt"
 _FORMAT = 1
@@ -175,7 +175,7 @@ def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, p
 
     ``loss_fn(xi)`` gives the mean loss of rows ``xi`` (default: Hugging Face's,
     ``model(input_ids=xi, labels=xi).loss``; the engine passes a
-    :class:`~lm_experiments.losses.CausalLMLoss`, possibly DDP-wrapped). Data parallel:
+    :class:`~lm_experiments.engine.losses.CausalLMLoss`, possibly DDP-wrapped). Data parallel:
     ``x`` is this rank's slice of a global batch of ``global_rows`` rows over ``world``
     ranks; micro-batch losses are weighted by ``rows * world / global_rows`` so that DDP's
     gradient average is the gradient of the global mean (the returned value is this rank's
@@ -232,9 +232,9 @@ def train(
     Args:
         model: a ``LlamaForCausalLM`` (or ``PeftModel``) already on ``device``.
         source: step-indexed batches; ``len(source)`` is the schedule length.
-        optim: AdamW and schedule settings (:func:`lm_experiments.optim.lr_at`).
+        optim: AdamW and schedule settings (:func:`lm_experiments.engine.optim.lr_at`).
         ckpt_dir: directory for the resumable checkpoint (see module docstring).
-        device, precision: see :mod:`lm_experiments.device`.
+        device, precision: see :mod:`lm_experiments.engine.device`.
         eval_fn: validation loss of the model (it may switch to eval mode; train mode is
             restored afterwards). Called after every ``eval_every`` completed steps and
             after the last step. With ``eval_fn``, the best-scoring trainable weights are
@@ -253,14 +253,14 @@ def train(
             (e.g. to save the stage-2 trajectory); it must not change the model.
         restore_best: with ``eval_fn``, load the best-scoring weights at the end (default);
             False keeps the last weights (evaluations are then only recorded).
-        compile: ``torch.compile`` the training forward (:class:`~lm_experiments.losses.CausalLMLoss`);
+        compile: ``torch.compile`` the training forward (:class:`~lm_experiments.engine.losses.CausalLMLoss`);
             evaluation runs the eager model.
         cross_entropy: ``auto`` | ``plain`` | ``chunked`` | ``fused``
-            (:func:`~lm_experiments.losses.resolve_cross_entropy`; ``auto`` is ``plain`` off CUDA).
+            (:func:`~lm_experiments.engine.losses.resolve_cross_entropy`; ``auto`` is ``plain`` off CUDA).
         ce_chunk_tokens: tokens per chunk of the chunked cross-entropy.
 
     In a multi-process job (an initialised process group, e.g. under ``torchrun``) the run
-    is data-parallel at the same global batch (:mod:`lm_experiments.distributed`); rank 0
+    is data-parallel at the same global batch (:mod:`lm_experiments.engine.distributed`); rank 0
     writes the checkpoints. Neither the fast-path options nor the world size enter the
     checkpoint fingerprint: a run may resume with other ones (same math, float tolerance).
 
@@ -269,7 +269,7 @@ def train(
         ends the run (before the weights are updated) with
         ``diverged=True`` (best weights restored when an evaluation had succeeded).
     """
-    from lm_experiments.model import train_flops_per_token
+    from lm_experiments.engine.model import train_flops_per_token
 
     check_precision(precision)
     total_steps = len(source)
