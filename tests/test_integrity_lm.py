@@ -24,7 +24,7 @@ import yaml
 from early_exposure.integrity import manifest_path, unit_lock
 from lm_experiments.cli import run
 from lm_experiments.engine.optim import OptimConfig
-from early_exposure.runs import lock_path
+from early_exposure.runs import RunTree
 from lm_experiments.engine.train import train
 from lm_tiny import ArraySource, tiny_model, write_corpora
 
@@ -180,7 +180,7 @@ def test_two_concurrent_runs_on_one_directory_train_each_unit_once(ref: dict, tm
     env = {**os.environ, "LM_EXPERIMENTS_TRAINING_LOG": str(log), "PYTHONPATH": str(ROOT / "tests") + os.pathsep
            + str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "lm_experiments", *ref["argv"][:3], "--out", str(out), *ref["argv"][3:]]
-    first = lock_path(out, "pre", ref["plan"]["pre"][0])
+    first = RunTree(out).lock("pre", ref["plan"]["pre"][0])
     errs = [tmp_path / f"err{i}.txt" for i in range(2)]
     handles = [open(e, "w") for e in errs]
     try:
