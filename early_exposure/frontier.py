@@ -11,7 +11,9 @@ The protocol's words, used by both halves in configs, tables and figures:
   ``ft`` (fine-tuning on D_ft);
 - the four losses of the table (:data:`LOSS_COLUMNS`): ``L_im`` = L(theta_post; D_post),
   ``L_ret`` = L(theta_ft; D_post), ``L_ft`` = L(theta_ft; D_ft), ``L_pre`` = L(theta_ft; D_pre);
-- the two views of the frontier (:data:`VIEWS`) and the arm of a method (:func:`select_arm`).
+- the two views of the frontier (:data:`VIEWS`) and the arm of a method (:func:`select_arm`);
+- method names: ``unmixed`` / ``mixed`` (:data:`BASE_METHODS`) with the suffixes of the stage-2
+  interventions (:mod:`early_exposure.interventions`), :func:`method_name`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from early_exposure import interventions
+from early_exposure.interventions import BASE_METHODS
 from early_exposure.io import atomic_write_bytes
 
 FRONTIER_COLUMNS: tuple[str, ...] = (
@@ -38,22 +42,24 @@ LOSS_COLUMNS: tuple[str, ...] = ("L_im", "L_ret", "L_ft", "L_pre")
 SIDES = ("theory", "lm")
 #: view name -> (x column, y column) of a frontier plot or check; both minimised
 VIEWS: dict[str, tuple[str, str]] = {"ret_ft": ("L_ft", "L_ret"), "pre_ret": ("L_ret", "L_pre")}
-BASE_METHODS: tuple[str, ...] = ("unmixed", "mixed")
-_SUFFIXES = ("+replay", "+dropout", "+lora")
 
 
 def check_method(method: str) -> None:
-    """``unmixed`` or ``mixed`` followed by any of ``+replay``, ``+dropout``, ``+lora``."""
+    """``unmixed`` or ``mixed`` followed by any of the registered stage-2 interventions'
+    suffixes (:mod:`early_exposure.interventions`: ``+replay``, ``+dropout``, ``+lora``)."""
     base, *rest = method.split("+")
-    if base not in BASE_METHODS or any(f"+{r}" not in _SUFFIXES for r in rest):
+    if base not in BASE_METHODS or any(f"+{r}" not in interventions.suffixes() for r in rest):
         raise ValueError(
-            f"method {method!r} must be 'unmixed' or 'mixed' with optional suffixes {_SUFFIXES}"
+            f"method {method!r} must be 'unmixed' or 'mixed' with optional suffixes {interventions.suffixes()}"
         )
 
 
-def method_name(mixed: bool, replay: bool = False, dropout: bool = False, lora: bool = False) -> str:
-    return ("mixed" if mixed else "unmixed") + ("+replay" if replay else "") + (
-        "+dropout" if dropout else "") + ("+lora" if lora else "")
+def method_name(mixed: bool, **on: bool) -> str:
+    """``mixed`` / ``unmixed`` followed by the suffixes of the interventions set true in ``on``
+    (names of :data:`early_exposure.interventions.INTERVENTIONS`), in canonical order."""
+    for name in on:
+        interventions.by_name(name)  # an unknown name is a bug: KeyError naming the registry
+    return ("mixed" if mixed else "unmixed") + interventions.method_suffix({k for k, v in on.items() if v})
 
 
 def make_row(**kw: Any) -> dict[str, Any]:

@@ -32,15 +32,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 
+from early_exposure import interventions  # noqa: E402
 from early_exposure.frontier import read_frontier  # noqa: E402
 from early_exposure.integrity import check  # noqa: E402
 from early_exposure.io import atomic_write_figure  # noqa: E402
 from early_exposure.runs import RunTree, read_run  # noqa: E402
 
-#: one colour per method family, as in the paper (unmixed black, mixed purple)
-COLOURS = {"unmixed": "black", "mixed": "tab:purple", "mixed+replay": "tab:green", "mixed+dropout": "tab:orange",
-           "unmixed+replay": "tab:olive", "unmixed+dropout": "tab:brown", "unmixed+lora": "dimgray",
-           "mixed+lora": "mediumpurple"}
+#: one colour per method family, as in the paper (unmixed black, mixed purple), then each
+#: stage-2 intervention's pair (:func:`early_exposure.interventions.colours`)
+COLOURS = interventions.colours()
 
 
 #: where progress notes go (``print`` on the command line, a list in tests)

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from early_exposure import interventions  # noqa: E402
 from figures.common import Logger, safe_name, save  # noqa: E402
 
 #: item sets shown in the map, in order, with their plain names (absent ones are left out)
@@ -30,7 +31,7 @@ SETS = {"post.mc": "D_post k-way choice (chance-adjusted)", "post.answer": "D_po
         "ft.mc": "D_ft k-way choice (chance-adjusted)", "ft.answer": "D_ft answer tokens", "ft.em": "D_ft exact match",
         "ft.block": "D_ft blocks", "ft.doc": "D_ft documents"}
 PAIRS = {"post->ft": "fine-tuning (theta_post -> theta_ft)", "pre->post": "post-training (theta_pre -> theta_post)"}
-ARM_ORDER = ("", "+dropout", "+replay", "+lora")
+ARM_ORDER = ("", *interventions.suffixes())  # the registry's canonical order
 
 
 def _arm_label(method: str, lam: float, cm: bool) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from early_exposure import interventions
 from early_exposure.errors import ConfigError
 from early_exposure.frontier import BASE_METHODS, VIEWS, select_arm
 from early_exposure.pareto import front_box, hypervolume, loss_gap_at_matched_x, pareto_front
@@ -342,21 +343,30 @@ def check_sec42(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
     return "INCONCLUSIVE", f"intervals include zero: {desc}", data
 
 
-#: (claim letter, id suffix, source, claim text, baseline, candidate, views)
-FRONTIER_CLAIMS: tuple[tuple[str, str, str, str, str, str, tuple[str, ...]], ...] = (
-    ("a", "mixing", "Section 4.3, Figure 2",
-     "early exposure (mixed pretraining) improves the frontier", "unmixed", "mixed", ("ret_ft", "pre_ret")),
-    ("d", "replay_on_top", "Section 4.4, Figures 4-5",
-     "replay improves the frontier on top of mixing", "mixed", "mixed+replay", ("ret_ft", "pre_ret")),
-    ("d", "dropout_on_top", "Section 4.4, Figures 4-5",
-     "dropout improves the frontier on top of mixing", "mixed", "mixed+dropout", ("ret_ft", "pre_ret")),
-    ("d", "replay_alone_less", "Appendix B.2, Figure 6",
-     "replay alone (unmixed) improves the frontier less than mixing", "unmixed+replay", "mixed", ("ret_ft",)),
-    ("d", "dropout_alone_less", "Appendix B.2, Figure 6",
-     "dropout alone (unmixed) improves the frontier less than mixing", "unmixed+dropout", "mixed", ("ret_ft",)),
-    ("e", "lora", "Appendix B.3, Figure 7",
-     "mixing also improves the LoRA frontier", "unmixed+lora", "mixed+lora", ("ret_ft",)),
-)
+#: claim kind of a stage-2 intervention X (:mod:`early_exposure.interventions`) -> (claim letter,
+#: id format, claim text format, baseline, candidate, views)
+INTERVENTION_CLAIMS: dict[str, tuple[str, str, str, str, str, tuple[str, ...]]] = {
+    "on_top": ("d", "{name}_on_top", "{title} improves the frontier on top of mixing", "mixed", "mixed{suffix}",
+               ("ret_ft", "pre_ret")),
+    "alone_less": ("d", "{name}_alone_less", "{title} alone (unmixed) improves the frontier less than mixing",
+                   "unmixed{suffix}", "mixed", ("ret_ft",)),
+    "mixing_within": ("e", "{name}", "mixing also improves the {title} frontier", "unmixed{suffix}", "mixed{suffix}",
+                      ("ret_ft",)),
+}
+
+
+def frontier_claims() -> tuple[tuple[str, str, str, str, str, str, tuple[str, ...]], ...]:
+    """(claim letter, id suffix, source, claim text, baseline, candidate, views): claim (a), then
+    each claim kind over the registered stage-2 interventions that the paper makes it of."""
+    out = [("a", "mixing", "Section 4.3, Figure 2",
+            "early exposure (mixed pretraining) improves the frontier", "unmixed", "mixed", ("ret_ft", "pre_ret"))]
+    for kind, (letter, ident, text, base, cand, views) in INTERVENTION_CLAIMS.items():
+        for iv in interventions.registry():
+            if kind in iv.checks:
+                f = {"name": iv.name, "title": iv.title, "suffix": iv.suffix}
+                out.append((letter, ident.format(**f), iv.checks[kind], text.format(**f), base.format(**f),
+                            cand.format(**f), views))
+    return tuple(out)
 
 
 def frontier_checks(df: pd.DataFrame | None, side: str, prefix: str, opts: CheckOptions,
@@ -367,7 +377,7 @@ def frontier_checks(df: pd.DataFrame | None, side: str, prefix: str, opts: Check
     for pipe in pipelines:
         sub = None if pipe is None else df.loc[df["pipeline"] == pipe]
         tag = pipe or "all"
-        for letter, name, source, claim, base, cand, views in FRONTIER_CLAIMS:
+        for letter, name, source, claim, base, cand, views in frontier_claims():
             if letter not in claims:
                 continue
             for view in views:

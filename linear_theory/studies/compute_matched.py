@@ -133,7 +133,7 @@ def frontier_from(df: pd.DataFrame, cm: ComputeMatchedConfig, cfg: SimConfig) ->
                     "study": r["study"], "mix_fraction": frac, "seed": int(r["seed"])}
         out.append(make_row(
             side="theory", pipeline=cm.pipeline,
-            method=method_name(frac > 0, cfg.stages.post.replay > 0, cfg.stages.post.dropout > 0),
+            method=method_name(frac > 0, replay=cfg.stages.post.replay > 0, dropout=cfg.stages.post.dropout > 0),
             mix_fraction=frac, compute_matched=r["study"] == "4.2", upstream_id=stable_hash(upstream),
             post_hparams=hp, ft_lr=cfg.stages.ft.lr, ft_budget=float(cfg.stages.ft.steps), seed=int(r["seed"]),
             **{k: float(r[k]) for k in LOSS_COLUMNS},

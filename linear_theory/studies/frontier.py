@@ -138,7 +138,7 @@ def frontier_rows(fc: FrontierConfig, *, progress: bool = False) -> tuple[list[d
             upstream = {"task": d["task"], "model": d["model"], "pre": d["stages"]["pre"], "post": d["stages"]["post"]}
             post = d["stages"]["post"]
             rows.append(make_row(
-                side="theory", pipeline=fc.pipeline, method=method_name(frac > 0, replay > 0, dropout > 0),
+                side="theory", pipeline=fc.pipeline, method=method_name(frac > 0, replay=replay > 0, dropout=dropout > 0),
                 mix_fraction=float(frac), compute_matched=False, upstream_id=stable_hash(upstream),
                 post_hparams={k: post[k] for k in ("steps", "lr", "reg", "replay", "dropout")},
                 ft_lr=float(vals["stages.ft.lr"]), ft_budget=float(vals["stages.ft.steps"]),

@@ -56,9 +56,9 @@ from early_exposure.runs import RunTree
 from lm_experiments.analysis import items as it
 from lm_experiments.analysis.results import Results, ResultsError, load_checkpoint, open_results  # noqa: F401
 
-BASE_METHODS = ("unmixed", "mixed")
-from lm_experiments.analysis.whatwhere_tables import (RATE_METRICS, RUN_KEYS, _GROUP, agreement_rows,  # noqa: E402,F401
-                                             correctness, seed_map, thresholds, transition_rows)
+from lm_experiments.analysis.whatwhere_tables import (  # noqa: F401 - RATE_METRICS, RUN_KEYS: re-exported
+    GROUP_KEYS, RATE_METRICS, RUN_KEYS, agreement_rows, correctness, seed_map, thresholds, transition_rows,
+)
 
 
 # ---- item suite --------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
         trans, fam = pd.DataFrame(rows), pd.DataFrame(fam_rows)
         _csv(trans, wdir / "transitions.csv")
         _csv(fam, wdir / "families.csv")
-        _csv(seed_map(trans, _GROUP, RATE_METRICS), wdir / "forgetting_map.csv")
+        _csv(seed_map(trans, GROUP_KEYS, RATE_METRICS), wdir / "forgetting_map.csv")
         if not fam.empty:
             _csv(seed_map(fam, ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "set", "family"],
                           RATE_METRICS), wdir / "families_map.csv")

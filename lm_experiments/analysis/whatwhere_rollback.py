@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from early_exposure.interventions import BASE_METHODS
 from lm_experiments.analysis.results import load_checkpoint
+from lm_experiments.analysis.whatwhere_tables import RUN_KEYS
 
 __all__ = ["rollback_units", "rolled_back", "rollback_profile", "update_cosine", "subspace_overlap",
            "update_geometry", "depth_order", "where_tables"]
@@ -209,8 +211,6 @@ def update_geometry(theta_pre: nn.Module, theta_post: nn.Module, theta_ft: nn.Mo
 
 
 # ---- the tables of lm_experiments.analysis.whatwhere -----------------------------------------------------
-BASE_METHODS = ("unmixed", "mixed")
-RUN_KEYS = ("pipeline", "method", "mix_fraction", "compute_matched", "seed", "ft_lr", "run_id", "upstream_id")
 
 
 def where_tables(res: Any, suite: dict[str, Any], corr: dict[str, dict[str, np.ndarray]], ft_dirs: dict[str, Any], *,

@@ -72,7 +72,7 @@ def transition_rows(res: Any, corr: dict[str, dict[str, np.ndarray]], suite: dic
     return rows, fam_rows
 
 
-_GROUP = ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "pair", "set"]
+GROUP_KEYS = ["pipeline", "method", "mix_fraction", "compute_matched", "ft_lr", "pair", "set"]
 
 
 def seed_map(df: pd.DataFrame, group: list[str], metrics: tuple[str, ...] | list[str]) -> pd.DataFrame:

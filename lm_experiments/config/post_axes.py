@@ -2,8 +2,9 @@
 
 The grid and extras of ``post`` (:class:`lm_experiments.config.PostSection`), the run keys
 (:mod:`lm_experiments.protocol.plan`), the frontier's ``post_hparams``, the run labels and the method
-names all read the axes from here, so adding an axis is adding one field below (its default,
-range, label and method suffix in :func:`_axis`). An optimizer axis (``optim=True``: it
+names all read the axes from here. An axis that is a stage-2 intervention (replay, dropout,
+LoRA) comes from its entry in :mod:`early_exposure.interventions`; the others are listed in
+:data:`_BASE_AXES` (default, range, label in :func:`_axis`). An optimizer axis (``optim=True``: it
 overrides the ``post.optim`` field of the same name) defaults to ``None``, "not swept": the run
 uses ``post.optim``'s value, which the run key holds through the section, and the setting's
 identity (:meth:`PostSetting.as_dict`) leaves the axis out, so a new axis keeps the ids of the
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from early_exposure import interventions
 from early_exposure.configs import coerce as coerce_value
 from early_exposure.configs import check_range, join_path
 from early_exposure.errors import ConfigError
@@ -31,22 +33,26 @@ def _axis(default: Any, *, lo: float | None = None, hi: float | None = None, lo_
                                             "label": label, "suffix": suffix, "optim": optim})
 
 
-@dataclass(frozen=True)
-class PostSetting:
-    """One point of the post-training sweep. Its fields ARE the sweep axes.
+#: the axes that are not stage-2 interventions: (name, type, field)
+_BASE_AXES: tuple[tuple[str, Any, Any], ...] = (
+    ("lr", float | None, _axis(None, lo=0.0, lo_open=True, label="lr={:g}", optim=True)),
+    ("batch_size", int, _axis(16, lo=1, hi=2**20, label="b={}")),  # hi: as every batch size (config.MAX_BATCH)
+    ("weight_decay", float | None, _axis(None, lo=0.0, label="wd={:g}", optim=True)),
+)
+#: the order of the axes that existed before the registry (it fixes the sweep grid's order, hence
+#: plan order); axes added later (new interventions) follow in registry order
+_AXIS_ORDER = ("lr", "dropout", "batch_size", "replay", "lora", "weight_decay")
 
-    ``dropout`` is real dropout in the network (LoRA runs: the LoRA dropout, paper Table 9);
-    ``replay`` is the fraction of D_pre blocks mixed into post-training (paper: 1%);
-    ``lr`` and ``weight_decay`` override ``post.optim`` (``None``: not swept, ``post.optim``'s value).
-    """
 
-    lr: float | None = _axis(None, lo=0.0, lo_open=True, label="lr={:g}", optim=True)
-    dropout: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="p={:g}", suffix="+dropout")
-    batch_size: int = _axis(16, lo=1, hi=2**20, label="b={}")  # hi: as every batch size (config.MAX_BATCH)
-    replay: float = _axis(0.0, lo=0.0, hi=1.0, hi_open=True, label="r={:g}", suffix="+replay")
-    lora: bool = _axis(False, label="lora={}", suffix="+lora")
-    weight_decay: float | None = _axis(None, lo=0.0, label="wd={:g}", optim=True)
+def _axes() -> list[tuple[str, Any, Any]]:
+    axes = list(_BASE_AXES) + [
+        (i.name, i.axis_type, _axis(i.default, lo=i.lo, hi=i.hi, lo_open=i.lo_open, hi_open=i.hi_open,
+                                    label=i.label, suffix=i.suffix)) for i in interventions.registry()]
+    rank = {n: k for k, n in enumerate(_AXIS_ORDER)}
+    return sorted(axes, key=lambda a: rank.get(a[0], len(rank)))  # stable: new axes in registry order
 
+
+class _PostSettingMethods:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             m = f.metadata
@@ -77,10 +83,25 @@ class PostSetting:
                 parts.append(f.metadata["label"].format(v))
         return " ".join(parts)
 
+    def active(self, name: str) -> bool:
+        """Whether stage-2 intervention ``name`` is on in this setting (non-zero / true)."""
+        return bool(getattr(self, name))
+
     def method_suffix(self) -> str:
-        """``+replay``, ``+dropout``, ``+lora`` in the frontier's canonical order."""
-        on = {f.metadata["suffix"] for f in dataclasses.fields(self) if f.metadata["suffix"] and getattr(self, f.name)}
-        return "".join(s for s in ("+replay", "+dropout", "+lora") if s in on)
+        """The suffixes of the active interventions in the registry's canonical order
+        (``+replay``, ``+dropout``, ``+lora``)."""
+        return interventions.method_suffix({i.name for i in interventions.registry() if self.active(i.name)})
+
+
+#: One point of the post-training sweep. Its fields ARE the sweep axes: ``lr``, ``batch_size``
+#: and ``weight_decay`` (``lr``/``weight_decay`` override ``post.optim``; ``None``: not swept,
+#: ``post.optim``'s value) and one axis per stage-2 intervention of the registry
+#: (:mod:`early_exposure.interventions`): ``dropout`` is real dropout in the network (LoRA runs:
+#: the LoRA dropout, paper Table 9), ``replay`` the fraction of D_pre blocks mixed into
+#: post-training (paper: 1%), ``lora`` low-rank adapters.
+PostSetting = dataclasses.make_dataclass("PostSetting", _axes(), bases=(_PostSettingMethods,), frozen=True)
+PostSetting.__module__ = __name__  # pickled by reference (run records travel to Ray workers)
+PostSetting.__doc__ = "One point of the post-training sweep; its fields are the sweep axes (module docstring)."
 
 
 #: the post-training sweep axes, in order (the fields of :class:`PostSetting`)

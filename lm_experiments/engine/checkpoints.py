@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from early_exposure import interventions
 from early_exposure.frontier import method_name
 from early_exposure.io import atomic_write_text
 from early_exposure.runs import RunTree, read_run
@@ -116,8 +117,8 @@ def _read(p: Path) -> dict[str, Any]:
 
 def _post_method(mix_fraction: Any, setting: dict[str, Any] | None) -> str:
     s = setting or {}
-    return method_name(mixed=float(mix_fraction or 0) > 0, replay=float(s.get("replay") or 0) > 0,
-                       dropout=float(s.get("dropout") or 0) > 0, lora=bool(s.get("lora")))
+    return method_name(mixed=float(mix_fraction or 0) > 0,
+                       **{i.name: bool(s.get(i.name) or i.default) for i in interventions.registry()})
 
 
 def _model_dir(run_dir: Path, rec: dict[str, Any]) -> Path | None:
