@@ -29,7 +29,7 @@ _MISSING = [m for m in OTHER_EXTRAS if importlib.util.find_spec(m) is None]
 _TESTS = Path(__file__).resolve().parent / "tests"
 
 
-def pytest_ignore_collect(collection_path: Path, config) -> bool | None:  # noqa: ANN001 - pytest hook
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
     if not _MISSING or collection_path.suffix != ".py" or collection_path.parent != _TESTS:
         return None
     name = collection_path.name
@@ -38,7 +38,7 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:  # noqa
     return True if not any(fnmatch.fnmatch(name, pat) for pat in THEORY_TEST_MODULES) else None
 
 
-def pytest_report_header(config) -> str | None:  # noqa: ANN001 - pytest hook
+def pytest_report_header(config) -> str | None:
     if not _MISSING:
         return None
     return (f"theory-only install ({', '.join(_MISSING)} not installed): collecting only the theory test "

@@ -43,18 +43,18 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable from a checkout
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from early_exposure.errors import ConfigError, cli_main  # noqa: E402
-from early_exposure.io import atomic_write_json  # noqa: E402
-from early_exposure.provenance import provenance  # noqa: E402
-from lm_experiments.engine.device import device_peak_tflops, resolve_device, uses_bf16  # noqa: E402,F401
-from lm_experiments.engine.evaluate import evaluate  # noqa: E402
-from lm_experiments.engine.losses import CausalLMLoss, linear_cross_entropy, resolve_cross_entropy  # noqa: E402
-from lm_experiments.engine.model import MODEL_PRESETS, build_model, count_parameters, train_flops_per_token  # noqa: E402,F401
-from lm_experiments.engine.optim import OptimConfig, make_optimizer  # noqa: E402
-from lm_experiments.engine.train import loss_and_backward  # noqa: E402
+from early_exposure.errors import ConfigError, cli_main
+from early_exposure.io import atomic_write_json
+from early_exposure.provenance import provenance
+from lm_experiments.engine.device import device_peak_tflops, resolve_device, uses_bf16
+from lm_experiments.engine.evaluate import evaluate
+from lm_experiments.engine.losses import CausalLMLoss, linear_cross_entropy, resolve_cross_entropy
+from lm_experiments.engine.model import MODEL_PRESETS, build_model, count_parameters, train_flops_per_token
+from lm_experiments.engine.optim import OptimConfig, make_optimizer
+from lm_experiments.engine.train import loss_and_backward
 
 VARIANTS = ("eager", "compiled", "eager+plain", "compiled+plain", "eager+chunked", "compiled+chunked",
             "eager+fused", "compiled+fused", "eager+auto", "compiled+auto")

@@ -37,18 +37,18 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from early_exposure.frontier import STAGES  # noqa: E402
-from linear_theory.config import SimConfig, config_from_dict  # noqa: E402
-from linear_theory.simulate import stage_specs  # noqa: E402
-from linear_theory.sweep.engine import run_points, use_cpu_devices  # noqa: E402
-from linear_theory.sweep.grid import parse_grid  # noqa: E402
-from linear_theory.sweep.kernels import flops_full_step  # noqa: E402
-from linear_theory.sweep.plan import make_plan  # noqa: E402
-from linear_theory.tasks import build_task  # noqa: E402
+from early_exposure.frontier import STAGES
+from linear_theory.config import SimConfig, config_from_dict
+from linear_theory.simulate import stage_specs
+from linear_theory.sweep.engine import run_points, use_cpu_devices
+from linear_theory.sweep.grid import parse_grid
+from linear_theory.sweep.kernels import flops_full_step
+from linear_theory.sweep.plan import make_plan
+from linear_theory.tasks import build_task
 
 
 def bench_config(steps: int, n: int = 16, k: int = 4) -> SimConfig:

@@ -7,6 +7,7 @@ non-zero exit, never a traceback and never half-written results.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -35,3 +36,11 @@ def cli_main(fn: Callable[[list[str] | None], int | None], argv: list[str] | Non
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become one-line :class:`ConfigError` s (exit 2 via
+    :func:`cli_main`): the one parser class of every command line of the project."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(self.prog, message)

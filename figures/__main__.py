@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from early_exposure.configs import check_input_dir, check_output_dir
-from early_exposure.errors import ConfigError, cli_main
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_json
 from figures.common import Logger
 
@@ -142,15 +142,8 @@ def make_figures(results: Path, out: Path, which: str = "all", log: Logger = pri
     return paths, failures
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become one-line ConfigErrors (exit 2 via cli_main)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(self.prog, message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m figures", description=__doc__.split("\n")[0],
+    ap = Parser(prog="python -m figures", description=__doc__.split("\n")[0],
                  epilog="figure families: " + "; ".join(f"{k}: {v}" for k, v in FAMILY_HELP.items()))
     ap.add_argument("which", choices=("all", *FAMILIES), metavar="FAMILY",
                     help=f"which figures: {', '.join(('all', *FAMILIES))} (described below)")

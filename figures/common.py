@@ -27,16 +27,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.collections import PathCollection  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.collections import PathCollection
 
-from early_exposure import interventions  # noqa: E402
-from early_exposure.frontier import read_frontier  # noqa: E402
-from early_exposure.integrity import check  # noqa: E402
-from early_exposure.io import atomic_write_figure  # noqa: E402
-from early_exposure.runs import RunTree, read_run  # noqa: E402
+from early_exposure import interventions
+from early_exposure.frontier import read_frontier
+from early_exposure.integrity import check
+from early_exposure.io import atomic_write_figure
+from early_exposure.runs import RunTree, read_run
 
 #: one colour per method family, as in the paper (unmixed black, mixed purple), then each
 #: stage-2 intervention's pair (:func:`early_exposure.interventions.colours`)

@@ -17,12 +17,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from early_exposure import interventions  # noqa: E402
-from figures.common import Logger, safe_name, save  # noqa: E402
+from early_exposure import interventions
+from figures.common import Logger, safe_name, save
 
 #: item sets shown in the map, in order, with their plain names (absent ones are left out)
 SETS = {"post.mc": "D_post k-way choice (chance-adjusted)", "post.answer": "D_post answer tokens",
@@ -39,7 +39,7 @@ def _arm_label(method: str, lam: float, cm: bool) -> str:
 
 
 def _sorted_arms(df: pd.DataFrame) -> list[tuple[str, float, bool]]:
-    arms = {(m, float(l), bool(c)) for m, l, c in zip(df["method"], df["mix_fraction"], df["compute_matched"])}
+    arms = {(m, float(lam), bool(c)) for m, lam, c in zip(df["method"], df["mix_fraction"], df["compute_matched"])}
 
     def key(a: tuple[str, float, bool]) -> tuple:
         suffix = a[0].split("+", 1)[1] if "+" in a[0] else ""

@@ -28,18 +28,11 @@ import sys
 from pathlib import Path
 
 from early_exposure.configs import check_output_dir
-from early_exposure.errors import ConfigError, cli_main
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_bytes, atomic_write_json
 from early_exposure.provenance import provenance
 
 __all__ = ["build_parser", "main", "run_command"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become one-line ConfigErrors (exit 2 via cli_main)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(self.prog, message)
 
 
 # --------------------------------------------------------------------------- single runs and checks
@@ -246,9 +239,9 @@ def _config_options(p: argparse.ArgumentParser, what: str = "YAML/JSON config (d
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m linear_theory`` parser."""
-    parser = _Parser(prog="python -m linear_theory",
+    parser = Parser(prog="python -m linear_theory",
                      description="Two-layer linear network simulator for Appendix C of arXiv 2605.12705")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("run", help="simulate pre -> post -> ft for one config")
     _config_options(p, "YAML/JSON config (default: configs/theory/default.yaml values)")

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from early_exposure.configs import check_input_dir, check_output_dir
-from early_exposure.errors import ConfigError, cli_main
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.frontier import read_frontier
 from early_exposure.provenance import provenance
 from early_exposure.runs import RunTree
@@ -244,13 +244,6 @@ def split_not_planned(checks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     return keep, apart
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become one-line ConfigErrors (exit 2 via cli_main)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(self.prog, message)
-
-
 EPILOG = """commands:
   reproduce   run the whole study (theory, LM presets, figures, these checks), resumable:
               python -m paper_checks reproduce --preset quick --out results/
@@ -258,7 +251,7 @@ EPILOG = """commands:
 
 
 def _checks_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m paper_checks", usage="%(prog)s [reproduce ...] | --results DIR [DIR ...] --out DIR ...",
+    ap = Parser(prog="python -m paper_checks", usage="%(prog)s [reproduce ...] | --results DIR [DIR ...] --out DIR ...",
                  description="Judge every claim of the paper against saved results (or, with `reproduce`, "
                              "produce them first).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", required=True, nargs="+", action="extend", metavar="DIR",

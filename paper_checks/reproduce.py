@@ -24,7 +24,6 @@ Presets: ``quick`` (CPU, under 25 minutes on 2 cores: LM ``cpu-quick-flan-chem``
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from early_exposure.configs import check_output_dir
-from early_exposure.errors import ConfigError
+from early_exposure.errors import ConfigError, Parser
 from early_exposure.io import atomic_write_json
 from early_exposure.provenance import provenance
 
@@ -262,15 +261,8 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
     return record
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become one-line ConfigErrors (exit 2 via cli_main)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(self.prog, message)
-
-
 def reproduce_main(argv: list[str] | None) -> int:
-    ap = _Parser(prog="python -m paper_checks reproduce", description=__doc__.split("\n")[0])
+    ap = Parser(prog="python -m paper_checks reproduce", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="quick", choices=PRESETS,
                     help="quick: CPU, under 25 min on 2 cores (LM cpu-quick-flan-chem and cpu-quick-flan-music); "
                          "full: CPU, hours (LM cpu-full, finer theory grids); gpu: LM gpu-135m (default: quick)")

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from early_exposure.errors import cli_main
 from paper_checks.synthetic import _row, write_fixture
 
 REPO = Path(__file__).resolve().parent.parent

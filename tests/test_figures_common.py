@@ -4,11 +4,11 @@ clear of the panel titles, plain words instead of column names."""
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from figures import common, theory  # noqa: E402
-from paper_checks.synthetic import sweep_frame  # noqa: E402
+from figures import common, theory
+from paper_checks.synthetic import sweep_frame
 
 
 def _frontier_axes(lo, hi):

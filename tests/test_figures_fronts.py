@@ -5,10 +5,10 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from figures.frontiers import draw_frontier  # noqa: E402
-from paper_checks.synthetic import frontier_rows  # noqa: E402
+from figures.frontiers import draw_frontier
+from paper_checks.synthetic import frontier_rows
 
 
 def test_per_seed_fronts_and_labels() -> None:

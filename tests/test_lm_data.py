@@ -355,8 +355,8 @@ def test_named_tokenizer_from_a_local_directory_and_offline_failure(prepared, fi
 
 
 def test_cli_prepare_writes_stats_and_bad_input_exits_2(prepared, files, tmp_path, capsys):
-    from early_exposure.errors import cli_main  # noqa: PLC0415 (CLI module imported only here)
-    from lm_experiments.data.__main__ import main  # noqa: PLC0415
+    from early_exposure.errors import cli_main
+    from lm_experiments.data.__main__ import main
 
     data, cache = prepared
     cfg_path = tmp_path / "cfg.yaml"

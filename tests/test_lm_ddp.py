@@ -40,11 +40,13 @@ def _runs(ckpt_root: Path) -> dict:
     """The runs both sides execute: name -> train() keyword arguments (one definition)."""
     from lm_experiments.engine.evaluate import evaluate
     from lm_experiments.engine.optim import OptimConfig
+    from lm_experiments.engine.train import EarlyStop
 
     cpu = torch.device("cpu")
     val = _val()
     common = dict(optim=OptimConfig(lr=2e-3, min_lr=1e-4, warmup_steps=2), device=cpu, progress=False,
-                  eval_fn=lambda m: evaluate(m, val, batch_size=4, device=cpu).mean_loss, eval_every=2, patience=9)
+                  stopping=EarlyStop(lambda m: evaluate(m, val, batch_size=4, device=cpu).mean_loss, eval_every=2,
+                                     patience=9))
     return {"base": dict(common, micro_batch=1, seed=5), "dropout": dict(common, micro_batch=0, seed=6)}
 
 

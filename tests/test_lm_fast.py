@@ -22,6 +22,7 @@ from lm_experiments.engine.losses import (
 )
 from lm_experiments.engine.model import apply_lora
 from lm_experiments.engine.optim import OptimConfig
+from lm_experiments.config import TrainSection
 from lm_experiments.engine.train import train
 from lm_tiny import T, V, ArraySource, tiny_model
 
@@ -141,7 +142,7 @@ def test_training_defaults_are_the_plain_path_bitwise_and_chunked_matches(tmp_pa
     for name, extra in (("default", {}), ("plain", {"cross_entropy": "plain"}),
                         ("chunked", {"cross_entropy": "chunked", "ce_chunk_tokens": 24})):
         m = tiny_model(dropout=0.1)
-        res = train(m, src, ckpt_dir=tmp_path / name, **kw, **extra)
+        res = train(m, src, ckpt_dir=tmp_path / name, **kw, speed=TrainSection(**extra))
         runs[name] = (res, m)
     (d, md), (p, mp), (c, mc) = runs["default"], runs["plain"], runs["chunked"]
     assert d.cross_entropy == p.cross_entropy == "plain" and c.cross_entropy == "chunked" and not d.compiled
@@ -174,7 +175,8 @@ def test_compiled_training_matches_eager(tmp_path):
     eager = train(eager_m, src, ckpt_dir=tmp_path / "e", **kw)
     for mode in ("plain", "chunked"):
         m = tiny_model()
-        res = train(m, src, ckpt_dir=tmp_path / mode, compile=True, cross_entropy=mode, ce_chunk_tokens=32, **kw)
+        res = train(m, src, ckpt_dir=tmp_path / mode, speed=TrainSection(compile=True, cross_entropy=mode,
+                                                                         ce_chunk_tokens=32), **kw)
         assert res.compiled and res.cross_entropy == mode
         np.testing.assert_allclose([h["train_loss"] for h in res.history], [h["train_loss"] for h in eager.history],
                                    rtol=1e-5, err_msg=mode)

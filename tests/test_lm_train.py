@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from early_exposure.errors import ConfigError
 from lm_experiments.engine.evaluate import evaluate, layerwise_change, save_checkpoint
 from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
-from lm_experiments.engine.train import train
+from lm_experiments.engine.train import EarlyStop, train
 from lm_tiny import T, V, ArraySource, tiny_model
 
 
@@ -122,7 +122,7 @@ def test_early_stopping_stops_and_restores_best_weights(tmp_path):
         return next(scripted)
 
     res = train(model, ArraySource(40), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "ck", device=CPU,
-                eval_fn=eval_fn, eval_every=3, patience=2)
+                stopping=EarlyStop(eval_fn, eval_every=3, patience=2))
     assert res.stopped_early and not res.diverged
     assert len(snapshots) == 4  # best at eval 2, then two evaluations without improvement
     assert res.steps == 12 and res.best_step == 6 and res.best_val == 2.0
@@ -148,7 +148,8 @@ def test_early_stopping_on_real_rising_validation_loss(tmp_path):
             return rng.__class__(np.random.PCG64(step)).integers(0, V, size=(4, T))
 
     res = train(model, Noise(), optim=OptimConfig(lr=3e-3), ckpt_dir=tmp_path / "b", device=CPU,
-                eval_fn=lambda m: evaluate(m, val, batch_size=16, device=CPU).mean_loss, eval_every=2, patience=2)
+                stopping=EarlyStop(lambda m: evaluate(m, val, batch_size=16, device=CPU).mean_loss, eval_every=2,
+                                   patience=2))
     vals = [h["val_loss"] for h in res.history if "val_loss" in h]
     assert res.stopped_early and res.steps < 40
     assert res.best_val == min(vals) and vals[-1] > res.best_val
@@ -159,8 +160,9 @@ def test_early_stopping_on_real_rising_validation_loss(tmp_path):
 def test_resume_reproduces_uninterrupted_run_with_dropout(tmp_path, checkpoint_every):
     src = ArraySource(9)
     val = _val_blocks()
-    kw = dict(optim=OptimConfig(lr=2e-3, min_lr=1e-4, warmup_steps=2), device=CPU, eval_every=3, patience=5,
-              eval_fn=lambda m: evaluate(m, val, batch_size=16, device=CPU).mean_loss, seed=7)
+    kw = dict(optim=OptimConfig(lr=2e-3, min_lr=1e-4, warmup_steps=2), device=CPU, seed=7,
+              stopping=EarlyStop(lambda m: evaluate(m, val, batch_size=16, device=CPU).mean_loss, eval_every=3,
+                                 patience=5))
 
     ref_model = tiny_model(dropout=0.1)
     ref = train(ref_model, src, ckpt_dir=tmp_path / "ref", **kw)
@@ -218,7 +220,8 @@ def test_bad_train_arguments_raise_config_error(tmp_path):
     with pytest.raises(ConfigError, match="optim.min_lr"):
         OptimConfig(lr=1e-3, min_lr=1e-2)
     with pytest.raises(ConfigError, match="eval_every"):
-        train(tiny_model(), ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path, device=CPU, eval_every=2)
+        train(tiny_model(), ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path, device=CPU,
+              stopping=EarlyStop(eval_every=2))
     with pytest.raises(ConfigError, match="precision"):
         train(tiny_model(), ArraySource(2), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path, device=CPU, precision="fp16")
 
@@ -275,7 +278,7 @@ def test_restore_best_false_keeps_last_weights(tmp_path):
         return next(scripted)
 
     res = train(model, ArraySource(9), optim=OptimConfig(lr=1e-3), ckpt_dir=tmp_path / "ck", device=CPU,
-                eval_fn=eval_fn, eval_every=3, restore_best=False)
+                stopping=EarlyStop(eval_fn, eval_every=3, restore_best=False))
     assert res.steps == 9 and res.best_step == 3 and not res.stopped_early
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, snapshots[-1])
     assert not torch.equal(snapshots[0], snapshots[-1])

@@ -96,7 +96,7 @@ def test_a_run_executes_in_a_fresh_process_from_its_record_alone(tiny: dict) -> 
     from lm_experiments.config import load_config
     from lm_experiments.data import prepare_data
     from lm_experiments.protocol.plan import make_plan
-    from lm_experiments.data.resolve import data_sizes
+    from lm_experiments.protocol.prepared import data_sizes
 
     root, cache = tiny["root"], tiny["cache"]
     out = root / "plain"

@@ -133,8 +133,10 @@ def check_c10(base: SimConfig | None = None) -> Check:
     u0 = math.exp(-2 * base.model.T)
     pre_lr = base.stages.pre.lr
     long_steps = 4 * base.stages.pre.steps
-    mk = lambda a: dataclasses.replace(base, stages=dataclasses.replace(
-        base.stages, pre=PreConfig(a, long_steps, pre_lr), post=PostConfig(0, 0.01), ft=FtConfig(0, 0.01)))
+    def mk(a: float) -> Any:
+        return dataclasses.replace(base, stages=dataclasses.replace(
+            base.stages, pre=PreConfig(a, long_steps, pre_lr), post=PostConfig(0, 0.01), ft=FtConfig(0, 0.01)))
+
     unmixed = simulate(mk(0.0), trajectory_stride=1)
     mixed = simulate(mk(alpha), trajectory_stride=1)
     rot = dataclasses.replace(base, task=dataclasses.replace(task, basis="random"),

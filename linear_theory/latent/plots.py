@@ -9,10 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import SymLogNorm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import SymLogNorm
 
 __all__ = ["heat", "outline", "fig_bottleneck", "fig_spectra", "fig_ft", "fig_finite", "fig_depth", "fig_decay"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from early_exposure.runs import RunTree, read_run
 from lm_experiments.config import config_from_mapping
-from lm_experiments.data.resolve import prepare
+from lm_experiments.protocol.prepared import prepare
 
 
 class ResultsError(ValueError):

@@ -54,7 +54,7 @@ import pandas as pd
 from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
 from early_exposure.runs import RunTree
 from lm_experiments.analysis import items as it
-from lm_experiments.analysis.results import Results, ResultsError, load_checkpoint, open_results  # noqa: F401
+from lm_experiments.analysis.results import Results, ResultsError, load_checkpoint, open_results
 
 from lm_experiments.analysis.whatwhere_tables import (  # noqa: F401 - RATE_METRICS, RUN_KEYS: re-exported
     GROUP_KEYS, RATE_METRICS, RUN_KEYS, agreement_rows, correctness, seed_map, thresholds, transition_rows,
@@ -160,7 +160,7 @@ def regenerate_ft(res: Results, run_ids: list[str], work: Path) -> dict[str, Pat
     ``work`` with :func:`lm_experiments.protocol.stages.run_ft` from their plan records; returns
     run_id -> model dir and writes ``regenerated_L_ret_diff`` into the run records."""
     from lm_experiments.protocol.plan import make_plan
-    from lm_experiments.data.resolve import data_sizes
+    from lm_experiments.protocol.prepared import data_sizes
     from lm_experiments.protocol.context import StageContext
     from lm_experiments.protocol.stages import run_ft
 

@@ -41,6 +41,7 @@ from early_exposure.configs import (
     check_int, check_list, check_range, join_path,
 )
 from early_exposure.errors import ConfigError
+from lm_experiments.config.models import MODEL_PRESETS
 from lm_experiments.config.post_axes import POST_AXES, PostSetting, axis_values
 
 
@@ -61,9 +62,13 @@ def check_budget(path: str, value: int, hi: int, unit: str) -> None:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Which architecture (a key of ``lm_experiments.engine.model.MODEL_PRESETS``)."""
+    """Which architecture (a key of :data:`lm_experiments.config.models.MODEL_PRESETS`)."""
 
     preset: str = "tiny-1m"
+
+    def __post_init__(self) -> None:
+        if self.preset not in MODEL_PRESETS:
+            raise ConfigError("preset", f"unknown preset {self.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
 
 
 @dataclass(frozen=True)

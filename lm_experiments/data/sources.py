@@ -166,7 +166,7 @@ def iter_hf_documents(spec: CorpusSpec, where: str) -> Iterator[str]:
             yield text
     except ConfigError:
         raise
-    except Exception as exc:  # datasets raises many types for hub / network / format failures
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for hub / network / format failures
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"{where}.name",
                           f"cannot stream dataset {spec.name!r} ({type(exc).__name__}: {first}); without network "

@@ -41,7 +41,7 @@ def load_named(name: str) -> PreTrainedTokenizerFast:
     """``AutoTokenizer.from_pretrained(name)`` (fast), with PAD defaulting to EOS."""
     try:
         tok = AutoTokenizer.from_pretrained(name, use_fast=True)
-    except Exception as exc:  # hub/network/format errors come in many types
+    except Exception as exc:  # noqa: BLE001 - hub/network/format errors come in many types
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"{SECTION}.tokenizer",
                           f"cannot load tokenizer {name!r} ({type(exc).__name__}: {first}); "

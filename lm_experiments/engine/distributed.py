@@ -239,7 +239,7 @@ def collective_stage(fn: F) -> F:
             return fn(*args, **kwargs)
         try:
             out = fn(*args, **kwargs)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure of a rank ends the job (fail-stop), after its traceback
             traceback.print_exc()
             print(f"[rank {ctx.rank}] {fn.__name__} failed; stopping this rank (fail-stop: torchrun ends the job, "
                   "rerun the same command to resume)", file=sys.stderr, flush=True)

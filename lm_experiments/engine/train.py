@@ -50,6 +50,7 @@ from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_via
 from early_exposure.seeding import int_seed
 from lm_experiments.engine import distributed
+from lm_experiments.config import TrainSection
 from lm_experiments.engine.device import autocast_context, check_precision, device_name, device_peak_tflops
 from lm_experiments.engine.losses import CausalLMLoss, resolve_cross_entropy
 from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
@@ -204,6 +205,39 @@ def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, p
     return total
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    """Early stopping of one training run on a validation loss (paper Sec. 3).
+
+    Attributes:
+        eval_fn: validation loss of the model (it may switch to eval mode; train mode is
+            restored afterwards). Called after every ``eval_every`` completed steps and after
+            the last step. With ``eval_fn``, the best-scoring trainable weights are restored
+            at the end unless ``restore_best=False``.
+        eval_every: steps between evaluations (0: only after the last step).
+        patience: stop after this many consecutive evaluations without improvement
+            (``None``: never stop early, still restore the best weights).
+        restore_best: with ``eval_fn``, load the best-scoring weights at the end (default);
+            False keeps the last weights (evaluations are then only recorded).
+        on_eval: called as ``on_eval(step, model, val_loss)`` after every finite evaluation
+            (e.g. to save the stage-2 trajectory); it must not change the model.
+    """
+
+    eval_fn: Callable[[nn.Module], float] | None = None
+    eval_every: int = 0
+    patience: int | None = None
+    restore_best: bool = True
+    on_eval: Callable[[int, nn.Module, float], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ConfigError("train.eval_every", f"must be an integer >= 0, got {self.eval_every!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ConfigError("train.patience", f"must be a positive integer or None, got {self.patience!r}")
+        if self.eval_every and self.eval_fn is None:
+            raise ConfigError("train.eval_every", "eval_every > 0 needs an eval_fn")
+
+
 def train(
     model: nn.Module,
     source: BatchSource,
@@ -212,20 +246,14 @@ def train(
     ckpt_dir: Path,
     device: torch.device,
     precision: str = "fp32",
-    eval_fn: Callable[[nn.Module], float] | None = None,
-    eval_every: int = 0,
-    patience: int | None = None,
+    stopping: EarlyStop = EarlyStop(),
+    speed: TrainSection = TrainSection(),
     checkpoint_every: int = 0,
     desc: str = "train",
     stop_after_steps: int | None = None,
     seed: int = 0,
     micro_batch: int = 0,
-    restore_best: bool = True,
-    on_eval: Callable[[int, nn.Module, float], None] | None = None,
     progress: bool = True,
-    compile: bool = False,
-    cross_entropy: str = "auto",
-    ce_chunk_tokens: int = 8192,
 ) -> TrainResult:
     """Train ``model`` in place on ``len(source)`` batches (paper App. B optimisation).
 
@@ -235,12 +263,12 @@ def train(
         optim: AdamW and schedule settings (:func:`lm_experiments.engine.optim.lr_at`).
         ckpt_dir: directory for the resumable checkpoint (see module docstring).
         device, precision: see :mod:`lm_experiments.engine.device`.
-        eval_fn: validation loss of the model (it may switch to eval mode; train mode is
-            restored afterwards). Called after every ``eval_every`` completed steps and
-            after the last step. With ``eval_fn``, the best-scoring trainable weights are
-            restored at the end (early stopping, Sec. 3) unless ``restore_best=False``.
-        patience: stop after this many consecutive evaluations without improvement
-            (``None``: never stop early, still restore the best weights).
+        stopping: early stopping on a validation loss (:class:`EarlyStop`; off by default).
+        speed: the config's ``train`` section (:class:`lm_experiments.config.TrainSection`):
+            ``compile`` the training forward (:class:`~lm_experiments.engine.losses.CausalLMLoss`;
+            evaluation runs the eager model), ``cross_entropy`` ``auto`` | ``plain`` | ``chunked``
+            | ``fused`` (:func:`~lm_experiments.engine.losses.resolve_cross_entropy`; ``auto`` is
+            ``plain`` off CUDA) and ``ce_chunk_tokens``; validated by the section itself.
         checkpoint_every: write a checkpoint every this many steps (0: never, except at
             ``stop_after_steps``).
         desc: progress-bar label.
@@ -249,15 +277,6 @@ def train(
             (simulated interruption, for tests and time-sliced jobs).
         seed: seed of the training RNG (dropout); the caller's RNG state is preserved.
         micro_batch: rows per forward/backward (gradient accumulation); 0 = whole batch.
-        on_eval: called as ``on_eval(step, model, val_loss)`` after every finite evaluation
-            (e.g. to save the stage-2 trajectory); it must not change the model.
-        restore_best: with ``eval_fn``, load the best-scoring weights at the end (default);
-            False keeps the last weights (evaluations are then only recorded).
-        compile: ``torch.compile`` the training forward (:class:`~lm_experiments.engine.losses.CausalLMLoss`);
-            evaluation runs the eager model.
-        cross_entropy: ``auto`` | ``plain`` | ``chunked`` | ``fused``
-            (:func:`~lm_experiments.engine.losses.resolve_cross_entropy`; ``auto`` is ``plain`` off CUDA).
-        ce_chunk_tokens: tokens per chunk of the chunked cross-entropy.
 
     In a multi-process job (an initialised process group, e.g. under ``torchrun``) the run
     is data-parallel at the same global batch (:mod:`lm_experiments.engine.distributed`); rank 0
@@ -275,19 +294,14 @@ def train(
     total_steps = len(source)
     if total_steps < 1:
         raise ConfigError("train.steps", f"the batch source has {total_steps} steps; need at least 1")
-    for name, v in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every), ("micro_batch", micro_batch)):
+    for name, v in (("checkpoint_every", checkpoint_every), ("micro_batch", micro_batch)):
         if not isinstance(v, int) or v < 0:
             raise ConfigError(f"train.{name}", f"must be an integer >= 0, got {v!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ConfigError("train.patience", f"must be a positive integer or None, got {patience!r}")
-    if eval_every and eval_fn is None:
-        raise ConfigError("train.eval_every", "eval_every > 0 needs an eval_fn")
     if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
         raise ConfigError("train.stop_after_steps", f"must be a positive integer or None, got {stop_after_steps!r}")
-    if not isinstance(compile, bool):
-        raise ConfigError("train.compile", f"must be true or false, got {compile!r}")
-    if not isinstance(ce_chunk_tokens, int) or isinstance(ce_chunk_tokens, bool) or ce_chunk_tokens < 1:
-        raise ConfigError("train.ce_chunk_tokens", f"must be an integer >= 1, got {ce_chunk_tokens!r}")
+    eval_fn, eval_every, patience = stopping.eval_fn, stopping.eval_every, stopping.patience
+    restore_best, on_eval = stopping.restore_best, stopping.on_eval
+    compile, cross_entropy, ce_chunk_tokens = speed.compile, speed.cross_entropy, speed.ce_chunk_tokens
     ce_mode = resolve_cross_entropy(cross_entropy, device, model)
 
     dctx = distributed.context()

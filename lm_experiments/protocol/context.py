@@ -27,7 +27,7 @@ from early_exposure.io import atomic_write_bytes, atomic_write_json
 from early_exposure.provenance import provenance
 from early_exposure.runs import RunTree, read_run, sealed
 from lm_experiments.config import OptimSection, PipelineConfig
-from lm_experiments.data.resolve import prepare
+from lm_experiments.protocol.prepared import prepare
 from lm_experiments.engine import distributed
 from lm_experiments.engine.distributed import main_first, main_process_only
 from lm_experiments.protocol.plan import post_subset
@@ -54,7 +54,7 @@ class StageResult:
 class StageContext:
     """Everything a stage needs besides its record: config, prepared data, device, output dir.
 
-    ``data_used`` is the summary of :func:`lm_experiments.data.resolve.prepare` (which corpora,
+    ``data_used`` is the summary of :func:`lm_experiments.protocol.prepared.prepare` (which corpora,
     whether the fallback was used); ``cfg`` is the *effective* config (fallback applied).
     """
 
@@ -116,12 +116,10 @@ class StageContext:
 
         _log_training(self.tree, ckpt_dir)
         return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
-                            precision=self.cfg.precision, eval_fn=eval_fn, eval_every=eval_every, patience=patience,
-                            on_eval=on_eval,
+                            precision=self.cfg.precision, speed=self.cfg.train,
+                            stopping=engine.EarlyStop(eval_fn, eval_every, patience, on_eval=on_eval),
                             checkpoint_every=checkpoint_every, desc=desc, seed=seed,
-                            micro_batch=self.cfg.micro_batch, progress=self.progress,
-                            compile=self.cfg.train.compile, cross_entropy=self.cfg.train.cross_entropy,
-                            ce_chunk_tokens=self.cfg.train.ce_chunk_tokens)
+                            micro_batch=self.cfg.micro_batch, progress=self.progress)
 
 
 def optim_for(section: OptimSection, *, steps: int, **overrides: Any) -> Any:

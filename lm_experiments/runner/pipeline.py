@@ -21,7 +21,7 @@ from early_exposure.frontier import write_frontier
 from early_exposure.io import atomic_write_json, stable_hash
 from lm_experiments.config import PipelineConfig
 from lm_experiments.engine import distributed
-from lm_experiments.data.resolve import data_sizes, prepare
+from lm_experiments.protocol.prepared import data_sizes, prepare
 from lm_experiments.protocol.context import StageContext
 from lm_experiments.protocol.plan import Plan, describe_plan, estimate_seconds, make_plan, post_sequences
 from lm_experiments.protocol.stages import STAGE_FUNCTIONS
@@ -94,13 +94,6 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     return m
 
 
-def _check_model(cfg: PipelineConfig) -> None:
-    from lm_experiments.engine.model import MODEL_PRESETS
-
-    if cfg.model.preset not in MODEL_PRESETS:
-        raise ConfigError("model.preset", f"unknown preset {cfg.model.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
-
-
 def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None = None, dry_run: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print, executor: str = "serial",
                  address: str | None = None, max_retries: int = 2) -> dict[str, Any]:
@@ -127,12 +120,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
         torch.set_num_threads(cfg.threads)
     resolve_device(cfg.device)
     check_precision(cfg.precision)
-    _check_model(cfg)
     t0 = time.time()
     with distributed.main_first():  # under torchrun rank 0 fills the data cache first
         prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress and dctx.is_main, log=log)
     data_s = time.time() - t0
-    _check_model(cfg)  # a fallback_set may have changed it
     check_precision(cfg.precision)
     device = resolve_device(cfg.device)
     plan = make_plan(cfg, data_sizes(prepared), prepared.fingerprint)

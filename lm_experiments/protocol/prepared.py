@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from early_exposure.configs import to_dict
+from lm_experiments.config import PipelineConfig
 from lm_experiments.data.prepare import prepare_data
-
-if TYPE_CHECKING:  # the config imports the data layer, not the other way round
-    from lm_experiments.config import PipelineConfig
 
 
 def prepare(cfg: PipelineConfig, *, cache_root: Path | None = None, progress: bool = True,
@@ -19,12 +17,12 @@ def prepare(cfg: PipelineConfig, *, cache_root: Path | None = None, progress: bo
     """Prepare the data of ``cfg``, or fall back to ``cfg.data_fallback`` (with
     ``cfg.fallback_set`` applied) when a hub corpus of ``cfg.data`` cannot be loaded, e.g.
     offline. Returns ``(PreparedData, data_used, effective config)``."""
-    from lm_experiments.config.pipeline import fallback_config  # noqa: PLC0415 - config sits above data
+    from lm_experiments.config.pipeline import fallback_config
 
     primary_error = None
     try:
         prepared = prepare_data(cfg.data, cache_root=cache_root, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - any loading failure of a hub corpus may fall back
+    except Exception as exc:
         uses_hub = any(getattr(cfg.data, r).source == "hf" for r in ("pre", "post", "ft"))
         if cfg.data_fallback is None or not uses_hub:
             raise
