@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,17 +46,16 @@ from tqdm.auto import tqdm
 
 from early_exposure import integrity
 from early_exposure.errors import ConfigError
-from early_exposure.io import atomic_write_via
 from early_exposure.seeding import int_seed
 from lm_experiments.engine import distributed
 from lm_experiments.config import TrainSection
 from lm_experiments.engine.device import autocast_context, check_precision, device_name, device_peak_tflops
 from lm_experiments.engine.losses import CausalLMLoss, resolve_cross_entropy
 from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
-
-STATE_FILE = "state.pt"
-_FORMAT = 1
-
+from lm_experiments.engine.train_state import (
+    STATE_FILE, atomic_torch_save, load_state, restore_snapshot, rng_state, run_fingerprint, set_rng_state,
+    trainable_snapshot,
+)
 
 class BatchSource(Protocol):
     """Deterministic stream of training batches, indexed by optimizer step."""
@@ -108,64 +106,6 @@ class TrainResult:
         return {"flops": self.flops, "flops_per_token": self.flops_per_token, "mfu": self.mfu,
                 "peak_tflops": self.peak_tflops, "device_name": self.device_name, "world_size": self.world_size,
                 "compiled": self.compiled, "cross_entropy": self.cross_entropy}
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _trainable_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copies of the trainable parameters (the only tensors training changes)."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _restore_snapshot(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in snap.items():
-            params[n].copy_(t)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write_via(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _load_state(path: Path, main: bool) -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None when there is none or it is damaged (it differs
-    from its manifest, or does not load): reported in one line, and the run trains from its
-    start (the next checkpoint overwrites the damaged one)."""
-    if not path.exists():
-        return None
-    why = integrity.check(path)
-    if why is None:
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-            if isinstance(ck, dict) and "fingerprint" in ck:
-                return ck
-            why = f"{path} is not a training checkpoint"
-        except Exception as exc:  # noqa: BLE001 - a damaged pickle raises many types
-            why = f"{path} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
-    if main:
-        integrity.report(why, "discarding it: this run trains from its start")
-    return None
-
-
-def _fingerprint(model: nn.Module, source: BatchSource, optim: OptimConfig, seed: int) -> dict[str, Any]:
-    """What must match for a checkpoint to belong to this run."""
-    shapes = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
-    return {"format": _FORMAT, "total_steps": len(source), "optim": asdict(optim), "seed": int(seed),
-            "trainable": shapes, "first_batch_shape": list(np.asarray(source.batch(0)).shape)}
 
 
 def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int,
@@ -309,7 +249,7 @@ def train(
     main = dctx.is_main
     ckpt_dir = Path(ckpt_dir)
     state_path = ckpt_dir / STATE_FILE
-    fingerprint = _fingerprint(model, source, optim, seed)
+    fingerprint = run_fingerprint(model, source, optim, seed)
     global_rows = int(fingerprint["first_batch_shape"][0])
     if global_rows < world:
         raise ConfigError("batch_size", f"a global batch of {global_rows} rows cannot be split over {world} "
@@ -340,7 +280,7 @@ def train(
     with torch.random.fork_rng(devices=cuda_devices):
         # rank 0 (and a single process) seeds with ``seed``: one process is the plain run bitwise
         torch.manual_seed(int(seed) if rank == 0 else int_seed(int(seed), "ddp-rank", rank))
-        ck = _load_state(state_path, main)
+        ck = load_state(state_path, main)
         if ck is not None:
             if ck["fingerprint"] != fingerprint:
                 raise ConfigError(
@@ -354,9 +294,9 @@ def train(
             wall_before, eval_s = ck["wall_s"], ck["eval_s"]
             rank_states = ck.get("rng_ranks")
             if rank_states is not None and len(rank_states) == world:
-                _set_rng_state(rank_states[rank], device)
+                set_rng_state(rank_states[rank], device)
             elif rank == 0:
-                _set_rng_state(ck["rng"], device)
+                set_rng_state(ck["rng"], device)
             else:  # written at another world size: a fresh stream for this rank at this step
                 torch.manual_seed(int_seed(int(seed), "ddp-rank", rank, step))
             resumed_from = step
@@ -365,13 +305,13 @@ def train(
         step_module = distributed.wrap_ddp(loss_module, device) if world > 1 else loss_module
 
         def save_state() -> None:
-            rng_ranks = distributed.all_gather_object(_rng_state(device)) if world > 1 else None
+            rng_ranks = distributed.all_gather_object(rng_state(device)) if world > 1 else None
             if main:
-                _atomic_torch_save({
+                atomic_torch_save({
                     "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "step": step, "tokens": tokens, "history": history, "best_val": best_val,
                     "best_step": best_step, "bad_evals": bad_evals, "best_weights": best_weights,
-                    "wall_s": wall_before + (time.perf_counter() - t0), "eval_s": eval_s, "rng": _rng_state(device),
+                    "wall_s": wall_before + (time.perf_counter() - t0), "eval_s": eval_s, "rng": rng_state(device),
                     **({"rng_ranks": rng_ranks, "world_size": world} if world > 1 else {}),
                 }, state_path)
                 integrity.seal(state_path)  # size + SHA-256, checked before a resume trusts it
@@ -436,7 +376,7 @@ def train(
                         model.train()
                     if best_val is None or val < best_val:
                         best_val, best_step, bad_evals = val, step, 0
-                        best_weights = _trainable_snapshot(model)
+                        best_weights = trainable_snapshot(model)
                     else:
                         bad_evals += 1
                     if patience is not None and bad_evals >= patience:
@@ -455,7 +395,7 @@ def train(
     wall = wall_before + (time.perf_counter() - t0)
     if not interrupted:
         if best_weights is not None and (best_step != step or diverged) and (restore_best or diverged):
-            _restore_snapshot(model, best_weights)
+            restore_snapshot(model, best_weights)
         if main:
             integrity.unseal(state_path)
             if ckpt_dir.exists() and not any(ckpt_dir.iterdir()):
