@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from early_exposure import interventions
 from early_exposure.pareto import pareto_front
 from figures.common import (
     COLOURS, Logger, Skip, assert_comparable, frontier_tables, load_frontier, lm_presets, safe_name, save,
@@ -88,6 +89,17 @@ FIGS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
 }
 
 
+def intervention_figs() -> dict[str, tuple[str, list[tuple[str, str, list[str], str]]]]:
+    """One figure per registered stage-2 intervention X (:mod:`early_exposure.interventions`):
+    the (L_ft, L_ret) frontiers of unmixed, mixed, unmixed+X and mixed+X."""
+    out = {}
+    for iv in interventions.registry():
+        ms = ["unmixed", "mixed", f"unmixed{iv.suffix}", f"mixed{iv.suffix}"]
+        out[f"intervention_{iv.name}"] = (f"Stage-2 intervention: {iv.title}, with and without mixing",
+                                          [(f"{iv.title}", "ret_ft", ms, f"unmixed{iv.suffix}")])
+    return out
+
+
 def frontier_figures(results: Path, out: Path, log: Logger = print) -> tuple[list[Path], list[str]]:
     """All frontier figures for every source and pipeline -> (paths written, failures)."""
     from figures.common import NotComparable
@@ -100,7 +112,7 @@ def frontier_figures(results: Path, out: Path, log: Logger = print) -> tuple[lis
             failures.append(f"{label} {pipe}: {e}")
             log(f"REFUSED {label} {pipe}: not comparable: {e}")
             continue
-        for key, (title, panels) in FIGS.items():
+        for key, (title, panels) in {**FIGS, **intervention_figs()}.items():
             name = f"{key}_{label}_{safe_name(pipe)}"
             try:
                 paths += _panels(sub, f"{title}\n{label}: {pipe}", panels, out, name)
