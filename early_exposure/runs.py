@@ -112,6 +112,11 @@ class RunTree:
                 "theta_post": str(Path("..", "..", *STAGE_DIRS["post"].format(id=upstream_id).split("/"), "model"))}
 
     @staticmethod
+    def record(run_dir: Path) -> Path:
+        """The ``result.json`` of a run directory (or of one step of a trajectory)."""
+        return Path(run_dir) / RECORD
+
+    @staticmethod
     def step_dir(parent: Path, step: int) -> Path:
         """One checkpoint of a trajectory: ``<post run>/trajectory/step-NNNNNN`` (saved stage-2
         models) or ``<traj run>/step-NNNNNN`` (their fine-tuning) when ``parent`` is that."""
@@ -135,15 +140,63 @@ class RunTree:
     def run_dirs(self, stage: str) -> list[Path]:
         """Every directory of ``stage`` that holds a ``result.json`` (finished or damaged), sorted."""
         pattern = STAGE_DIRS[stage].format(id="*")
-        return [p.parent for p in sorted(self.out.glob(f"{pattern}/result.json"))]
+        return [p.parent for p in sorted(self.out.glob(f"{pattern}/{RECORD}"))]
 
     def relative(self, d: Path) -> str:
         """``d`` relative to OUT (POSIX form)."""
         return Path(d).relative_to(self.out).as_posix()
 
 
+#: the record every run directory ends with (written last, atomically)
+RECORD = "result.json"
+class ResultsRoot:
+    """The main job's results root (``python -m paper_checks reproduce --out RESULTS``): the
+    theory studies' directories, one LM results directory (a :class:`RunTree`) per preset,
+    figures, report and logs (docs/INTERFACES.md, "Results layout")."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def theory_root(self) -> Path:
+        return self.root / "theory"
+
+    def theory(self, study: str) -> Path:
+        """``RESULTS/theory/<study>`` (verify, sweep, frontier, compute_matched, matched, latent, ...)."""
+        return self.theory_root / study
+
+    def lm(self, preset: str) -> RunTree:
+        """The LM results directory of ``preset``: ``RESULTS/lm/<preset>``."""
+        return RunTree(self.root / "lm" / preset)
+
+    def lm_trees(self) -> list[RunTree]:
+        """Every LM results directory that holds a complete frontier table, sorted by preset."""
+        return [RunTree(p.parent) for p in sorted((self.root / "lm").glob(f"*/{RunTree('.').frontier.name}"))]
+
+    def lm_dirs_with(self, sub: str) -> list[Path]:
+        """``RESULTS/lm/*/<sub>`` that exist, sorted (e.g. ``whatwhere``)."""
+        return sorted((self.root / "lm").glob(f"*/{sub}"))
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state(self) -> Path:
+        """The main job's record of its steps."""
+        return self.root / "reproduce.json"
+
+
 #: what a run directory's integrity record leaves out: the record itself, the engine's checkpoint
-NOT_SEALED = ("result.json", "train_state")
+NOT_SEALED = (RECORD, "train_state")
 
 
 def sealed(d: Path) -> dict[str, Any]:
@@ -155,7 +208,7 @@ def damage(d: Path) -> str | None:
     """What is wrong with the finished run directory ``d`` (None: intact, or not finished):
     an unreadable ``result.json``, or a file that differs from its integrity record (a
     directory written before records existed gets the structural checks instead)."""
-    return read_run(d)[1] if (Path(d) / "result.json").exists() else None
+    return read_run(d)[1] if (Path(d) / RECORD).exists() else None
 
 
 def read_run(d: Path, *, strict: bool = True) -> tuple[dict[str, Any] | None, str | None]:
@@ -163,7 +216,7 @@ def read_run(d: Path, *, strict: bool = True) -> tuple[dict[str, Any] | None, st
     ``(None, what is wrong)`` (one line naming the file). ``strict``: the record must be a
     stage's (hold ``diverged``); readers of hand-made trees pass False (any JSON object)."""
     d = Path(d)
-    p = d / "result.json"
+    p = d / RECORD
     rec, why = integrity.read_json(p)
     if why is None and (not isinstance(rec, dict) or (strict and "diverged" not in rec)):
         why = f"{p} is not a run record"
@@ -187,7 +240,7 @@ class RunReader:
     def run(self, d: Path) -> dict[str, Any] | None:
         d = Path(d)
         if d not in self._seen:
-            rec, why = (None, None) if not (d / "result.json").exists() else read_run(d, strict=False)
+            rec, why = (None, None) if not (d / RECORD).exists() else read_run(d, strict=False)
             if why is not None:
                 self.skipped.append(f"{d}: {why}")
             self._seen[d] = rec
@@ -203,4 +256,4 @@ class RunReader:
         return p if self.run(d) is not None and p.is_file() else None
 
 
-__all__ = ["STAGE_DIRS", "RunTree", "NOT_SEALED", "sealed", "damage", "read_run", "RunReader"]
+__all__ = ["STAGE_DIRS", "RECORD", "RunTree", "ResultsRoot", "NOT_SEALED", "sealed", "damage", "read_run", "RunReader"]

@@ -36,7 +36,7 @@ from early_exposure import interventions
 from early_exposure.frontier import read_frontier
 from early_exposure.integrity import check
 from early_exposure.io import atomic_write_figure
-from early_exposure.runs import RunTree, read_run
+from early_exposure.runs import ResultsRoot, RunTree, read_run
 
 #: one colour per method family, as in the paper (unmixed black, mixed purple), then each
 #: stage-2 intervention's pair (:func:`early_exposure.interventions.colours`)
@@ -103,7 +103,8 @@ def damaged_runs(run_root: Path) -> dict[str, str]:
 
 
 def lm_presets(results: Path) -> list[Path]:
-    return sorted(p.parent for p in (results / "lm").glob("*/frontier.csv"))
+    """The LM results directories of a results root that hold a frontier table."""
+    return [t.out for t in ResultsRoot(results).lm_trees()]
 
 
 def frontier_tables(results: Path, theory_study: str, log: Logger,
@@ -111,8 +112,8 @@ def frontier_tables(results: Path, theory_study: str, log: Logger,
     """``(label, pipeline, rows, run root)`` for each pipeline of every frontier table present:
     each LM preset, then the theory study ``results/theory/<theory_study>`` (run root None).
     An absent table is logged as ``skip <what> <label>: ...`` and skipped."""
-    sources = [(f"lm-{p.name}", p / "frontier.csv", p) for p in lm_presets(results)]
-    sources.append(("theory", results / "theory" / theory_study / "frontier.csv", None))
+    sources = [(f"lm-{p.name}", RunTree(p).frontier, p) for p in lm_presets(results)]
+    sources.append(("theory", ResultsRoot(results).theory(theory_study) / "frontier.csv", None))
     for label, csv, root in sources:
         try:
             df = load_frontier(csv)
@@ -155,7 +156,7 @@ def assert_comparable(df: pd.DataFrame, run_root: Path | None = None) -> dict[st
         seen: dict[str, set[str]] = {}
         for rid in df["run_id"].unique():
             d = RunTree(run_root).ft(str(rid))
-            if (d / "result.json").is_file():
+            if RunTree.record(d).is_file():
                 rec, why = read_run(d, strict=False)
                 if why is not None:  # a damaged run: frontier_tables lists and drops it
                     continue

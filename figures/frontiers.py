@@ -16,6 +16,7 @@ import pandas as pd
 
 from early_exposure import interventions
 from early_exposure.pareto import pareto_front
+from early_exposure.runs import ResultsRoot, RunTree
 from figures.common import (
     COLOURS, Logger, Skip, assert_comparable, frontier_tables, load_frontier, lm_presets, safe_name, save,
 )
@@ -124,7 +125,7 @@ def frontier_figures(results: Path, out: Path, log: Logger = print) -> tuple[lis
 def theory_vs_lm(results: Path, out: Path, log: Logger = print) -> list[Path]:
     """Theory and LM (L_ft, L_ret) frontiers, mixed vs unmixed, side by side."""
     try:
-        th = load_frontier(results / "theory" / "frontier" / "frontier.csv")
+        th = load_frontier(ResultsRoot(results).theory("frontier") / "frontier.csv")
     except Skip as s:
         log(f"skip theory_vs_lm: {s}")
         return []
@@ -134,7 +135,7 @@ def theory_vs_lm(results: Path, out: Path, log: Logger = print) -> list[Path]:
         return []
     paths = []
     for p in presets:
-        lm = load_frontier(p / "frontier.csv")
+        lm = load_frontier(RunTree(p).frontier)
         panels = [(f"theory: {pipe}", g) for pipe, g in th.groupby("pipeline")][:1]
         panels += [(f"LM {p.name}: {pipe}", g) for pipe, g in lm.groupby("pipeline")]
         fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)

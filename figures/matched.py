@@ -15,11 +15,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from early_exposure.runs import ResultsRoot
 from figures.common import COLOURS, Logger, safe_name, save
 
 
 def _tables(results: Path) -> list[tuple[str, pd.DataFrame]]:
-    paths = [("theory", results / "theory" / "matched" / "matched.csv")]
+    paths = [("theory", ResultsRoot(results).theory("matched") / "matched.csv")]
     paths += [(f"lm-{p.parent.name}", p) for p in sorted((results / "lm").glob("*/matched.csv"))]
     out = []
     for tag, p in paths:

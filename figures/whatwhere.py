@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from early_exposure import interventions
+from early_exposure.runs import ResultsRoot, RunTree
 from figures.common import Logger, safe_name, save
 
 #: item sets shown in the map, in order, with their plain names (absent ones are left out)
@@ -164,7 +165,7 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
 def make_whatwhere_figures(results: Path, out: Path, log: Logger = print) -> list[Path]:
     """Every preset's forgetting map and depth profile (skipped with a note when absent)."""
     paths: list[Path] = []
-    found = sorted((Path(results) / "lm").glob("*/whatwhere"))
+    found = ResultsRoot(results).lm_dirs_with(RunTree(".").whatwhere.name)
     if not found:
         log(f"skip whatwhere: no {Path(results) / 'lm'}/<preset>/whatwhere (python -m lm_experiments.analysis.whatwhere)")
     for w in found:

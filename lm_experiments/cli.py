@@ -89,7 +89,7 @@ def write_curves(out: Path, kind: str) -> list[Path]:
 
     written: list[Path] = []
     for stage_dirs in (RunTree(out).run_dirs(s) for s in _CURVE_STAGES):
-        for f in (d / "result.json" for d in stage_dirs):
+        for f in (RunTree.record(d) for d in stage_dirs):
             try:
                 record = json.loads(f.read_bytes().decode("utf-8"))
             except (OSError, ValueError):

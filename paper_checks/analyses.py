@@ -26,7 +26,7 @@ import pandas as pd
 
 from early_exposure.forgetting import forgetting_metrics
 from early_exposure.integrity import structural_check
-from early_exposure.runs import RunReader, RunTree
+from early_exposure.runs import RECORD, RunReader, RunTree
 
 _BEFORE = re.compile(r"(post|stage_?2|before|im)", re.I)
 _AFTER = re.compile(r"(ft|stage_?3|after|ret)", re.I)
@@ -58,7 +58,7 @@ def _label(row: Any) -> str:
 def _find_run_files(run_dir: Path, pattern: str) -> list[Path]:
     """Files matching ``pattern`` directly in ``run_dir`` (``result.json`` first)."""
     files = sorted(p for p in run_dir.glob(pattern) if p.is_file())
-    return sorted(files, key=lambda p: p.name != "result.json")
+    return sorted(files, key=lambda p: p.name != RECORD)
 
 
 def forgetting_analysis(frontier: pd.DataFrame | None, lm_dir: Path, k: int | None = None) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def forgetting_analysis(frontier: pd.DataFrame | None, lm_dir: Path, k: int | No
     for row in frontier.itertuples(index=False):
         run_dir = RunTree(lm_dir).ft(str(row.run_id))
         pair = None
-        intact = not (run_dir / "result.json").exists() or reader.run(run_dir) is not None
+        intact = not RunTree.record(run_dir).exists() or reader.run(run_dir) is not None
         for p in _find_run_files(run_dir, "*.npz") if run_dir.is_dir() and intact else []:
             why = structural_check(p)
             if why is not None:
@@ -130,7 +130,7 @@ def layerwise_analysis(frontier: pd.DataFrame | None, lm_dir: Path) -> dict[str,
     for row in frontier.drop_duplicates("run_id").itertuples(index=False):
         run_dir = RunTree(lm_dir).ft(str(row.run_id))
         groups = None
-        intact = not (run_dir / "result.json").exists() or reader.run(run_dir) is not None
+        intact = not RunTree.record(run_dir).exists() or reader.run(run_dir) is not None
         for p in _find_run_files(run_dir, "*.json") if run_dir.is_dir() and intact else []:
             try:
                 groups = _find_groups(json.loads(p.read_text(encoding="utf-8")))

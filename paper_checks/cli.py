@@ -32,7 +32,7 @@ from early_exposure.configs import check_input_dir, check_output_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.frontier import read_frontier
 from early_exposure.provenance import provenance
-from early_exposure.runs import RunTree
+from early_exposure.runs import ResultsRoot, RunTree
 from paper_checks.analyses import forgetting_analysis, layerwise_analysis
 from paper_checks.checks_frontier import CheckOptions, frontier_checks, lambda_checks
 from paper_checks.checks_matched import matched_checks
@@ -60,7 +60,7 @@ def _load(path: Path) -> tuple[pd.DataFrame | None, str | None]:
 
 def lm_preset_dirs(results: Path) -> list[Path]:
     """``results/lm/<preset>/`` directories holding a frontier table."""
-    return sorted(p.parent for p in (results / "lm").glob("*/frontier.csv"))
+    return [t.out for t in ResultsRoot(results).lm_trees()]
 
 
 #: the theory files the checks read, relative to a results tree
@@ -180,13 +180,14 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
     results = inputs.theory_root if inputs.theory_root is not None else Path("/nonexistent-theory-results")
     checks: list[dict[str, Any]] = theory_checks(results)
 
-    theory_front, why_f = _load(results / "theory" / "frontier" / "frontier.csv")
-    theory_cm, why_c = _load(results / "theory" / "compute_matched" / "frontier.csv")
+    root = ResultsRoot(results)
+    theory_front, why_f = _load(root.theory("frontier") / "frontier.csv")
+    theory_cm, why_c = _load(root.theory("compute_matched") / "frontier.csv")
     checks += frontier_checks(theory_front, "theory", "theory", opts, claims="ad", what=why_f or "")
     checks += lambda_checks(theory_cm, "theory", "theory", opts, what=why_c or "")
     checks += latent_checks(results)
     checks += beyond_theory_rows(results)  # beyond the paper: what / where (docs/whatwhere.md)
-    checks += matched_checks(results / "theory" / "matched" / "matched.csv", "theory", "theory", opts)
+    checks += matched_checks(root.theory("matched") / "matched.csv", "theory", "theory", opts)
 
     analyses: dict[str, Any] = {}
     if not inputs.lm_dirs:

@@ -35,6 +35,8 @@ from typing import Any
 
 import pandas as pd
 
+from early_exposure.runs import ResultsRoot, RunTree
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -104,8 +106,8 @@ def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
     env = env or Envelope()
     out: dict[str, Any] = {"envelope": asdict(env), "criteria": {k: v.format(**asdict(env)) for k, v in CRITERIA.items()},
                            "presets": {}}
-    for pdir in sorted(p.parent for p in (Path(results) / "lm").glob("*/frontier.csv")):
-        csv = pdir / "regime.csv"
+    for pdir in (t.out for t in ResultsRoot(results).lm_trees()):
+        csv = RunTree(pdir).regime
         try:
             table = pd.read_csv(csv) if csv.is_file() else regime_table(pdir)
         except (OSError, ValueError, pd.errors.ParserError) as exc:

@@ -38,6 +38,7 @@ from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, Parser
 from early_exposure.io import atomic_write_json
 from early_exposure.provenance import provenance
+from early_exposure.runs import ResultsRoot
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = ("quick", "full", "gpu")
@@ -115,7 +116,8 @@ def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
     if preset not in PRESETS:
         raise ConfigError("--preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
     py = (sys.executable,)
-    t = out / "theory"
+    root = ResultsRoot(out)
+    t = root.theory_root
     default = "configs/theory/default.yaml"
     n = GRID[preset]
     steps = [
@@ -150,18 +152,19 @@ def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
              ("theory/whatwhere/whatwhere.json",)),
     ]
     for lm in LM_PRESETS[preset]:
+        tree = root.lm(lm)
         steps += [
             Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
-                              "--out", str(out / "lm" / lm), "--executor", executor),
-                 (f"lm/{lm}/frontier.csv",), progress=PIPELINE_BAR),
+                              "--out", str(tree.out), "--executor", executor),
+                 (tree.frontier.relative_to(out).as_posix(),), progress=PIPELINE_BAR),
             # beyond the paper: what is forgotten (items) and where (layer rollback), docs/whatwhere.md
-            Step(f"LM {lm} whatwhere", (*py, "-m", "lm_experiments.analysis.whatwhere", str(out / "lm" / lm)),
-                 (f"lm/{lm}/whatwhere/items.json",)),
+            Step(f"LM {lm} whatwhere", (*py, "-m", "lm_experiments.analysis.whatwhere", str(tree.out)),
+                 ((tree.whatwhere / "items.json").relative_to(out).as_posix(),)),
         ]
     steps += [
-        Step("figures", (*py, "-m", "figures", "all", "--results", str(out), "--out", str(out / "figures")),
+        Step("figures", (*py, "-m", "figures", "all", "--results", str(out), "--out", str(root.figures)),
              ("figures/figures.json",), derived=True),
-        Step("paper checks", (*py, "-m", "paper_checks", "--results", str(out), "--out", str(out / "report"),
+        Step("paper checks", (*py, "-m", "paper_checks", "--results", str(out), "--out", str(root.report),
                               "--quiet"), ("report/report.json", "report/report.md"), derived=True),
     ]
     return steps
@@ -191,7 +194,7 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
     ``poll_s``): redrawn in place when ``tty`` (default: stdout is a terminal), else one line each."""
     if tty is None:
         tty = sys.stdout.isatty()
-    state_path = out / "reproduce.json"
+    state_path = ResultsRoot(out).state
     prev = {s["name"]: s for s in _load_state(state_path).get("steps", [])}
     record: dict[str, Any] = {"preset": preset, "out": str(out), "steps": [], "provenance": provenance()}
     t_all = time.perf_counter()
@@ -205,7 +208,7 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
                          previous_wall_s=p.get("wall_s") if p.get("status") == "ok" else p.get("previous_wall_s"))
             log(f"[{i}/{len(steps)}] {step.name}: already complete, skipped")
         else:
-            logf = out / "logs" / f"{i:02d}_{step.name.replace(' ', '_')}.log"
+            logf = ResultsRoot(out).logs / f"{i:02d}_{step.name.replace(' ', '_')}.log"
             logf.parent.mkdir(parents=True, exist_ok=True)
             log(f"[{i}/{len(steps)}] {step.name}: running ... (log: {logf})")
             t0 = time.perf_counter()
@@ -281,20 +284,20 @@ def reproduce_main(argv: list[str] | None) -> int:
         return 0
     record = run_plan(steps, out, args.preset)
     failed = [s["name"] for s in record["steps"] if s["status"] == "failed"]
-    report = out / "report" / "report.json"
+    report = ResultsRoot(out).report / "report.json"
     if report.is_file() and "paper checks" not in failed:
         from paper_checks.report import print_table
 
         print_table(json.loads(report.read_text(encoding="utf-8")))
         print(f"report: {report} and {report.with_suffix('.md')}")
-    figs = out / "figures" / "figures.json"
+    figs = ResultsRoot(out).figures / "figures.json"
     if figs.is_file():
         listed = json.loads(figs.read_text(encoding="utf-8"))
         print("figures:")
         for f in listed.get("figures", []):
             if f.endswith(".png"):
                 print(f"  {f}")
-    print(f"total wall time {record['total_wall_s']:.1f} s; record: {out / 'reproduce.json'}")
+    print(f"total wall time {record['total_wall_s']:.1f} s; record: {ResultsRoot(out).state}")
     if failed:
         print(f"FAILED steps: {', '.join(failed)} (see their logs; rerun the same command to resume)", file=sys.stderr)
         return 1

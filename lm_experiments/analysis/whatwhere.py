@@ -195,7 +195,7 @@ def _csv(df: pd.DataFrame, path: Path) -> Path:
 def _stamp(res: Results, key: str) -> str:
     """What identifies a checkpoint's evaluation in the cache: its run's result.json (size, mtime)."""
     stage, ident = key.split(":", 1)
-    p = res.tree.run_dir(stage, ident) / "result.json"
+    p = RunTree.record(res.tree.run_dir(stage, ident))
     st = p.stat()
     return f"{st.st_size}-{int(st.st_mtime)}"
 

@@ -144,13 +144,13 @@ _sealed_main = main_process_only(sealed)
 
 def write_result(d: Path, result: dict[str, Any]) -> None:
     """``result.json`` of run directory ``d`` with the integrity record of its files, last."""
-    atomic_write_json(d / "result.json", {**result, "integrity": _sealed_main(d)})
+    atomic_write_json(RunTree.record(d), {**result, "integrity": _sealed_main(d)})
 
 
 def finished(stage: str, d: Path) -> StageResult | None:
     """The finished run in ``d``; None when it is not finished or damaged (reported in one
     line on rank 0: the caller then redoes it)."""
-    if not (d / "result.json").exists():
+    if not RunTree.record(d).exists():
         return None
     rec, why = read_run(d)
     if why is not None:

@@ -84,8 +84,8 @@ def run_traj(ctx: StageContext, r: TrajRun) -> StageResult:
     run_seed = int_seed(seed, "torch", "stage3", ft_key(ctx.cfg, r.post.upstream_id, r.ft_lr))
     for i, m in enumerate(ckpts):
         sd = RunTree.step_dir(d, m["step"])
-        if (sd / "result.json").is_file():
-            row, why = integrity.read_json(sd / "result.json")
+        if RunTree.record(sd).is_file():
+            row, why = integrity.read_json(RunTree.record(sd))
             if why is None:
                 rows.append(row)
                 continue
@@ -103,7 +103,7 @@ def run_traj(ctx: StageContext, r: TrajRun) -> StageResult:
             row.update(L_ret=ctx.evaluate(model, "post").mean_loss, L_ft=ctx.evaluate(model, "ft").mean_loss,
                        L_pre=ctx.evaluate(model, "pre").mean_loss)
             row["diverged"] = not all(math.isfinite(row[k]) for k in ("L_ret", "L_ft", "L_pre"))
-        atomic_write_json(sd / "result.json", row)
+        atomic_write_json(RunTree.record(sd), row)
         remove_train_state(sd)
         rows.append(row)
     result = {**base, "diverged": False, "best_step": best, "rows": rows, "wall_s": time.time() - t0}

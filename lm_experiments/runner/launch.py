@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from early_exposure.io import atomic_write_json
+from early_exposure.runs import RunTree
 from lm_experiments.runner.unit import outcome, run_one
 
 _REPO = Path(__file__).resolve().parents[2]  # the checkout's root (the ranks' PYTHONPATH)
@@ -49,7 +50,7 @@ def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_ro
     """Run one unit with ``torchrun --nproc_per_node nproc``; its outcome (never raises)."""
     if upstream is not None and upstream["failed"]:
         return outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
-    work = Path(out) / ".units"
+    work = RunTree(out).units
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix=f"{stage}-{unit}-") as tmp:
         spec, result = Path(tmp) / "spec.pkl", Path(tmp) / "outcome.json"
