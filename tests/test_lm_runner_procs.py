@@ -2,7 +2,7 @@
 (lm_experiments.runner.launch), from the serial executor and as a multi-process Ray task.
 
 References: the one-process sweep of the same config (losses within the DDP tolerance of
-tests/test_lm_ddp.py: rtol 1e-5, gloo sums in another order than one process's matmuls),
+tests/test_lm_engine_ddp.py: rtol 1e-5, gloo sums in another order than one process's matmuls),
 and the serial executor's multi-process sweep (the Ray one must equal it bitwise: the same
 torchrun jobs, only the placement differs).
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from test_lm_ddp import _pipeline_config
+from test_lm_engine_ddp import _pipeline_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
