@@ -17,7 +17,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from lm_tiny import write_corpora
 
 # ---- every lm_experiments name used here (remap these lines when modules move) --------
@@ -28,6 +27,8 @@ from lm_experiments.stages import StageContext, run_post, run_pre
 from lm_experiments.sweep import data_sizes
 
 ENGINE_STEP_FN = "loss_and_backward"  # the engine function that receives every training batch x (b, T)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SEQ = 16
 N_TRAIN_BLOCKS = 13  # data.max_train_tokens / SEQ: every role's training split holds 13 blocks
@@ -69,7 +70,6 @@ CASES = [(0.25, None, 3),   # 0.25 * 13 = 3.25 -> 3 in stage 1, 10 in stage 2
 @pytest.mark.parametrize("lam,post_blocks,n_stage1", CASES)
 def test_compute_matched_stage2_serves_exactly_the_unseen_post_blocks(
         corpora: dict, monkeypatch: pytest.MonkeyPatch, lam: float, post_blocks: int | None, n_stage1: int) -> None:
-    torch.set_num_threads(1)
     cfg = config_from_mapping(_config(corpora["paths"], lam, post_blocks))
     out = corpora["root"] / f"out-{lam}"
     ctx = StageContext.open(cfg, out, cache_root=corpora["cache"])

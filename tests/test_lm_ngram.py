@@ -18,10 +18,15 @@ import pytest
 
 # ---- every lm_experiments name used here (remap these lines when modules move) --------
 import lm_experiments.ngram as NGRAM_MODULE
+from lm_experiments.config import config_from_mapping as CONFIG_FROM_MAPPING
+from lm_experiments.data import prepare_data as PREPARE_DATA
 from lm_experiments.evaluate import evaluate as LM_EVALUATE
+from lm_experiments.plan import post_subset as POST_SUBSET
 
 fit = NGRAM_MODULE.fit
 baselines = NGRAM_MODULE.baselines
+baselines_from_config = NGRAM_MODULE.baselines_from_config
+baseline_columns = NGRAM_MODULE.baseline_columns
 LAM_GRID, MU_GRID = NGRAM_MODULE.LAM_GRID, NGRAM_MODULE.MU_GRID
 
 # a tiny corpus, V = 6; id 5 plays EOS (an ordinary token for scoring)
@@ -51,19 +56,24 @@ class HandCounts:
                 if j >= 2:
                     self.c3[(row[j - 2], row[j - 1], row[j])] += 1
         self.n = sum(self.c1.values())
+        self.cv: Counter = Counter()   # pairs per context token
+        for (a, _), c in self.c2.items():
+            self.cv[a] += c
+        self.cuv: Counter = Counter()  # triples per context pair
+        for (a, b, _), c in self.c3.items():
+            self.cuv[(a, b)] += c
 
     def p1(self, w: int) -> float:
         return (self.c1[w] + self.k) / (self.n + self.k * self.V)
 
     def p2(self, v: int, w: int) -> float:
-        cv = sum(c for (a, _), c in self.c2.items() if a == v)
-        return (self.c2[(v, w)] + self.k) / (cv + self.k * self.V)
+        return (self.c2[(v, w)] + self.k) / (self.cv[v] + self.k * self.V)
 
     def p3(self, u: int | None, v: int, w: int, lam: float, mu: float) -> float:
         low = mu * self.p2(v, w) + (1 - mu) * self.p1(w)
         if u is None:
             return low
-        cuv = sum(c for (a, b, _), c in self.c3.items() if (a, b) == (u, v))
+        cuv = self.cuv[(u, v)]
         if cuv == 0:
             return low
         return lam * self.c3[(u, v, w)] / cuv + (1 - lam) * low
@@ -79,6 +89,11 @@ class HandCounts:
                 n += 1
         return total / n
 
+    def tuned(self, val: np.ndarray) -> tuple[float, float]:
+        """The grid point of least validation loss (first in grid order on ties)."""
+        grid = [(lam, mu) for lam in LAM_GRID for mu in MU_GRID]
+        return grid[min((self.loss(val, 3, lam, mu), i) for i, (lam, mu) in enumerate(grid))[1]]
+
 
 def test_losses_equal_hand_counts() -> None:
     hand = HandCounts(TRAIN, V, K)
@@ -92,10 +107,7 @@ def test_losses_equal_hand_counts() -> None:
 
 def test_baselines_tune_on_validation_and_score_on_test() -> None:
     hand = HandCounts(TRAIN, V, K)
-    # the grid point of least validation loss, by hand (first in grid order on ties)
-    best = min(((hand.loss(VAL, 3, lam, mu), i) for i, (lam, mu) in
-                enumerate((lam, mu) for lam in LAM_GRID for mu in MU_GRID)))
-    lam, mu = [(a, b) for a in LAM_GRID for b in MU_GRID][best[1]]
+    lam, mu = hand.tuned(VAL)
     split = SimpleNamespace(train=TRAIN, val=VAL, test=TEST, report=TEST)
     res = baselines({"post": split}, roles=("post",), vocab_size=V, k=K)["post"]
     assert res["unigram"] == pytest.approx(hand.loss(TEST, 1), rel=1e-12)
@@ -225,3 +237,45 @@ def test_bigram_test_loss_approaches_the_chain_entropy_rate() -> None:
     se = lp.std() / math.sqrt(lp.size)
     assert abs(lp.mean() - H - gaps_expected[-1]) < 4 * se
     assert abs(lp.mean() - H) < 0.03
+
+
+def test_baselines_from_config_through_the_data_layer(tmp_path) -> None:
+    """A pipeline config's data prepared through the data layer (tiny local corpora): each
+    role fit on its training split, tuned on validation, scored on test; ``post_subset`` fit
+    on the capped D_post blocks of stage 2; all equal to hand counts of the same arrays."""
+    import yaml
+    from lm_tiny import write_corpora
+
+    seq = 16
+    cfg = {"data": {role: {"source": "local", "name": role, "path": p} for role, p in write_corpora(tmp_path).items()}
+           | {"vocab_size": 300, "seq_len": seq, "val_tokens": 4 * seq, "val_fraction": 0.15, "test_fraction": 0.15,
+              "test_tokens": 4 * seq, "bpe_sample_chars": 20000},
+           "model": {"preset": "tiny-1m"},
+           "pre": {"tokens": 4 * 4 * seq, "batch_size": 4, "mix_fraction": [0.0]},
+           "post": {"sweep": {"lr": [1.0e-3], "batch_size": [4]}, "post_train_tokens": 10 * seq},
+           "ft": {"lr": [1.0e-3], "tokens": 4 * seq, "batch_size": 4},
+           "seeds": [0], "device": "cpu"}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = baselines_from_config(path, cache_root=tmp_path / "cache")
+    data = PREPARE_DATA(CONFIG_FROM_MAPPING(cfg).data, cache_root=tmp_path / "cache", progress=False)
+    vocab = len(data.tokenizer)
+    assert res["data"]["vocab_size"] == vocab and res["data"]["fingerprint"] == data.fingerprint
+    post_train = np.asarray(data.splits["post"].train)
+    sub = post_train[POST_SUBSET(post_train.shape[0], 10 * seq, seq)]
+    assert sub.shape == (10, seq)
+    for role, train in (("pre", None), ("post", None), ("ft", None), ("post_subset", sub)):
+        sp = data.splits["post" if role == "post_subset" else role]
+        train = np.asarray(sp.train) if train is None else train
+        test, val = np.asarray(sp.test), np.asarray(sp.val)
+        hand = HandCounts(train, vocab, K)
+        lam, mu = hand.tuned(val)
+        r = res[role]
+        assert r["tokens"] == test.shape[0] * (seq - 1) and r["train_tokens"] == train.shape[0] * (seq - 1)
+        assert r["unigram"] == pytest.approx(hand.loss(test, 1), rel=1e-10)
+        assert r["bigram"] == pytest.approx(hand.loss(test, 2), rel=1e-10)
+        assert (r["trigram_lam"], r["trigram_mu"]) == (lam, mu)
+        assert r["trigram"] == pytest.approx(hand.loss(test, 3, lam, mu), rel=1e-10)
+        assert r["tuned_on_scored_split"] is False
+    cols = baseline_columns(res)
+    assert cols["ngram_bigram_post_subset"] == res["post_subset"]["bigram"] and len(cols) == 4 * 3
