@@ -20,11 +20,12 @@ import pytest
 from lm_tiny import write_corpora
 
 # ---- every lm_experiments name used here (remap these lines when modules move) --------
-import lm_experiments.train as ENGINE_MODULE  # monkeypatched: ENGINE_MODULE.loss_and_backward
+import lm_experiments.engine.train as ENGINE_MODULE  # monkeypatched: ENGINE_MODULE.loss_and_backward
 from lm_experiments.config import config_from_mapping
-from lm_experiments.plan import make_plan
-from lm_experiments.stages import StageContext, run_post, run_pre
-from lm_experiments.sweep import data_sizes
+from lm_experiments.protocol.plan import make_plan
+from lm_experiments.protocol.context import StageContext
+from lm_experiments.protocol.stages import run_post, run_pre
+from lm_experiments.protocol.prepared import data_sizes
 
 ENGINE_STEP_FN = "loss_and_backward"  # the engine function that receives every training batch x (b, T)
 

@@ -1,4 +1,4 @@
-"""n-gram baselines (``lm_experiments.ngram``) against independent references.
+"""n-gram baselines (``lm_experiments.analysis.ngram``) against independent references.
 
 References: hand counts of a tiny corpus with ``collections.Counter`` and explicit Python
 loops (a second code path for every formula of the module docstring); the LM's own
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 # ---- every lm_experiments name used here (remap these lines when modules move) --------
-import lm_experiments.ngram as NGRAM_MODULE
+import lm_experiments.analysis.ngram as NGRAM_MODULE
 from lm_experiments.config import config_from_mapping as CONFIG_FROM_MAPPING
 from lm_experiments.data import prepare_data as PREPARE_DATA
-from lm_experiments.evaluate import evaluate as LM_EVALUATE
-from lm_experiments.plan import post_subset as POST_SUBSET
+from lm_experiments.engine.evaluate import evaluate as LM_EVALUATE
+from lm_experiments.protocol.plan import post_subset as POST_SUBSET
 
 fit = NGRAM_MODULE.fit
 baselines = NGRAM_MODULE.baselines

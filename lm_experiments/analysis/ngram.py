@@ -3,7 +3,7 @@
 Does a stage of the LM pipeline beat a count table of its own data? For every role
 (pre, post, ft) a unigram, a bigram and an interpolated trigram model are fit on the
 role's packed training blocks and scored on its reported held-out blocks (the test split,
-else validation), in nats per token, counted exactly as :func:`lm_experiments.evaluate.evaluate`
+else validation), in nats per token, counted exactly as :func:`lm_experiments.engine.evaluate.evaluate`
 counts the LM's loss. numpy only (no torch at import).
 
 What is counted (the LM's evaluation, matched)
@@ -51,7 +51,7 @@ so nothing of size V x V is built (V up to ~2 million).
 Entry points: :func:`fit` / :class:`NGramModel` (one corpus), :func:`role_baselines` (one
 role), :func:`baselines` (every role of a prepared data set or of a ``{role: split}``
 mapping), :func:`baselines_from_config` (a pipeline config through the data layer,
-:func:`lm_experiments.sweep.prepare`), ``python -m lm_experiments.ngram CONFIG``.
+:func:`lm_experiments.protocol.prepared.prepare`), ``python -m lm_experiments.analysis.ngram CONFIG``.
 """
 
 from __future__ import annotations
@@ -260,14 +260,14 @@ def baselines(prepared_or_splits: Any, roles: Iterable[str] = ("pre", "post", "f
 def baselines_from_config(cfg: Any, *, cache_root: Path | None = None, roles: Iterable[str] = ("pre", "post", "ft"),
                           k: float = DEFAULT_K, progress: bool = False) -> dict[str, Any]:
     """Baselines of a pipeline config (a :class:`~lm_experiments.config.PipelineConfig` or
-    a preset path): the data prepared through :func:`lm_experiments.sweep.prepare` (cache,
+    a preset path): the data prepared through :func:`lm_experiments.protocol.prepared.prepare` (cache,
     fallback corpora). Besides each role fit on its whole training split, ``"post_subset"``
     is D_post fit on the blocks stage 2 actually draws from (``post.post_train_tokens``,
-    :func:`lm_experiments.plan.post_subset`) when that caps D_post; ``"data"`` says which
+    :func:`lm_experiments.protocol.plan.post_subset`) when that caps D_post; ``"data"`` says which
     data were used."""
     from lm_experiments.config import PipelineConfig, load_config
-    from lm_experiments.plan import post_subset
-    from lm_experiments.sweep import prepare
+    from lm_experiments.protocol.plan import post_subset
+    from lm_experiments.protocol.prepared import prepare
 
     if not isinstance(cfg, PipelineConfig):
         cfg = load_config(cfg)
@@ -295,7 +295,7 @@ def baseline_columns(result: Mapping[str, Any]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m lm_experiments.ngram CONFIG.yaml  (n-gram baselines of its data, nats/token)",
+        print("usage: python -m lm_experiments.analysis.ngram CONFIG.yaml  (n-gram baselines of its data, nats/token)",
               file=sys.stderr)
         return 2
     res = baselines_from_config(args[0], progress=True)
