@@ -51,6 +51,9 @@ def test_floor_closed_form_queries_only():
     seq_len = 16  # targets: words 1..14 and EOS -> 15; entities at 1, 8; relations at 2, 9
     expected = (2 * math.log(E) + 2 * math.log(R)) / 15
     assert S.entropy_floor(w, "post", seq_len) == pytest.approx(expected, rel=1e-12)
+    # without the facts: + log V at the values (offsets 5: words 5 and 12)
+    assert S.entropy_floor(w, "post", seq_len, knows_facts=False) == pytest.approx(
+        expected + 2 * math.log(cfg.values) / 15, rel=1e-12)
     R_pre = cfg.shared_relations + cfg.inconsistent_relations
     assert S.entropy_floor(w, "pre", seq_len) == pytest.approx((2 * math.log(E) + 2 * math.log(R_pre)) / 15, rel=1e-12)
 

@@ -344,11 +344,16 @@ def _entropy(p: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def entropy_floor(world: World, role: str, seq_len: int) -> float:
+def entropy_floor(world: World, role: str, seq_len: int, *, knows_facts: bool = True) -> float:
     """Exact per-token entropy floor (nats) of a packed block of distribution ``role``:
     ``(1 / (seq_len - 1)) * sum_{t=1}^{seq_len-2} E[h(s_t)]`` (+ 0 for the certain EOS),
     with ``s_t`` the generator's state after ``t`` words (its distribution propagated
-    exactly from the document start) and ``h`` the entropy of the word emitted there."""
+    exactly from the document start) and ``h`` the entropy of the word emitted there.
+
+    ``knows_facts=False``: the same for a predictor that knows everything but the value
+    maps (``log V`` at every value, whose marginal is uniform): the loss of a model that
+    learned the grammar and phrasings and memorised no fact. The gap between the two is
+    the part of the loss that only facts can remove."""
     role = _role(role)
     E, R, F = len(world.entities), len(world.role_relations(role)), len(world.filler)
     kp = world.kind_probs()
@@ -373,6 +378,8 @@ def entropy_floor(world: World, role: str, seq_len: int) -> float:
         h[1 + i] = _entropy(world.filler_trans[i])
     h[ix["S1.r"]] = h[ix["Q.r"]] = math.log(R)
     h[ix["S2.e"]] = h[ix["Q.e"]] = math.log(E)
+    if not knows_facts:
+        h[ix["S1.v"]] = h[ix["S2.v"]] = h[ix["Q.v"]] = math.log(len(world.values))
     dist = np.zeros(n)
     dist[0] = 1.0
     total = 0.0
@@ -382,10 +389,10 @@ def entropy_floor(world: World, role: str, seq_len: int) -> float:
     return total / (seq_len - 1)
 
 
-def floors(cfg: SyntheticConfig, seq_len: int) -> dict[str, float]:
+def floors(cfg: SyntheticConfig, seq_len: int, *, knows_facts: bool = True) -> dict[str, float]:
     """:func:`entropy_floor` of each distribution, nats per token."""
     w = build_world(cfg)
-    return {r: entropy_floor(w, r, seq_len) for r in SYNTHETIC_NAMES}
+    return {r: entropy_floor(w, r, seq_len, knows_facts=knows_facts) for r in SYNTHETIC_NAMES}
 
 
 # --------------------------------------------------------------------------- exact-match items
