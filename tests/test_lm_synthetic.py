@@ -214,6 +214,18 @@ def test_exact_match_on_hand_set_outputs():
     assert got.dtype.kind == "i" and set(np.unique(got)) <= {0, 1} and got.sum() == by_hand
     assert all(g == (int(it.entity[1:]) % 2 == 0) for g, it in zip(got, items))
 
+    # per split and block: right for the even half of the entities (6 of 12) in each
+    def fn_any(ids):
+        words = [w.vocab[i] for i in ids]
+        e = next(x for x in words if x.startswith("e"))
+        r = next(x for x in words if x.startswith("r"))
+        v = w.facts["post"][(e, r)] if int(e[1:]) % 2 == 0 else next(x for x in w.values if x != w.facts["post"][(e, r)])
+        logits = np.zeros((len(ids), len(vocab)))
+        logits[-1, vocab[v]] = 5.0
+        return logits
+    rates = S.item_scores(fn_any, w, vocab)
+    assert rates == {s: {"inconsistent": 0.5, "specialized": 0.5, "all": 0.5} for s in ("val", "test")}
+
     # a torch module: always answers "v0" -> right exactly where the value is v0
     class Const(torch.nn.Module):
         def __init__(self):

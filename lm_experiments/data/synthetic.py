@@ -478,3 +478,16 @@ def exact_match(model_or_fn: object, items: Sequence[Item], tokenizer: object, *
     finally:
         model.train(was_training)
     return out
+
+
+def item_scores(model_or_fn: object, world: World, tokenizer: object, role: str = "post") -> dict[str, dict[str, float]]:
+    """Exact-match rate of ``role``'s items per split (``val``: training phrasing, ``test``:
+    held-out phrasing) and per block, plus ``all``: ``{split: {block | "all": rate}}``."""
+    out: dict[str, dict[str, float]] = {}
+    for split in PHRASINGS:
+        items = synthetic_items(world, split, role)
+        hits = exact_match(model_or_fn, items, tokenizer)
+        rates = {b: float(np.mean([h for h, it in zip(hits, items) if it.block == b]))
+                 for b in CAPABILITY_BLOCKS[_role(role)] if world.relations[b]}
+        out[split] = {**rates, "all": float(hits.mean())}
+    return out
