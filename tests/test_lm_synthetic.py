@@ -343,3 +343,19 @@ def test_preset_loads_and_override_errors_name_the_field():
     with pytest.raises(ConfigError) as exc:
         load_config("configs/lm/cpu-quick-synth.yaml", ["data.synthetic.entities=0"])
     assert exc.value.field == "data.synthetic.entities"
+
+
+def test_data_cli_prints_the_floors(tmp_path, capsys):
+    import yaml
+
+    from lm_experiments.data.__main__ import run
+
+    synth = {"entities": 6, "values": 4, "filler_words": 3, "pre_docs": 120, "post_docs": 120, "ft_docs": 120}
+    cfg_path = tmp_path / "synth.yaml"
+    cfg_path.write_text(yaml.safe_dump({"data": _synthetic_data(synthetic=synth, val_tokens=64)}))
+    assert run(["prepare", "--config", str(cfg_path), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    w = S.build_world(SyntheticConfig(**synth))
+    for role in ("pre", "post", "ft"):
+        line = next(x for x in out.splitlines() if x.startswith(f"{role:<5} entropy floor"))
+        assert float(line.split()[3]) == pytest.approx(S.entropy_floor(w, role, 32), abs=1e-4)
