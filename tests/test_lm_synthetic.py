@@ -296,7 +296,9 @@ def test_other_sources_keep_their_identity():
                      ft=CorpusSpec("embedded", "chem"))
     assert list(cfg.identity()) == ["pre", "post", "ft", "tokenizer", "vocab_size", "seq_len", "val_tokens",
                                     "val_fraction", "max_train_tokens", "bpe_sample_chars"]
-    assert "synthetic" in from_dict(DataConfig, _synthetic_data(), path="data").identity()
+    assert cfg.synthetic is None
+    synth = from_dict(DataConfig, _synthetic_data(), path="data")
+    assert synth.synthetic == SyntheticConfig() and "synthetic" in synth.identity()
 
 
 # --------------------------------------------------------------------------- (f) bad knobs

@@ -13,8 +13,8 @@ it appears in a config file, e.g. ``data.post.name`` (the section is called ``da
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from early_exposure.errors import ConfigError
 
@@ -197,10 +197,11 @@ class DataConfig:
         max_train_tokens: cap on each role's training tokens (None = all).
         bpe_sample_chars: per-role character budget of the BPE training sample.
         synthetic: knobs of the synthetic world read by ``source: synthetic`` roles
-            (:class:`SyntheticConfig`); such a config needs ``tokenizer: word`` (one word
-            = one token, built from the world's closed vocabulary) and every role
+            (:class:`SyntheticConfig`; None = its defaults when the roles are synthetic,
+            and must stay None otherwise); such a config needs ``tokenizer: word`` (one
+            word = one token, built from the world's closed vocabulary) and every role
             synthetic. Absent from :meth:`identity` unless the roles are synthetic, so
-            the other configs keep their keys (it must stay at its defaults there).
+            the other configs keep their keys.
     """
 
     pre: CorpusSpec
@@ -216,7 +217,9 @@ class DataConfig:
     test_fraction: float = 0.0
     test_tokens: int | None = None
     max_doc_chars: int | None = None
-    synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig())
+    # a mapping is accepted too and validated in __post_init__, so a bad knob's error names
+    # it (data.synthetic.entities); after construction this is a SyntheticConfig or None
+    synthetic: SyntheticConfig | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -227,7 +230,11 @@ class DataConfig:
         if not isinstance(self.tokenizer, str) or not self.tokenizer.strip():
             raise ConfigError("tokenizer", "must be 'bpe' or a Hugging Face tokenizer name")
         synth = [r for r in ROLES if getattr(self, r).source == "synthetic"]
-        if not isinstance(self.synthetic, SyntheticConfig):
+        if isinstance(self.synthetic, dict):
+            from early_exposure.configs import from_dict
+
+            object.__setattr__(self, "synthetic", from_dict(SyntheticConfig, self.synthetic, path="synthetic"))
+        if self.synthetic is not None and not isinstance(self.synthetic, SyntheticConfig):
             raise ConfigError("synthetic", f"expected a mapping of knobs, got {type(self.synthetic).__name__}")
         if synth and len(synth) < len(ROLES):
             other = next(r for r in ROLES if r not in synth)
@@ -236,9 +243,11 @@ class DataConfig:
         if synth and self.tokenizer != WORD_TOKENIZER:
             raise ConfigError("tokenizer", f"synthetic corpora need tokenizer: {WORD_TOKENIZER} (one word = one "
                               f"token, so the entropy floor is per token), got {self.tokenizer!r}")
-        if not synth and (self.tokenizer == WORD_TOKENIZER or self.synthetic != SyntheticConfig()):
+        if not synth and (self.tokenizer == WORD_TOKENIZER or self.synthetic is not None):
             raise ConfigError("tokenizer" if self.tokenizer == WORD_TOKENIZER else "synthetic",
                               "only for source: synthetic corpora (set pre/post/ft source: synthetic)")
+        if synth and self.synthetic is None:  # the defaults, recorded in the config and its identity
+            object.__setattr__(self, "synthetic", SyntheticConfig())
         if synth and self.max_doc_chars is not None:
             raise ConfigError("max_doc_chars", "must be null for synthetic corpora (a document is one block)")
         _int_range("vocab_size", self.vocab_size, 260, 1_000_000, "a byte-level BPE needs 256 bytes + 3 specials")

@@ -333,7 +333,7 @@ def _load_or_build(cfg: DataConfig, cache_root: Path, idents: dict, fingerprint:
 
 def _config_record(cfg: DataConfig) -> dict:
     """The config as ``meta.json`` records it: ``synthetic`` only for synthetic roles (so
-    the other configs' records keep their bytes)."""
+    the other configs' records keep their bytes: it is null there)."""
     d = to_dict(cfg)
     if not cfg.is_synthetic:
         d.pop("synthetic", None)
