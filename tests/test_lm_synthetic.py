@@ -342,6 +342,9 @@ def test_preset_loads_and_override_errors_name_the_field():
     assert cfg.data.is_synthetic and cfg.data.seq_len == 64
     from lm_experiments.model import MODEL_PRESETS
     assert MODEL_PRESETS[cfg.model.preset]["num_hidden_layers"] >= 4
+    from lm_experiments.config import config_from_mapping, config_to_dict
+    for other in (cfg, load_config("configs/lm/cpu-quick-flan-chem.yaml")):  # what executors and workers do
+        assert config_from_mapping(config_to_dict(other)) == other
     with pytest.raises(ConfigError) as exc:
         load_config("configs/lm/cpu-quick-synth.yaml", ["data.synthetic.entities=0"])
     assert exc.value.field == "data.synthetic.entities"
