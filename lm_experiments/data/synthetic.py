@@ -323,7 +323,8 @@ def bayes_logprobs(world: World, role: str, words: Sequence[str], doc_len: int |
     doc_len = len(words) - 1 if doc_len is None else doc_len
     p = _Parser(world, _role(role), doc_len)
     out = np.empty(max(len(words) - 1, 0))
-    p.advance(words[0]) if words else None
+    if words:
+        p.advance(words[0])
     for t in range(1, len(words)):
         q = p.prob(words[t])
         out[t - 1] = math.log(q) if q > 0 else -math.inf
