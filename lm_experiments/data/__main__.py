@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         sp = data.splits[role]
         print(f"{role:<5} {r['source']}:{r['name']:<12} train {sp.train.shape[0]:>7} x {sp.train.shape[1]} "
               f"= {sp.train.size:>10,} tok  val {sp.val.size:>7,} tok  chars/tok {r['train']['chars_per_token']}")
+    if cfg.is_synthetic:  # the known floors (docs/synthetic_world.md)
+        from lm_experiments.data import synthetic
+
+        fl = synthetic.floors(cfg.synthetic, cfg.seq_len)
+        nf = synthetic.floors(cfg.synthetic, cfg.seq_len, knows_facts=False)
+        for role in ROLES:
+            print(f"{role:<5} entropy floor {fl[role]:.4f} nats/token (no facts: {nf[role]:.4f})")
     if args.json:
         atomic_write_json(args.json, st)
     return 0

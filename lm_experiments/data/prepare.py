@@ -20,6 +20,7 @@ file's SHA-256) written last, so a second call only loads arrays (about a second
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -37,12 +38,12 @@ from early_exposure import integrity
 from early_exposure.configs import to_dict
 from early_exposure.errors import ConfigError
 from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
-from lm_experiments.data import sources
+from lm_experiments.data import sources, synthetic
 from lm_experiments.data.archives import sha256_file
-from lm_experiments.data.config import ROLES, SECTION, DataConfig
+from lm_experiments.data.config import ROLES, SECTION, WORD_TOKENIZER, DataConfig
 from lm_experiments.data.shards import (DocIndex, TokenShard, bpe_sample, cut_document, pack_to_npy, scan,
                                         tokenize_to_shard)
-from lm_experiments.data.tokenizer import load_named, train_bpe
+from lm_experiments.data.tokenizer import load_named, train_bpe, word_level
 
 #: Bump when splitting/packing changes: part of every cache key and of the fingerprint.
 DATA_VERSION = 1
@@ -110,10 +111,26 @@ def default_cache_root() -> Path:
 def _docs(cfg: DataConfig, role: str, cache_root: Path) -> Iterator[str]:
     """A fresh stream over the documents of ``role`` (each pass re-reads the corpus), long
     ones cut into pieces of at most ``max_doc_chars`` when it is set."""
+    spec = getattr(cfg, role)
+    if spec.source == "synthetic":  # generated (cached in memory), one document per block
+        return iter(synthetic.documents(cfg.synthetic, spec.name, cfg.seq_len))
     docs = sources.iter_documents(getattr(cfg, role), f"{SECTION}.{role}", cache_root)
     if cfg.max_doc_chars is None:
         return docs
     return (piece for d in docs for piece in cut_document(d, cfg.max_doc_chars))
+
+
+def _corpus_identity(cfg: DataConfig, role: str, cache_root: Path, progress: bool) -> dict:
+    """:func:`sources.corpus_identity`; for a synthetic role, the SHA-256 of its generated
+    documents (so a change of the generator moves every cache key)."""
+    spec = getattr(cfg, role)
+    if spec.source != "synthetic":
+        return sources.corpus_identity(spec, f"{SECTION}.{role}", cache_root, progress=progress)
+    h = hashlib.sha256()
+    for d in synthetic.documents(cfg.synthetic, spec.name, cfg.seq_len):
+        h.update(d.encode("utf-8") + b"\0")
+    return {"source": "synthetic", "name": spec.name, "sha256": h.hexdigest(),
+            "sources": [{"generator": "lm_experiments.data.synthetic", "license": "generated"}], "missing": []}
 
 
 def _index_roles(cfg: DataConfig, cache_root: Path) -> dict[str, DocIndex]:
@@ -158,7 +175,9 @@ def _tokenizer(cfg: DataConfig, idents: dict, index: dict[str, DocIndex], cache_
             return PreTrainedTokenizerFast.from_pretrained(str(tdir)), tdir, key
         integrity.report(why, "training the tokenizer again")
         done.unlink()
-    if cfg.tokenizer == "bpe":
+    if cfg.tokenizer == WORD_TOKENIZER:  # the synthetic world's closed vocabulary, one word = one token
+        tok = word_level(synthetic.build_world(cfg.synthetic).vocab, synthetic.UNK_TOKEN)
+    elif cfg.tokenizer == "bpe":
         sample: list[str] = []
         for role in ROLES:
             sample += bpe_sample(_docs(cfg, role, cache_root), index[role], cfg.bpe_sample_chars)
@@ -223,8 +242,7 @@ def prepare_data(cfg: DataConfig, *, cache_root: Path | None = None, progress: b
         raise ConfigError(SECTION, f"expected a DataConfig, got {type(cfg).__name__}")
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     t0 = time.perf_counter()
-    idents = {r: sources.corpus_identity(getattr(cfg, r), f"{SECTION}.{r}", cache_root, progress=progress)
-              for r in ROLES}
+    idents = {r: _corpus_identity(cfg, r, cache_root, progress) for r in ROLES}
     fingerprint = stable_hash({"v": DATA_VERSION, "config": cfg.identity(),
                                "corpora": {r: idents[r]["sha256"] for r in ROLES}}, 16)
     pdir = cache_root / "prepared" / fingerprint
@@ -307,10 +325,19 @@ def _load_or_build(cfg: DataConfig, cache_root: Path, idents: dict, fingerprint:
     stats["seconds_build"] = round(time.perf_counter() - t0, 2)
     if tests:
         stats["test_fingerprint"] = stable_hash({r: files[f"{r}_test.npy"] for r in ROLES}, 16)
-    atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": to_dict(cfg), "tokenizer_dir": tdir.relative_to(cache_root).as_posix(),
+    atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": _config_record(cfg), "tokenizer_dir": tdir.relative_to(cache_root).as_posix(),
                                   "files": files, "stats": stats})
     splits, _ = _load_cached(pdir, meta_path, verify=False)
     return PreparedData(tok, tdir, splits, fingerprint, {**stats, "cache_hit": False})
+
+
+def _config_record(cfg: DataConfig) -> dict:
+    """The config as ``meta.json`` records it: ``synthetic`` only for synthetic roles (so
+    the other configs' records keep their bytes: it is null there)."""
+    d = to_dict(cfg)
+    if not cfg.is_synthetic:
+        d.pop("synthetic", None)
+    return d
 
 
 def _load_cached(pdir: Path, meta_path: Path, *, verify: bool = True) -> tuple[dict[str, TokenSplit], dict] | None:

@@ -1,4 +1,5 @@
-"""Tokenizers: a byte-level BPE trained with ``tokenizers``, or a named HF tokenizer.
+"""Tokenizers: a byte-level BPE trained with ``tokenizers``, a named HF tokenizer, or the
+synthetic world's word-level tokenizer (``tokenizer: word``, :func:`word_level`).
 
 The BPE (GPT-2 style byte-level pre-tokenization, no normalizer) is lossless: decoding
 the ids of any text gives the text back.  It is wrapped as a
@@ -30,6 +31,18 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(texts, trainer)
     return wrap(tok)
+
+
+def word_level(vocab: Sequence[str], unk_token: str) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over a closed vocabulary (id = position in ``vocab``, which
+    starts with the BOS, EOS, PAD specials and ``unk_token``): text is split at whitespace
+    and each word is one token; decoding joins the words with single spaces."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=unk_token))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([SPECIAL_TOKENS["bos_token"], SPECIAL_TOKENS["eos_token"], SPECIAL_TOKENS["pad_token"],
+                            unk_token])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, unk_token=unk_token,
+                                   **SPECIAL_TOKENS)
 
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
