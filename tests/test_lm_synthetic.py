@@ -340,7 +340,7 @@ def test_preset_loads_and_override_errors_name_the_field():
 
     cfg = load_config("configs/lm/cpu-quick-synth.yaml")
     assert cfg.data.is_synthetic and cfg.data.seq_len == 64
-    from lm_experiments.model import MODEL_PRESETS
+    from lm_experiments.engine.model import MODEL_PRESETS
     assert MODEL_PRESETS[cfg.model.preset]["num_hidden_layers"] >= 4
     from lm_experiments.config import config_from_mapping, config_to_dict
     for other in (cfg, load_config("configs/lm/cpu-quick-flan-chem.yaml")):  # what executors and workers do
@@ -369,31 +369,16 @@ def test_data_cli_prints_the_floors(tmp_path, capsys):
 # --------------------------------------------------------------------------- bigram baseline
 
 
-def test_bigram_baseline_by_hand():
-    """Vocabulary 3, train blocks [0 1 2], [0 1 1]: counts (0,1) = 2, (1,2) = 1, (1,1) = 1.
-    On [0 1 2] with alpha 1: p(1|0) = 3/5, p(2|1) = 2/5 -> loss -(log .6 + log .4)/2."""
-    from lm_experiments.data.baselines import bigram_baseline, bigram_counts, bigram_loss
-
-    train = np.array([[0, 1, 2], [0, 1, 1]])
-    c = bigram_counts(train, 3)
-    assert c.tolist() == [[0, 2, 0], [0, 1, 1], [0, 0, 0]]
-    assert bigram_loss(c, np.array([[0, 1, 2]]), 1.0) == pytest.approx(-(math.log(3 / 5) + math.log(2 / 5)) / 2)
-    # alpha is chosen on val: a val block of unseen bigrams favours the largest alpha
-    out = bigram_baseline(train, np.array([[2, 0, 2]]), np.array([[0, 1, 2]]), 3, alphas=(0.01, 1.0))
-    assert out["alpha"] == 1.0 and out["report"] == pytest.approx(-(math.log(3 / 5) + math.log(2 / 5)) / 2)
-
-
 def test_bigram_sits_between_the_floors_and_log_vocab(tmp_path):
     """On the synthetic world the bigram cannot know which entity and relation a value
     belongs to, nor the grammar beyond one word: measured ~0.3 nats above the no-facts
     floor here (an empirical check, not a bound), and below log(vocabulary)."""
-    from lm_experiments.data.baselines import bigram_baseline
+    from lm_experiments.analysis.ngram import baselines
 
     synth = {"entities": 12, "values": 5, "filler_words": 4, "pre_docs": 400, "post_docs": 400, "ft_docs": 400}
     cfg = from_dict(DataConfig, _synthetic_data(synthetic=synth), path="data")
     data = prepare_data(cfg, cache_root=tmp_path, progress=False)
     w = S.build_world(cfg.synthetic)
+    base = baselines(data)
     for role in ("pre", "post", "ft"):
-        sp = data.splits[role]
-        b = bigram_baseline(np.asarray(sp.train), np.asarray(sp.val), np.asarray(sp.report), len(data.tokenizer))
-        assert S.entropy_floor(w, role, 32, knows_facts=False) < b["report"] < math.log(len(data.tokenizer))
+        assert S.entropy_floor(w, role, 32, knows_facts=False) < base[role]["bigram"] < math.log(len(data.tokenizer))

@@ -50,6 +50,12 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         intermediate_size=256, vocab_size=2048, initializer_range=0.041667, max_position_embeddings=256,
     ),
+    # the smallest preset with 4 layers (every CPU preset of the testbed has at least 4: a depth
+    # profile needs more than two bars); ~1.05M parameters at vocab 4096, ~0.8M in the blocks
+    "tiny-4l": _preset(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=512, vocab_size=4096, initializer_range=0.041667, max_position_embeddings=256,
+    ),
     "tiny-3m": _preset(
         hidden_size=192, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=3,
         intermediate_size=512, vocab_size=4096, initializer_range=0.041667, max_position_embeddings=256,
