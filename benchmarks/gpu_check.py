@@ -193,7 +193,7 @@ class Sizes:
 FULL = Sizes(preset="smollm2-135m", vocab=49152, seq=2048, batch=16, warmup=3, steps=10, profile=2, ce_chunk=8192,
              big_preset="smollm2-1b-paper", big_batch=8, engine_steps=8)
 DRY = Sizes(preset="tiny-1m", vocab=256, seq=32, batch=2, warmup=1, steps=2, profile=2, ce_chunk=16,
-            big_preset="tiny-3m", big_batch=2, engine_steps=2)
+            big_preset="tiny-300k", big_batch=2, engine_steps=2)
 
 # cost priors (seconds) on one H100 box before anything is measured; --dry-run uses DRY_PRIORS
 PRIORS = {"env": 10, "ce": 20, "setup": 15, "step": 0.3, "compile_cold": 100, "compile_warm": 40, "pipeline": 100,
@@ -795,6 +795,7 @@ class Check:
             rec = {"status": "timeout", "why": f"child process killed after {limit + 30:.0f} s", "log_tail": _tail(log)}
         else:
             rec = {"status": "failed", "error": f"child process exited {rc} without a result", "log_tail": _tail(log)}
+        rec["variant_seconds"] = rec.get("seconds")  # inside the child; seconds: with its start-up
         rec.update(seconds=secs, isolated=True, log=str(log))
         return rec
 
