@@ -219,9 +219,14 @@ class Ctx:
     def dry(self) -> bool:
         return bool(self.args.dry_run)
 
+    @property
+    def device_name(self) -> str:
+        """``--device``; by default ``auto`` (``cpu`` in a dry run)."""
+        return self.args.device or ("cpu" if self.dry else "auto")
+
     @functools.cached_property
     def device(self) -> Any:
-        return engine().resolve_device("cpu" if self.dry else self.args.device)
+        return engine().resolve_device(self.device_name)
 
     @property
     def tmp(self) -> Path:
@@ -232,6 +237,15 @@ class Ctx:
     def ok(self, name: str) -> dict[str, Any] | None:
         r = self.results.get(name)
         return r.get("result") if r and r.get("status") == "ok" else None
+
+
+def _provenance() -> dict[str, Any] | None:
+    try:
+        from early_exposure.provenance import provenance
+
+        return provenance()
+    except Exception as exc:  # noqa: BLE001 - never worth losing the run over
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -461,6 +475,7 @@ def run_engine(ctx: Ctx) -> dict[str, Any]:
               cross_entropy="auto", ce_chunk_tokens=s.ce_chunk)
     out: dict[str, Any] = {"preset": s.preset, "batch": s.batch, "seq_len": s.seq, "compile_backend":
                            ctx.args.compile_backend}
+    torch._dynamo.reset()  # the warm-up call compiles (warm from inductor's on-disk cache, usually)
     with compile_backend(ctx.args.compile_backend):
         t = time.perf_counter()
         warm = e.train(model, source(2, 1), ckpt_dir=ctx.tmp / "engine_warm", **kw)
@@ -569,7 +584,7 @@ def run_pipeline(ctx: Ctx, limit: float) -> dict[str, Any]:
     root = ctx.tmp / "pipeline"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    dev = "cpu" if ctx.dry else ctx.args.device
+    dev = ctx.device_name
     (root / "tiny.yaml").write_text(yaml.safe_dump(_tiny_pipeline_config(root, dev)))
     log = ctx.out / "logs" / "pipeline.log"
     cmd = [sys.executable, "-m", ENGINE_CLI_MODULE, "run", "--config", str(root / "tiny.yaml"), "--out",
@@ -640,7 +655,7 @@ def ddp_worker(ctx: Ctx, backend: str | None, device: str, out_json: str | None)
 def run_ddp(ctx: Ctx, limit: float) -> dict[str, Any]:
     n, backend, device = _ddp_layout(ctx)
     t = time.time()
-    one = ddp_worker(ctx, None, "cpu" if ctx.dry else ("cuda:0" if device == "cuda:0" else "auto"), None)
+    one = ddp_worker(ctx, None, device, None)
     res_json = ctx.tmp / "ddp.json"
     log = ctx.out / "logs" / "ddp.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
@@ -743,7 +758,7 @@ class Check:
             "schema": 1, "script": "benchmarks/gpu_check.py", "argv": list(getattr(a, "argv", []) or []),
             "dry_run": ctx.dry, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "budget_s": budget.total_s, "sizes": vars(ctx.sizes), "targets": TARGETS,
-            "isolate": bool(getattr(a, "isolate", False)), "finished": False,
+            "isolate": bool(getattr(a, "isolate", False)), "finished": False, "provenance": _provenance(),
             "variants": {v.name: {"status": "pending"} for v in variants}}
 
     def write(self) -> None:
@@ -906,7 +921,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip", default="", help="comma-separated variants to skip")
     ap.add_argument("--isolate", action="store_true",
                     help="run each measured variant in its own child process (a hang or CUDA fault is contained)")
-    ap.add_argument("--device", default="auto", help="device of the full run (default auto)")
+    ap.add_argument("--device", default=None,
+                    help="device (default auto; cpu in --dry-run: --dry-run --device cuda is a one-minute GPU smoke test)")
     ap.add_argument("--compile-backend", default=None,
                     help="torch.compile backend (default inductor; aot_eager in --dry-run)")
     ap.add_argument("--fast-block", default=FAST_BLOCK_MODULE,
@@ -928,8 +944,8 @@ def make_ctx(args: argparse.Namespace) -> Ctx:
     if args.compile_backend is None:
         args.compile_backend = "aot_eager" if args.dry_run else "inductor"
     # what a child process of this script needs to see the same options
-    args.passthrough = (["--dry-run"] if args.dry_run else []) + [
-        "--device", args.device, "--compile-backend", args.compile_backend, "--fast-block", args.fast_block] + (
+    args.passthrough = (["--dry-run"] if args.dry_run else []) + (["--device", args.device] if args.device else []) + [
+        "--compile-backend", args.compile_backend, "--fast-block", args.fast_block] + (
         ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []) + (
         ["--fail-variant", args.fail_variant] if args.fail_variant else [])
     return Ctx(args=args, out=out, sizes=DRY if args.dry_run else FULL,
