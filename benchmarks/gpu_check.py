@@ -745,7 +745,9 @@ def default_variants() -> list[Variant]:
 class Check:
     """Runs variants in order under a :class:`Budget`, recording each and rewriting the JSON after each.
 
-    ``on_write(path)`` is called after every write (tests read the file there).
+    Writes: once at the start (every variant ``pending``), before a variant runs (it is
+    ``running``, with its estimate and limit), after each variant (its record), at the end
+    (``finished``). ``on_write(path)`` is called after every write (tests read the file there).
     """
 
     def __init__(self, ctx: Ctx, variants: list[Variant], budget: Budget, *,
@@ -807,6 +809,10 @@ class Check:
         if isolate:
             est += self.ctx.priors["setup"]  # the child's start-up (imports, CUDA context)
         limit = self.budget.limit(est)
+        # on disk while it runs: a run killed from outside still shows which variant it was in
+        self.report["variants"][v.name] = {"status": "running", "estimate_s": est, "limit_s": limit,
+                                           "started_at_s": self.budget.elapsed()}
+        self.write()
         if isolate:
             rec = self.run_isolated(v, limit)
         else:
