@@ -38,7 +38,7 @@ that cannot run here (no fused cross-entropy wheel, no fast block module) is rec
 
 ``--dry-run`` runs all of it on the CPU with tiny sizes (tiny-1m, seq 32, 2 timed steps per
 variant, ``torch.compile`` with the ``aot_eager`` backend: the plumbing, not inductor's C++
-build): ~2.5 min on a busy 2-core machine, ~25 s of it without ``pipeline`` and ``ddp`` (Ray
+build): ~2 min on a busy 2-core machine, ~25 s of it without ``pipeline`` and ``ddp`` (Ray
 and torchrun start-up). The test suite runs it. ``--dry-run --device cuda`` is the same tiny
 run on a GPU (a one-minute smoke test before the full one). Nothing here downloads anything.
 
@@ -903,7 +903,10 @@ def line(name: str, rec: dict[str, Any]) -> str:
     if name == "engine" and "tokens_per_s" in r:
         return f"{head} | {r['tokens_per_s']:,.0f} tok/s, MFU {_pct(r.get('mfu'))}, losses {r.get('losses')}"
     if name == "pipeline":
-        return f"{head} | executor {r.get('executor')}, {r.get('status')}"
+        st = r.get("status") or {}
+        done = ", ".join(f"{k} {v.get('done')}" for k, v in st.items() if isinstance(v, dict) and v.get("done"))
+        return (f"{head} | executor {r.get('executor')}, complete {st.get('complete')}, done: {done}, "
+                f"failed {len(r.get('failed') or [])}")
     if name == "ddp":
         return (f"{head} | {r.get('processes')} x {r.get('backend')} on {r.get('device')}, max loss diff vs one "
                 f"process {r.get('max_rel_loss_diff_vs_one_process', float('nan')):.1e}")
@@ -936,7 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="output directory (default $OUT)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget of all variants (default 450)")
-    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the script itself (~1 min)")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the script itself (~2 min on 2 busy cores)")
     ap.add_argument("--dry-cpu", dest="dry_run", action="store_true", help=argparse.SUPPRESS)  # old spelling
     ap.add_argument("--only", default="", help=f"comma-separated variants to run (of {','.join(ORDER)})")
     ap.add_argument("--skip", default="", help="comma-separated variants to skip")
@@ -978,10 +981,13 @@ def main(argv: list[str] | None = None, *, on_write: Callable[[Path], None] | No
     """Run the check; 0 when every variant that ran finished (ok / unavailable / skipped), 1 otherwise."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    names = [x for x in (args.only + "," + args.skip).split(",") if x]
+    names = [x for x in (args.only + "," + args.skip + "," + (args.fail_variant or "")).split(",") if x]
     bad = [x for x in names if x not in ORDER]
     if bad and variants is None:
         print(f"gpu_check: unknown variant(s) {bad}; choose from {', '.join(ORDER)}", file=sys.stderr)
+        return 2
+    if not args.budget_s > 0:
+        print(f"gpu_check: --budget-s must be > 0, got {args.budget_s}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = make_ctx(args)
