@@ -17,7 +17,8 @@ that cannot run here (no fused cross-entropy wheel, no fast block module) is rec
                    block's import, the SDPA backend switches, the dense bf16 peak.
 ``ce``             the chunked (and fused) cross-entropy against ``F.cross_entropy`` (loss and
                    gradient errors, fp32 and bf16 autocast, peak memory); every mode in its own try.
-``eager``          smollm2-135m, batch 16 x 2048, bf16, chunked cross-entropy, no compile.
+``eager``          smollm2-135m, batch 16 x 2048, bf16, chunked cross-entropy, no compile (and the
+                   tokens/s of ``lm_experiments.evaluate.evaluate`` on 2 batches).
 ``compiled``       the same, ``torch.compile``-d (its warm-up is the cold compile).
 ``compiled_fused`` compiled + the fused cross-entropy (unavailable without liger-kernel / cut-cross-entropy).
 ``fast_block``     compiled + the fast Llama block (``lm_experiments.fast_llama``; ``--fast-block``),
@@ -408,7 +409,7 @@ def _fused_or_none(ctx: Ctx) -> str | None:
 
 
 def _measure(ctx: Ctx, *, compile: bool, ce: str, preset: str | None = None, batch: int | None = None,
-             hook: Any = None) -> dict[str, Any]:
+             hook: Any = None, eval_batches: int = 0) -> dict[str, Any]:
     import torch
 
     import lm_throughput
@@ -421,7 +422,8 @@ def _measure(ctx: Ctx, *, compile: bool, ce: str, preset: str | None = None, bat
         r = lm_throughput.measure(preset=preset or s.preset, device=ctx.device, precision="bf16",
                                   batch=batch or s.batch, seq=s.seq, vocab=s.vocab, steps=s.steps,
                                   warmup=s.warmup, micro_batch=0, compile=compile, cross_entropy=ce,
-                                  ce_chunk_tokens=s.ce_chunk, eval_batches=0, peak_tflops=ctx.args.peak_tflops,
+                                  ce_chunk_tokens=s.ce_chunk, eval_batches=eval_batches,
+                                  peak_tflops=ctx.args.peak_tflops,
                                   model_hook=hook, profile=s.profile)
     r["compile_backend"] = ctx.args.compile_backend if compile else None
     prof = r.get("profile") or {}
@@ -436,7 +438,7 @@ def _measure(ctx: Ctx, *, compile: bool, ce: str, preset: str | None = None, bat
 
 
 def run_eager(ctx: Ctx) -> dict[str, Any]:
-    return _measure(ctx, compile=False, ce="chunked")
+    return _measure(ctx, compile=False, ce="chunked", eval_batches=2)  # + evaluate()'s tokens/s
 
 
 def run_compiled(ctx: Ctx) -> dict[str, Any]:

@@ -185,6 +185,7 @@ def test_dry_run_writes_json_after_every_variant_and_keeps_finished_ones_when_on
     assert v["ce"]["status"] == "ok" and v["ce"]["result"]["fp32"]["chunked"]["loss_rel_err"] < 1e-5
     e = v["eager"]["result"]
     assert v["eager"]["status"] == "ok" and e["train_tokens_per_s"] > 0 and e["timed_steps"] == 2
+    assert e["eval_tokens_per_s"] > 0
     assert e["flops_per_token"] == 6 * N_TINY + 12 * 2 * 128 * 32
     assert e["flops_per_token_causal"] == 6 * N_TINY + 6 * 2 * 128 * 32
     assert e["mfu"] is None and e["mfu_causal"] is None  # a CPU has no peak
