@@ -123,8 +123,9 @@ class Unavailable(Exception):
     """The variant cannot run on this machine (a missing wheel or module); recorded with why."""
 
 
-class VariantTimeout(Exception):
-    """Raised in this process when a variant reaches its hard limit."""
+class VariantTimeout(BaseException):
+    """Raised in this process when a variant reaches its hard limit (a ``BaseException``: the
+    ``except Exception`` blocks inside a variant, e.g. the per-mode ones of ``ce``, let it through)."""
 
 
 # ---- time budget ------------------------------------------------------------------------------
