@@ -230,3 +230,17 @@ def test_dry_run_compiled_in_a_child_process_pipeline_through_ray_and_ddp(gc, tm
     assert d["ddp"]["world_size"] == 2 and d["one_process"]["world_size"] == 1
     assert d["max_rel_loss_diff_vs_one_process"] < 1e-4  # the same global batch, the same math
     assert v["eager"] == {"status": "skipped", "why": "not selected (--only)"}
+
+
+def test_ce_records_a_failing_mode_and_still_compares_the_others(gc, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(gc.engine(), "linear_cross_entropy", broken)  # every non-plain mode
+    assert gc.main(["--dry-run", "--out", str(tmp_path), "--only", "ce"]) == 0
+    r = json.loads((tmp_path / "gpu_check.json").read_text())["variants"]["ce"]
+    assert r["status"] == "ok"
+    for prec in ("fp32", "bf16"):
+        res = r["result"][prec]
+        assert res["chunked"] == {"status": "failed", "error": "RuntimeError: kernel exploded"}
+        assert res["plain"]["loss_rel_err"] == 0.0 and res["plain"]["loss"] > 0
