@@ -21,8 +21,14 @@ per token ``6 * N + 12 * n_layer * d_model * seq_len`` (PaLM, App. B: N = non-em
 parameters plus the output head's matmul; the attention term counts the full, not causal,
 score matrix, the usual convention; ``lm_experiments.engine.model.train_flops_per_token``). Peaks are
 dense bf16 figures (H100 SXM / H200 989 TFLOP/s; ``lm_experiments.engine.device.device_peak_tflops``);
-``--peak-tflops`` overrides. Peak GPU memory is ``torch.cuda.max_memory_allocated`` over the
-timed steps. ``--ce-memory`` measures, on CPU, the growth of the process's peak resident set
+``--peak-tflops`` overrides. MFU is also reported in the causal-half convention
+(``mfu_causal``: attention term ``6 * n_layer * d_model * seq_len``, only the causal half of the
+score matrix; computed here from the config, the engine counts only the full one). Peak GPU
+memory is ``torch.cuda.max_memory_allocated`` (and ``max_memory_reserved``: what the caching
+allocator held) over the timed steps. ``--profile-steps N`` runs N more steps under
+``torch.profiler`` and records the top kernels (CUDA) or ops (CPU) by self time and which
+scaled-dot-product-attention backend ran. The JSON is rewritten (atomically) after every
+variant; a variant that raises is recorded with its error and the others still run. ``--ce-memory`` measures, on CPU, the growth of the process's peak resident set
 size (``getrusage`` ``ru_maxrss``, a high-water mark) across one loss + backward, in a fresh
 process per implementation, so it counts every page the loss touched (the logits and their
 gradients, the gradients of the hidden states and of the head weight, which both
@@ -72,14 +78,95 @@ def _parse_variant(v: str, default_ce: str) -> tuple[bool, str]:
     return head == "compiled", ce or default_ce
 
 
+def flops_per_token(model: torch.nn.Module, seq: int) -> dict[str, float]:
+    """Training FLOPs per token in both conventions.
+
+    ``full``: the engine's ``train_flops_per_token`` (``6 N + 12 L d T``, PaLM App. B: the
+    attention score and value matmuls over the full ``T x T`` matrix). ``causal``: the same
+    with only the causal half of that matrix counted (``6 N + 6 L d T``). The causal term is
+    derived here from the model's config (``num_hidden_layers``, ``hidden_size``); it belongs
+    in the engine next to ``train_flops_per_token``.
+    """
+    full = float(train_flops_per_token(model, seq))
+    cfg = model.config
+    return {"full": full, "causal": full - 6.0 * cfg.num_hidden_layers * cfg.hidden_size * seq}
+
+
+def mfu(tokens_per_s: float, flops_per_tok: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation: ``tokens_per_s * flops_per_tok / (peak_tflops * 1e12)``; None without a peak."""
+    if not peak_tflops:
+        return None
+    return tokens_per_s * flops_per_tok / (peak_tflops * 1e12)
+
+
+#: profiler op name (substring) -> scaled-dot-product-attention backend that ran
+SDPA_OPS = (("_scaled_dot_product_flash_attention_for_cpu", "flash (cpu)"),
+            ("_scaled_dot_product_flash_attention", "flash"),
+            ("_scaled_dot_product_efficient_attention", "efficient (mem-efficient)"),
+            ("_scaled_dot_product_cudnn_attention", "cudnn"),
+            ("_scaled_dot_product_fused_attention_overrideable", "overrideable"),
+            ("_scaled_dot_product_attention_math", "math"),
+            ("flash_attn", "flash-attn (package)"))
+
+
+def sdpa_backends(names: list[str]) -> list[str]:
+    """The attention backends whose ops appear among the profiler event ``names`` (first match per name)."""
+    found: list[str] = []
+    for name in names:
+        for key, backend in SDPA_OPS:
+            if key in name:
+                if backend not in found:
+                    found.append(backend)
+                break
+    return found
+
+
+def profile_steps(step: Any, first: int, n: int, device: torch.device, top: int = 15) -> dict[str, Any]:
+    """``n`` more steps under ``torch.profiler``: top kernels (CUDA) / ops (CPU) by self time, the
+    printed table and the SDPA backend(s) seen."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=acts) as prof:
+        for i in range(n):
+            step(first + i)
+        _sync(device)
+    events = prof.key_averages()
+    names = [e.key for e in events]
+    if gpu:
+        rows = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+        key, attr = "self_cuda_time_total", "self_device_time_total"
+    else:
+        rows = list(events)
+        key, attr = "self_cpu_time_total", "self_cpu_time_total"
+    rows.sort(key=lambda e: getattr(e, attr, 0) or 0, reverse=True)
+    total = sum(getattr(e, attr, 0) or 0 for e in rows) or 1.0
+    try:
+        table = events.table(sort_by=key, row_limit=top)
+    except Exception:  # noqa: BLE001 - sort key names differ across torch versions
+        table = events.table(sort_by=attr, row_limit=top)
+    return {"steps": n, "kind": "cuda kernels" if gpu else "cpu ops", "time_unit": "us",
+            "top": [{"name": e.key, "self_us": float(getattr(e, attr, 0) or 0), "calls": int(e.count),
+                     "share": float((getattr(e, attr, 0) or 0) / total)} for e in rows[:top]],
+            "sdpa_backend": sdpa_backends(names), "table": table}
+
+
 def measure(*, preset: str, device: torch.device, precision: str, batch: int, seq: int, vocab: int, steps: int,
             warmup: int, micro_batch: int, compile: bool, cross_entropy: str, ce_chunk_tokens: int,
-            eval_batches: int, peak_tflops: float | None) -> dict[str, Any]:
-    """One configuration: tokens/s, TFLOP/s, MFU, peak memory, eval tokens/s, first losses."""
+            eval_batches: int, peak_tflops: float | None, model_hook: Any = None,
+            profile: int = 0) -> dict[str, Any]:
+    """One configuration: tokens/s, TFLOP/s, MFU (both conventions), peak memory (allocated and
+    reserved), eval tokens/s, first losses; with ``profile`` > 0 that many more steps under
+    ``torch.profiler`` (top kernels, SDPA backend). ``model_hook(model)`` may change the freshly
+    built model (e.g. swap in a fast block); it returns the model to use (or None: changed in place)."""
     gpu = device.type == "cuda"
     if compile:
         torch._dynamo.reset()  # every compiled variant compiles from scratch (and its warm-up shows it)
-    model = build_model(preset, vocab_size=vocab, max_seq_len=seq, seed=0).to(device)
+    model = build_model(preset, vocab_size=vocab, max_seq_len=seq, seed=0)
+    if model_hook is not None:
+        model = model_hook(model) or model
+    model = model.to(device)
     counts = count_parameters(model)
     opt = make_optimizer(model, OptimConfig(lr=1e-4), device)
     ce = resolve_cross_entropy(cross_entropy, device, model)
@@ -104,6 +191,7 @@ def measure(*, preset: str, device: torch.device, precision: str, batch: int, se
         losses.append(step(i))
     _sync(device)
     warmup_s = time.perf_counter() - t
+    warmup_peak = torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
     t = time.perf_counter()
@@ -112,7 +200,8 @@ def measure(*, preset: str, device: torch.device, precision: str, batch: int, se
     _sync(device)
     dt = time.perf_counter() - t
     tok_s = steps * batch * seq / dt
-    flops_tok = train_flops_per_token(model, seq)
+    flops = flops_per_token(model, seq)
+    flops_tok = flops["full"]
     peak = peak_tflops or device_peak_tflops(device)
     out: dict[str, Any] = {
         "preset": preset, "device": str(device),
@@ -120,12 +209,19 @@ def measure(*, preset: str, device: torch.device, precision: str, batch: int, se
         "bf16": uses_bf16(device, precision), "compile": compile, "cross_entropy": ce,
         "ce_chunk_tokens": ce_chunk_tokens if ce == "chunked" else None, "batch": batch, "seq_len": seq,
         "micro_batch": micro_batch, "vocab": vocab, "params": counts, "threads": torch.get_num_threads(),
+        "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "timed_steps": steps, "warmup_steps": warmup, "warmup_s": warmup_s, "step_s": dt / steps,
-        "train_tokens_per_s": tok_s, "flops_per_token": flops_tok, "train_tflops": tok_s * flops_tok / 1e12,
-        "peak_tflops": peak, "mfu": (tok_s * flops_tok / 1e12 / peak) if peak else None,
+        "train_tokens_per_s": tok_s, "flops_per_token": flops_tok, "flops_per_token_causal": flops["causal"],
+        "train_tflops": tok_s * flops_tok / 1e12, "peak_tflops": peak,
+        "mfu": mfu(tok_s, flops_tok, peak), "mfu_causal": mfu(tok_s, flops["causal"], peak),
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None,
+        "peak_mem_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30 if gpu else None,
+        "warmup_peak_mem_gb": warmup_peak,
         "losses": losses,  # step 0 is the same number for every variant (same weights, same batch)
     }
+    if profile > 0:
+        out["profile"] = profile_steps(step, warmup + steps, profile, device)
+        out["sdpa_backend"] = out["profile"]["sdpa_backend"]
     if eval_batches > 0:
         blocks = rng.integers(0, vocab, size=(batch * eval_batches, seq))
         evaluate(model, blocks[:batch], batch_size=batch, device=device, precision=precision)  # warm-up
@@ -134,7 +230,8 @@ def measure(*, preset: str, device: torch.device, precision: str, batch: int, se
         evaluate(model, blocks, batch_size=batch, device=device, precision=precision)
         _sync(device)
         out["eval_tokens_per_s"] = blocks.size / (time.perf_counter() - t)
-    del model, opt, loss_module, xs
+    # free the variant's GPU memory before the next one (the step closure is not called again)
+    model = opt = loss_module = xs = None
     gc.collect()
     if gpu:
         torch.cuda.empty_cache()
@@ -148,11 +245,14 @@ def _print(out: dict[str, Any]) -> None:
           f"batch {out['batch']} x seq {out['seq_len']}, {out['params']['total'] / 1e6:.2f}M params")
     print(f"  train: {out['train_tokens_per_s']:,.0f} tokens/s ({out['step_s'] * 1e3:.1f} ms/step), "
           f"{out['train_tflops']:.2f} TFLOP/s" + (f", MFU {out['mfu']:.1%} of {peak:g}" if peak else ", MFU n/a (no peak)")
+          + (f" ({out['mfu_causal']:.1%} causal-half)" if out.get("mfu_causal") is not None else "")
           + f"; warm-up {out['warmup_s']:.1f} s")
     if "eval_tokens_per_s" in out:
         print(f"  eval:  {out['eval_tokens_per_s']:,.0f} tokens/s")
     if out["peak_mem_gb"] is not None:
-        print(f"  peak GPU memory: {out['peak_mem_gb']:.1f} GiB")
+        print(f"  peak GPU memory: {out['peak_mem_gb']:.1f} GiB allocated, {out['peak_mem_reserved_gb']:.1f} GiB reserved")
+    if out.get("sdpa_backend") is not None:
+        print(f"  attention: {', '.join(out['sdpa_backend']) or 'no SDPA op seen'}")
 
 
 # ---- memory of the loss alone ---------------------------------------------------------------
@@ -224,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-batches", type=int, default=3, help="timed evaluation batches (0: skip)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device peak for MFU")
-    ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="after the timed steps, this many more under torch.profiler (top kernels, SDPA backend)")
+    ap.add_argument("--json", default=None,
+                    help="also write the numbers to this JSON file (rewritten atomically after every variant)")
     ap.add_argument("--ce-memory", action="store_true", help="memory of the loss alone: plain vs chunked")
     ap.add_argument("--ce-tokens", type=int, default=4096, help="--ce-memory: tokens (default 2 x 2048)")
     ap.add_argument("--hidden", type=int, default=576, help="--ce-memory: hidden size (default smollm2-135m's)")
@@ -273,20 +376,37 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     variants = ([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
                 else [("compiled" if args.compile else "eager") + "+" + args.cross_entropy])
-    runs = []
+    for v in variants:
+        _parse_variant(v, "plain")  # reject a bad name before anything runs
+    runs: list[dict[str, Any]] = []
+
+    def write() -> None:  # after every variant: a later crash or timeout keeps what was measured
+        if args.json:
+            rec = dict(runs[0]) if len(variants) == 1 else {"preset": preset, "device": str(device), "variants": runs}
+            atomic_write_json(args.json, {**rec, "provenance": provenance()})
+
+    failed = 0
     for k, v in enumerate(variants):
         compiled, ce = _parse_variant(v, "plain")
-        out = measure(preset=preset, device=device, precision=args.precision, batch=batch, seq=seq, vocab=vocab,
-                      steps=steps, warmup=args.warmup, micro_batch=args.micro_batch, compile=compiled,
-                      cross_entropy=ce, ce_chunk_tokens=args.ce_chunk_tokens,
-                      eval_batches=args.eval_batches if k == 0 else 0, peak_tflops=args.peak_tflops)
-        out["variant"] = v
-        _print(out)
+        try:
+            out = measure(preset=preset, device=device, precision=args.precision, batch=batch, seq=seq, vocab=vocab,
+                          steps=steps, warmup=args.warmup, micro_batch=args.micro_batch, compile=compiled,
+                          cross_entropy=ce, ce_chunk_tokens=args.ce_chunk_tokens,
+                          eval_batches=args.eval_batches if k == 0 else 0, peak_tflops=args.peak_tflops,
+                          profile=args.profile_steps)
+        except Exception as exc:  # noqa: BLE001 - one variant's failure (OOM, compile error) is recorded
+            failed += 1
+            out = {"preset": preset, "variant": v, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            print(f"{preset} {v}: FAILED {out['error'].splitlines()[0][:300]}", file=sys.stderr)
+            if device.type == "cuda":
+                gc.collect()
+                torch.cuda.empty_cache()
+        else:
+            out["variant"], out["status"] = v, "ok"
+            _print(out)
         runs.append(out)
-    if args.json:
-        rec = dict(runs[0]) if len(runs) == 1 else {"preset": preset, "device": str(device), "variants": runs}
-        atomic_write_json(args.json, {**rec, "provenance": provenance()})
-    return 0
+        write()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
