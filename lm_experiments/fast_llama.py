@@ -252,11 +252,15 @@ class FastLlamaForCausalLM(nn.Module):
         self.config = config
         self.model = FastLlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_weights()
         self.reset_parameters()
         self.register_state_dict_post_hook(_split_fused)
         self.register_load_state_dict_pre_hook(_join_fused)
+
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with the head when ``config.tie_word_embeddings``."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
     def tied(self) -> bool:
@@ -294,7 +298,8 @@ class FastLlamaForCausalLM(nn.Module):
         p = next(hf_model.parameters())
         with torch.device("meta"):
             fast = cls(config)
-        fast.to_empty(device=p.device)
+        fast.to_empty(device=p.device)  # materialises each parameter anew: tie again
+        fast.tie_weights()
         fast.to(p.dtype)
         fast.model.inv_freq = _inv_freq(config, p.device)
         fast.load_state_dict(hf_model.state_dict())
