@@ -249,6 +249,7 @@ class FastLlamaForCausalLM(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         check_fast_config(config)
+        config.architectures = ["LlamaForCausalLM"]  # what its saved files are
         self.config = config
         self.model = FastLlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

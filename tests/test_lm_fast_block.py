@@ -146,6 +146,14 @@ def test_checkpoints_round_trip_with_hugging_face(tmp_path):
     back = FastLlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert _rel(back(input_ids=x).logits, hf(input_ids=x).logits) <= REL
     assert back.tied
+    # the pipeline's own checkpoint writer and reader
+    from lm_experiments.checkpoints import load_model
+    from lm_experiments.evaluate import save_checkpoint
+
+    save_checkpoint(fast, None, tmp_path / "ckpt", {})
+    again = load_model(tmp_path / "ckpt", for_training=False)
+    assert type(again) is LlamaForCausalLM
+    assert torch.equal(again(input_ids=x).logits, hf(input_ids=x).logits)
     # load_state_dict with Hugging Face's keys into a differently initialised fast model
     other = build_fast_model("tiny-3m", vocab_size=VOCAB, max_seq_len=SEQ, seed=9).eval()
     other.load_state_dict(hf.state_dict())
