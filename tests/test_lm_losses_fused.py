@@ -306,6 +306,7 @@ def test_resolution_survives_a_broken_find_spec(monkeypatch):
     assert fused_backend() is None and resolve_cross_entropy("auto", CUDA) == "chunked"
 
 
+@pytest.mark.slow
 def test_compiled_loss_module_is_reused_by_a_later_run_and_a_partial_batch():
     """CausalLMLoss(compile=True): the second model of the process (a later run) and a partial
     last batch compile nothing new; losses equal the eager plain path's."""
