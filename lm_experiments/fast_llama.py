@@ -290,7 +290,7 @@ class FastLlamaForCausalLM(nn.Module):
     # --- Hugging Face checkpoints ---------------------------------------------------------
 
     @classmethod
-    def from_hf(cls, hf_model: LlamaForCausalLM) -> "FastLlamaForCausalLM":
+    def from_hf(cls, hf_model: LlamaForCausalLM) -> FastLlamaForCausalLM:
         """The fast model with ``hf_model``'s config and weights (same dtype and device, same mode)."""
         if not isinstance(hf_model, LlamaForCausalLM):
             raise ConfigError("model", f"from_hf expects a LlamaForCausalLM, got {type(hf_model).__name__}")
@@ -318,7 +318,7 @@ class FastLlamaForCausalLM(nn.Module):
         return hf
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> "FastLlamaForCausalLM":
+    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> FastLlamaForCausalLM:
         """Load a Hugging Face Llama checkpoint directory (``LlamaForCausalLM.from_pretrained``) as a fast model."""
         return cls.from_hf(LlamaForCausalLM.from_pretrained(path, **kwargs))
 
@@ -374,7 +374,7 @@ def _join_fused(module: nn.Module, state_dict: dict[str, Any], prefix: str, loca
     embed, head = prefix + "model.embed_tokens.weight", prefix + "lm_head.weight"
     if module.config.tie_word_embeddings and head not in state_dict and embed in state_dict:
         state_dict[head] = state_dict[embed]
-    for key in [k for k in state_dict if k.endswith("rotary_emb.inv_freq") or k.endswith("rotary_emb.original_inv_freq")]:
+    for key in [k for k in state_dict if k.endswith(("rotary_emb.inv_freq", "rotary_emb.original_inv_freq"))]:
         del state_dict[key]
 
 

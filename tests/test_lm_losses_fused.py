@@ -144,7 +144,7 @@ def test_head_gradient_accumulates_in_fp32_where_per_chunk_bf16_rounding_fails()
 
 # Transcribed from the upstream sources (not installed here):
 # liger-kernel 0.8.5, liger_kernel/transformers/functional.py
-def _liger_upstream(input, weight, target, bias=None, ce_weight=None, ignore_index: int = -100,  # noqa: A002
+def _liger_upstream(input, weight, target, bias=None, ce_weight=None, ignore_index: int = -100,
                     lse_square_scale: float = 0.0, label_smoothing: float = 0.0, reduction: str = "mean",
                     softcap=None, return_z_loss: bool = False, accum_dtype=None, use_token_scaling: bool = False,
                     return_token_accuracy: bool = False, return_predicted_tokens: bool = False,
@@ -228,7 +228,7 @@ def test_fused_liger_call_passes_the_fp32_master_weight_and_adds_no_item(monkeyp
     torch.testing.assert_close(ww.grad, ref_dw, rtol=1e-5, atol=1e-7)
     # a Liger too old for accum_dtype is refused, naming the setting
     mod.liger_fused_linear_cross_entropy.__signature__ = inspect.signature(
-        lambda input, weight, target, ignore_index=-100, reduction="mean": None)  # noqa: A006
+        lambda input, weight, target, ignore_index=-100, reduction="mean": None)
     with pytest.raises(ConfigError, match="train.cross_entropy"):
         linear_cross_entropy(h, w, t, mode="fused:liger")
 
