@@ -235,9 +235,9 @@ def _compiled(name: str) -> Any:
     fn = _COMPILED.get(name)
     if fn is None:
         if name == "chunk_grad":
-            fn = torch.compile(_chunk_grad, dynamic=True)
+            fn = torch.compile(_chunk_grad)  # rows marked dynamic per call (_mark_rows)
         elif name == "chunk_nll":
-            fn = torch.compile(_chunk_nll, dynamic=True)
+            fn = torch.compile(_chunk_nll)
         elif name == "plain":
             fn = torch.compile(_plain_loss)
         elif name == "body":
@@ -246,6 +246,14 @@ def _compiled(name: str) -> Any:
             raise KeyError(name)
         _COMPILED[name] = fn
     return fn
+
+
+def _mark_rows(*tensors: torch.Tensor) -> None:
+    """Mark dimension 0 (a chunk's rows) dynamic: one compiled graph serves every chunk size
+    (full chunks, the last one, a partial batch's), while the vocabulary and hidden sizes stay
+    static (better kernels for the reductions over the vocabulary)."""
+    for t in tensors:
+        torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 #: whether ``torch.addmm(..., out_dtype=torch.float32)`` works for half inputs on this CUDA build
@@ -306,6 +314,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 h = hidden[s:s + c].to(compute_dtype)  # (c, d)
                 v = valid[s:s + c]  # (c,)
                 t = torch.where(v, targets[s:s + c], 0)  # (c,), ignored -> class 0
+                if use_compiled:
+                    _mark_rows(h, t, v)
                 if need_h or need_w:
                     part, g, dh = grad_fn(h, w, t, v, need_h)
                     if need_h:
