@@ -21,7 +21,7 @@ that cannot run here (no fused cross-entropy wheel, no fast block module) is rec
                    tokens/s of ``lm_experiments.engine.evaluate.evaluate`` on 2 batches).
 ``compiled``       the same, ``torch.compile``-d (its warm-up is the cold compile).
 ``compiled_fused`` compiled + the fused cross-entropy (unavailable without liger-kernel / cut-cross-entropy).
-``fast_block``     compiled + the fast Llama block (``lm_experiments.fast_llama``; ``--fast-block``),
+``fast_block``     compiled + the fast Llama block (``lm_experiments.engine.fast_llama``; ``--fast-block``),
                    with the fused cross-entropy when there is one, else chunked.
                    Each of the four: tokens/s, MFU in both conventions (attention counted in full,
                    PaLM App. B / the engine's; and the causal half), peak allocated and reserved
@@ -106,7 +106,7 @@ def engine() -> SimpleNamespace:
 
 
 ENGINE_CLI_MODULE = "lm_experiments"  # python -m lm_experiments run ... (the pipeline variant)
-FAST_BLOCK_MODULE = "lm_experiments.fast_llama"  # the fast block (optional; --fast-block MODULE[:FUNCTION])
+FAST_BLOCK_MODULE = "lm_experiments.engine.fast_llama"  # the fast block (optional; --fast-block MODULE[:FUNCTION])
 FAST_BLOCK_HOOKS = ("apply_fast_llama", "apply_fast_blocks", "patch_model", "apply", "convert")
 # ----------------------------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ def test_theory_test_modules_import_without_the_other_extras():
 
 def test_a_blocked_import_really_fails():
     """The stand-in is a real check: importing the LM test modules fails under it."""
-    proc = _run_blocked("import sys; sys.path.insert(0, 'tests')\nimport test_lm_model\n", REPO)
+    proc = _run_blocked("import sys; sys.path.insert(0, 'tests')\nimport test_lm_engine_model\n", REPO)
     assert proc.returncode != 0 and "not part of the [theory] extra" in proc.stderr
 
 

@@ -201,7 +201,7 @@ def test_dry_run_writes_json_after_every_variant_and_keeps_finished_ones_when_on
     assert "RuntimeError" in v["compiled"]["traceback_tail"]
     # cannot run here: recorded with why, not dropped
     assert v["compiled_fused"]["status"] == "unavailable" and "CUDA" in v["compiled_fused"]["why"]
-    assert v["fast_block"]["status"] in ("ok", "unavailable")  # ok once lm_experiments.fast_llama exists
+    assert v["fast_block"]["status"] in ("ok", "unavailable")  # ok once lm_experiments.engine.fast_llama exists
     if v["fast_block"]["status"] == "unavailable":
         assert "fast_llama" in v["fast_block"]["why"]
     # later variants still ran

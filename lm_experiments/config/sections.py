@@ -65,10 +65,17 @@ class ModelSection:
     """Which architecture (a key of :data:`lm_experiments.config.models.MODEL_PRESETS`)."""
 
     preset: str = "tiny-1m"
+    #: the decoder implementation: ``hf`` (Hugging Face's ``LlamaForCausalLM``, the reference) or
+    #: ``fast`` (``lm_experiments.engine.fast_llama``: fused QKV and gate/up, SDPA, bf16 residual
+    #: stream; same weights, same checkpoints). ``fast`` trains pretraining and fine-tuning;
+    #: post-training (its dropout and LoRA arms) keeps the reference block.
+    block: Literal["hf", "fast"] = "hf"
 
     def __post_init__(self) -> None:
         if self.preset not in MODEL_PRESETS:
             raise ConfigError("preset", f"unknown preset {self.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+        if self.block not in ("hf", "fast"):
+            raise ConfigError("block", f"must be 'hf' or 'fast', got {self.block!r}")
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,8 @@ def _check_p(p: float) -> None:
 
 def _llama_core(model: nn.Module) -> LlamaForCausalLM:
     """The ``LlamaForCausalLM`` inside ``model`` (itself, or the base of a ``PeftModel``)."""
-    for module in model.modules():
-        if isinstance(module, LlamaForCausalLM):
+    for module in model.modules():  # the fast model has the same interface (config, model, lm_head)
+        if isinstance(module, LlamaForCausalLM) or getattr(module, "is_fast_llama", False):
             return module
     raise ConfigError("model", f"expected a LlamaForCausalLM (or a PeftModel of one), got {type(model).__name__}")
 
@@ -228,3 +228,37 @@ def _eval_mode(model: nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+# --- the fast block (lm_experiments.engine.fast_llama) ----------------------------------------------
+# A separate addition: the functions above are unchanged and stay the reference path.
+
+#: decoder implementations a preset can be built with (the proposed ``model.block`` field)
+MODEL_BLOCKS: tuple[str, ...] = ("hf", "fast")
+
+
+def build_fast_model(preset: str, *, vocab_size: int, max_seq_len: int, seed: int, dropout: float = 0.0):
+    """:func:`build_model`'s model with the fast decoder (``lm_experiments.engine.fast_llama``).
+
+    The weights are exactly those :func:`build_model` draws for ``seed`` (the Hugging Face
+    model is built, then converted), so a run with the fast block starts where the Hugging
+    Face run starts. ``dropout`` sets attention-probability dropout only (the residual
+    dropout of :func:`set_dropout` is installed on Hugging Face modules); a preset the block
+    does not implement is a ``ConfigError`` naming the field.
+    """
+    from lm_experiments.engine.fast_llama import FastLlamaForCausalLM, check_fast_config
+
+    check_fast_config(model_config(preset, vocab_size=vocab_size, max_seq_len=max_seq_len))
+    hf = build_model(preset, vocab_size=vocab_size, max_seq_len=max_seq_len, seed=seed)
+    hf.config.attention_dropout = float(dropout)
+    return FastLlamaForCausalLM.from_hf(hf)
+
+
+def build_model_for_block(block: str, preset: str, *, vocab_size: int, max_seq_len: int, seed: int,
+                          dropout: float = 0.0):
+    """:func:`build_model` (``block="hf"``) or :func:`build_fast_model` (``block="fast"``)."""
+    if block == "hf":
+        return build_model(preset, vocab_size=vocab_size, max_seq_len=max_seq_len, seed=seed, dropout=dropout)
+    if block == "fast":
+        return build_fast_model(preset, vocab_size=vocab_size, max_seq_len=max_seq_len, seed=seed, dropout=dropout)
+    raise ConfigError("model.block", f"must be one of {MODEL_BLOCKS}, got {block!r}")

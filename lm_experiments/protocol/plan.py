@@ -163,11 +163,18 @@ def _post_key_section(cfg: PipelineConfig) -> dict[str, Any]:
 def _ft_key_section(cfg: PipelineConfig) -> dict[str, Any]:
     f, o = cfg.ft, cfg.ft.optim
     return {"tokens": f.tokens, "batch_size": f.batch_size, "warmup_steps": o.warmup_steps,
-            "weight_decay": o.weight_decay, "min_lr_ratio": o.min_lr_ratio}
+            "weight_decay": o.weight_decay, "min_lr_ratio": o.min_lr_ratio,
+            **({"block": cfg.model.block} if cfg.model.block != "hf" else {})}
+
+
+def _model_key(cfg: PipelineConfig) -> dict[str, Any]:
+    """The model section in a run key; the reference block is left out, so that keys made
+    before ``model.block`` existed stay valid."""
+    return {k: v for k, v in to_dict(cfg.model).items() if not (k == "block" and v == "hf")}
 
 
 def pre_key(cfg: PipelineConfig, fingerprint: str, seed: int, mix_fraction: float, n_post: int) -> str:
-    return stable_hash({"data": fingerprint, "model": to_dict(cfg.model), "precision": cfg.precision,
+    return stable_hash({"data": fingerprint, "model": _model_key(cfg), "precision": cfg.precision,
                         "stage1": _pre_key_section(cfg), "mix_fraction": mix_fraction, "seed": seed,
                         "n_post": n_post})
 

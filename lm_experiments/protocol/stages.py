@@ -52,14 +52,14 @@ def run_pre(ctx: StageContext, r: PreRun) -> StageResult:
     done = finished("pre", d)
     if done is not None:
         return done
-    from lm_experiments.engine.model import build_model
+    from lm_experiments.engine.model import build_model_for_block
 
     sec = ctx.cfg.pre
     mixed, _ = split_post_blocks(len(ctx.post_idx), r.mix_fraction, seed=r.seed)
     source = pretrain_source(ctx.pools["pre"], ctx.pools["post"], ctx.post_idx[mixed],
                              tokens=sec.tokens, batch_size=sec.batch_size, seed=r.seed)
-    model = build_model(ctx.cfg.model.preset, vocab_size=len(ctx.prepared.tokenizer),
-                        max_seq_len=ctx.seq_len, seed=r.seed).to(ctx.device)
+    model = build_model_for_block(ctx.cfg.model.block, ctx.cfg.model.preset, vocab_size=len(ctx.prepared.tokenizer),
+                                  max_seq_len=ctx.seq_len, seed=r.seed).to(ctx.device)
     t0 = time.time()
     optim = optim_for(sec.optim, steps=len(source))
     res = ctx.train(model, source, optim, ckpt_dir=d / "train_state",
@@ -204,6 +204,10 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
 
         theta_post = ctx.load(ctx.tree.post(r.post.upstream_id) / "model")
         model = ctx.load(ctx.tree.post(r.post.upstream_id) / "model")
+        if ctx.cfg.model.block == "fast":  # the same weights in the fast decoder (saved files stay HF's)
+            from lm_experiments.engine.fast_llama import FastLlamaForCausalLM
+
+            model = FastLlamaForCausalLM.from_hf(model).to(ctx.device)
         optim = optim_for(sec.optim, steps=len(source), lr=r.ft_lr)
         res = ctx.train(model, source, optim, ckpt_dir=d / "train_state",
                         seed=int_seed(r.post.pre.seed, "torch", "stage3", r.run_id),
@@ -226,7 +230,7 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
                 post_correct_stage3=np.asarray(ev_post.correct, dtype=bool),
                 ft_loss_stage3=np.asarray(ev_ft.per_example, dtype=np.float32),
                 pre_loss_stage3=np.asarray(ev_pre.per_example, dtype=np.float32)))
-            layerwise = layerwise_change(theta_post, model)
+            layerwise = layerwise_change(theta_post, model.to_hf() if ctx.cfg.model.block == "fast" else model)
             if sec.save_checkpoints:
                 ctx.save_model(model, d / "model", {"stage": "ft", "run_id": r.run_id})
     # the frontier's four losses (NaN where a stage diverged), after the earlier stages' losses
