@@ -104,14 +104,18 @@ def test_claim_a_detects_a_planted_effect() -> None:
 def test_claim_b_false_pass_rate_and_power() -> None:
     """Claim (b) on null data (L_im and L_ret flat in lambda, point noise 0.05): PASS in at
     most 8% of 300 repetitions with 3 seeds; with L_ret falling 0.3 over lambda 0 -> 1 and L_im
-    flat: PASS in at least 80% of 100 repetitions with 5 seeds."""
+    flat: PASS in at least 80% of 100 repetitions with 5 seeds. Since issue 22 (b) needs three
+    lambdas and shows flatness by a TOST against a fixed 0.04-nat margin, which point noise
+    0.05 leaves too wide (the 90% half-width of a 5-seed L_im change is ~0.07); the power
+    half therefore uses point noise 0.01 (the rates at the measured noise are in
+    tests/test_checks_calibration.py)."""
     def null(r: int) -> pd.DataFrame:
         return lambda_rows("lm", "p", [0, 1, 2], compute_matched=False, im=(2.5, 0.0), ret=(3.5, 0.0, 0.0),
-                           lambdas=(0.0, 1.0), noise=0.05, rng_seed=3000 + r)
+                           lambdas=(0.0, 0.5, 1.0), noise=0.05, rng_seed=3000 + r)
 
     def planted(r: int) -> pd.DataFrame:
         return lambda_rows("lm", "p", list(range(5)), compute_matched=False, im=(2.5, 0.0), ret=(3.5, -0.3, 0.0),
-                           lambdas=(0.0, 1.0), noise=0.05, rng_seed=4000 + r)
+                           lambdas=(0.0, 0.5, 1.0), noise=0.01, rng_seed=4000 + r)
 
     assert _rate(null, lambda df: check_sec41(df, "lm", OPTS)[0], 300) <= 0.08
     assert _rate(planted, lambda df: check_sec41(df, "lm", OPTS)[0], 100) >= 0.8
