@@ -120,7 +120,7 @@ def compare_frontiers(
                 overlap=overlap, overlap_width_min=float(min(widths)) if widths else float("nan"),
                 points_per_front={"baseline": int(np.mean([len(pareto_front(v)) for v in ga.values()])),
                                   "candidate": int(np.mean([len(pareto_front(v)) for v in gb.values()]))},
-                **p_fields(p, sf))
+                **p_fields(p, sf), estimate=gap_iv.as_dict(), n_seeds=len(keep) if unit == "seed" else len(shared))
     im_a = float(a.drop_duplicates("upstream_id")["L_im"].min())
     im_b = float(b.drop_duplicates("upstream_id")["L_im"].min())
     data.update(best_L_im={"baseline": im_a, "candidate": im_b})

@@ -129,6 +129,8 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
         # intersection-union: PASS needs both tests; its p is the larger of the two
         **p_fields(max(eq.p, p_ret) if not exact else float("nan"), max(sf_im, sf_ret) if not exact else float("nan")),
         "sign_flip_p_parts": {"delta_L_im": sf_im, "delta_L_ret": sf_ret},
+        # verdicts.csv: the L_im change with the TOST's (1 - 2 alpha) interval
+        "estimate": {"point": eq.mean, "lo": eq.lo, "hi": eq.hi}, "n_seeds": len(d_im_s),
     }
     desc = (f"change over lambda {lams[0]:g}->{lams[-1]:g} ({len(lams)} values): L_im {fmt(d_im)} "
             f"(TOST vs +-{margin:.3g}: p {eq.p:.3g}, {1 - 2 * opts.alpha:.0%} CI [{eq.lo:.3g}, {eq.hi:.3g}]), "
@@ -250,7 +252,7 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions,
     base = {"comparison": "compute-matched L_im and L_ret vs lambda", "lambdas": [float(v) for v in lams],
             # the arms the regime gate reads (paper_checks.regime.check_arms)
             "baseline": "unmixed (compute-matched)", "candidate": "mixed (compute-matched)",
-            "ft_lr": lr, "seeds": n_seeds, "best_lambda": float(means.idxmin()), "means_L_ret": means.to_dict(),
+            "ft_lr": lr, "seeds": n_seeds, "n_seeds": n_seeds, "best_lambda": float(means.idxmin()), "means_L_ret": means.to_dict(),
             "min_effect_L_im": eps_im, "min_effect_L_ret": eps, "precondition": {"ok": pre_ok, "why": pre_why,
                                                                                  **pre_data}}
     note = "1 seed (theory: exact)" if exact else f"{n_seeds} seeds"
@@ -270,17 +272,18 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions,
 
     c1 = verdict(d_im.lo > eps_im, d_im.hi < eps_im, "L_im does not worsen meaningfully with lambda",
                  f"L_im change over lambda = {fmt(d_im)} (bar +{eps_im:.3g})",
-                 {**base, "delta_L_im": d_im.as_dict(), **p_fields(p_im if not exact else nan, sf_im)})
+                 {**base, "delta_L_im": d_im.as_dict(), "estimate": d_im.as_dict(), **p_fields(p_im if not exact else nan, sf_im)})
     c2 = verdict(d_ret.hi < -eps and zg.lo > eps, d_ret.lo > -eps or zg.hi < eps,
                  "L_ret does not improve with lambda, or no lambda > 0 is meaningfully better than lambda = 0",
                  f"L_ret change over lambda = {fmt(d_ret)} (bar -{eps:.3g}); L_ret(0) - min L_ret(lambda > 0) = "
                  f"{fmt(zg)} (bar +{eps:.3g}); best lambda {means.idxmin():g}",
                  {**base, "delta_L_ret": d_ret.as_dict(), "zero_minus_best_positive": zg.as_dict(),
+                  "estimate": zg.as_dict(),
                   **p_fields(max(p_ret, p_zg) if not exact else nan, max(sf_ret, sf_zg) if not exact else nan)})
     c3 = verdict(ig.lo > eps, ig.hi < eps, "no interior lambda is meaningfully best",
                  f"min endpoint L_ret - min interior L_ret = {fmt(ig)} (bar +{eps:.3g}); best lambda "
                  f"{means.idxmin():g}",
-                 {**base, "endpoint_minus_interior_L_ret": ig.as_dict(), **p_fields(p_ig if not exact else nan, sf_ig)})
+                 {**base, "endpoint_minus_interior_L_ret": ig.as_dict(), "estimate": ig.as_dict(), **p_fields(p_ig if not exact else nan, sf_ig)})
     return {"c1": c1, "c2": c2, "c3": c3}
 
 

@@ -39,7 +39,7 @@ from paper_checks.checks_beyond import lm_rows as beyond_lm_rows
 from paper_checks.checks_beyond import theory_rows as beyond_theory_rows
 from paper_checks.checks_theory import collect_errata, latent_checks, theory_checks
 from paper_checks.regime import gate_checks
-from paper_checks.report import print_table, summarise, write_report
+from paper_checks.report import adjust_families, print_table, split_self_tests, summarise, write_report
 
 
 def _load(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -205,11 +205,14 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
         analyses[f"forgetting ({label})"] = forgetting_analysis(df, pdir, k=chance_k)
         analyses[f"layerwise ({label})"] = layerwise_analysis(df, pdir)
     checks, not_planned = split_not_planned(checks)
+    checks, self_tests = split_self_tests(checks)  # software self-tests: outside the verdict tally
+    adjust_families(checks, 1 - opts.level)  # Holm within each LM run set's family
     regime = _regime(inputs)
     gate_checks(checks, regime)  # an LM verdict on a run set outside the paper's regime is INCONCLUSIVE
     return {
         "checks": checks,
         "not_planned": not_planned,
+        "self_tests": self_tests,
         "regime": regime,
         "errata": collect_errata(results),
         "summary": summarise(checks),
