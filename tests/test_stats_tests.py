@@ -73,3 +73,10 @@ def test_seed_doc_bootstrap_document_stage() -> None:
     # constant documents and equal seeds: nothing to resample
     flat = seed_doc_bootstrap(lambda s, d: 1.0 + 0 * len(d), [0, 1, 2], 50, n_boot=50)
     assert flat.lo == flat.hi == flat.point == 1.0
+
+
+def test_t_test_p_equals_scipy() -> None:
+    from scipy import stats
+
+    x = [0.3, -0.1, 0.25, 0.4, 0.05]
+    assert t_test_p(x, null=0.04) == pytest.approx(stats.ttest_1samp(x, 0.04).pvalue, rel=1e-9)
