@@ -193,24 +193,33 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
 
 
 def seed_doc_bootstrap(
-    stat: Callable[[list[Any], np.ndarray], float], seeds: Sequence[Any], n_docs: int, *,
+    stat: Callable[[list[Any], Any], float], seeds: Sequence[Any], n_docs: int | Sequence[int], *,
     n_boot: int = 1000, level: float = 0.95, seed: int = 0,
 ) -> Interval:
     """Two-stage (seed x document) percentile bootstrap of a statistic that depends on both
     the seeds and the test-set documents: each replicate draws the seeds with replacement and,
     independently, the ``n_docs`` test documents with replacement (one draw shared by every
     run, since every run is scored on the same test set), and evaluates
-    ``stat(seed_list, doc_index)``. The point is ``stat(seeds, arange(n_docs))``. With it an
+    ``stat(seed_list, doc_index)``. The point is ``stat(seeds, arange(n_docs))``. Several test
+    sets (e.g. D_post, D_ft, D_pre): ``n_docs`` a sequence, ``doc_index`` a tuple of index
+    arrays, one per test set, drawn independently. With it an
     interval carries the test-set sampling the per-seed t-interval leaves out; with 3-5 seeds
     the seed stage alone has few distinct draws, so this interval is reported beside the
     t-interval, not instead of it."""
     rng = np.random.default_rng(seed)
     seeds = list(seeds)
-    point = float(stat(seeds, np.arange(n_docs)))
+    multi = not isinstance(n_docs, (int, np.integer))
+    sizes = [int(n) for n in n_docs] if multi else [int(n_docs)]
+
+    def draw(full: bool) -> Any:
+        idx = tuple(np.arange(n) if full else rng.integers(0, n, n) for n in sizes)
+        return idx if multi else idx[0]
+
+    point = float(stat(seeds, draw(True)))
     vals = []
     for _ in range(n_boot):
         ss = [seeds[i] for i in rng.integers(0, len(seeds), len(seeds))]
-        docs = rng.integers(0, n_docs, n_docs)
+        docs = draw(False)
         v = float(stat(ss, docs))
         if np.isfinite(v):
             vals.append(v)

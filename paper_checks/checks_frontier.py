@@ -194,9 +194,14 @@ FRONTIER_CLAIMS: tuple[tuple[str, str, str, str, str, str, tuple[str, ...]], ...
 
 
 def frontier_checks(df: pd.DataFrame | None, side: str, prefix: str, opts: CheckOptions,
-                    claims: str = "ade", what: str = "frontier.csv", examples: Any = None) -> list[dict[str, Any]]:
+                    claims: str = "ade", what: str = "frontier.csv", examples: Any = None,
+                    run_dir: Any = None) -> list[dict[str, Any]]:
     """Claims (a), (d), (e) per pipeline and view for one frontier table (``examples``: per-example
     test losses of the table's runs, for the seed x document bootstrap; None: seed-only intervals)."""
+    if examples is None and run_dir is not None:  # an LM output directory: its runs' eval.npz
+        from paper_checks.examples import Examples
+
+        examples = Examples.from_dir(run_dir)
     out = []
     pipelines = sorted(df["pipeline"].unique()) if df is not None and not df.empty else [None]
     for pipe in pipelines:

@@ -134,7 +134,8 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
     }
     desc = (f"change over lambda {lams[0]:g}->{lams[-1]:g} ({len(lams)} values): L_im {fmt(d_im)} "
             f"(TOST vs +-{margin:.3g}: p {eq.p:.3g}, {1 - 2 * opts.alpha:.0%} CI [{eq.lo:.3g}, {eq.hi:.3g}]), "
-            f"L_ret (ft lr {lr:g}) {fmt(d_ret)}; meaningful L_ret drop > {eps:.3g}; {note}")
+            f"L_ret (ft lr {lr:g}) {fmt(d_ret)}; meaningful L_ret drop > {eps:.3g}; {note}"
+            + ("; seed-only intervals (test-set sampling not included)" if side == "lm" and not exact else ""))
     if not ok:
         return "INCONCLUSIVE", f"{note}; estimate only: {desc}", data
     if len(lams) < MIN_LAMBDAS_FLAT:
@@ -259,7 +260,8 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions,
     nan = float("nan")
 
     def verdict(passed: bool, failed: bool, why_fail: str, desc: str, data: dict[str, Any]) -> tuple[str, str, dict]:
-        desc = f"{desc}; ft lr {lr:g}; {note}; precondition: {pre_why}"
+        desc = f"{desc}; ft lr {lr:g}; {note}; precondition: {pre_why}" + (
+            "; seed-only intervals (test-set sampling not included)" if side == "lm" and not exact else "")
         if not ok:
             return "INCONCLUSIVE", f"too few seeds ({n_seeds} < {opts.min_seeds}); estimate only: {desc}", data
         if not pre_ok:

@@ -196,7 +196,7 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
     for label, pdir in inputs.lm_dirs:
         df, why = _load(pdir / "frontier.csv")
         prefix = f"lm.{label}"
-        checks += frontier_checks(df, "lm", prefix, opts, what=why or "")
+        checks += frontier_checks(df, "lm", prefix, opts, what=why or "", run_dir=pdir)
         checks += lambda_checks(df, "lm", prefix, opts, what=why or "", run_dir=pdir)
         if (pdir / "matched.csv").is_file():
             checks += matched_checks(pdir / "matched.csv", "lm", prefix, opts)
