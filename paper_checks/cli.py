@@ -10,7 +10,7 @@ Judge saved results (never trains)::
 ``reproduce`` writes them) and LM output directories (``DIR/frontier.csv`` + ``DIR/runs/``, as
 ``python -m lm_experiments run --out DIR`` writes them), one or several; the command prints
 what it found (which frontier tables, which theory files) before judging, and exits 2 when
-it finds nothing to judge. It writes ``OUT/report.json`` and ``OUT/report.md`` atomically and
+it finds nothing to judge. It writes ``OUT/report.json``, ``OUT/report.md`` and ``OUT/verdicts.csv`` atomically and
 prints the verdict table; exit 0 whenever the report was produced, whatever the verdicts.
 
 Run the whole study (theory, LM preset, figures, checks), resumable::

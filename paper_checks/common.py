@@ -47,7 +47,7 @@ MIN_HV_GAIN = 0.05
 class CheckOptions:
     """Statistical settings of every check (recorded in the report)."""
 
-    min_seeds: int = 3          # fewer independent seeds -> INCONCLUSIVE on noisy data
+    min_seeds: int = 5          # fewer independent seeds -> INCONCLUSIVE on noisy data (issue 22: >= 5 per arm)
     n_boot: int = 1000          # bootstrap replicates (seed x document bootstrap)
     level: float = 0.95         # two-sided interval level; tests at alpha = 1 - level
     min_effect: float = 0.01    # theory side (no units): meaningful = this fraction of the loss scale

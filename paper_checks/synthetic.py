@@ -145,7 +145,7 @@ def regime_rows(frontier: pd.DataFrame, *, inside: bool = True) -> pd.DataFrame:
         "forgetting": 0.4, "ret_minus_im": 0.5, "L_im": f["L_im"], "diverged": f["diverged"]})
 
 
-def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] = (0, 1, 2, 3),
+def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
                   pipeline: str = "general>music>chem", in_regime: bool = True) -> Path:
     """A complete results directory. ``good``: every claim built to hold; else to be violated.
     ``in_regime``: the LM run sets' regime table inside the paper's envelope (else outside)."""

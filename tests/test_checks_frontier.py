@@ -49,8 +49,9 @@ def test_gap_in_nats_decides_not_the_area():
 
 
 def test_hv_interval_stays_in_its_range():
-    base = {s: [(1.0, 3.0), (3.0, 1.0)] for s in range(3)}
-    cand = {0: [(1.0, 1.0), (1.0, 1.0)], 1: [(2.9, 2.9), (2.9, 2.9)], 2: [(1.0, 1.05), (1.05, 1.0)]}
+    base = {s: [(1.0, 3.0), (3.0, 1.0)] for s in range(5)}
+    cand = {0: [(1.0, 1.0), (1.0, 1.0)], 1: [(2.9, 2.9), (2.9, 2.9)], 2: [(1.0, 1.05), (1.05, 1.0)],
+            3: [(1.0, 1.0), (1.0, 1.0)], 4: [(1.0, 1.0), (1.0, 1.0)]}
     _, _, data = compare_frontiers(_table({"unmixed": base, "mixed": cand}), "unmixed", "mixed", "ret_ft", "lm", OPTS)
     per_seed = list(data["per_seed"]["hv_diff"].values())
     assert t_interval(per_seed).hi > HV_RANGE  # the plain t-interval claims an impossible value
