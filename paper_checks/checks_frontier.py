@@ -137,6 +137,10 @@ def compare_frontiers(
         desc = desc.replace("nats-or-units", "nats")
     else:
         desc = desc.replace(" nats-or-units", "")
+    data["L_im_difference"] = im_a - im_b
+    if abs(im_a - im_b) > m:  # e.g. LoRA arms 0.45 nats apart: retention and post-training confounded
+        desc += (f"; the arms' best L_im differ by {im_a - im_b:+.3g} (more than the bar): the gap can reflect "
+                 f"post-training as well as retention (the matched-L_im rows separate the two)")
     if boot is not None:
         desc += f"; seed x document bootstrap {fmt(boot)}"
     elif unit == "seed" and side == "lm":

@@ -73,3 +73,16 @@ def test_too_few_seeds_reports_estimate_without_p():
     df = frontier_rows("lm", "p", {"unmixed": 0.0, "mixed": 0.5}, seeds=[0, 1])
     status, _, data = compare_frontiers(df, "unmixed", "mixed", "ret_ft", "lm", OPTS)
     assert status == "INCONCLUSIVE" and data["p"] is None
+
+
+def test_l_im_confound_is_stated():
+    """Arms whose best L_im differ by 0.45 nats (the LoRA case): the evidence says the gap can
+    reflect post-training; equal L_im: no such note."""
+    base = {s: [(1.0, 3.0), (3.0, 1.0)] for s in range(5)}
+    cand = {s: [(1.0, 2.8 - 0.001 * s), (3.0, 0.8 - 0.001 * s)] for s in range(5)}
+    df = _table({"unmixed": base, "mixed": cand})
+    _, ev, data = compare_frontiers(df, "unmixed", "mixed", "ret_ft", "lm", OPTS)
+    assert data["L_im_difference"] == 0.0 and "post-training as well as retention" not in ev
+    df.loc[df["method"] == "mixed", "L_im"] = 2.0 - 0.45
+    _, ev, data = compare_frontiers(df, "unmixed", "mixed", "ret_ft", "lm", OPTS)
+    assert data["L_im_difference"] == pytest.approx(0.45) and "post-training as well as retention" in ev
