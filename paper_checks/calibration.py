@@ -89,6 +89,20 @@ def rules(noise: float = NOISE, seeds: int = SEEDS) -> dict[str, tuple[Callable[
     }
 
 
+def measured_noise(frontier: pd.DataFrame) -> tuple[float, int]:
+    """(pooled per-seed spread of L_ret, groups used) of an LM frontier table: the standard
+    deviation over seeds of L_ret within each (pipeline, method, lambda, compute-matched,
+    ft_lr) cell with >= 2 seeds (one checkpoint per seed: the lowest L_im), pooled as the
+    root mean square; the figure the calibration's ``NOISE`` stands for."""
+    f = frontier.loc[~frontier["diverged"].astype(bool)]
+    best = f.sort_values("L_im", kind="stable").drop_duplicates(
+        ["pipeline", "method", "mix_fraction", "compute_matched", "seed", "ft_lr"])
+    sds = [g["L_ret"].std(ddof=1) for _, g in best.groupby(["pipeline", "method", "mix_fraction", "compute_matched",
+                                                             "ft_lr"]) if g["seed"].nunique() >= 2]
+    sds = [v for v in sds if np.isfinite(v)]
+    return (float(np.sqrt(np.mean(np.square(sds)))) if sds else float("nan")), len(sds)
+
+
 def measure(reps_null: int, reps_power: int, noise: float = NOISE, seeds: int = SEEDS) -> dict[str, dict[str, float]]:
     out = {}
     for name, (null, effect) in rules(noise, seeds).items():
@@ -99,7 +113,14 @@ def measure(reps_null: int, reps_power: int, noise: float = NOISE, seeds: int = 
 
 
 if __name__ == "__main__":
+    # python -m paper_checks.calibration [REPS] [FRONTIER_CSV]: with a table, at its measured noise
     reps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    for k, v in measure(reps, reps).items():
+    noise = NOISE
+    if len(sys.argv) > 2:
+        from early_exposure.frontier import read_frontier
+
+        noise, groups = measured_noise(read_frontier(sys.argv[2]))
+        print(f"measured per-seed spread of L_ret: {noise:.4g} nats ({groups} cells)")
+    for k, v in measure(reps, reps, noise=noise).items():
         print(f"{k}: false PASS {v['false_pass']:.3f}, power {v['power']:.3f} "
               f"({v['reps_null']} reps each, noise {v['noise']}, {v['seeds']} seeds)")

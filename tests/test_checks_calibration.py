@@ -42,3 +42,18 @@ def test_power_on_paper_sized_effects():
     assert _rate(RULES["c1 (L_im worsens)"][1], 40) >= 0.8
     assert _rate(RULES["c3 (interior optimum)"][1], 60) >= 0.4
     assert _rate(RULES["b (TOST flat + L_ret falls), L_im at the margin"][1], 40) <= 0.1
+
+
+def test_measured_noise_by_hand():
+    """Two cells (arms) with L_ret over 3 seeds {1, 2, 3} (sd 1) and {2, 2, 2} (sd 0):
+    pooled root mean square sqrt((1 + 0) / 2)."""
+    import pandas as pd
+
+    from paper_checks.calibration import measured_noise
+
+    rows = [{"pipeline": "p", "method": m, "mix_fraction": lam, "compute_matched": False, "seed": s, "ft_lr": 1e-4,
+             "L_im": 2.0, "L_ret": v, "diverged": False}
+            for m, lam, vals in (("unmixed", 0.0, (1.0, 2.0, 3.0)), ("mixed", 1.0, (2.0, 2.0, 2.0)))
+            for s, v in enumerate(vals)]
+    noise, cells = measured_noise(pd.DataFrame(rows))
+    assert cells == 2 and noise == pytest.approx((0.5) ** 0.5)
