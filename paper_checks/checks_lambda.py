@@ -72,6 +72,31 @@ def _change(series: dict[Any, pd.Series], span: float) -> dict[Any, float]:
     return {s: slope(v.index.to_numpy(float), v.to_numpy(float)) * span for s, v in series.items()}
 
 
+def _run_groups(t: pd.DataFrame, ft_lr: float | None) -> dict[Any, dict[float, list[str]]]:
+    """seed -> lambda -> run ids (L_im: one run per checkpoint; L_ret: the runs at ``ft_lr``)."""
+    sub = t.drop_duplicates(["mix_fraction", "seed"]) if ft_lr is None else t.loc[t["ft_lr"] == ft_lr]
+    return {s: {float(lam): list(g2["run_id"]) for lam, g2 in g.groupby("mix_fraction")} for s, g in sub.groupby("seed")}
+
+
+def _boot(examples: Any, t: pd.DataFrame, ft_lr: float | None, col: str, fn: Any, opts: CheckOptions,
+          level: float | None = None) -> Interval | None:
+    """Seed x document bootstrap interval (None without per-example losses)."""
+    if examples is None:
+        return None
+    return examples.per_seed_interval(_run_groups(t, ft_lr), col, fn, opts, level)
+
+
+def _slope_fn(span: float) -> Any:
+    return lambda v: slope(v.index.to_numpy(float), v.to_numpy(float)) * span
+
+
+def _boot_note(parts: dict[str, Interval | None], side: str) -> str:
+    got = {k: v for k, v in parts.items() if v is not None}
+    if got:
+        return "; seed x document bootstrap " + ", ".join(f"{k} {fmt(v)}" for k, v in got.items())
+    return "; seed-only intervals (no per-example losses)" if side == "lm" else ""
+
+
 class _Judge:
     """Per-seed values -> (interval, t-test p against ``null``, sign-flip p), or the exact value."""
 
@@ -97,8 +122,11 @@ def _seeds_ok(t: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[bool, boo
     return False, False, f"too few seeds ({n} < {opts.min_seeds})"
 
 
-def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, str, dict[str, Any]]:
-    """(b) Section 4.1: L_im nearly flat in lambda (TOST, fixed margin) while L_ret falls."""
+def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions,
+                examples: Any = None) -> tuple[str, str, dict[str, Any]]:
+    """(b) Section 4.1: L_im nearly flat in lambda (TOST, fixed margin) while L_ret falls.
+    With per-example losses (``examples``) the seed x document bootstrap intervals must agree:
+    the (1 - 2 alpha) one of the L_im change inside the margin, the L_ret change's below -bar."""
     t = per_lambda_table(df, compute_matched=False)
     lams = sorted(t["mix_fraction"].unique()) if not t.empty else []
     if len(lams) < 2:
@@ -118,6 +146,9 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
     d_im, _, sf_im = judge(d_im_s)
     d_ret, p_ret, sf_ret = judge(d_ret_s, null=-eps)
     eq = tost(list(d_im_s.values()), margin, alpha=opts.alpha)
+    use_boot = examples is not None and ok and not exact
+    b_im = _boot(examples if use_boot else None, t, None, "L_im", _slope_fn(span), opts, level=1 - 2 * opts.alpha)
+    b_ret = _boot(examples if use_boot else None, t, lr, "L_ret", _slope_fn(span), opts)
     data: dict[str, Any] = {
         "comparison": "L_im and L_ret vs lambda", "lambdas": [float(v) for v in lams], "ft_lr": lr,
         "delta_L_im": d_im.as_dict(), "delta_L_ret": d_ret.as_dict(), "tost_L_im": eq.as_dict(),
@@ -135,7 +166,9 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
     desc = (f"change over lambda {lams[0]:g}->{lams[-1]:g} ({len(lams)} values): L_im {fmt(d_im)} "
             f"(TOST vs +-{margin:.3g}: p {eq.p:.3g}, {1 - 2 * opts.alpha:.0%} CI [{eq.lo:.3g}, {eq.hi:.3g}]), "
             f"L_ret (ft lr {lr:g}) {fmt(d_ret)}; meaningful L_ret drop > {eps:.3g}; {note}"
-            + ("; seed-only intervals (test-set sampling not included)" if side == "lm" and not exact else ""))
+            + ("" if exact else _boot_note({"L_im (90%)": b_im, "L_ret": b_ret}, side)))
+    data["seed_doc_bootstrap"] = {"L_im": None if b_im is None else b_im.as_dict(),
+                                  "L_ret": None if b_ret is None else b_ret.as_dict()}
     if not ok:
         return "INCONCLUSIVE", f"{note}; estimate only: {desc}", data
     if len(lams) < MIN_LAMBDAS_FLAT:
@@ -143,9 +176,9 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions) -> tuple[str, s
     if exact:
         im_flat, im_not = abs(d_im.point) <= margin, abs(d_im.point) > margin
     else:
-        im_flat = eq.p < opts.alpha
+        im_flat = eq.p < opts.alpha and (b_im is None or (-margin < b_im.lo and b_im.hi < margin))
         im_not = np.isfinite(d_im.lo) and (d_im.lo > margin or d_im.hi < -margin)
-    ret_falls = d_ret.hi < -eps
+    ret_falls = d_ret.hi < -eps and (b_ret is None or b_ret.hi < -eps)
     if ret_falls and im_flat:
         return "PASS", desc, data
     if d_ret.lo > -eps or im_not:
@@ -218,9 +251,10 @@ def precondition(df: pd.DataFrame, stage1: dict[Any, float], opts: CheckOptions)
     return True, desc, data
 
 
-def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions,
-                      stage1: dict[Any, float] | None = None) -> dict[str, tuple[str, str, dict[str, Any]]]:
-    """(c) Section 4.2 as three verdicts {"c1", "c2", "c3"} (see the module docstring)."""
+def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions, stage1: dict[Any, float] | None = None,
+                      examples: Any = None) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """(c) Section 4.2 as three verdicts {"c1", "c2", "c3"} (see the module docstring); with
+    per-example losses a PASS also needs the seed x document bootstrap interval past the bar."""
     t = per_lambda_table(df, compute_matched=True)
     lams = sorted(t["mix_fraction"].unique()) if not t.empty else []
     if len(lams) < 3:
@@ -248,6 +282,11 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions,
     d_ret, p_ret, sf_ret = judge(d_ret_s, null=-eps)
     zg, p_zg, sf_zg = judge(zero_gap_s, null=eps)
     ig, p_ig, sf_ig = judge(interior_s, null=eps)
+    ex = examples if (examples is not None and ok and not exact) else None
+    b_im = _boot(ex, t, None, "L_im", _slope_fn(span), opts)
+    b_ret = _boot(ex, t, lr, "L_ret", _slope_fn(span), opts)
+    b_zg = _boot(ex, t, lr, "L_ret", lambda v: float(v.iloc[0] - v.iloc[1:].min()), opts)
+    b_ig = _boot(ex, t, lr, "L_ret", lambda v: float(min(v.iloc[0], v.iloc[-1]) - v.iloc[1:-1].min()), opts)
     means = t.loc[t["ft_lr"] == lr].groupby("mix_fraction")["L_ret"].mean()
     pre_ok, pre_why, pre_data = precondition(df, stage1 or {}, opts)
     base = {"comparison": "compute-matched L_im and L_ret vs lambda", "lambdas": [float(v) for v in lams],
@@ -256,12 +295,14 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions,
             "ft_lr": lr, "seeds": n_seeds, "n_seeds": n_seeds, "best_lambda": float(means.idxmin()), "means_L_ret": means.to_dict(),
             "min_effect_L_im": eps_im, "min_effect_L_ret": eps, "precondition": {"ok": pre_ok, "why": pre_why,
                                                                                  **pre_data}}
+    base["seed_doc_bootstrap"] = {k: None if v is None else v.as_dict() for k, v in
+                                  (("delta_L_im", b_im), ("delta_L_ret", b_ret), ("zero_minus_best_positive", b_zg),
+                                   ("endpoint_minus_interior_L_ret", b_ig))}
     note = "1 seed (theory: exact)" if exact else f"{n_seeds} seeds"
     nan = float("nan")
 
     def verdict(passed: bool, failed: bool, why_fail: str, desc: str, data: dict[str, Any]) -> tuple[str, str, dict]:
-        desc = f"{desc}; ft lr {lr:g}; {note}; precondition: {pre_why}" + (
-            "; seed-only intervals (test-set sampling not included)" if side == "lm" and not exact else "")
+        desc = f"{desc}; ft lr {lr:g}; {note}; precondition: {pre_why}"
         if not ok:
             return "INCONCLUSIVE", f"too few seeds ({n_seeds} < {opts.min_seeds}); estimate only: {desc}", data
         if not pre_ok:
@@ -272,19 +313,26 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions,
             return "FAIL", f"{why_fail}: {desc}", data
         return "INCONCLUSIVE", f"interval includes the bar: {desc}", data
 
-    c1 = verdict(d_im.lo > eps_im, d_im.hi < eps_im, "L_im does not worsen meaningfully with lambda",
-                 f"L_im change over lambda = {fmt(d_im)} (bar +{eps_im:.3g})",
+    def past(b: Interval | None, lo: float | None = None, hi: float | None = None) -> bool:
+        return b is None or ((lo is None or b.lo > lo) and (hi is None or b.hi < hi))
+
+    c1 = verdict(d_im.lo > eps_im and past(b_im, lo=eps_im), d_im.hi < eps_im,
+                 "L_im does not worsen meaningfully with lambda",
+                 f"L_im change over lambda = {fmt(d_im)} (bar +{eps_im:.3g})"
+                 + ("" if exact else _boot_note({"L_im change": b_im}, side)),
                  {**base, "delta_L_im": d_im.as_dict(), "estimate": d_im.as_dict(), **p_fields(p_im if not exact else nan, sf_im)})
-    c2 = verdict(d_ret.hi < -eps and zg.lo > eps, d_ret.lo > -eps or zg.hi < eps,
+    c2 = verdict(d_ret.hi < -eps and zg.lo > eps and past(b_ret, hi=-eps) and past(b_zg, lo=eps),
+                 d_ret.lo > -eps or zg.hi < eps,
                  "L_ret does not improve with lambda, or no lambda > 0 is meaningfully better than lambda = 0",
                  f"L_ret change over lambda = {fmt(d_ret)} (bar -{eps:.3g}); L_ret(0) - min L_ret(lambda > 0) = "
-                 f"{fmt(zg)} (bar +{eps:.3g}); best lambda {means.idxmin():g}",
+                 f"{fmt(zg)} (bar +{eps:.3g}); best lambda {means.idxmin():g}"
+                 + ("" if exact else _boot_note({"L_ret change": b_ret, "L_ret(0) - best": b_zg}, side)),
                  {**base, "delta_L_ret": d_ret.as_dict(), "zero_minus_best_positive": zg.as_dict(),
                   "estimate": zg.as_dict(),
                   **p_fields(max(p_ret, p_zg) if not exact else nan, max(sf_ret, sf_zg) if not exact else nan)})
-    c3 = verdict(ig.lo > eps, ig.hi < eps, "no interior lambda is meaningfully best",
+    c3 = verdict(ig.lo > eps and past(b_ig, lo=eps), ig.hi < eps, "no interior lambda is meaningfully best",
                  f"min endpoint L_ret - min interior L_ret = {fmt(ig)} (bar +{eps:.3g}); best lambda "
-                 f"{means.idxmin():g}",
+                 f"{means.idxmin():g}" + ("" if exact else _boot_note({"endpoint - interior": b_ig}, side)),
                  {**base, "endpoint_minus_interior_L_ret": ig.as_dict(), "estimate": ig.as_dict(), **p_fields(p_ig if not exact else nan, sf_ig)})
     return {"c1": c1, "c2": c2, "c3": c3}
 
@@ -317,15 +365,18 @@ def lambda_checks(df: pd.DataFrame | None, side: str, prefix: str, opts: CheckOp
             continue
         sub = df.loc[df["pipeline"] == pipe]
         stage1 = stage1_losses(run_dir, sub)
+        from paper_checks.examples import Examples
+
+        examples = Examples.from_dir(run_dir)
         for size, part in split_by_size(sub, compute_matched=False):
-            status, ev, data = check_sec41(part, side, opts)
+            status, ev, data = check_sec41(part, side, opts, examples)
             sfx, txt = ("", "") if size is None else (f".{size}", f" ({size})")
             if size is not None:
                 data["post_data_size"] = size
             out.append(make_check(f"{prefix}.b.sec41.{tag}{sfx}", claim_b + txt, src_b, side, status, ev, data,
                                   pipe, "b.sec41"))
         for size, part in split_by_size(sub, compute_matched=True):
-            parts = check_sec42_parts(part, side, opts, stage1)
+            parts = check_sec42_parts(part, side, opts, stage1, examples)
             sfx, txt = ("", "") if size is None else (f".{size}", f" ({size})")
             for c, text in C_PARTS:
                 status, ev, data = parts[c]

@@ -11,6 +11,7 @@ and the evidence says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,32 @@ class Examples:
             return float(np.mean(gaps))
 
         return seed_doc_bootstrap(stat, list(seeds), sizes, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
+
+    def per_seed_interval(self, groups: dict[Any, dict[float, list[str]]], col: str,
+                          fn: Callable[[pd.Series], float], opts: Any, level: float | None = None) -> Interval | None:
+        """Seed x document bootstrap interval of the mean over seeds of ``fn(series)``, where a
+        seed's series maps each key (lambda) to the mean of ``col`` over its runs' examples;
+        ``groups``: seed -> key -> run ids. None when some run lacks per-example losses or the
+        runs' test sets differ in size."""
+        arrs: dict[str, np.ndarray] = {}
+        for by_key in groups.values():
+            for rids in by_key.values():
+                for rid in rids:
+                    ex = self.run(rid)
+                    if ex is None or col not in ex:
+                        return None
+                    arrs[rid] = ex[col]
+        lens = {len(v) for v in arrs.values()}
+        if len(lens) != 1:
+            return None
+
+        def stat(ss: list[Any], docs: np.ndarray) -> float:
+            vals = []
+            for s in ss:
+                ser = pd.Series({k: float(np.mean([arrs[r][docs].mean() for r in rids]))
+                                 for k, rids in sorted(groups[s].items())})
+                vals.append(fn(ser))
+            return float(np.mean(vals))
+
+        return seed_doc_bootstrap(stat, sorted(groups), lens.pop(), n_boot=opts.n_boot,
+                                  level=opts.level if level is None else level, seed=opts.seed)

@@ -104,3 +104,36 @@ def test_lambda_checks_ids_and_analogues():
     assert [r["id"] for r in rows] == ["lm.x.b.sec41.p", "lm.x.c1.sec42.p", "lm.x.c2.sec42.p", "lm.x.c3.sec42.p"]
     assert [r["analogue"] for r in rows] == ["b.sec41", "c1.sec42", "c2.sec42", "c3.sec42"]
     assert all(r["data"].get("p") is not None for r in rows)
+
+
+def _with_examples(tmp, df, doc_sd, n_docs=16):
+    """runs/<run_id>/eval.npz for every row: per-example losses = the row's value + a zero-mean
+    document effect of sd ``doc_sd`` drawn per lambda (the same for every seed: a test set
+    whose documents favour some lambdas)."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    eff = {lam: (lambda v: v - v.mean())(rng.normal(0, doc_sd, n_docs)) for lam in sorted(df["mix_fraction"].unique())}
+    for _, r in df.iterrows():
+        d = tmp / "runs" / r["run_id"]
+        d.mkdir(parents=True, exist_ok=True)
+        np.savez(d / "eval.npz", post_loss_stage2=np.full(n_docs, r["L_im"]),
+                 post_loss_stage3=r["L_ret"] + eff[r["mix_fraction"]], ft_loss_stage3=np.full(n_docs, r["L_ft"]),
+                 pre_loss_stage3=np.full(n_docs, r["L_pre"]))
+    return tmp
+
+
+def test_c3_document_sampling(tmp_path):
+    """The fixture's interior optimum (endpoint - interior = 0.175 nats) PASSes with small
+    document effects; with 0.5-nat document effects per lambda over 16 documents (sd of a
+    lambda's mean ~0.125) the seed x document interval reaches the bar: not a PASS."""
+    from paper_checks.examples import Examples
+
+    df = _study()
+    for sd, want in ((0.005, "PASS"), (0.5, "INCONCLUSIVE")):
+        d = _with_examples(tmp_path / str(sd), df, sd)
+        got = check_sec42_parts(df, "lm", OPTS, _stage1(df), Examples.from_dir(d))
+        st, ev, data = got["c3"]
+        assert st == want, ev
+        assert data["seed_doc_bootstrap"]["endpoint_minus_interior_L_ret"] is not None
+        assert "seed x document bootstrap" in ev
