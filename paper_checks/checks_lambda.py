@@ -75,7 +75,8 @@ def _change(series: dict[Any, pd.Series], span: float) -> dict[Any, float]:
 def _run_groups(t: pd.DataFrame, ft_lr: float | None) -> dict[Any, dict[float, list[str]]]:
     """seed -> lambda -> run ids (L_im: one run per checkpoint; L_ret: the runs at ``ft_lr``)."""
     sub = t.drop_duplicates(["mix_fraction", "seed"]) if ft_lr is None else t.loc[t["ft_lr"] == ft_lr]
-    return {s: {float(lam): list(g2["run_id"]) for lam, g2 in g.groupby("mix_fraction")} for s, g in sub.groupby("seed")}
+    return {s: {float(lam): list(g2["run_id"]) for lam, g2 in g.groupby("mix_fraction")}
+            for s, g in sub.groupby("seed")}
 
 
 def _boot(examples: Any, t: pd.DataFrame, ft_lr: float | None, col: str, fn: Any, opts: CheckOptions,
@@ -292,7 +293,8 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions, stage1: d
     base = {"comparison": "compute-matched L_im and L_ret vs lambda", "lambdas": [float(v) for v in lams],
             # the arms the regime gate reads (paper_checks.regime.check_arms)
             "baseline": "unmixed (compute-matched)", "candidate": "mixed (compute-matched)",
-            "ft_lr": lr, "seeds": n_seeds, "n_seeds": n_seeds, "best_lambda": float(means.idxmin()), "means_L_ret": means.to_dict(),
+            "ft_lr": lr, "seeds": n_seeds, "n_seeds": n_seeds, "best_lambda": float(means.idxmin()),
+            "means_L_ret": means.to_dict(),
             "min_effect_L_im": eps_im, "min_effect_L_ret": eps, "precondition": {"ok": pre_ok, "why": pre_why,
                                                                                  **pre_data}}
     base["seed_doc_bootstrap"] = {k: None if v is None else v.as_dict() for k, v in
@@ -301,39 +303,46 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions, stage1: d
     note = "1 seed (theory: exact)" if exact else f"{n_seeds} seeds"
     nan = float("nan")
 
-    def verdict(passed: bool, failed: bool, why_fail: str, desc: str, data: dict[str, Any]) -> tuple[str, str, dict]:
+    def verdict(passed: bool, failed: bool, why_fail: str, desc: str, data: dict[str, Any],
+                boot_ok: bool = True) -> tuple[str, str, dict]:
         desc = f"{desc}; ft lr {lr:g}; {note}; precondition: {pre_why}"
         if not ok:
             return "INCONCLUSIVE", f"too few seeds ({n_seeds} < {opts.min_seeds}); estimate only: {desc}", data
         if not pre_ok:
             return "INCONCLUSIVE", f"{pre_why}; estimate only: {desc}", data
-        if passed:
+        if passed and boot_ok:
             return "PASS", desc, data
         if failed:
             return "FAIL", f"{why_fail}: {desc}", data
+        if passed:
+            return "INCONCLUSIVE", f"the seed x document bootstrap interval reaches the bar: {desc}", data
         return "INCONCLUSIVE", f"interval includes the bar: {desc}", data
 
     def past(b: Interval | None, lo: float | None = None, hi: float | None = None) -> bool:
         return b is None or ((lo is None or b.lo > lo) and (hi is None or b.hi < hi))
 
-    c1 = verdict(d_im.lo > eps_im and past(b_im, lo=eps_im), d_im.hi < eps_im,
+    c1 = verdict(d_im.lo > eps_im, d_im.hi < eps_im,
                  "L_im does not worsen meaningfully with lambda",
                  f"L_im change over lambda = {fmt(d_im)} (bar +{eps_im:.3g})"
                  + ("" if exact else _boot_note({"L_im change": b_im}, side)),
-                 {**base, "delta_L_im": d_im.as_dict(), "estimate": d_im.as_dict(), **p_fields(p_im if not exact else nan, sf_im)})
-    c2 = verdict(d_ret.hi < -eps and zg.lo > eps and past(b_ret, hi=-eps) and past(b_zg, lo=eps),
-                 d_ret.lo > -eps or zg.hi < eps,
+                 {**base, "delta_L_im": d_im.as_dict(), "estimate": d_im.as_dict(),
+                  **p_fields(p_im if not exact else nan, sf_im)},
+                 past(b_im, lo=eps_im))
+    c2 = verdict(d_ret.hi < -eps and zg.lo > eps, d_ret.lo > -eps or zg.hi < eps,
                  "L_ret does not improve with lambda, or no lambda > 0 is meaningfully better than lambda = 0",
                  f"L_ret change over lambda = {fmt(d_ret)} (bar -{eps:.3g}); L_ret(0) - min L_ret(lambda > 0) = "
                  f"{fmt(zg)} (bar +{eps:.3g}); best lambda {means.idxmin():g}"
                  + ("" if exact else _boot_note({"L_ret change": b_ret, "L_ret(0) - best": b_zg}, side)),
                  {**base, "delta_L_ret": d_ret.as_dict(), "zero_minus_best_positive": zg.as_dict(),
                   "estimate": zg.as_dict(),
-                  **p_fields(max(p_ret, p_zg) if not exact else nan, max(sf_ret, sf_zg) if not exact else nan)})
-    c3 = verdict(ig.lo > eps and past(b_ig, lo=eps), ig.hi < eps, "no interior lambda is meaningfully best",
+                  **p_fields(max(p_ret, p_zg) if not exact else nan, max(sf_ret, sf_zg) if not exact else nan)},
+                 past(b_ret, hi=-eps) and past(b_zg, lo=eps))
+    c3 = verdict(ig.lo > eps, ig.hi < eps, "no interior lambda is meaningfully best",
                  f"min endpoint L_ret - min interior L_ret = {fmt(ig)} (bar +{eps:.3g}); best lambda "
                  f"{means.idxmin():g}" + ("" if exact else _boot_note({"endpoint - interior": b_ig}, side)),
-                 {**base, "endpoint_minus_interior_L_ret": ig.as_dict(), "estimate": ig.as_dict(), **p_fields(p_ig if not exact else nan, sf_ig)})
+                 {**base, "endpoint_minus_interior_L_ret": ig.as_dict(), "estimate": ig.as_dict(),
+                  **p_fields(p_ig if not exact else nan, sf_ig)},
+                 past(b_ig, lo=eps))
     return {"c1": c1, "c2": c2, "c3": c3}
 
 

@@ -152,7 +152,8 @@ def _matrix(report: dict[str, Any]) -> list[str]:
     side_by_side = [c for c in report["checks"] if c.get("analogue")]
     if not side_by_side:
         return []
-    lines = ["## Theory and LM side by side (claim x side)", "", "| claim | source | theory | LM |", "|---|---|---|---|"]
+    lines = ["## Theory and LM side by side (claim x side)", "", "| claim | source | theory | LM |",
+             "|---|---|---|---|"]
     rows: dict[str, dict[str, Any]] = {}
     for c in side_by_side:
         size = c["data"].get("post_data_size")

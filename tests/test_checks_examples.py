@@ -42,7 +42,8 @@ def _lm_dir(tmp, doc_sd: float, n_docs: int = 20):
 
 def test_document_sampling_widens_the_interval(tmp_path):
     df = _lm_dir(tmp_path / "small", doc_sd=0.01)
-    st, ev, data = compare_frontiers(df, "unmixed", "mixed", "ret_ft", "lm", OPTS, Examples.from_dir(tmp_path / "small"))
+    ex = Examples.from_dir(tmp_path / "small")
+    st, ev, data = compare_frontiers(df, "unmixed", "mixed", "ret_ft", "lm", OPTS, ex)
     b = data["loss_gap_seed_doc_bootstrap"]
     assert st == "PASS" and abs(b["point"] - 0.2) < 1e-9 and b["lo"] > 0.15
     # sd 1 nat per document between arms, 20 documents: the gap's document-sampling sd is

@@ -67,7 +67,7 @@ def _whatwhere_tree(tmp, protected_every_seed: bool):
     0-1 wrong (all seeds) and, when ``protected_every_seed`` is False, the mixed arm does too."""
     lm = tmp / "lm" / "q"
     (lm / "whatwhere").mkdir(parents=True)
-    rows, prot = [], []
+    rows = []
     for m in ("unmixed", "mixed"):
         for s in range(4):
             rid = f"{m}-{s}"

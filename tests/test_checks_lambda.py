@@ -135,5 +135,6 @@ def test_c3_document_sampling(tmp_path):
         got = check_sec42_parts(df, "lm", OPTS, _stage1(df), Examples.from_dir(d))
         st, ev, data = got["c3"]
         assert st == want, ev
+        assert want == "PASS" or "seed x document bootstrap interval reaches the bar" in ev
         assert data["seed_doc_bootstrap"]["endpoint_minus_interior_L_ret"] is not None
         assert "seed x document bootstrap" in ev
