@@ -86,3 +86,17 @@ def test_l_im_confound_is_stated():
     df.loc[df["method"] == "mixed", "L_im"] = 2.0 - 0.45
     _, ev, data = compare_frontiers(df, "unmixed", "mixed", "ret_ft", "lm", OPTS)
     assert data["L_im_difference"] == pytest.approx(0.45) and "post-training as well as retention" in ev
+
+
+def test_without_overlap_the_area_test_gives_p():
+    """Candidate fronts entirely left of the baseline's in L_ft (no matched range): the gap is
+    undefined, the verdict and its p come from the area difference against 0.05."""
+    from scipy import stats
+
+    base = {s: [(3.0, 2.0), (4.0, 1.0)] for s in range(5)}
+    cand = {s: [(1.0, 1.5 + 0.01 * s), (2.0, 0.5)] for s in range(5)}
+    status, _, data = compare_frontiers(_table({"unmixed": base, "mixed": cand}), "unmixed", "mixed", "ret_ft",
+                                        "lm", OPTS)
+    hv = list(data["per_seed"]["hv_diff"].values())
+    assert data["statistic"] == "hv_diff" and status == "PASS"
+    assert data["p"] == pytest.approx(stats.ttest_1samp(hv, 0.05).pvalue, rel=1e-9)
