@@ -132,7 +132,9 @@ def compare_frontiers(
     units = "" if unit != "seed" else f"; t over {len(keep)} seeds (p vs bar {fmt_p(p)}, sign-flip {fmt_p(sf)})"
     desc = (f"{y} gap at matched {x} = {fmt(gap_iv)} nats-or-units (bar {m:.3g}){units}; "
             f"HV({candidate}) - HV({baseline}) normalised = {fmt(hv_iv)} (secondary; HV baseline {hv_a:.3g}, "
-            f"max {HV_RANGE}); best L_im {im_b:.3g} vs {im_a:.3g}")
+            f"max {HV_RANGE}); best L_im {im_b:.3g} vs {im_a:.3g}; "
+            f"{data['points_per_front']['candidate']} / {data['points_per_front']['baseline']} front points per "
+            f"{'seed' if unit == 'seed' else 'upstream'}")
     if side == "lm":
         desc = desc.replace("nats-or-units", "nats")
     else:

@@ -166,7 +166,8 @@ def check_sec41(df: pd.DataFrame, side: str, opts: CheckOptions,
     }
     desc = (f"change over lambda {lams[0]:g}->{lams[-1]:g} ({len(lams)} values): L_im {fmt(d_im)} "
             f"(TOST vs +-{margin:.3g}: p {eq.p:.3g}, {1 - 2 * opts.alpha:.0%} CI [{eq.lo:.3g}, {eq.hi:.3g}]), "
-            f"L_ret (ft lr {lr:g}) {fmt(d_ret)}; meaningful L_ret drop > {eps:.3g}; {note}"
+            f"L_ret (ft lr {lr:g}) {fmt(d_ret)} (t-test p vs bar {p_ret:.3g}, sign-flip p {sf_ret:.3g}); "
+            f"meaningful L_ret drop > {eps:.3g}; {note}"
             + ("" if exact else _boot_note({"L_im (90%)": b_im, "L_ret": b_ret}, side)))
     data["seed_doc_bootstrap"] = {"L_im": None if b_im is None else b_im.as_dict(),
                                   "L_ret": None if b_ret is None else b_ret.as_dict()}
@@ -300,7 +301,9 @@ def check_sec42_parts(df: pd.DataFrame, side: str, opts: CheckOptions, stage1: d
     base["seed_doc_bootstrap"] = {k: None if v is None else v.as_dict() for k, v in
                                   (("delta_L_im", b_im), ("delta_L_ret", b_ret), ("zero_minus_best_positive", b_zg),
                                    ("endpoint_minus_interior_L_ret", b_ig))}
-    note = "1 seed (theory: exact)" if exact else f"{n_seeds} seeds"
+    note = ("1 seed (theory: exact)" if exact else
+            f"{n_seeds} seeds, t-test p c1 {p_im:.3g} / c2 {max(p_ret, p_zg):.3g} / c3 {p_ig:.3g}, sign-flip p "
+            f"{sf_im:.3g} / {max(sf_ret, sf_zg):.3g} / {sf_ig:.3g}")
     nan = float("nan")
 
     def verdict(passed: bool, failed: bool, why_fail: str, desc: str, data: dict[str, Any],

@@ -174,13 +174,13 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"Results read from `{report['results_dir']}`. Summary (verdicts on the paper's claims; "
              "self-tests apart): " + ", ".join(f"{k} {v}" for k, v in report["summary"].items()), ""]
     lines += _matrix(report)
-    lines += ["## Verdicts", "", "| id | side | source | status | p | p (Holm) | claim | evidence |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Verdicts", "", "| id | side | source | status | p | p (Holm) | sign-flip p | claim | evidence |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in report["checks"]:
         d = c.get("data") or {}
         lines.append("| " + " | ".join(_md_escape(x) for x in (
             c["id"], c["side"], c["source"], c["status"], _num(d.get("p")) or "-", _num(d.get("p_adjusted")) or "-",
-            c["claim"], c["evidence"])) + " |")
+            _num(d.get("sign_flip_p")) or "-", c["claim"], c["evidence"])) + " |")
     if report.get("self_tests"):
         lines += ["", "## Software self-tests (not verdicts on the paper)", "", "| id | status | what | evidence |",
                   "|---|---|---|---|"]
@@ -241,6 +241,9 @@ def print_table(report: dict[str, Any]) -> None:
     con = Console(width=200)
     con.print(t)
     con.print("summary: " + ", ".join(f"{k} {v}" for k, v in report["summary"].items()))
+    if report.get("self_tests"):
+        con.print("software self-tests (not verdicts): " + ", ".join(f"{c['id']} {c['status']}"
+                                                                      for c in report["self_tests"]))
     for preset, sets in report.get("regime", {}).get("presets", {}).items():
         for pipe, rs in (sets.items() if isinstance(sets, dict) and "error" not in sets else []):
             con.print(f"regime {preset} {pipe}: " + ("inside the paper's regime" if rs["inside"]
