@@ -221,11 +221,32 @@ def stage1_losses(run_dir: Path | None, df: pd.DataFrame) -> dict[Any, float]:
     return out
 
 
+def _size(hp: Any) -> dict[str, Any]:
+    try:
+        d = json.loads(hp) if isinstance(hp, str) and hp else {}
+    except ValueError:
+        return {}
+    return {k: d[k] for k in _SIZE_KEYS if isinstance(d, dict) and k in d}
+
+
+def _same_size(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its early-stopped rows cut to the post-training data size of its
+    compute-matched rows, when both record one (so the precondition compares like with like)."""
+    cm = df["compute_matched"].astype(bool)
+    sizes = {json.dumps(_size(h), sort_keys=True) for h in df.loc[cm, "post_hparams"]}
+    if len(sizes) != 1 or sizes == {"{}"}:
+        return df
+    want = json.loads(sizes.pop())
+    es_sizes = df.loc[~cm, "post_hparams"].map(_size)
+    same = es_sizes.map(lambda d: all(d.get(k) == v for k, v in want.items()) and bool(d))
+    return df if not same.any() else pd.concat([df.loc[cm], df.loc[~cm].loc[same]])
+
+
 def precondition(df: pd.DataFrame, stage1: dict[Any, float], opts: CheckOptions) -> tuple[bool, str, dict[str, Any]]:
     """Can the testbed pose (c)? (ok, reason, data): the compute-matched lambda = 0 single
     pass reaches >= ``opts.precondition_share`` of the early-stopped L_im gain (mean over seeds)."""
     cm = per_lambda_table(df, compute_matched=True)
-    es = per_lambda_table(df, compute_matched=False)
+    es = per_lambda_table(_same_size(df), compute_matched=False)
     cm0 = cm.loc[cm["mix_fraction"] == 0].groupby("seed")["L_im"].min()
     es0 = es.loc[es["mix_fraction"] == 0].groupby("seed")["L_im"].min()
     data: dict[str, Any] = {"required_share": opts.precondition_share}

@@ -138,3 +138,17 @@ def test_c3_document_sampling(tmp_path):
         assert want == "PASS" or "seed x document bootstrap interval reaches the bar" in ev
         assert data["seed_doc_bootstrap"]["endpoint_minus_interior_L_ret"] is not None
         assert "seed x document bootstrap" in ev
+
+
+def test_precondition_compares_the_same_post_data_size():
+    """Early-stopped runs at N=100 (L_im 2.5) and N=400 (L_im 1.0); compute-matched at N=100:
+    the share uses the N=100 reference, (4 - 2.5) / (4 - 2.5) = 1, not (4 - 2.5) / (4 - 1.0) = 0.5."""
+    es100 = lambda_rows("lm", "p", SEEDS, compute_matched=False, im=(2.5, 0.0), ret=(3.5, -0.5, 0.0), stage1=None)
+    es400 = lambda_rows("lm", "p", SEEDS, compute_matched=False, im=(1.0, 0.0), ret=(3.5, -0.5, 0.0), stage1=None)
+    cm = lambda_rows("lm", "p", SEEDS, compute_matched=True, im=(2.5, 0.4), ret=(3.5, -0.5, 1.6), stage1=None)
+    es100["post_hparams"], cm["post_hparams"] = '{"N": 100}', '{"N": 100}'
+    es400["post_hparams"] = '{"N": 400}'
+    es400["upstream_id"] = es400["upstream_id"] + "-400"
+    df = pd.concat([es100, es400, cm], ignore_index=True)
+    got = check_sec42_parts(df, "lm", OPTS, {s: 4.0 for s in SEEDS})
+    assert got["c1"][2]["precondition"]["share"] == pytest.approx(1.0, abs=0.02)
