@@ -40,6 +40,7 @@ from paper_checks.report import make_check, no_data
 
 _fmt, _usable = fmt, usable  # older names
 
+
 def _groups(rows: pd.DataFrame, unit: str, view: str, keep: list[Any] | None = None) -> dict[Any, np.ndarray]:
     x, y = VIEWS[view]
     out = {}
@@ -114,7 +115,7 @@ def compare_frontiers(
                               "loss_gap": {str(k): v for k, v in per_gap.items()}},
                     sign_flip_p_hv=sign_flip_p(list(per_hv.values())),
                     interval=f"t over {len(keep)} seeds, per-seed fronts (hv cut to [-{HV_RANGE}, {HV_RANGE}])")
-    widths = [hi - lo_ for lo_, hi in overlap.values() if np.isfinite(lo_) and np.isfinite(hi)]
+    widths = [hi - lo_ for lo_, hi in overlap.values() if np.isfinite(lo_) and np.isfinite(hi) and hi >= lo_]
     data.update(unit=unit, n_units={"baseline": len(ga), "candidate": len(gb)}, shared_seeds=len(shared),
                 hv_diff=hv_iv.as_dict(), hv_diff_relative=hv_iv.point / max(hv_a, 1e-12), loss_gap=gap_iv.as_dict(),
                 overlap=overlap, overlap_width_min=float(min(widths)) if widths else float("nan"),
