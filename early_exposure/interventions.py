@@ -14,6 +14,7 @@ stage function (``lm_experiments.protocol.stages.run_post``).
 Claim kinds (``paper_checks.checks_frontier``):
 
 - ``on_top``: ``mixed+X`` improves the frontier over ``mixed`` (Sec. 4.4);
+- ``alone``: ``unmixed+X`` shifts the frontier of ``unmixed`` (App. B.2: X alone helps);
 - ``alone_less``: ``unmixed+X`` improves the frontier less than ``mixed`` (App. B.2);
 - ``mixing_within``: mixing improves the frontier among ``X`` runs, ``unmixed+X`` vs ``mixed+X`` (App. B.3).
 """
@@ -51,10 +52,12 @@ class Intervention:
 #: every stage-2 intervention, in the canonical order of method suffixes
 INTERVENTIONS: tuple[Intervention, ...] = (
     Intervention("replay", "replay", float, 0.0, "r={:g}", ("tab:olive", "tab:green"),
-                 {"on_top": "Section 4.4, Figures 4-5", "alone_less": "Appendix B.2, Figure 6"},
+                 {"on_top": "Section 4.4, Figures 4-5", "alone": "Appendix B.2, Figure 6",
+                  "alone_less": "Appendix B.2, Figure 6"},
                  lo=0.0, hi=1.0, hi_open=True),
     Intervention("dropout", "dropout", float, 0.0, "p={:g}", ("tab:brown", "tab:orange"),
-                 {"on_top": "Section 4.4, Figures 4-5", "alone_less": "Appendix B.2, Figure 6"},
+                 {"on_top": "Section 4.4, Figures 4-5", "alone": "Appendix B.2, Figure 6",
+                  "alone_less": "Appendix B.2, Figure 6"},
                  lo=0.0, hi=1.0, hi_open=True),
     Intervention("lora", "LoRA", bool, False, "lora={}", ("dimgray", "mediumpurple"),
                  {"mixing_within": "Appendix B.3, Figure 7"}),

@@ -1,10 +1,16 @@
 """Paper checks: every claim of arXiv 2605.12705 judged against saved results.
 
 - :mod:`paper_checks.checks_theory` -- Appendix C theorems, assumption feasibility, errata.
-- :mod:`paper_checks.checks_frontier`     -- frontier claims (a)-(e), used for both sides.
-- :mod:`early_exposure.stats`      -- (shared) Student-t intervals and sign-flip tests over seeds.
+- :mod:`paper_checks.checks_frontier`     -- frontier claims (a), (d), (e), used for both sides.
+- :mod:`paper_checks.checks_lambda` -- the lambda studies (b) and (c1)-(c3), with (c)'s precondition.
+- :mod:`paper_checks.checks_matched` -- claim (b) at matched L_im (and L_pre; LoRA arms).
+- :mod:`paper_checks.checks_beyond`, :mod:`paper_checks.checks_items` -- what / where rows.
+- :mod:`paper_checks.common`        -- settings and the fixed thresholds, with their reasons.
+- :mod:`paper_checks.examples`      -- per-example test losses for the seed x document bootstrap.
+- :mod:`paper_checks.calibration`   -- false-PASS rate and power at the measured noise.
+- :mod:`early_exposure.stats`      -- (shared) t-intervals, t / sign-flip / TOST tests, Holm, bootstraps.
 - :mod:`paper_checks.analyses`      -- sample-wise forgetting, layerwise change.
-- :mod:`paper_checks.report`        -- report.json / report.md / the verdict table.
+- :mod:`paper_checks.report`        -- report.json / report.md / verdicts.csv, Holm families, self-tests.
 - :mod:`paper_checks.reproduce`     -- the one-command main job.
 
 ``python -m paper_checks --results DIR --out OUT``;

@@ -10,7 +10,7 @@ Judge saved results (never trains)::
 ``reproduce`` writes them) and LM output directories (``DIR/frontier.csv`` + ``DIR/runs/``, as
 ``python -m lm_experiments run --out DIR`` writes them), one or several; the command prints
 what it found (which frontier tables, which theory files) before judging, and exits 2 when
-it finds nothing to judge. It writes ``OUT/report.json`` and ``OUT/report.md`` atomically and
+it finds nothing to judge. It writes ``OUT/report.json``, ``OUT/report.md`` and ``OUT/verdicts.csv`` atomically and
 prints the verdict table; exit 0 whenever the report was produced, whatever the verdicts.
 
 Run the whole study (theory, LM preset, figures, checks), resumable::
@@ -40,7 +40,7 @@ from paper_checks.checks_beyond import lm_rows as beyond_lm_rows
 from paper_checks.checks_beyond import theory_rows as beyond_theory_rows
 from paper_checks.checks_theory import collect_errata, latent_checks, theory_checks
 from paper_checks.regime import gate_checks
-from paper_checks.report import print_table, summarise, write_report
+from paper_checks.report import adjust_families, print_table, split_self_tests, summarise, write_report
 
 
 def _load(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -199,8 +199,8 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
         tree = RunTree(pdir)
         df, why = _load(tree.frontier)
         prefix = f"lm.{label}"
-        checks += frontier_checks(df, "lm", prefix, opts, what=why or "")
-        checks += lambda_checks(df, "lm", prefix, opts, what=why or "")
+        checks += frontier_checks(df, "lm", prefix, opts, what=why or "", run_dir=pdir)
+        checks += lambda_checks(df, "lm", prefix, opts, what=why or "", run_dir=pdir)
         if tree.matched.is_file():
             checks += matched_checks(tree.matched, "lm", prefix, opts)
         if tree.whatwhere.is_dir():
@@ -208,11 +208,14 @@ def build_report(results: Path | Inputs, opts: CheckOptions, chance_k: int | Non
         analyses[f"forgetting ({label})"] = forgetting_analysis(df, pdir, k=chance_k)
         analyses[f"layerwise ({label})"] = layerwise_analysis(df, pdir)
     checks, not_planned = split_not_planned(checks)
+    checks, self_tests = split_self_tests(checks)  # software self-tests: outside the verdict tally
+    adjust_families(checks, 1 - opts.level)  # Holm within each LM run set's family
     regime = _regime(inputs)
     gate_checks(checks, regime)  # an LM verdict on a run set outside the paper's regime is INCONCLUSIVE
     return {
         "checks": checks,
         "not_planned": not_planned,
+        "self_tests": self_tests,
         "regime": regime,
         "errata": collect_errata(results),
         "summary": summarise(checks),

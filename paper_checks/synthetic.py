@@ -11,6 +11,7 @@ real results.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,20 +59,26 @@ def frontier_rows(side: str, pipeline: str, shifts: dict[str, float], seeds: lis
 def lambda_rows(side: str, pipeline: str, seeds: list[int], *, compute_matched: bool,
                 im: tuple[float, float] = (2.5, 0.0), ret: tuple[float, float, float] = (3.5, -0.5, 0.0),
                 lambdas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), ft_lrs: tuple[float, ...] = (5e-5, 1e-4),
-                noise: float = 0.01, rng_seed: int = 1) -> pd.DataFrame:
+                noise: float = 0.01, rng_seed: int = 1, stage1: float | None = 4.0,
+                im_offset0: float = 0.0) -> pd.DataFrame:
     """Lambda study rows: L_im = im[0] + im[1] * lambda; L_ret = ret[0] + ret[1] * lambda
-    + ret[2] * (lambda - 0.5)^2 (ret[2] > 0 puts the minimum inside), each plus noise."""
+    + ret[2] * (lambda - 0.5)^2 (ret[2] > 0 puts the minimum inside), each plus noise.
+    ``stage1``: theta_pre's D_post loss, written to the lambda = 0 rows' ``post_hparams``
+    (``L_post_stage1``, read by (c)'s precondition); ``im_offset0`` is added to L_im at
+    lambda = 0 (an under-trained single pass when positive)."""
     rng = np.random.default_rng(rng_seed)
     rows = []
     for seed in seeds:
         for lam in lambdas:
             method = "unmixed" if lam == 0 else "mixed"
             up = stable_hash([pipeline, compute_matched, lam, seed])
-            l_im = im[0] + im[1] * lam + rng.normal(0, noise)
+            l_im = im[0] + im[1] * lam + rng.normal(0, noise) + (im_offset0 if lam == 0 else 0.0)
             for j, lr in enumerate(ft_lrs):
                 l_ret = ret[0] + ret[1] * lam + ret[2] * (lam - 0.5) ** 2 + 0.3 * j + rng.normal(0, noise)
                 rows.append(_row(side, pipeline, method, lam, compute_matched, up, seed, lr, l_im, l_ret,
                                  2.0 - 0.3 * j, 4.0 + rng.normal(0, noise)))
+                if stage1 is not None and lam == 0:
+                    rows[-1]["post_hparams"] = json.dumps({"L_post_stage1": stage1})
     return pd.DataFrame(rows, columns=list(FRONTIER_COLUMNS))
 
 
@@ -120,6 +127,9 @@ def sweep_frame(n: int = 12) -> pd.DataFrame:
 
 
 LAMBDA_PIPELINE = "general>music>flan"
+#: the compute-matched L_ret of the fixture: good: falls with lambda, minimum inside (lambda
+#: 0.75: 3.9, 3.475, 3.25, 3.225, 3.4); bad: rises with lambda, minimum at lambda = 0
+C_RET = {True: (3.5, -0.5, 1.6), False: (3.5, 0.5, -1.6)}
 
 
 def regime_rows(frontier: pd.DataFrame, *, inside: bool = True) -> pd.DataFrame:
@@ -135,7 +145,7 @@ def regime_rows(frontier: pd.DataFrame, *, inside: bool = True) -> pd.DataFrame:
         "forgetting": 0.4, "ret_minus_im": 0.5, "L_im": f["L_im"], "diverged": f["diverged"]})
 
 
-def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] = (0, 1, 2, 3),
+def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
                   pipeline: str = "general>music>chem", in_regime: bool = True) -> Path:
     """A complete results directory. ``good``: every claim built to hold; else to be violated.
     ``in_regime``: the LM run sets' regime table inside the paper's envelope (else outside)."""
@@ -152,7 +162,7 @@ def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] 
                             lambda_rows(side, LAMBDA_PIPELINE, seeds_l, compute_matched=False,
                                         im=(2.5, 0.0 if good else 0.8), ret=(3.5, -0.5 if good else 0.3, 0.0)),
                             lambda_rows(side, LAMBDA_PIPELINE, seeds_l, compute_matched=True,
-                                        im=(2.5, 0.4 if good else -0.4), ret=(3.5, 0.0, 1.6 if good else -1.6))])
+                                        im=(2.5, 0.4 if good else -0.4), ret=C_RET[good])])
         write_frontier(df, out / sub / "frontier.csv")
         if side == "lm":
             atomic_write_bytes(out / sub / "regime.csv",
@@ -160,7 +170,7 @@ def write_fixture(out: str | Path, *, good: bool = True, seeds: tuple[int, ...] 
     cm = pd.concat([lambda_rows("theory", "theory", seeds_l, compute_matched=False,
                                 im=(2.5, 0.0 if good else 0.8), ret=(3.5, -0.5 if good else 0.3, 0.0)),
                     lambda_rows("theory", "theory", seeds_l, compute_matched=True,
-                                im=(2.5, 0.4 if good else -0.4), ret=(3.5, 0.0, 1.6 if good else -1.6))])
+                                im=(2.5, 0.4 if good else -0.4), ret=C_RET[good])])
     write_frontier(cm, out / "theory/compute_matched/frontier.csv")
     atomic_write_json(out / "theory/verify/theorems.json", theorems_json(passed=good))
     atomic_write_json(out / "theory/verify/assumptions.json", assumptions_json(feasible=good))

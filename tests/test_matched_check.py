@@ -90,8 +90,10 @@ def test_matched_checks_reads_the_table(tmp_path: Path) -> None:
     p = tmp_path / "matched.csv"
     assert matched_checks(p, "lm", "lm.x", OPTS)[0]["evidence"].startswith("no data")
     _lm_table(benefit=0.3).to_csv(p, index=False)
-    (c,) = matched_checks(p, "lm", "lm.x", OPTS)
+    # three rows per pipeline since issue 22: matched L_im, matched L_im and L_pre, LoRA arms
+    c, c_pre, c_lora = matched_checks(p, "lm", "lm.x", OPTS)
     assert c["id"] == "lm.x.b.matched_im.p" and c["status"] == "PASS" and c["analogue"] == "b.matched_im"
+    assert c_pre["id"] == "lm.x.b.matched_im_pre.p" and c_lora["evidence"].startswith("no data")
 
 
 def test_theory_study_checkpoints_are_simulator_runs(tmp_path: Path) -> None:

@@ -64,12 +64,13 @@ def test_hypervolume_hand_computed() -> None:
     pts = {"unmixed": [(1.0, 3.0), (3.0, 1.0)], "mixed": [(1.0, 2.0), (2.0, 1.0)]}
     _, _, d1 = compare_frontiers(_table(pts, [0]), "unmixed", "mixed", "ret_ft", "lm", OPTS)
     assert d1["hv_baseline"] == pytest.approx(0.21) and d1["hv_candidate"] == pytest.approx(0.96)
-    status, _, d3 = compare_frontiers(_table(pts, [0, 1, 2]), "unmixed", "mixed", "ret_ft", "lm", OPTS)
-    assert list(d3["per_seed"]["hv_diff"].values()) == pytest.approx([0.75] * 3)
+    # five seeds: the rules need >= 5 per arm since issue 22 (the per-seed values are the same)
+    status, _, d3 = compare_frontiers(_table(pts, [0, 1, 2, 3, 4]), "unmixed", "mixed", "ret_ft", "lm", OPTS)
+    assert list(d3["per_seed"]["hv_diff"].values()) == pytest.approx([0.75] * 5)
     assert d3["hv_diff"]["point"] == pytest.approx(0.75)
     # gap at matched L_ft over [1, 2]: baseline 3 - x ... candidate 3 - x on [1, 2]: baseline
     # y = 4 - x on [1, 3], candidate y = 3 - x on [1, 2]: gap 1 everywhere
-    assert list(d3["per_seed"]["loss_gap"].values()) == pytest.approx([1.0] * 3)
+    assert list(d3["per_seed"]["loss_gap"].values()) == pytest.approx([1.0] * 5)
     assert status == "PASS"
 
 
@@ -104,14 +105,18 @@ def test_claim_a_detects_a_planted_effect() -> None:
 def test_claim_b_false_pass_rate_and_power() -> None:
     """Claim (b) on null data (L_im and L_ret flat in lambda, point noise 0.05): PASS in at
     most 8% of 300 repetitions with 3 seeds; with L_ret falling 0.3 over lambda 0 -> 1 and L_im
-    flat: PASS in at least 80% of 100 repetitions with 5 seeds."""
+    flat: PASS in at least 80% of 100 repetitions with 5 seeds. Since issue 22 (b) needs three
+    lambdas and shows flatness by a TOST against a fixed 0.04-nat margin, which point noise
+    0.05 leaves too wide (the 90% half-width of a 5-seed L_im change is ~0.07); the power
+    half therefore uses point noise 0.01 (the rates at the measured noise are in
+    tests/test_checks_calibration.py)."""
     def null(r: int) -> pd.DataFrame:
         return lambda_rows("lm", "p", [0, 1, 2], compute_matched=False, im=(2.5, 0.0), ret=(3.5, 0.0, 0.0),
-                           lambdas=(0.0, 1.0), noise=0.05, rng_seed=3000 + r)
+                           lambdas=(0.0, 0.5, 1.0), noise=0.05, rng_seed=3000 + r)
 
     def planted(r: int) -> pd.DataFrame:
         return lambda_rows("lm", "p", list(range(5)), compute_matched=False, im=(2.5, 0.0), ret=(3.5, -0.3, 0.0),
-                           lambdas=(0.0, 1.0), noise=0.05, rng_seed=4000 + r)
+                           lambdas=(0.0, 0.5, 1.0), noise=0.01, rng_seed=4000 + r)
 
     assert _rate(null, lambda df: check_sec41(df, "lm", OPTS)[0], 300) <= 0.08
     assert _rate(planted, lambda df: check_sec41(df, "lm", OPTS)[0], 100) >= 0.8
