@@ -172,3 +172,17 @@ def test_theory_frontier_rows_match_simulate(tmp_path):
             np.testing.assert_allclose(row[k], ref[k], rtol=1e-9)
     with pytest.raises(ConfigError, match="methods"):
         FrontierConfig(methods=("mixed+lora",))
+
+
+def test_theta_pre_post_loss_is_recorded_for_the_c_precondition():
+    """``run_finite`` records theta_pre's exact D_post loss (``L_post_stage1``, read by the (c)
+    precondition of paper_checks): at lambda = 0 pretraining is the exact path, so it equals the
+    D_post loss of ``simulate``'s own theta_pre (a second code path)."""
+    from linear_theory.simulate import task_losses
+
+    cfg = _cfg(alpha=0.0)
+    ref = simulate(cfg, method="full")
+    W1, W2 = ref.weights["pre"]
+    expected = task_losses(np.asarray(W1) @ np.asarray(W2), build_task(cfg.task))["post"]
+    res = run_finite(cfg, [FiniteSpec(200, 0.0, 0, pre_pool=1.0, batch=200, epochs=1)])
+    assert res[0]["L_post_stage1"] == pytest.approx(expected, rel=1e-9)

@@ -116,6 +116,7 @@ def study_rows(cm: ComputeMatchedConfig, *, progress: bool = False) -> pd.DataFr
         for spec, f, res in zip(specs, fracs, run_finite(cfg, specs)):
             rows.append({"study": study, "N": N, "mix_fraction": f, "seed": spec.seed, "epochs": epochs,
                          "n_mix": res["n_mix"], "post_steps": res["post_steps"],
+                         "L_post_stage1": res["L_post_stage1"],
                          **{k: res[k] for k in (*LOSS_COLUMNS, "diverged")}})
     return pd.DataFrame(rows)
 
@@ -135,7 +136,9 @@ def frontier_from(df: pd.DataFrame, cm: ComputeMatchedConfig, cfg: SimConfig) ->
             side="theory", pipeline=cm.pipeline,
             method=method_name(frac > 0, replay=cfg.stages.post.replay > 0, dropout=cfg.stages.post.dropout > 0),
             mix_fraction=frac, compute_matched=r["study"] == "4.2", upstream_id=stable_hash(upstream),
-            post_hparams=hp, ft_lr=cfg.stages.ft.lr, ft_budget=float(cfg.stages.ft.steps), seed=int(r["seed"]),
+            # lambda = 0 rows also carry theta_pre's D_post loss (paper_checks: can the testbed pose (c)?)
+            post_hparams={**hp, "L_post_stage1": float(r["L_post_stage1"])} if frac == 0 else hp,
+            ft_lr=cfg.stages.ft.lr, ft_budget=float(cfg.stages.ft.steps), seed=int(r["seed"]),
             **{k: float(r[k]) for k in LOSS_COLUMNS},
             diverged=bool(r["diverged"]), run_id=stable_hash({**upstream, "ft": d["stages"]["ft"]})))
     return out

@@ -140,7 +140,7 @@ def _exact_loss(theta: jax.Array, A: jax.Array, C: jax.Array) -> jax.Array:
 @partial(jax.jit, static_argnames=("pre_steps", "ft_steps"))
 def _pipeline(W1, W2, A_pre, A_post, A_ft, C_pre, C_post, C_ft, lrs, reg, replay, kappa,
               pre_S, pre_a, post_X, post_w, post_valid, masks, *, pre_steps: int, ft_steps: int):
-    """One run (vmapped over runs by the caller). Returns (theta_post, theta_ft) (n, n) each."""
+    """One run (vmapped over runs by the caller). Returns (theta_pre, theta_post, theta_ft), (n, n) each."""
     lr_pre, lr_post, lr_ft = lrs[0], lrs[1], lrs[2]
 
     def pre_step(c, xs):
@@ -178,11 +178,12 @@ def _pipeline(W1, W2, A_pre, A_post, A_ft, C_pre, C_post, C_ft, lrs, reg, replay
         return (W1 - lr_ft * G @ W2.T, W2 - lr_ft * W1.T @ G), None
 
     (W1, W2), _ = jax.lax.scan(ft_step, (W1, W2), None, length=ft_steps)
-    return theta_post, W1 @ W2
+    return theta0, theta_post, W1 @ W2
 
 
 def run_finite(cfg: SimConfig, specs: list[FiniteSpec]) -> list[dict[str, float]]:
-    """Run every spec through pre -> post -> ft; exact L_im, L_ret, L_ft, L_pre per run.
+    """Run every spec through pre -> post -> ft; exact L_im, L_ret, L_ft, L_pre per run, and
+    ``L_post_stage1`` (theta_pre's exact loss on D_post).
 
     ``cfg`` supplies the task, model, learning rates, steps of pre/ft, reg, replay and the
     dropout rate; ``specs`` the data budget of each run. Non-finite results are ``diverged``.
@@ -198,8 +199,9 @@ def run_finite(cfg: SimConfig, specs: list[FiniteSpec]) -> list[dict[str, float]
     run = jax.vmap(partial(_pipeline, pre_steps=cfg.stages.pre.steps, ft_steps=cfg.stages.ft.steps),
                    in_axes=(None,) * 12 + (0,) * 6)
     p = cfg.stages.post.dropout
-    th_post, th_ft = run(c(W1), c(W2), *mats, lrs, c(cfg.stages.post.reg), c(cfg.stages.post.replay), c(p / (1 - p)),
+    th_pre, th_post, th_ft = run(c(W1), c(W2), *mats, lrs, c(cfg.stages.post.reg), c(cfg.stages.post.replay), c(p / (1 - p)),
                          c(fb.pre_S), c(fb.pre_a), c(fb.post_X), c(fb.post_w), c(fb.post_valid), c(fb.masks))
+    th_pre = np.asarray(th_pre, dtype=np.float64)
     th_post = np.asarray(th_post, dtype=np.float64)
     th_ft = np.asarray(th_ft, dtype=np.float64)
     out = []
@@ -209,7 +211,8 @@ def run_finite(cfg: SimConfig, specs: list[FiniteSpec]) -> list[dict[str, float]
         diverged = not all(math.isfinite(v) for v in loss.values())
         if diverged:
             loss = {k: float("nan") for k in loss}
-        out.append({**loss, "diverged": diverged, "n_mix": int(fb.n_mix[r]), "post_steps": int(fb.post_steps[r])})
+        out.append({**loss, "diverged": diverged, "n_mix": int(fb.n_mix[r]), "post_steps": int(fb.post_steps[r]),
+                    "L_post_stage1": _np_loss(th_pre[r], tm, "post")})  # theta_pre on D_post (the (c) precondition)
     return out
 
 
