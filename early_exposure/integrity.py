@@ -101,9 +101,11 @@ def records(root: str | os.PathLike[str], files: Iterable[str]) -> dict[str, dic
     return {f: file_record(root / f) for f in files}
 
 
-def check_records(root: str | os.PathLike[str], recs: Any) -> str | None:
+def check_records(root: str | os.PathLike[str], recs: Any, may_be_absent: tuple[str, ...] = ()) -> str | None:
     """None when every file of ``recs`` (:func:`records`) is under ``root`` with its size and
-    SHA-256, else what is wrong (one line naming the file)."""
+    SHA-256, else what is wrong (one line naming the file). A file whose relative path starts
+    with one of ``may_be_absent`` may be missing (a reader that can do without it); when
+    present it must still match."""
     root = Path(root)
     if not isinstance(recs, dict):
         return "its integrity record is not a mapping"
@@ -112,6 +114,8 @@ def check_records(root: str | os.PathLike[str], recs: Any) -> str | None:
         if not isinstance(want, dict) or not {"size", "sha256"} <= set(want):
             return f"{p}: malformed integrity entry"
         if not p.is_file():
+            if any(str(rel).startswith(pre) for pre in may_be_absent):
+                continue
             return f"{p} is missing"
         size = p.stat().st_size
         if size != want["size"]:

@@ -211,17 +211,20 @@ def damage(d: Path) -> str | None:
     return read_run(d)[1] if (Path(d) / RECORD).exists() else None
 
 
-def read_run(d: Path, *, strict: bool = True) -> tuple[dict[str, Any] | None, str | None]:
+def read_run(d: Path, *, strict: bool = True, may_be_absent: tuple[str, ...] = ()
+             ) -> tuple[dict[str, Any] | None, str | None]:
     """``(result.json record, None)`` of an intact finished run directory, else
     ``(None, what is wrong)`` (one line naming the file). ``strict``: the record must be a
-    stage's (hold ``diverged``); readers of hand-made trees pass False (any JSON object)."""
+    stage's (hold ``diverged``); readers of hand-made trees pass False (any JSON object).
+    ``may_be_absent``: relative path prefixes a reader can do without (e.g. ``model/`` for an
+    analysis that re-trains a run whose saved model was removed); present files still match."""
     d = Path(d)
     p = d / RECORD
     rec, why = integrity.read_json(p)
     if why is None and (not isinstance(rec, dict) or (strict and "diverged" not in rec)):
         why = f"{p} is not a run record"
     if why is None:
-        why = (integrity.check_records(d, rec["integrity"]) if rec.get("integrity") is not None
+        why = (integrity.check_records(d, rec["integrity"], may_be_absent) if rec.get("integrity") is not None
                else integrity.check_tree(d, integrity.tree_files(d, exclude=NOT_SEALED)))
     return (None, why) if why is not None else (rec, None)
 

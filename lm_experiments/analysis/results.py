@@ -68,7 +68,8 @@ def open_results(out: Path, cache_root: Path | None = None) -> Results:
     skipped: list[str] = []
     for stage, key in (("ft", "run_id"), ("post", "upstream_id"), ("pre", "pre_id")):
         for d in tree.run_dirs(stage):
-            r, why = read_run(d)
+            # a fine-tuning run's model may have been removed (or never kept): the analysis re-trains it
+            r, why = read_run(d, may_be_absent=("model/",) if stage == "ft" else ())
             if why is not None:
                 skipped.append(f"{d}: {why}")
             elif not r.get("diverged") and (stage != "ft" or r.get("losses")):
