@@ -181,7 +181,7 @@ def judge_run_set(table: pd.DataFrame, env: Envelope) -> dict[str, Any]:
 
 def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
     """{preset: {pipeline: run-set verdict}} for ``results/lm/<preset>/`` (``regime.csv`` when
-    present, else read from the run directories), with the envelope used; damaged run
+    present and carrying the bigram margins, else read from the run directories), with the envelope used; damaged run
     directories are left out and listed under ``skipped_damaged`` ({preset: ["<dir>: <why>"]})."""
     from paper_checks.lm_regime import regime_table
 
@@ -191,7 +191,9 @@ def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
     for pdir in (t.out for t in ResultsRoot(results).lm_trees()):
         csv = RunTree(pdir).regime
         try:
-            table = pd.read_csv(csv) if csv.is_file() else regime_table(pdir)
+            table = pd.read_csv(csv) if csv.is_file() else None
+            if table is None or not {"margin_pre", "margin_post", "margin_ft"} <= set(table.columns):
+                table = regime_table(pdir)  # absent, or written before the bigram margins: rebuild
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             out["presets"][pdir.name] = {"error": f"regime table unreadable: {exc}"}
             continue
