@@ -17,7 +17,9 @@ which no selection sees; early stopping selects on the validation split)::
     L_ft  = L(theta_ft; D_ft)        L_pre = L(theta_ft; D_pre)
 
 plus ``L_{post,pre,ft}_stage1`` after pretraining and ``L_{pre,ft}_stage2`` after
-post-training. Every optimizer is built by :func:`optim_for` from the stage's ``optim``
+post-training. With ``data.synthetic`` every stage also records ``items`` (its model's exact
+match on D_post's capability items, ``post_stage1|2|3``; a fine-tuning record carries all
+three) and ``floors`` (:func:`synthetic_records`); other runs' records gain no key. Every optimizer is built by :func:`optim_for` from the stage's ``optim``
 section. Random streams (``early_exposure.seeding``): the training RNG of each run is
 ``int_seed(seed, "torch", "stage1"|"stage2"|"stage3", run id)``, LoRA's initialisation
 ``int_seed(seed, "torch", "lora-init", upstream id)``; data order in
