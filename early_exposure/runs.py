@@ -9,6 +9,7 @@ output directory)::
     OUT/matched.csv                         the matched-L_im table (when the study is on)
     OUT/checkpoints.csv                     index of every saved model
     OUT/regime.csv                          regime diagnostics of every fine-tuning run
+    OUT/baselines.json                      n-gram baselines of the data (beside regime.csv)
     OUT/upstream/pre-<pre_id>/              theta_pre: model/, result.json
     OUT/upstream/post-<upstream_id>/        theta_post: model/, result.json, eval_post.npz,
                                             trajectory/step-NNNNNN/ (matched study)
@@ -75,6 +76,11 @@ class RunTree:
     def regime(self) -> Path:
         """The regime table (``python -m paper_checks.lm_regime OUT``)."""
         return self.out / "regime.csv"
+
+    @property
+    def baselines(self) -> Path:
+        """The n-gram baselines of the run set's data, cached beside the regime table."""
+        return self.out / "baselines.json"
 
     @property
     def whatwhere(self) -> Path:

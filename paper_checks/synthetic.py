@@ -141,6 +141,7 @@ def regime_rows(frontier: pd.DataFrame, *, inside: bool = True) -> pd.DataFrame:
         "run_id": f["run_id"], "upstream_id": f["upstream_id"], "pipeline": f["pipeline"], "method": f["method"],
         "mix_fraction": f["mix_fraction"], "compute_matched": f["compute_matched"], "seed": f["seed"],
         "ft_lr": f["ft_lr"], "tokens_per_param": 20.0, "L_pre_pre_over_lnV": 0.45,
+        "margin_pre": 0.5, "margin_post": 0.5, "margin_ft": 0.5,  # nats better than the bigram
         "kept_post": 0.8 if inside else 0.1, "kept_ft": 0.6, "stopped_early": ~f["compute_matched"].astype(bool),
         "forgetting": 0.4, "ret_minus_im": 0.5, "L_im": f["L_im"], "diverged": f["diverged"]})
 

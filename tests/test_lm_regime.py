@@ -54,14 +54,34 @@ def _tree(root: Path) -> None:
                        "L_im": l_im, "L_ret": l_ret, "L_pre": l_pre}})
 
 
+#: hand-set n-gram baselines of the hand-made tree (nats; only the bigram enters the envelope)
+HAND_BASELINES = {"pre": {"unigram": 4.4, "bigram": 3.8, "trigram": 3.6},
+                  "post": {"unigram": 4.5, "bigram": 2.6, "trigram": 2.5},
+                  "ft": {"unigram": 4.6, "bigram": 4.0, "trigram": 3.9}}
+
+
 def test_regime_table_hand_made(tmp_path: Path) -> None:
     _tree(tmp_path)
-    t = regime_table(tmp_path).set_index("run_id")
+    t = regime_table(tmp_path, baselines=HAND_BASELINES).set_index("run_id")
     assert t.loc["r0", "n_params"] == 110 and t.loc["r0", "tokens_per_param"] == pytest.approx(20.0)
     assert t.loc["r0", "L_pre_pre_over_lnV"] == pytest.approx(2.0 / LNV)
     # kept share of the gain over uniform: (ln 100 - 3.0) / (ln 100 - 2.0) after post-training
-    assert t.loc["r0", "kept_post"] == pytest.approx((LNV - 3.0) / (LNV - 2.0))
-    assert t.loc["r1", "kept_ft"] == pytest.approx((LNV - 2.8) / (LNV - 2.0))
+    # (issue 21 moved the uniform reference to kept_*_uniform; kept_* is now against the bigram)
+    assert t.loc["r0", "kept_post_uniform"] == pytest.approx((LNV - 3.0) / (LNV - 2.0))
+    assert t.loc["r1", "kept_ft_uniform"] == pytest.approx((LNV - 2.8) / (LNV - 2.0))
+    # ... and against the bigram of D_pre (3.8): (3.8 - 3.0) / (3.8 - 2.0), (3.8 - 2.8) / (3.8 - 2.0)
+    assert t.loc["r0", "kept_post"] == pytest.approx(0.8 / 1.8)
+    assert t.loc["r1", "kept_ft"] == pytest.approx(1.0 / 1.8)
+    # margins over the bigram: D_pre 3.8 - 2.0; D_post 2.6 - L_im (2.0 / 1.9); D_ft absent (no L_ft)
+    assert t.loc["r0", "margin_pre"] == pytest.approx(1.8)
+    assert t.loc["r0", "margin_post"] == pytest.approx(0.6) and t.loc["r1", "margin_post"] == pytest.approx(0.7)
+    assert math.isnan(t.loc["r0", "margin_ft"]) and t.loc["r0", "ngram_trigram_ft"] == 3.9
+    # no synthetic world: no floors, no item scores
+    assert t[["floor_pre", "to_floor_post", "em_stage2_test"]].isna().all().all()
+    # without a manifest the baselines cannot be rebuilt: NaN columns, and the table says why
+    t2 = regime_table(tmp_path)
+    assert t2["ngram_bigram_pre"].isna().all() and t2["kept_post"].isna().all()
+    assert "manifest" in t2.attrs["baselines_error"]
     assert t.loc["r1", "dL_pre_ft"] == pytest.approx(0.3)
     # forgetting: reference = the UNMIXED theta_pre's D_post loss (4.0 < ln 100) for both arms
     assert t.loc["r0", "forgetting"] == pytest.approx((3.0 - 2.0) / (4.0 - 2.0))
@@ -72,7 +92,8 @@ def test_regime_table_hand_made(tmp_path: Path) -> None:
 def _arm(**over: float) -> pd.DataFrame:
     base = {"run_id": ["a", "b"], "upstream_id": ["u", "u"], "seed": [0, 0], "ft_lr": [1e-4, 3e-4],
             "compute_matched": [False, False], "diverged": [False, False], "tokens_per_param": [5.0, 5.0],
-            "L_pre_pre_over_lnV": [0.5, 0.5], "stopped_early": [True, True], "kept_post": [0.7, 0.7],
+            "L_pre_pre_over_lnV": [0.5, 0.5], "margin_pre": [0.3, 0.3], "margin_post": [0.2, 0.2],
+            "margin_ft": [0.1, 0.1], "stopped_early": [True, True], "kept_post": [0.7, 0.7],
             "kept_ft": [0.5, 0.4], "forgetting": [0.3, 0.6], "L_im": [2.0, 2.0], "ret_minus_im": [0.3, 0.6]}
     for k, v in over.items():
         base[k] = [v, v]
@@ -80,7 +101,10 @@ def _arm(**over: float) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("field,value,criterion", [
-    ("L_pre_pre_over_lnV", 0.9, "learned"), ("stopped_early", False, "converged"),
+    # issue 21 replaced "learned" (L_pre(theta_pre) / ln V <= 0.65) by the three margins over the bigram
+    ("margin_pre", 0.04, "learned_pre"), ("margin_pre", -0.3, "learned_pre"),
+    ("margin_post", 0.0, "learned_post"), ("margin_ft", 0.049, "learned_ft"), ("margin_ft", float("nan"), "learned_ft"),
+    ("stopped_early", False, "converged"),
     ("kept_post", 0.1, "kept_post"), ("kept_ft", -0.2, "kept_ft"),
     ("forgetting", 0.0, "partial"), ("forgetting", 1.2, "partial")])
 def test_envelope_each_criterion_alone(field: str, value: float, criterion: str) -> None:

@@ -339,7 +339,7 @@ def test_preset_loads_and_override_errors_name_the_field():
     from lm_experiments.config import load_config
 
     cfg = load_config("configs/lm/cpu-quick-synth.yaml")
-    assert cfg.data.is_synthetic and cfg.data.seq_len == 64
+    assert cfg.data.is_synthetic and cfg.data.seq_len == 32  # calibrated 2026-12-06 (docs/lm_calibration.md; was 64)
     from lm_experiments.engine.model import MODEL_PRESETS
     assert MODEL_PRESETS[cfg.model.preset]["num_hidden_layers"] >= 4
     from lm_experiments.config import config_from_mapping, config_to_dict

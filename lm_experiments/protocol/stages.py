@@ -17,7 +17,9 @@ which no selection sees; early stopping selects on the validation split)::
     L_ft  = L(theta_ft; D_ft)        L_pre = L(theta_ft; D_pre)
 
 plus ``L_{post,pre,ft}_stage1`` after pretraining and ``L_{pre,ft}_stage2`` after
-post-training. Every optimizer is built by :func:`optim_for` from the stage's ``optim``
+post-training. With ``data.synthetic`` every stage also records ``items`` (its model's exact
+match on D_post's capability items, ``post_stage1|2|3``; a fine-tuning record carries all
+three) and ``floors`` (:func:`synthetic_records`); other runs' records gain no key. Every optimizer is built by :func:`optim_for` from the stage's ``optim``
 section. Random streams (``early_exposure.seeding``): the training RNG of each run is
 ``int_seed(seed, "torch", "stage1"|"stage2"|"stage3", run id)``, LoRA's initialisation
 ``int_seed(seed, "torch", "lora-init", upstream id)``; data order in
@@ -42,6 +44,27 @@ from lm_experiments.protocol.context import (
 from lm_experiments.protocol.plan import FtRun, PostRun, PreRun
 from lm_experiments.protocol.schedules import finetune_source, posttrain_source, pretrain_source, split_post_blocks
 from lm_experiments.protocol.trajectory import run_traj, trajectory_saver
+
+
+# ---- synthetic world: exact-match items and entropy floors ------------------------------
+def synthetic_records(ctx: StageContext, model: Any, key: str) -> dict[str, Any]:
+    """For a config with ``data.synthetic`` (else ``{}``: non-synthetic records gain no key):
+    ``{"items": {key: {split: {block | "all": exact match}}}, "floors": {...}}`` -- the
+    model's exact match on D_post's capability items (``lm_experiments.data.synthetic.
+    item_scores``: ``val`` = training query phrasing, ``test`` = held-out phrasing) under
+    ``key`` (``post_stage1`` / ``post_stage2`` / ``post_stage3``), and every distribution's
+    exact per-token entropy floor at the run's block length (``pre``/``post``/``ft``, and
+    ``<role>_no_facts``: the floor of a model that knows no value map)."""
+    syn = getattr(ctx.cfg.data, "synthetic", None)
+    if syn is None:
+        return {}
+    from lm_experiments.data import synthetic as S
+
+    world = S.build_world(syn)
+    fl = S.floors(syn, ctx.seq_len)
+    nf = S.floors(syn, ctx.seq_len, knows_facts=False)
+    return {"items": {key: S.item_scores(model, world, ctx.prepared.tokenizer, role="post")},
+            "floors": {**fl, **{f"{r}_no_facts": v for r, v in nf.items()}}}
 
 
 # ---- pretraining ------------------------------------------------------------------------
@@ -76,6 +99,7 @@ def run_pre(ctx: StageContext, r: PreRun) -> StageResult:
               "mixed_post_blocks": int(len(mixed)), "wall_s": time.time() - t0,
               "data_fingerprint": ctx.prepared.fingerprint, "model_dir": None}
     if not res.diverged:
+        result.update(synthetic_records(ctx, model, "post_stage1"))
         ctx.save_model(model, d / "model", {"stage": "pre", "pre_id": r.pre_id, "seed": r.seed,
                                             "mix_fraction": r.mix_fraction})
         result["model_dir"] = "model"
@@ -158,6 +182,7 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
               "post_blocks": int(len(post_indices)), "epochs_allowed": epochs,
               "wall_s": time.time() - t0, "model_dir": None, "eval_npz": None}
     if not diverged:
+        result.update(synthetic_records(ctx, model, "post_stage2"))
         atomic_write_bytes(d / "eval_post.npz", npz_bytes(**arrays))
         ctx.save_model(model, d / "model", {"stage": "post", "upstream_id": r.upstream_id, "setting": st.as_dict(),
                                             "compute_matched": r.compute_matched})
@@ -196,6 +221,7 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
     res, optim = None, None
     losses: dict[str, float] = {}
     layerwise: dict[str, float] = {}
+    synth: dict[str, Any] = {}
     diverged = bool(post_result["diverged"])
     reason = "upstream diverged" if diverged else None
     source = finetune_source(ctx.pools["ft"], tokens=sec.tokens, batch_size=sec.batch_size, seed=r.post.pre.seed)
@@ -231,6 +257,7 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
                 ft_loss_stage3=np.asarray(ev_ft.per_example, dtype=np.float32),
                 pre_loss_stage3=np.asarray(ev_pre.per_example, dtype=np.float32)))
             layerwise = layerwise_change(theta_post, model.to_hf() if ctx.cfg.model.block == "fast" else model)
+            synth = synthetic_records(ctx, model, "post_stage3")
             if sec.save_checkpoints:
                 ctx.save_model(model, d / "model", {"stage": "ft", "run_id": r.run_id})
     # the frontier's four losses (NaN where a stage diverged), after the earlier stages' losses
@@ -253,6 +280,10 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
               "layerwise_change": layerwise,
               "files": {"eval_npz": "eval.npz" if (d / "eval.npz").exists() else None,
                         **ctx.tree.upstream_model_links(r.post.pre.pre_id, r.post.upstream_id)}}
+    if getattr(ctx.cfg.data, "synthetic", None) is not None:
+        # every stage's exact match on D_post's items (NaN-free: a stage that diverged has none)
+        result["items"] = {**pre_result.get("items", {}), **post_result.get("items", {}), **synth.get("items", {})}
+        result["floors"] = synth.get("floors") or post_result.get("floors") or pre_result.get("floors") or {}
     write_result(d, result)
     remove_train_state(d)
     return StageResult("ft", d, bool(diverged), all_losses, result)
