@@ -66,8 +66,9 @@ from lm_experiments.analysis.whatwhere_tables import (  # noqa: F401 - RATE_METR
 class RoleItems:
     role: str
     corpus: str
-    kind: str                               # "instruction" | "document"
+    kind: str                               # "instruction" | "document" | "exact" (synthetic world)
     mc: it.MCSet | None = None
+    exact: list[Any] | None = None          # the synthetic world's exact-match items (held-out phrasing)
     blocks: np.ndarray | None = None
     doc_ids: np.ndarray | None = None
     unparsed: int = 0
@@ -107,10 +108,15 @@ def build_suite(res: Results, k: int = it.DEFAULT_K, seed: int = 0, mc_items: in
         return tok(text, add_special_tokens=False)["input_ids"]
 
     suite = {}
+    syn = getattr(res.cfg.data, "synthetic", None)
     for role in ("pre", "post", "ft"):
         name = getattr(res.cfg.data, role).name
         fams = it.INSTRUCTION_CORPORA.get(name)
-        if fams is not None:
+        if syn is not None and role in ("post", "ft"):  # the capability: queries with one right answer
+            from lm_experiments.data import synthetic as S
+
+            suite[role] = RoleItems(role, name, "exact", exact=S.synthetic_items(S.build_world(syn), "test", role))
+        elif fams is not None:
             items, bad = it.documents_of(test_documents(res, role), fams)
             suite[role] = RoleItems(role, name, "instruction", mc=it.build_mc(items, encode, eos, seq_len, k=k,
                                                                                seed=seed), unparsed=bad,
@@ -128,7 +134,9 @@ ITEMS_VERSION = 2
 def suite_hash(suite: dict[str, RoleItems]) -> str:
     ident: dict[str, Any] = {"version": ITEMS_VERSION}
     for role, ri in suite.items():
-        if ri.kind == "instruction":
+        if ri.kind == "exact":
+            ident[role] = stable_hash([[list(x.prompt), list(x.answer), x.block] for x in ri.exact], 16)
+        elif ri.kind == "instruction":
             ident[role] = [ri.mc.k, ri.mc_items, [x.doc for x in ri.mc.items], ri.mc.answer.tolist(),
                            stable_hash([s.tolist() for s in ri.mc.seqs], 16)]
         else:
@@ -136,13 +144,19 @@ def suite_hash(suite: dict[str, RoleItems]) -> str:
     return stable_hash(ident, 16)
 
 
-def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 32, min_tokens: int = 8
-                  ) -> dict[str, np.ndarray]:
+def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 32, min_tokens: int = 8,
+                  tokenizer: Any = None) -> dict[str, np.ndarray]:
     """Raw per-item values of one model: ``<role>.mc`` / ``.em`` (bool) and ``.answer_ll``
-    for instruction roles, ``<role>.doc_acc`` / ``.block_acc`` (accuracies) for the others."""
+    for instruction roles, ``<role>.em`` (bool: greedy answer == the one right answer) for the
+    synthetic world's exact-match items (``tokenizer`` needed), ``<role>.doc_acc`` /
+    ``.block_acc`` (accuracies) for the others."""
     out = {}
     for role, ri in suite.items():
-        if ri.kind == "instruction":
+        if ri.kind == "exact":
+            from lm_experiments.data import synthetic as S
+
+            out[f"{role}.em"] = S.exact_match(model, ri.exact, tokenizer).astype(bool)
+        elif ri.kind == "instruction":
             s = it.score_mc(model, ri.mc, batch_size=batch_size, mc_items=ri.mc_items)
             out[f"{role}.mc"] = s["mc"][:ri.n_mc]
             out[f"{role}.em"], out[f"{role}.answer_ll"] = s["em"], s["answer_ll"]
@@ -219,7 +233,7 @@ def evaluate_items(res: Results, suite: dict[str, RoleItems], models: dict[str, 
         if ident in by_ident:
             raw[key] = by_ident[ident]
             continue
-        raw[key] = measure_items(load_checkpoint(d), suite)
+        raw[key] = measure_items(load_checkpoint(d), suite, tokenizer=res.prepared.tokenizer)
         by_ident[ident] = raw[key]
     keep = {f"{i}||{n}": v for i, vals in by_ident.items() if i.startswith(sh) for n, v in vals.items()}
     import io
@@ -301,6 +315,9 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
                              "unparsed": ri.unparsed,
                              "families": {f: int((ri.mc.families() == f).sum()) for f in sorted(set(ri.mc.families()))}}
                             if ri.kind == "instruction" else
+                            {"corpus": ri.corpus, "kind": ri.kind, "n_items": len(ri.exact),
+                             "phrasing": "held-out (test)"}
+                            if ri.kind == "exact" else
                             {"corpus": ri.corpus, "kind": ri.kind, "n_blocks": int(ri.blocks.shape[0]),
                              "n_documents": int(len(next(iter(raw.values()))[f"{role}.doc_acc"])) if raw else 0})
                      for role, ri in suite.items()},
