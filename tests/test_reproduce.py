@@ -23,15 +23,18 @@ def test_plan_order_and_commands(tmp_path):
     names = [s.name for s in steps]
     assert names == ["theory verify", "theory assumptions", "theory trajectory unmixed", "theory trajectory mixed",
                      "theory sweep", "theory frontier", "theory compute-matched", "theory latent", "theory matched",
-                     "theory whatwhere", "LM cpu-quick-flan-chem", "LM cpu-quick-flan-chem whatwhere",
-                     "LM cpu-quick-flan-music", "LM cpu-quick-flan-music whatwhere", "figures", "paper checks"]
-    for name in ("cpu-quick-flan-chem", "cpu-quick-flan-music"):
+                     "theory whatwhere", "LM cpu-quick-synth", "LM cpu-quick-synth whatwhere", "figures",
+                     "paper checks"]
+    for name in ("cpu-quick-synth",):
         lm = steps[names.index(f"LM {name}")]
         assert f"configs/lm/{name}.yaml" in lm.argv and str(tmp_path / "lm" / name) in lm.argv
         assert (Path(__file__).resolve().parent.parent / "configs" / "lm" / f"{name}.yaml").is_file()
     assert "stages.pre.mix_fraction=0.5" in steps[3].argv and "--trajectory-stride" in steps[3].argv
-    ww = steps[names.index("LM cpu-quick-flan-chem whatwhere")]  # reads the LM step's output directory
-    assert "lm_experiments.analysis.whatwhere" in ww.argv and str(tmp_path / "lm" / "cpu-quick-flan-chem") in ww.argv
+    ww = steps[names.index("LM cpu-quick-synth whatwhere")]  # reads the LM step's output directory
+    assert "lm_experiments.analysis.whatwhere" in ww.argv and str(tmp_path / "lm" / "cpu-quick-synth") in ww.argv
+    full = [s.name for s in plan("full", tmp_path)]
+    for name in ("cpu-quick-synth", "cpu-full", "cpu-full-flan-music"):  # natural text: the longer preset
+        assert f"LM {name}" in full and (Path(__file__).resolve().parent.parent / "configs" / "lm" / f"{name}.yaml").is_file()
     assert [s.name for s in plan("gpu", tmp_path)][10] == "LM gpu-135m"
 
 
