@@ -17,6 +17,7 @@ from lm_experiments.analysis.whatwhere import main as whatwhere_main
 from lm_experiments.cli import run
 from lm_experiments.config import load_config
 from lm_experiments.data import synthetic as S
+from lm_experiments.data import synthetic_items as SI
 from lm_experiments.engine.checkpoints import load_model
 from lm_experiments.protocol.prepared import prepare
 
@@ -37,15 +38,15 @@ def test_exact_match_transitions_equal_the_scorer_on_the_saved_models(tmp_path):
     info = json.loads((out / "whatwhere" / "items.json").read_text())
     c = load_config(p)
     world = S.build_world(c.data.synthetic)
-    items = S.synthetic_items(world, "test", "post")
+    items = SI.synthetic_items(world, "test", "post")
     assert info["sets"]["post"] == {"corpus": "post", "kind": "exact", "n_items": len(items),
                                     "phrasing": "held-out (test)"}
     tok = prepare(c, cache_root=cache, progress=False, log=lambda _: None)[0].tokenizer
     t = pd.read_csv(out / "whatwhere" / "transitions.csv")
     for rec_path in sorted((out / "runs").glob("*/result.json")):
         rec = json.loads(rec_path.read_text())
-        post = S.exact_match(load_model(out / "upstream" / f"post-{rec['upstream_id']}" / "model"), items, tok)
-        ft = S.exact_match(load_model(rec_path.parent / "model"), items, tok)
+        post = SI.exact_match(load_model(out / "upstream" / f"post-{rec['upstream_id']}" / "model"), items, tok)
+        ft = SI.exact_match(load_model(rec_path.parent / "model"), items, tok)
         row = t.loc[(t["run_id"] == rec["run_id"]) & (t["pair"] == "post->ft") & (t["set"] == "post.em")].iloc[0]
         assert row["n"] == len(items)
         assert row["n_1->0"] == int(np.sum((post == 1) & (ft == 0)))

@@ -21,6 +21,7 @@ from early_exposure.configs import from_dict
 from early_exposure.errors import ConfigError
 from lm_experiments.data import CorpusSpec, DataConfig, prepare_data
 from lm_experiments.data import synthetic as S
+from lm_experiments.data import synthetic_items as SI
 from lm_experiments.data.config import SyntheticConfig
 
 EOS = "<|endoftext|>"
@@ -186,11 +187,11 @@ def test_block_structure_in_the_text():
 
 def test_items_cover_the_capability():
     w = _world(SMALL)
-    items = S.synthetic_items(w, "val")
+    items = SI.synthetic_items(w, "val")
     n_rel = SMALL.inconsistent_relations + SMALL.specialized_relations
     assert len(items) == SMALL.entities * n_rel
     assert {it.block for it in items} == {"inconsistent", "specialized"}
-    test = S.synthetic_items(w, "test")
+    test = SI.synthetic_items(w, "test")
     assert [it.answer for it in test] == [it.answer for it in items]
     it = test[0]
     assert it.prompt == ("Q", it.relation, "of", it.entity, "?", "A")
@@ -199,7 +200,7 @@ def test_items_cover_the_capability():
 
 def test_exact_match_on_hand_set_outputs():
     w = _world(SMALL)
-    items = S.synthetic_items(w, "test")
+    items = SI.synthetic_items(w, "test")
     vocab = {t: i for i, t in enumerate(w.vocab)}
     # a function scorer: right for even entities, a wrong value for odd ones
     def fn(ids):
@@ -209,7 +210,7 @@ def test_exact_match_on_hand_set_outputs():
         logits = np.zeros((len(ids), len(vocab)))
         logits[-1, vocab[v]] = 5.0
         return logits
-    got = S.exact_match(fn, items, vocab)
+    got = SI.exact_match(fn, items, vocab)
     by_hand = sum(1 for it in items if int(it.entity[1:]) % 2 == 0)
     assert got.dtype.kind == "i" and set(np.unique(got)) <= {0, 1} and got.sum() == by_hand
     assert all(g == (int(it.entity[1:]) % 2 == 0) for g, it in zip(got, items))
@@ -223,7 +224,7 @@ def test_exact_match_on_hand_set_outputs():
         logits = np.zeros((len(ids), len(vocab)))
         logits[-1, vocab[v]] = 5.0
         return logits
-    rates = S.item_scores(fn_any, w, vocab)
+    rates = SI.item_scores(fn_any, w, vocab)
     assert rates == {s: {"inconsistent": 0.5, "specialized": 0.5, "all": 0.5} for s in ("val", "test")}
 
     # a torch module: always answers "v0" -> right exactly where the value is v0
@@ -238,18 +239,18 @@ def test_exact_match_on_hand_set_outputs():
             return out
 
     m = Const().train()
-    got = S.exact_match(m, items, vocab, batch=7)
+    got = SI.exact_match(m, items, vocab, batch=7)
     assert got.sum() == sum(1 for it in items if it.answer == ("v0",)) and m.training
 
     # a two-word answer decoded greedily: the second step sees the first
-    two = [S.Item(("Q",), ("v1", "v2"), "", "", "", ""), S.Item(("Q",), ("v1", "v3"), "", "", "", "")]
+    two = [SI.Item(("Q",), ("v1", "v2"), "", "", "", ""), SI.Item(("Q",), ("v1", "v3"), "", "", "", "")]
 
     def chain(ids):
         logits = np.zeros((len(ids), len(vocab)))
         logits[-1, vocab["v1"] if w.vocab[ids[-1]] == "Q" else vocab["v2"]] = 1.0
         return logits
 
-    assert S.exact_match(chain, two, vocab).tolist() == [1, 0]
+    assert SI.exact_match(chain, two, vocab).tolist() == [1, 0]
 
 
 # --------------------------------------------------------------------------- (e) the data layer

@@ -67,7 +67,7 @@ def _records(out: Path, pattern: str) -> list[tuple[Path, dict]]:
 
 def _em_by_function(model_dir: Path, items: list, tokenizer) -> float:
     """Exact match through the scorer's other code path: a plain function ids -> logits."""
-    from lm_experiments.data import synthetic as S
+    from lm_experiments.data import synthetic_items as SI
     from lm_experiments.engine.checkpoints import load_model
 
     m = load_model(model_dir, torch.device("cpu")).eval()
@@ -76,18 +76,19 @@ def _em_by_function(model_dir: Path, items: list, tokenizer) -> float:
         with torch.no_grad():
             return m(input_ids=torch.tensor([ids])).logits[0].numpy()
 
-    return float(S.exact_match(fn, items, tokenizer).mean())
+    return float(SI.exact_match(fn, items, tokenizer).mean())
 
 
 def test_every_stage_records_items_and_floors(synth: dict) -> None:
     from lm_experiments.data import synthetic as S
+    from lm_experiments.data import synthetic_items as SI
 
     assert synth["rc"] == 0
     cfg, prepared, out = synth["cfg"], synth["prepared"], synth["out"]
     world = S.build_world(cfg.data.synthetic)
     floors = {r: S.entropy_floor(world, r, SEQ) for r in ("pre", "post", "ft")}
     no_facts = {f"{r}_no_facts": S.entropy_floor(world, r, SEQ, knows_facts=False) for r in ("pre", "post", "ft")}
-    n_items = len(S.synthetic_items(world, "test", "post"))
+    n_items = len(SI.synthetic_items(world, "test", "post"))
     assert n_items == 6 * 2  # entities x (inconsistent + specialized)
     by_id = {}
     for stage, pattern, key in (("pre", "upstream/pre-*", "post_stage1"), ("post", "upstream/post-*", "post_stage2"),
@@ -101,7 +102,7 @@ def test_every_stage_records_items_and_floors(synth: dict) -> None:
             assert set(got["test"]) == {"inconsistent", "specialized", "all"}
             model_dir = d / "model"
             for split in ("val", "test"):
-                expect = _em_by_function(model_dir, S.synthetic_items(world, split, "post"), prepared.tokenizer)
+                expect = _em_by_function(model_dir, SI.synthetic_items(world, split, "post"), prepared.tokenizer)
                 assert got[split]["all"] == pytest.approx(expect)
                 # "all" is the item-weighted mean of the (equal-sized) blocks
                 assert got[split]["all"] == pytest.approx((got[split]["inconsistent"] + got[split]["specialized"]) / 2)

@@ -114,8 +114,9 @@ def build_suite(res: Results, k: int = it.DEFAULT_K, seed: int = 0, mc_items: in
         fams = it.INSTRUCTION_CORPORA.get(name)
         if syn is not None and role in ("post", "ft"):  # the capability: queries with one right answer
             from lm_experiments.data import synthetic as S
+            from lm_experiments.data import synthetic_items as SI
 
-            suite[role] = RoleItems(role, name, "exact", exact=S.synthetic_items(S.build_world(syn), "test", role))
+            suite[role] = RoleItems(role, name, "exact", exact=SI.synthetic_items(S.build_world(syn), "test", role))
         elif fams is not None:
             items, bad = it.documents_of(test_documents(res, role), fams)
             suite[role] = RoleItems(role, name, "instruction", mc=it.build_mc(items, encode, eos, seq_len, k=k,
@@ -153,9 +154,9 @@ def measure_items(model, suite: dict[str, RoleItems], *, batch_size: int = 32, m
     out = {}
     for role, ri in suite.items():
         if ri.kind == "exact":
-            from lm_experiments.data import synthetic as S
+            from lm_experiments.data import synthetic_items as SI
 
-            out[f"{role}.em"] = S.exact_match(model, ri.exact, tokenizer).astype(bool)
+            out[f"{role}.em"] = SI.exact_match(model, ri.exact, tokenizer).astype(bool)
         elif ri.kind == "instruction":
             s = it.score_mc(model, ri.mc, batch_size=batch_size, mc_items=ri.mc_items)
             out[f"{role}.mc"] = s["mc"][:ri.n_mc]

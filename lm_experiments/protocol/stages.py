@@ -59,11 +59,12 @@ def synthetic_records(ctx: StageContext, model: Any, key: str) -> dict[str, Any]
     if syn is None:
         return {}
     from lm_experiments.data import synthetic as S
+    from lm_experiments.data import synthetic_items as SI
 
     world = S.build_world(syn)
     fl = S.floors(syn, ctx.seq_len)
     nf = S.floors(syn, ctx.seq_len, knows_facts=False)
-    return {"items": {key: S.item_scores(model, world, ctx.prepared.tokenizer, role="post")},
+    return {"items": {key: SI.item_scores(model, world, ctx.prepared.tokenizer, role="post")},
             "floors": {**fl, **{f"{r}_no_facts": v for r, v in nf.items()}}}
 
 
