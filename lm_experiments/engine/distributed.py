@@ -33,6 +33,11 @@ all of them at the *same global batch* as on one device:
 * **Resume**: a checkpoint written at W ranks resumes bitwise at W ranks; at another world
   size it resumes with the same weights, optimizer state, step and data position (rank
   RNG streams re-seeded from (seed, rank, step)).
+* **Preemption**: every rank runs under the preemption handler
+  (:mod:`lm_experiments.engine.train_state`); at each step boundary the ranks agree on the flag
+  (:func:`any_rank`: an all-reduce MAX of one integer on the CPU, a gloo group under NCCL, so the
+  GPU stream is not synchronised), so all of them write the checkpoint at the same step and
+  exit 75 together. One process does no collective at all.
 * **Failures are fail-stop**: a rank whose stage raises cannot rejoin the others'
   collectives, so it prints the traceback and exits 1 (``SystemExit``); ``torchrun`` then
   stops the other ranks. Rerunning the same command resumes from the checkpoints.
