@@ -5,7 +5,9 @@ Reference: the same tiny sweep run once without interruption (in this process); 
 ``frontier.csv`` bytes are what every interrupted-then-rerun sweep must reproduce. The signal
 is a real SIGTERM that the training loop sends to its own process at a given step
 (``LM_EXPERIMENTS_FAULT_SIGTERM=<stage>:<step>``), so the handler, the flag, the checkpoint
-and the exit run as under a scheduler; one test signals the Ray driver from outside instead.
+and the exit run as under a scheduler; one test signals the Ray driver from outside instead,
+and one signals a single rank of a 2-process torchrun unit (the other must stop at the same
+step; its rerun is compared with one process within the DDP tolerance).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -134,3 +137,38 @@ def test_ray_driver_sigterm_stops_the_sweep_with_the_requeue_code_and_the_rerun_
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "frontier.csv").read_bytes() == ref["frontier"]
     assert not (out / ".units" / "PREEMPTED").exists()
+
+
+def test_torchrun_ranks_agree_on_the_step_when_one_rank_is_signalled(ref: dict, tmp_path: Path) -> None:
+    """``train.procs_per_run: 2`` (each unit a torchrun job of 2 gloo ranks): only rank 1 gets
+    the SIGTERM; rank 0 stops at the same step through the agreement and writes the checkpoint
+    (both ranks' RNG states), the sweep exits 75, and the rerun completes with the losses of one
+    process within the DDP tolerance (rtol 1e-5, tests/test_lm_ddp.py; bitwise resume at the same
+    world size is tested there)."""
+    from early_exposure.frontier import read_frontier
+
+    cfg = yaml.safe_load(ref["cfg"].read_text())
+    cfg["pre"]["mix_fraction"] = [0.5]  # one chain: pre -> post -> ft
+    cfg["post"]["sweep"]["dropout"] = [0.0]  # DDP's dropout masks differ from one process's
+    one_cfg = tmp_path / "one.yaml"
+    one_cfg.write_text(yaml.safe_dump(cfg))
+    one = tmp_path / "one"
+    assert run(["run", "--config", str(one_cfg), "--out", str(one), "--cache", str(ref["cache"]),
+                "--no-progress"]) == 0
+    plan = json.loads((one / "manifest.json").read_text())["plan"]
+    cfg["train"] = {"procs_per_run": 2}
+    ref2 = {**ref, "cfg": tmp_path / "procs2.yaml"}
+    ref2["cfg"].write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "stopped"
+    p = _run(_cmd(ref2, out), _env(LM_EXPERIMENTS_FAULT_SIGTERM="post:2@1"))
+    _check_stopped(out, p)
+    post = out / "upstream" / f"post-{plan['post'][0]}"
+    state = torch.load(post / "train_state" / "state.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    p = _run(_cmd(ref2, out), _env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((post / "result.json").read_text())["train"]["resumed_from"] == 2
+    a, b = read_frontier(out / "frontier.csv"), read_frontier(one / "frontier.csv")
+    assert list(a["run_id"]) == list(b["run_id"]) == plan["ft"]
+    for col in ("L_im", "L_ret", "L_ft", "L_pre"):
+        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, err_msg=col)

@@ -26,7 +26,16 @@ chunked linear cross-entropy in plain torch, or a fused kernel on CUDA), optiona
 ``torch.compile``-d; AdamW is fused on CUDA. The defaults (no compile, ``auto`` = plain off
 CUDA) are bitwise the plain path on CPU. Several processes (``torchrun``): DDP at the same
 global batch, see :mod:`lm_experiments.engine.distributed`. FLOPs and MFU of each run are in the
-:class:`TrainResult` (``flops``, ``mfu``).
+:class:`TrainResult` (``flops``, ``mfu`` and ``mfu_causal`` measured after warm-up, the SDPA backend).
+
+Host work off the critical path: the loss and gradient norm stay on the device and are read
+back (one transfer, :func:`_to_host`) only at the logging steps (``log_every``; evaluation,
+checkpoint and last steps included), where divergence is checked (see :func:`train`); the next
+batch is prepared while the device computes (pinned memory, non-blocking copy on CUDA).
+
+Preemption: a SIGTERM under :func:`lm_experiments.engine.train_state.preemption_handler` stops
+the loop at the next step boundary with the checkpoint written
+(:class:`~lm_experiments.engine.train_state.Preempted`, exit code 75).
 """
 
 from __future__ import annotations
@@ -55,8 +64,8 @@ from lm_experiments.engine.device import autocast_context, check_precision, devi
 from lm_experiments.engine.losses import CausalLMLoss, resolve_cross_entropy
 from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
 from lm_experiments.engine.train_state import (
-    STATE_FILE, Preempted, atomic_torch_save, load_state, note_preempted, preemption_requested, restore_snapshot,
-    rng_state, run_fingerprint, set_rng_state, trainable_snapshot,
+    STATE_FILE, Preempted, atomic_torch_save, fault_sigterm_step, load_state, note_preempted, preempt_now,
+    restore_snapshot, rng_state, run_fingerprint, set_rng_state, trainable_snapshot,
 )
 
 #: default steps between reads of the training loss and gradient norm back to the host on an
@@ -193,25 +202,6 @@ class _Batches:
     def prefetch(self, step: int) -> None:
         if step < len(self.source):
             self.ahead = (step, self._load(step))
-
-
-def _fault_sigterm_step(desc: str) -> int | None:
-    """Testing hook: with ``LM_EXPERIMENTS_FAULT_SIGTERM=<prefix>:<step>`` a training whose
-    ``desc`` is ``<prefix>`` or starts with ``<prefix> `` (a stage, ``pre``, or more of the label,
-    ``pre lam=0.5``) sends SIGTERM to its own process once ``<step>`` steps are completed (the
-    real signal path then runs: handler, flag, checkpoint, :class:`Preempted`)."""
-    spec = os.environ.get("LM_EXPERIMENTS_FAULT_SIGTERM")
-    if not spec or ":" not in spec:
-        return None
-    prefix, _, at = spec.rpartition(":")
-    return int(at) if at.isdigit() and (desc == prefix or desc.startswith(prefix + " ")) else None
-
-
-def _preempt_now(world: int) -> bool:
-    """The preemption flag, agreed by every rank (one all-reduce MAX on the CPU, only when
-    distributed): every rank stops at the same step."""
-    flag = preemption_requested()
-    return flag if world == 1 else distributed.any_rank(flag)
 
 
 def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int,
@@ -397,8 +387,8 @@ def train(
         flops_tok = flops_causal = None
     peak = device_peak_tflops(device)
     attn_kernel = sdpa_backend(model, device, seq_len, precision)
-    fault_at = _fault_sigterm_step(desc)
-    if _preempt_now(world):  # the signal came before this run started: nothing new to save
+    fault_at = fault_sigterm_step(desc, rank)
+    if preempt_now(world):  # the signal came before this run started: nothing new to save
         raise Preempted(f"{desc} before its first step")
 
     def is_logging_step(n: int) -> bool:
@@ -564,7 +554,7 @@ def train(
                     save_state()
                 if fault_at is not None and step == fault_at:
                     os.kill(os.getpid(), signal.SIGTERM)  # testing hook: the real handler runs
-                if step < total_steps and _preempt_now(world):
+                if step < total_steps and preempt_now(world):
                     bad = flush()
                     if bad is not None:  # diverged since the last logging step: end as diverged
                         step, tokens = bad

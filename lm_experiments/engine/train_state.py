@@ -32,6 +32,7 @@ from torch import nn
 
 from early_exposure import integrity
 from early_exposure.io import atomic_write_via
+from lm_experiments.engine.distributed import any_rank
 from lm_experiments.engine.optim import OptimConfig
 
 STATE_FILE = "state.pt"
@@ -112,6 +113,29 @@ def preemption_handler(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def fault_sigterm_step(desc: str, rank: int) -> int | None:
+    """Testing hook: with ``LM_EXPERIMENTS_FAULT_SIGTERM=<prefix>:<step>[@<rank>]`` a training
+    whose ``desc`` is ``<prefix>`` or starts with ``<prefix> `` (a stage, ``pre``, or more of the
+    label, ``pre lam=0.5``) sends SIGTERM to its own process once ``<step>`` steps are completed
+    (on rank ``<rank>`` only, when given); the real signal path then runs: handler, flag, the
+    ranks' agreement, checkpoint, :class:`Preempted`."""
+    spec = os.environ.get("LM_EXPERIMENTS_FAULT_SIGTERM")
+    if not spec or ":" not in spec:
+        return None
+    prefix, _, at = spec.rpartition(":")
+    at, _, only = at.partition("@")
+    if only and (not only.isdigit() or int(only) != rank):
+        return None
+    return int(at) if at.isdigit() and (desc == prefix or desc.startswith(prefix + " ")) else None
+
+
+def preempt_now(world: int) -> bool:
+    """The preemption flag, agreed by every rank (one all-reduce MAX on the CPU, only when
+    distributed): every rank stops at the same step."""
+    flag = preemption_requested()
+    return flag if world == 1 else any_rank(flag)
 
 
 def note_preempted(what: str) -> None:
