@@ -462,8 +462,9 @@ def train(
             if not pending:
                 return None
             norms = [g for _, _, g, _, _ in pending if g is not None]
-            vals = _to_host(torch.stack([t.detach().double() for _, t, _, _, _ in pending]
-                                        + [g.detach().double() for g in norms]))
+            # fp32 (what the loop computes; an exact upcast otherwise): the same Python floats as float(t)
+            vals = _to_host(torch.stack([t.detach().float() for _, t, _, _, _ in pending]
+                                        + [g.detach().float() for g in norms]))
             losses, gns = vals[:len(pending)], iter(vals[len(pending):])
             entries = list(pending)
             pending.clear()
