@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_experiments.config import PipelineConfig, config_from_mapping, config_to_dict
+from lm_experiments.engine import distributed
 from lm_experiments.engine.train_state import (
     Preempted, preemption_handler, preemption_requested, request_preemption,
 )
@@ -83,7 +84,9 @@ def run_serial(ctx: StageContext, plan: Plan, on_done: Any, cache_root: Path | N
     config_json = json.dumps(config_to_dict(ctx.cfg), sort_keys=True) if procs > 1 else ""
     with preemption_handler():  # SIGTERM: the running unit checkpoints, Preempted (exit 75) ends the sweep
         for stage, record, up in _units(plan):
-            if preemption_requested():  # arrived after the last unit's last step: start no other
+            # arrived after the last unit's last step: start no other (under torchrun every rank
+            # runs this loop: they agree, or one would wait for the others in the next unit)
+            if distributed.any_rank(preemption_requested()):
                 raise Preempted(f"before {stage} run {unit_id(stage, record)}")
             upstream = outcomes.get(up) if up else None
             if procs > 1:  # each run data-parallel over its own torchrun job (lm_experiments.runner.launch)
