@@ -139,36 +139,61 @@ def test_ray_driver_sigterm_stops_the_sweep_with_the_requeue_code_and_the_rerun_
     assert not (out / ".units" / "PREEMPTED").exists()
 
 
-def test_torchrun_ranks_agree_on_the_step_when_one_rank_is_signalled(ref: dict, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def one_chain(ref: dict) -> dict:
+    """One chain (pre -> post -> ft) without dropout, run in one process: the reference of the
+    multi-process tests (DDP's dropout masks differ from one process's)."""
+    cfg = yaml.safe_load(ref["cfg"].read_text())
+    cfg["pre"]["mix_fraction"] = [0.5]
+    cfg["post"]["sweep"]["dropout"] = [0.0]
+    path = ref["root"] / "one_chain.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = ref["root"] / "one_chain"
+    assert run(["run", "--config", str(path), "--out", str(out), "--cache", str(ref["cache"]), "--no-progress"]) == 0
+    return {"cfg": cfg, "path": path, "out": out, "plan": json.loads((out / "manifest.json").read_text())["plan"]}
+
+
+def _check_two_ranks_stopped_and_resumed(ref: dict, one_chain: dict, out: Path, rerun: list[str]) -> None:
+    from early_exposure.frontier import read_frontier
+
+    post = out / "upstream" / f"post-{one_chain['plan']['post'][0]}"
+    state = torch.load(post / "train_state" / "state.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    p = _run(rerun, _env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((post / "result.json").read_text())["train"]["resumed_from"] == 2
+    a, b = read_frontier(out / "frontier.csv"), read_frontier(one_chain["out"] / "frontier.csv")
+    assert list(a["run_id"]) == list(b["run_id"]) == one_chain["plan"]["ft"]
+    for col in ("L_im", "L_ret", "L_ft", "L_pre"):
+        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, err_msg=col)
+
+
+def test_torchrun_ranks_agree_on_the_step_when_one_rank_is_signalled(ref: dict, one_chain: dict,
+                                                                     tmp_path: Path) -> None:
     """``train.procs_per_run: 2`` (each unit a torchrun job of 2 gloo ranks): only rank 1 gets
     the SIGTERM; rank 0 stops at the same step through the agreement and writes the checkpoint
     (both ranks' RNG states), the sweep exits 75, and the rerun completes with the losses of one
     process within the DDP tolerance (rtol 1e-5, tests/test_lm_ddp.py; bitwise resume at the same
     world size is tested there)."""
-    from early_exposure.frontier import read_frontier
-
-    cfg = yaml.safe_load(ref["cfg"].read_text())
-    cfg["pre"]["mix_fraction"] = [0.5]  # one chain: pre -> post -> ft
-    cfg["post"]["sweep"]["dropout"] = [0.0]  # DDP's dropout masks differ from one process's
-    one_cfg = tmp_path / "one.yaml"
-    one_cfg.write_text(yaml.safe_dump(cfg))
-    one = tmp_path / "one"
-    assert run(["run", "--config", str(one_cfg), "--out", str(one), "--cache", str(ref["cache"]),
-                "--no-progress"]) == 0
-    plan = json.loads((one / "manifest.json").read_text())["plan"]
-    cfg["train"] = {"procs_per_run": 2}
+    cfg = {**one_chain["cfg"], "train": {"procs_per_run": 2}}
     ref2 = {**ref, "cfg": tmp_path / "procs2.yaml"}
     ref2["cfg"].write_text(yaml.safe_dump(cfg))
     out = tmp_path / "stopped"
     p = _run(_cmd(ref2, out), _env(LM_EXPERIMENTS_FAULT_SIGTERM="post:2@1"))
     _check_stopped(out, p)
-    post = out / "upstream" / f"post-{plan['post'][0]}"
-    state = torch.load(post / "train_state" / "state.pt", map_location="cpu", weights_only=False)
-    assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
-    p = _run(_cmd(ref2, out), _env())
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads((post / "result.json").read_text())["train"]["resumed_from"] == 2
-    a, b = read_frontier(out / "frontier.csv"), read_frontier(one / "frontier.csv")
-    assert list(a["run_id"]) == list(b["run_id"]) == plan["ft"]
-    for col in ("L_im", "L_ret", "L_ft", "L_pre"):
-        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, err_msg=col)
+    _check_two_ranks_stopped_and_resumed(ref, one_chain, out, _cmd(ref2, out))
+
+
+def test_outer_torchrun_ranks_checkpoint_together_and_the_rerun_completes(ref: dict, one_chain: dict,
+                                                                          tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m lm_experiments run``: rank 1 alone is signalled; both
+    ranks stop at its step and exit 75 (torchrun itself reports the failed workers: exit 1, as
+    docs/lm_scaleout.md says), the manifest lists the preemption, and the rerun completes."""
+    out = tmp_path / "outer"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*launch, *_cmd({**ref, "cfg": one_chain["path"]}, out)[1:]]
+    p = _run(cmd, _env(LM_EXPERIMENTS_FAULT_SIGTERM="post:2@1", OMP_NUM_THREADS="1"))
+    assert p.returncode != 0 and "exitcode  : 75" in p.stderr and "exitcode  : 1" not in p.stderr, p.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["preempted"] and not m["failed"] and not (out / "frontier.csv").exists()
+    _check_two_ranks_stopped_and_resumed(ref, one_chain, out, cmd)

@@ -9,9 +9,10 @@ directory comes from :class:`early_exposure.runs.RunTree` (its docstring shows t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,17 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     return m
 
 
+@contextlib.contextmanager
+def _together_on_preemption() -> Iterator[None]:
+    """Under torchrun: a preempted rank waits at a barrier until rank 0 has written the manifest
+    (``torchrun`` stops the other ranks as soon as one exits). Nothing in one process."""
+    try:
+        yield
+    except Preempted:
+        distributed.barrier()
+        raise
+
+
 def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None = None, dry_run: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print, executor: str = "serial",
                  address: str | None = None, max_retries: int = 2) -> dict[str, Any]:
@@ -169,9 +181,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        run_serial(ctx, plan, lambda _: None)
+        with _together_on_preemption():
+            run_serial(ctx, plan, lambda _: None)
         return {"rank": dctx.rank, "failed": [], "status": {}}
-    m = run_sweep(ctx, plan, executor=executor, address=address, max_retries=max_retries, cache_root=cache_root)
+    with _together_on_preemption():
+        m = run_sweep(ctx, plan, executor=executor, address=address, max_retries=max_retries, cache_root=cache_root)
     m["data_prep_s"] = data_s
     atomic_write_json(ctx.tree.manifest, m)
     st = m["status"]
