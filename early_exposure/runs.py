@@ -91,6 +91,11 @@ class RunTree:
         """Scratch directory of the multi-process units (spec and outcome files)."""
         return self.out / ".units"
 
+    @property
+    def preempt_marker(self) -> Path:
+        """The file a Ray driver writes on SIGTERM to tell its tasks to checkpoint and stop."""
+        return self.units / "PREEMPTED"
+
     # ---- run directories -----------------------------------------------------------------
     def run_dir(self, stage: str, ident: str) -> Path:
         """The directory of run ``ident`` of ``stage`` (pre | post | ft | traj)."""

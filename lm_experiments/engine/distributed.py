@@ -33,6 +33,11 @@ all of them at the *same global batch* as on one device:
 * **Resume**: a checkpoint written at W ranks resumes bitwise at W ranks; at another world
   size it resumes with the same weights, optimizer state, step and data position (rank
   RNG streams re-seeded from (seed, rank, step)).
+* **Preemption**: every rank runs under the preemption handler
+  (:mod:`lm_experiments.engine.train_state`); at each step boundary the ranks agree on the flag
+  (:func:`any_rank`: an all-reduce MAX of one integer on the CPU, a gloo group under NCCL, so the
+  GPU stream is not synchronised), so all of them write the checkpoint at the same step and
+  exit 75 together. One process does no collective at all.
 * **Failures are fail-stop**: a rank whose stage raises cannot rejoin the others'
   collectives, so it prints the traceback and exits 1 (``SystemExit``); ``torchrun`` then
   stops the other ranks. Rerunning the same command resumes from the checkpoints.
@@ -116,6 +121,7 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> Dist
 
 def shutdown() -> None:
     """Destroy the default process group if this module's caller initialised one."""
+    _cpu_group.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -161,6 +167,26 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     t = value.detach().to(_reduce_device(), copy=True)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.to(value.device)
+
+
+_cpu_group: list[Any] = []
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (an all-reduce MAX of one integer, on the CPU: under
+    NCCL a gloo group made on first use, so the GPU stream is never synchronised by it). Every
+    rank must call it at the same point (e.g. each step boundary)."""
+    if world_size() == 1:
+        return flag
+    if dist.get_backend() == "gloo":
+        group = None
+    else:
+        if not _cpu_group:
+            _cpu_group.append(dist.new_group(backend="gloo"))
+        group = _cpu_group[0]
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -251,5 +277,5 @@ def collective_stage(fn: F) -> F:
 
 
 __all__ = ["DistContext", "launched_by_torchrun", "init_from_env", "shutdown", "context", "world_size", "is_main",
-           "shard_bounds", "barrier", "all_reduce_sum", "broadcast_object", "all_gather_object", "wrap_ddp",
+           "shard_bounds", "barrier", "all_reduce_sum", "any_rank", "broadcast_object", "all_gather_object", "wrap_ddp",
            "main_process_only", "main_first", "collective_stage"]

@@ -150,17 +150,53 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": total, "non_embedding": total - embedding, "trainable": trainable}
 
 
-def train_flops_per_token(model: nn.Module, seq_len: int) -> float:
+def train_flops_per_token(model: nn.Module, seq_len: int, *, causal: bool = False) -> float:
     """Training FLOPs per token, ``6 N + 12 L d T`` (PaLM, App. B; the usual MFU convention).
 
     ``N`` = non-embedding parameters plus the output head's matmul (``V d``, tied or not);
     ``12 L d T`` is attention's score and value matmuls over the full (not causal) ``T x T``
-    matrix, forward and backward. For smollm2-135m at T = 2048: 1.232 GFLOP/token. (LoRA runs
-    are counted the same way: the frozen weights' forward and backward matmuls dominate.)
+    matrix, forward and backward (:func:`train_flops_per_token_causal`: half of it, ``6 L d T``,
+    the causal convention). For smollm2-135m at T = 2048: 1.232 GFLOP/token.
+
+    What runs is counted: a trainable weight costs 6 FLOPs per token (forward 2, input gradient
+    2, weight gradient 2), a frozen one 4 (no weight gradient), so a LoRA run counts its frozen
+    base weights (and the head's frozen copy) at 4 and its adapters at 6. Every frozen weight is
+    assumed to pass its input gradient on (the first layer's attention, whose input needs no
+    gradient, is over-counted by at most its 2 N share: below 1/L of the attention weights).
     """
-    cfg = _llama_core(model).config
-    n = count_parameters(model)["non_embedding"] + cfg.vocab_size * cfg.hidden_size
-    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    core = _llama_core(model)
+    cfg = core.config
+    frozen = trainable = 0
+    head_trainable = False
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if name.endswith("embed_tokens.weight"):
+            continue  # a lookup, no matmul
+        if name.endswith("lm_head.weight") or name.endswith("lm_head.base_layer.weight"):
+            head_trainable = p.requires_grad
+            continue  # counted as V d below (tied or not)
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    if core.lm_head.weight is core.model.embed_tokens.weight or cfg.tie_word_embeddings:
+        head_trainable = core.model.embed_tokens.weight.requires_grad
+    head = cfg.vocab_size * cfg.hidden_size
+    if head_trainable:
+        trainable += head
+    else:
+        frozen += head
+    attention = (6.0 if causal else 12.0) * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    return 6.0 * trainable + 4.0 * frozen + attention
+
+
+def train_flops_per_token_causal(model: nn.Module, seq_len: int) -> float:
+    """:func:`train_flops_per_token` with attention's matmuls over the causal half of the
+    ``T x T`` matrix (``6 L d T`` instead of ``12 L d T``): the FLOPs a causal kernel runs."""
+    return train_flops_per_token(model, seq_len, causal=True)
 
 
 def untie_head(model: LlamaForCausalLM) -> None:

@@ -26,13 +26,24 @@ chunked linear cross-entropy in plain torch, or a fused kernel on CUDA), optiona
 ``torch.compile``-d; AdamW is fused on CUDA. The defaults (no compile, ``auto`` = plain off
 CUDA) are bitwise the plain path on CPU. Several processes (``torchrun``): DDP at the same
 global batch, see :mod:`lm_experiments.engine.distributed`. FLOPs and MFU of each run are in the
-:class:`TrainResult` (``flops``, ``mfu``).
+:class:`TrainResult` (``flops``, ``mfu`` and ``mfu_causal`` measured after warm-up, the SDPA backend).
+
+Host work off the critical path: the loss and gradient norm stay on the device and are read
+back (one transfer, :func:`_to_host`) only at the logging steps (``log_every``; evaluation,
+checkpoint and last steps included), where divergence is checked (see :func:`train`); the next
+batch is prepared while the device computes (pinned memory, non-blocking copy on CUDA).
+
+Preemption: a SIGTERM under :func:`lm_experiments.engine.train_state.preemption_handler` stops
+the loop at the next step boundary with the checkpoint written
+(:class:`~lm_experiments.engine.train_state.Preempted`, exit code 75).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,9 +64,15 @@ from lm_experiments.engine.device import autocast_context, check_precision, devi
 from lm_experiments.engine.losses import CausalLMLoss, resolve_cross_entropy
 from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
 from lm_experiments.engine.train_state import (
-    STATE_FILE, atomic_torch_save, load_state, restore_snapshot, rng_state, run_fingerprint, set_rng_state,
-    trainable_snapshot,
+    STATE_FILE, Preempted, atomic_torch_save, fault_sigterm_step, load_state, note_preempted, preempt_now,
+    restore_snapshot, rng_state, run_fingerprint, set_rng_state, trainable_snapshot,
 )
+
+#: default steps between reads of the training loss and gradient norm back to the host on an
+#: accelerator; on the CPU every step (the values already live in host memory: reading them is
+#: free, and divergence is then caught before the update of every step)
+LOG_EVERY = 50
+LOG_EVERY_CPU = 1
 
 class BatchSource(Protocol):
     """Deterministic stream of training batches, indexed by optimizer step."""
@@ -88,24 +105,103 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     eval_s: float = 0.0
     resumed_from: int | None = None
-    #: training FLOPs per token (``model.train_flops_per_token``: 6N + 12 L d T) and in all
-    #: (``flops_per_token * tokens``, evaluation excluded)
+    #: training FLOPs per token, attention counted in full (``model.train_flops_per_token``:
+    #: 6N + 12 L d T, PaLM App. B; frozen weights 4N) and in all (``flops_per_token * tokens``,
+    #: evaluation excluded); ``flops_per_token_causal``: the causal-half convention (6 L d T)
     flops_per_token: float | None = None
     flops: float | None = None
-    #: achieved training FLOP/s over (peak dense bf16 FLOP/s x world size); None off CUDA or
-    #: for an unknown GPU
+    flops_per_token_causal: float | None = None
+    #: achieved training FLOP/s over (peak dense bf16 FLOP/s x world size), measured after
+    #: warm-up (``mfu_window``), in both conventions; None off CUDA or for an unknown GPU
     mfu: float | None = None
+    mfu_causal: float | None = None
+    #: training tokens/s over the measured window (after warm-up; the whole run when the run
+    #: had no synchronisation point after warm-up), and that window: {"from_step", "to_step",
+    #: "steps", "after_warmup"}
+    tokens_per_s_measured: float | None = None
+    mfu_window: dict[str, Any] | None = None
     peak_tflops: float | None = None
     device_name: str | None = None
     world_size: int = 1
     compiled: bool = False
     cross_entropy: str = "plain"  # the resolved mode: plain | chunked | fused:liger | fused:cce
+    sdpa_backend: str | None = None  # the attention kernel torch picks for this run (:func:`sdpa_backend`)
 
     def compute_summary(self) -> dict[str, Any]:
         """FLOPs, MFU and the fast-path settings that ran (for a stage's result)."""
-        return {"flops": self.flops, "flops_per_token": self.flops_per_token, "mfu": self.mfu,
+        return {"flops": self.flops, "flops_per_token": self.flops_per_token,
+                "flops_per_token_causal": self.flops_per_token_causal, "mfu": self.mfu, "mfu_causal": self.mfu_causal,
+                "tokens_per_s_measured": self.tokens_per_s_measured, "mfu_window": self.mfu_window,
                 "peak_tflops": self.peak_tflops, "device_name": self.device_name, "world_size": self.world_size,
-                "compiled": self.compiled, "cross_entropy": self.cross_entropy}
+                "compiled": self.compiled, "cross_entropy": self.cross_entropy, "sdpa_backend": self.sdpa_backend}
+
+
+def _to_host(t: torch.Tensor) -> list[float]:
+    """The one device -> host read of the training loop (a 1-d tensor to Python floats): the
+    loop calls it only at logging, evaluation and checkpoint steps (tests count the calls)."""
+    return t.tolist()
+
+
+def sdpa_backend(model: nn.Module, device: torch.device, seq_len: int, precision: str = "fp32") -> str:
+    """The attention kernel of this run: the model's attention implementation when it is not
+    ``sdpa`` (``eager``, ``flash_attention_2``, ...), else the backend torch's SDPA dispatcher
+    picks for the run's shapes (``flash``, ``efficient``, ``cudnn``, ``math``; on CPU torch's
+    own flash kernel or ``math``), asked through ``torch._fused_sdp_choice``; on CUDA the
+    backends switched off (``torch.backends.cuda.*_sdp_enabled``) are excluded by that choice."""
+    try:
+        cfg = getattr(model, "config", None)
+        impl = getattr(cfg, "_attn_implementation", None) or "sdpa"
+        if impl != "sdpa":
+            return str(impl)
+        heads = int(cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        from lm_experiments.engine.device import uses_bf16
+
+        dtype = torch.bfloat16 if uses_bf16(device, precision) else torch.float32
+        q = torch.empty(1, heads, seq_len, head_dim, device=device, dtype=dtype)
+        p = float(getattr(cfg, "attention_dropout", 0.0) or 0.0)
+        choice = int(torch._fused_sdp_choice(q, q, q, None, p, True))
+        from torch.nn.attention import SDPBackend
+
+        name = SDPBackend(choice).name.lower()
+        return {"flash_attention": "flash", "efficient_attention": "efficient",
+                "cudnn_attention": "cudnn"}.get(name, name)
+    except Exception:  # noqa: BLE001 - a report, never a reason to fail a run
+        if device.type == "cuda":
+            on = [n for n in ("flash", "mem_efficient", "cudnn", "math")
+                  if getattr(torch.backends.cuda, f"{n}_sdp_enabled", lambda: False)()]
+            return "enabled:" + "+".join(on) if on else "unknown"
+        return "unknown"
+
+
+class _Batches:
+    """This rank's slice of each step's batch on the device, the next one prepared ahead
+    (:meth:`prefetch` while the device still runs the current step): on CUDA it is copied
+    from pinned host memory without blocking the host."""
+
+    def __init__(self, source: BatchSource, device: torch.device, rank: int, world: int) -> None:
+        self.source, self.device, self.rank, self.world = source, device, rank, world
+        self.pin = device.type == "cuda"
+        self.ahead: tuple[int, tuple[torch.Tensor, int, int, bool]] | None = None
+
+    def _load(self, step: int) -> tuple[torch.Tensor, int, int, bool]:
+        batch = np.asarray(self.source.batch(step), dtype=np.int64)  # the global batch (B, T)
+        rows = batch.shape[0]  # B, or fewer in a plan's last, partial batch
+        lo, hi = distributed.shard_bounds(rows, self.rank, self.world)
+        empty = self.world > 1 and hi <= lo  # fewer rows than ranks: a stand-in row at weight 0
+        x = torch.as_tensor(batch[:1] if empty else batch[lo:hi] if self.world > 1 else batch)
+        if self.pin:
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True), rows, int(batch.size), empty
+
+    def get(self, step: int) -> tuple[torch.Tensor, int, int, bool]:
+        """(x, global rows, global tokens, empty) of ``step``."""
+        ahead, self.ahead = self.ahead, None
+        return ahead[1] if ahead is not None and ahead[0] == step else self._load(step)
+
+    def prefetch(self, step: int) -> None:
+        if step < len(self.source):
+            self.ahead = (step, self._load(step))
 
 
 def loss_and_backward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, micro_batch: int,
@@ -194,6 +290,8 @@ def train(
     seed: int = 0,
     micro_batch: int = 0,
     progress: bool = True,
+    log_every: int | None = None,
+    warmup_steps: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``len(source)`` batches (paper App. B optimisation).
 
@@ -217,6 +315,26 @@ def train(
             (simulated interruption, for tests and time-sliced jobs).
         seed: seed of the training RNG (dropout); the caller's RNG state is preserved.
         micro_batch: rows per forward/backward (gradient accumulation); 0 = whole batch.
+        log_every: the *logging steps*: every ``log_every``-th step, plus every evaluation
+            step, checkpoint step, ``stop_after_steps`` and the last step. Only there are the
+            training losses and gradient norms read back to the host (one read of all the
+            steps since the previous logging step; they stay on the device meanwhile).
+            Default: :data:`LOG_EVERY` (50) on accelerators, :data:`LOG_EVERY_CPU` (1) on the CPU.
+        warmup_steps: steps excluded from the MFU measurement (compilation, allocator and
+            kernel warm-up); default ``min(10, len(source) // 10)``, at least 1.
+
+    Divergence (a non-finite training loss or gradient norm) is checked at the logging
+    steps: at a logging step it is found before that step's update (as before); when it
+    happened at a step in between, the run still ends ``diverged=True`` at the next logging
+    step, with the history cut after the first non-finite step and ``steps``/``tokens``
+    counting the steps before it (the record of an every-step check); only the weights
+    differ then (updated with non-finite gradients since), which a diverged run never saves.
+
+    Preemption (:mod:`lm_experiments.engine.train_state`): when the process's preemption
+    flag is set (SIGTERM under :func:`~lm_experiments.engine.train_state.preemption_handler`)
+    the loop stops at the next step boundary (all ranks at the same one), writes the
+    checkpoint at that step and raises :class:`~lm_experiments.engine.train_state.Preempted`
+    (exit code 75); the same call later resumes from it bitwise.
 
     In a multi-process job (an initialised process group, e.g. under ``torchrun``) the run
     is data-parallel at the same global batch (:mod:`lm_experiments.engine.distributed`); rank 0
@@ -225,10 +343,10 @@ def train(
 
     Returns:
         :class:`TrainResult`. A non-finite training loss, gradient norm or validation loss
-        ends the run (before the weights are updated) with
-        ``diverged=True`` (best weights restored when an evaluation had succeeded).
+        ends the run with ``diverged=True`` (best weights restored when an evaluation had
+        succeeded).
     """
-    from lm_experiments.engine.model import train_flops_per_token
+    from lm_experiments.engine.model import train_flops_per_token, train_flops_per_token_causal
 
     check_precision(precision)
     total_steps = len(source)
@@ -237,8 +355,13 @@ def train(
     for name, v in (("checkpoint_every", checkpoint_every), ("micro_batch", micro_batch)):
         if not isinstance(v, int) or v < 0:
             raise ConfigError(f"train.{name}", f"must be an integer >= 0, got {v!r}")
+    if log_every is None:
+        log_every = LOG_EVERY_CPU if device.type == "cpu" else LOG_EVERY
+    if not isinstance(log_every, int) or log_every < 1:
+        raise ConfigError("train.log_every", f"must be a positive integer, got {log_every!r}")
     if stop_after_steps is not None and (not isinstance(stop_after_steps, int) or stop_after_steps < 1):
         raise ConfigError("train.stop_after_steps", f"must be a positive integer or None, got {stop_after_steps!r}")
+    warmup = max(1, min(10, total_steps // 10)) if warmup_steps is None else int(warmup_steps)
     eval_fn, eval_every, patience = stopping.eval_fn, stopping.eval_every, stopping.patience
     restore_best, on_eval = stopping.restore_best, stopping.on_eval
     compile, cross_entropy, ce_chunk_tokens = speed.compile, speed.cross_entropy, speed.ce_chunk_tokens
@@ -259,9 +382,21 @@ def train(
     seq_len = int(fingerprint["first_batch_shape"][1])
     try:
         flops_tok: float | None = train_flops_per_token(model, seq_len)
+        flops_causal: float | None = train_flops_per_token_causal(model, seq_len)
     except ConfigError:  # not a Llama model: no FLOP count
-        flops_tok = None
+        flops_tok = flops_causal = None
     peak = device_peak_tflops(device)
+    attn_kernel = sdpa_backend(model, device, seq_len, precision)
+    fault_at = fault_sigterm_step(desc, rank)
+    if preempt_now(world):  # the signal came before this run started: nothing new to save
+        raise Preempted(f"{desc} before its first step")
+
+    def is_logging_step(n: int) -> bool:
+        """Whether completed step ``n`` (1-based) reads its values back to the host."""
+        return (n % log_every == 0 or n == total_steps
+                or (eval_fn is not None and eval_every > 0 and n % eval_every == 0)
+                or (checkpoint_every > 0 and n % checkpoint_every == 0)
+                or (stop_after_steps is not None and n >= stop_after_steps))
 
     # --- state that a checkpoint carries --------------------------------------------------
     step = 0  # completed optimizer steps
@@ -317,8 +452,44 @@ def train(
                 integrity.seal(state_path)  # size + SHA-256, checked before a resume trusts it
             distributed.barrier()
 
+        # steps whose loss (and gradient norm) are still on the device: (record, loss,
+        # grad norm, step and tokens before that step)
+        pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor | None, int, int]] = []
+
+        def flush() -> tuple[int, int] | None:
+            """Read the pending steps' values (one host read), append their records to the
+            history; at the first non-finite one stop there: its (step, tokens) before it."""
+            if not pending:
+                return None
+            norms = [g for _, _, g, _, _ in pending if g is not None]
+            # fp32 (what the loop computes; an exact upcast otherwise): the same Python floats as float(t)
+            vals = _to_host(torch.stack([t.detach().float() for _, t, _, _, _ in pending]
+                                        + [g.detach().float() for g in norms]))
+            losses, gns = vals[:len(pending)], iter(vals[len(pending):])
+            entries = list(pending)
+            pending.clear()
+            for (rec, _, g, before_step, before_tokens), loss in zip(entries, losses):
+                rec["train_loss"] = loss
+                if not math.isfinite(loss):  # stopped before clipping: no norm recorded
+                    history.append(rec)
+                    return before_step, before_tokens
+                if g is not None:
+                    rec["grad_norm"] = next(gns)
+                    if not math.isfinite(rec["grad_norm"]):  # would have poisoned the weights
+                        history.append(rec)
+                        return before_step, before_tokens
+                history.append(rec)
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", lr=f"{history[-1]['lr']:.2e}", refresh=False)
+            return None
+
+        # MFU after warm-up: (time, completed work in tokens, eval_s, step) at the first
+        # host read after ``warmup`` steps of this call, and at the last one
+        start_step = step
+        marks: list[tuple[float, int, float, int]] = []
+
         model.train()
         t0 = time.perf_counter()
+        batches = _Batches(source, device, rank, world)
         first = np.asarray(source.batch(0))
         bar = tqdm(total=total_steps * first.size, initial=step * first.size, desc=desc, unit="tok",
                    unit_scale=True, dynamic_ncols=True, mininterval=1.0, leave=False,
@@ -329,36 +500,29 @@ def train(
                 lr = lr_at(step, optim, total_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                batch = np.asarray(source.batch(step), dtype=np.int64)  # the global batch (B, T)
-                rows = batch.shape[0]  # B, or fewer in a plan's last, partial batch
-                lo, hi = distributed.shard_bounds(rows, rank, world)
-                empty = world > 1 and hi <= lo  # fewer rows than ranks: a stand-in row at weight 0
-                x = torch.as_tensor(batch[:1] if empty else batch[lo:hi] if world > 1 else batch)
-                x = x.to(device, non_blocking=True)
+                x, rows, ntok, empty = batches.get(step)
                 opt.zero_grad(set_to_none=True)
                 loss_t = loss_and_backward(model, x, device, precision, micro_batch, loss_fn=step_module,
                                            global_rows=rows, world=world, zero_weight=empty)
                 if world > 1:  # every rank sees the global mean: the same decisions everywhere
                     loss_t = distributed.all_reduce_sum(loss_t) / world
-                loss = float(loss_t)
-                if not math.isfinite(loss):
-                    history.append({"step": step + 1, "train_loss": loss, "lr": lr})
-                    diverged = True
-                    break
-                rec: dict[str, Any] = {"step": step + 1, "train_loss": loss, "lr": lr}
-                if optim.grad_clip > 0:
-                    # norm before clipping; a non-finite one would poison the weights: stop first
-                    rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip))
-                    if not math.isfinite(rec["grad_norm"]):
-                        history.append(rec)
+                # norm before clipping (kept on the device; checked at the logging steps)
+                gn_t = torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip) if optim.grad_clip > 0 else None
+                batches.prefetch(step + 1)  # the host prepares the next batch while the device computes
+                pending.append(({"step": step + 1, "train_loss": None, "lr": lr}, loss_t, gn_t, step, tokens))
+                if is_logging_step(step + 1):
+                    bad = flush()  # before this step's update: a non-finite value stops it
+                    if step + 1 - start_step >= warmup:  # the measured window: first to last read after warm-up
+                        mark = (time.perf_counter(), tokens + ntok, eval_s, step + 1)
+                        marks[min(len(marks), 1):] = [mark]
+                    if bad is not None:
+                        step, tokens = bad
                         diverged = True
                         break
                 opt.step()
                 step += 1
-                tokens += batch.size
-                history.append(rec)
-                bar.update(batch.size)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+                tokens += ntok
+                bar.update(ntok)
 
                 if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
                     te = time.perf_counter()
@@ -367,7 +531,7 @@ def train(
                         val = float(distributed.broadcast_object(val))
                     model.train()
                     eval_s += time.perf_counter() - te
-                    rec["val_loss"] = val
+                    history[-1]["val_loss"] = val
                     if not math.isfinite(val):
                         diverged = True
                         break
@@ -389,6 +553,18 @@ def train(
                     break
                 if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
                     save_state()
+                if fault_at is not None and step == fault_at:
+                    os.kill(os.getpid(), signal.SIGTERM)  # testing hook: the real handler runs
+                if step < total_steps and preempt_now(world):
+                    bad = flush()
+                    if bad is not None:  # diverged since the last logging step: end as diverged
+                        step, tokens = bad
+                        diverged = True
+                        break
+                    save_state()
+                    if main:
+                        note_preempted(f"{desc}: checkpoint at step {step} in {state_path}")
+                    raise Preempted(f"{desc} at step {step}")
         finally:
             bar.close()
 
@@ -403,10 +579,22 @@ def train(
         distributed.barrier()  # no rank may find the deleted checkpoint of this run later
     train_s = max(wall - eval_s, 1e-9)
     tok_s = tokens / train_s
+    after_warmup = len(marks) == 2 and marks[1][3] > marks[0][3]
+    if after_warmup:
+        (ta, ka, ea, sa), (tb, kb, eb, sb) = marks
+        measured = (kb - ka) / max((tb - ta) - (eb - ea), 1e-9)
+        window = {"from_step": sa, "to_step": sb, "steps": sb - sa, "after_warmup": True}
+    else:  # no host read after warm-up: the whole call
+        measured = tok_s
+        window = {"from_step": start_step, "to_step": step, "steps": step - start_step, "after_warmup": False}
+
+    def mfu_of(f: float | None) -> float | None:
+        return measured * f / (peak * 1e12 * world) if peak and f else None
+
     return TrainResult(steps=step, tokens=tokens, wall_s=wall, tokens_per_s=tok_s, diverged=diverged,
                        stopped_early=stopped_early, best_step=best_step, best_val=best_val, history=history,
                        eval_s=eval_s, resumed_from=resumed_from, flops_per_token=flops_tok,
-                       flops=flops_tok * tokens if flops_tok else None,
-                       mfu=(tok_s * flops_tok / (peak * 1e12 * world)) if peak and flops_tok else None,
-                       peak_tflops=peak, device_name=device_name(device), world_size=world, compiled=compile,
-                       cross_entropy=ce_mode)
+                       flops=flops_tok * tokens if flops_tok else None, flops_per_token_causal=flops_causal,
+                       mfu=mfu_of(flops_tok), mfu_causal=mfu_of(flops_causal), tokens_per_s_measured=measured,
+                       mfu_window=window, peak_tflops=peak, device_name=device_name(device), world_size=world,
+                       compiled=compile, cross_entropy=ce_mode, sdpa_backend=attn_kernel)

@@ -1,10 +1,27 @@
 """The resumable state of a training run: RNG states, snapshots of the trainable weights,
 the checkpoint file (written atomically) and the fingerprint a resumed run must match
-(:func:`lm_experiments.engine.train.train`)."""
+(:func:`lm_experiments.engine.train.train`); and preemption (:class:`Preempted`).
+
+Preemption: cluster schedulers (Slurm, Kubernetes, spot instances) send SIGTERM and a grace
+period before they kill. A process that runs units installs :func:`preemption_handler` (the
+serial executor, every Ray task, every torchrun rank; :mod:`lm_experiments.runner`). The
+handler only sets a flag (and forwards the signal to registered child processes, e.g. a
+``torchrun`` job); it never writes. :func:`~lm_experiments.engine.train.train` checks the flag
+at each step boundary (all ranks agree through one all-reduce when distributed), writes its
+resumable checkpoint at that step and raises :class:`Preempted`, a ``SystemExit`` with code
+:data:`EXIT_PREEMPTED` (75, ``EX_TEMPFAIL``): no ``except Exception`` records the run as
+failed, and a process that lets it through exits 75, the code a job script requeues on.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,10 +32,115 @@ from torch import nn
 
 from early_exposure import integrity
 from early_exposure.io import atomic_write_via
+from lm_experiments.engine.distributed import any_rank
 from lm_experiments.engine.optim import OptimConfig
 
 STATE_FILE = "state.pt"
 _FORMAT = 1
+
+#: exit code of a preempted process (``EX_TEMPFAIL`` of sysexits.h: "try again later"): distinct
+#: from a crash (1), bad input (2), Ctrl-C (130) and a kill by an unhandled SIGTERM (143)
+EXIT_PREEMPTED = 75
+
+
+class Preempted(SystemExit):
+    """Training stopped on a preemption signal after writing its checkpoint at the current
+    step. A ``SystemExit`` (code :data:`EXIT_PREEMPTED`), so the per-run error recording
+    (``except Exception``) lets it through: the run is neither failed nor finished, and a
+    rerun of the same command resumes it from the checkpoint, bitwise."""
+
+    def __init__(self, where: str = "") -> None:
+        super().__init__(EXIT_PREEMPTED)
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"preempted{': ' + self.where if self.where else ''}"
+
+
+_flag = threading.Event()
+_children: set[int] = set()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """The handler: set the flag and forward the signal to registered child processes (no
+    file is written here; training writes its checkpoint at the next step boundary)."""
+    _flag.set()
+    for pid in list(_children):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+
+def preemption_requested() -> bool:
+    """Whether a preemption signal arrived (or :func:`request_preemption` was called)."""
+    return _flag.is_set()
+
+
+def request_preemption() -> None:
+    """Set the flag as the signal handler does (e.g. a Ray worker told by its driver)."""
+    _flag.set()
+
+
+def clear_preemption() -> None:
+    _flag.clear()
+
+
+@contextlib.contextmanager
+def forward_signals_to(pid: int) -> Iterator[None]:
+    """While the block runs, a preemption signal of this process is forwarded to ``pid``
+    (a child that runs units itself: a ``torchrun`` job)."""
+    _children.add(pid)
+    try:
+        if _flag.is_set():  # arrived before the child existed
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        yield
+    finally:
+        _children.discard(pid)
+
+
+@contextlib.contextmanager
+def preemption_handler(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Install the preemption handler for ``signals`` while the block runs (the previous
+    handlers are restored afterwards; the flag is cleared on entry). Only the main thread can
+    install handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _flag.clear()
+    previous = {s: signal.signal(s, _on_signal) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def fault_sigterm_step(desc: str, rank: int) -> int | None:
+    """Testing hook: with ``LM_EXPERIMENTS_FAULT_SIGTERM=<prefix>:<step>[@<rank>]`` a training
+    whose ``desc`` is ``<prefix>`` or starts with ``<prefix> `` (a stage, ``pre``, or more of the
+    label, ``pre lam=0.5``) sends SIGTERM to its own process once ``<step>`` steps are completed
+    (on rank ``<rank>`` only, when given); the real signal path then runs: handler, flag, the
+    ranks' agreement, checkpoint, :class:`Preempted`."""
+    spec = os.environ.get("LM_EXPERIMENTS_FAULT_SIGTERM")
+    if not spec or ":" not in spec:
+        return None
+    prefix, _, at = spec.rpartition(":")
+    at, _, only = at.partition("@")
+    if only and (not only.isdigit() or int(only) != rank):
+        return None
+    return int(at) if at.isdigit() and (desc == prefix or desc.startswith(prefix + " ")) else None
+
+
+def preempt_now(world: int) -> bool:
+    """The preemption flag, agreed by every rank (one all-reduce MAX on the CPU, only when
+    distributed): every rank stops at the same step."""
+    flag = preemption_requested()
+    return flag if world == 1 else any_rank(flag)
+
+
+def note_preempted(what: str) -> None:
+    """One stderr line when a unit stops on preemption."""
+    print(f"[preempted] {what}", file=sys.stderr, flush=True)
 
 
 

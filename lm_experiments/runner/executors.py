@@ -20,6 +20,16 @@ documentation). Workers import this checkout (its root goes on their ``PYTHONPAT
 read the prepared data from the shared cache, so every node needs the repository and the
 cache at the same paths (a shared filesystem) or a ``--cache`` they can reach.
 
+Preemption (SIGTERM, :mod:`lm_experiments.engine.train_state`): both executors run their units
+under the preemption handler. Serial: the running unit checkpoints at its next step boundary
+and :class:`~lm_experiments.engine.train_state.Preempted` (exit code 75) ends the sweep; a unit
+that was past its last step finishes first, no new unit starts. Ray: the handler is installed
+in every task (while it runs) and in the driver. A task that gets the signal checkpoints and
+returns a ``preempted`` outcome; a driver that gets it (or sees such an outcome) writes the
+marker ``OUT/.units/PREEMPTED``, which every running task polls (twice a second) and every
+starting task checks: they all checkpoint (or do not start), the driver waits for every task
+to return and then exits 75. The marker is removed when the next invocation starts.
+
 Testing hooks (fault injection, read by the task in the worker):
 ``LM_EXPERIMENTS_FAULT_RAISE=<run id>`` makes that run raise; ``LM_EXPERIMENTS_FAULT_EXIT=<path>``
 makes the first task that finds no file at ``<path>`` create it and kill its own worker
@@ -35,11 +45,17 @@ import json
 import os
 import re
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
+from early_exposure.runs import RunTree
 from lm_experiments.config import PipelineConfig, config_from_mapping, config_to_dict
+from lm_experiments.engine import distributed
+from lm_experiments.engine.train_state import (
+    Preempted, preemption_handler, preemption_requested, request_preemption,
+)
 from lm_experiments.protocol.context import StageContext
 from lm_experiments.protocol.plan import Plan
 from lm_experiments.runner.launch import run_unit_procs
@@ -67,16 +83,56 @@ def run_serial(ctx: StageContext, plan: Plan, on_done: Any, cache_root: Path | N
     outcomes: dict[str, dict[str, Any]] = {}
     procs = ctx.cfg.train.procs_per_run
     config_json = json.dumps(config_to_dict(ctx.cfg), sort_keys=True) if procs > 1 else ""
-    for stage, record, up in _units(plan):
-        upstream = outcomes.get(up) if up else None
-        if procs > 1:  # each run data-parallel over its own torchrun job (lm_experiments.runner.launch)
-            o = run_unit_procs(stage, record, config_json, str(ctx.out), str(cache_root) if cache_root else None,
-                               upstream, procs, unit_id(stage, record))
-        else:
-            o = run_one(ctx, stage, record, upstream)
-        outcomes[o["id"]] = o
-        on_done(o)
+    with preemption_handler():  # SIGTERM: the running unit checkpoints, Preempted (exit 75) ends the sweep
+        for stage, record, up in _units(plan):
+            # arrived after the last unit's last step: start no other (under torchrun every rank
+            # runs this loop: they agree, or one would wait for the others in the next unit)
+            if distributed.any_rank(preemption_requested()):
+                raise Preempted(f"before {stage} run {unit_id(stage, record)}")
+            upstream = outcomes.get(up) if up else None
+            if procs > 1:  # each run data-parallel over its own torchrun job (lm_experiments.runner.launch)
+                o = run_unit_procs(stage, record, config_json, str(ctx.out), str(cache_root) if cache_root else None,
+                                   upstream, procs, unit_id(stage, record))
+                if o.get("preempted"):
+                    raise Preempted(f"{stage} run {o['id']} (torchrun x{procs})")
+            else:
+                o = run_one(ctx, stage, record, upstream)
+            outcomes[o["id"]] = o
+            on_done(o)
     return list(outcomes.values())
+
+
+def preempt_marker(out: str | Path) -> Path:
+    """The file a Ray driver writes to tell its tasks to checkpoint and stop."""
+    return RunTree(out).preempt_marker
+
+
+@contextlib.contextmanager
+def _preemptible_task(stage: str, record: Any, out: str) -> Any:
+    """A Ray task's unit under the preemption handler, the driver's marker watched meanwhile;
+    yields a box whose ``[0]`` is set to the preempted outcome when the unit stopped on it."""
+    box: list[dict[str, Any] | None] = [None]
+    marker = preempt_marker(out)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            if marker.exists():
+                request_preemption()
+                return
+
+    with preemption_handler():
+        if marker.exists():
+            request_preemption()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield box
+        except Preempted as exc:
+            print(f"[preempted] {stage} run {unit_id(stage, record)}: {exc}", file=sys.stderr, flush=True)
+            box[0] = outcome(stage, unit_id(stage, record), preempted=True)
+        finally:
+            done.set()
 
 
 # ---- Ray ---------------------------------------------------------------------------------
@@ -95,22 +151,31 @@ def _worker_context(config_json: str, out: str, cache_root: str | None) -> Stage
 def _ray_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
                     upstream: dict[str, Any] | None, nproc: int) -> dict[str, Any]:
     """A multi-process run: this task holds ``nproc`` GPUs (or CPUs) and runs torchrun on them."""
-    return run_unit_procs(stage, record, config_json, out, cache_root, upstream, nproc, unit_id(stage, record))
+    with _preemptible_task(stage, record, out) as box:
+        if preemption_requested():
+            raise Preempted("before it started")
+        o = run_unit_procs(stage, record, config_json, out, cache_root, upstream, nproc, unit_id(stage, record))
+    return box[0] or o
 
 
 def _ray_unit(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
               upstream: dict[str, Any] | None) -> dict[str, Any]:
-    ctx = _worker_context(config_json, out, cache_root)
     buf = io.StringIO()
+    o: dict[str, Any] = {}
     with contextlib.redirect_stderr(_Tee(buf, sys.stderr)):
-        o = run_one(ctx, stage, record, upstream)
+        with _preemptible_task(stage, record, out) as box:
+            if preemption_requested():  # the driver is stopping: do not start
+                raise Preempted("before it started")
+            ctx = _worker_context(config_json, out, cache_root)
+            o = run_one(ctx, stage, record, upstream)
+    o = box[0] or o
     # the driver does not see worker output (log_to_driver=False): hand it the one-line notes
     o["notes"] = [ln for ln in buf.getvalue().splitlines() if ln.startswith(_NOTES)]
     return o
 
 
-#: worker lines the driver prints: damaged artefacts found (and redone), lock waits
-_NOTES = ("damaged artefact:", "[lock]")
+#: worker lines the driver prints: damaged artefacts found (and redone), lock waits, preemptions
+_NOTES = ("damaged artefact:", "[lock]", "[preempted]")
 
 
 class _Tee(io.TextIOBase):
@@ -133,6 +198,8 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
     """Every unit a Ray task, upstream results as arguments (Ray waits for them)."""
     import ray
 
+    marker = preempt_marker(out)
+    marker.unlink(missing_ok=True)  # a previous invocation's preemption is over
     started = not ray.is_initialized()
     if started:
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
@@ -161,22 +228,42 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
             refs[unit_id(stage, record)] = ref
             pending[ref], order[ref] = (stage, unit_id(stage, record), up), i
         outcomes: dict[str, dict[str, Any]] = {}
-        while pending:
-            ray.wait(list(pending), num_returns=1)
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-            for ref in sorted(ready, key=order.__getitem__):  # upstream before downstream
-                stage, unit, up = pending.pop(ref)
-                try:
-                    o = ray.get(ref)
-                    for line in o.pop("notes", []):
-                        print(line, file=sys.stderr, flush=True)
-                except Exception as exc:  # noqa: BLE001 - its worker was lost beyond max_retries, or its upstream's
-                    if up is not None and outcomes.get(up, {}).get("failed"):
-                        o = outcome(stage, unit, skipped=True, error=f"upstream run {up} failed")
-                    else:
-                        o = outcome(stage, unit, error=_first_line(exc))
-                outcomes[unit] = o
-                on_done(o)
+        stopping = False
+
+        def stop_all() -> None:  # tell every task to checkpoint and stop (they poll the marker)
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                print("[preempted] telling every running run to checkpoint and stop", file=sys.stderr, flush=True)
+
+        # the driver's SIGTERM (ray.init installed its own handler: ours replaces it meanwhile)
+        with preemption_handler():
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                if preemption_requested():
+                    stop_all()
+                if not ready:
+                    continue
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                for ref in sorted(ready, key=order.__getitem__):  # upstream before downstream
+                    stage, unit, up = pending.pop(ref)
+                    try:
+                        o = ray.get(ref)
+                        for line in o.pop("notes", []):
+                            print(line, file=sys.stderr, flush=True)
+                    except Exception as exc:  # noqa: BLE001 - its worker was lost beyond max_retries, or its upstream's
+                        if up is not None and outcomes.get(up, {}).get("failed"):
+                            o = outcome(stage, unit, skipped=True, error=f"upstream run {up} failed")
+                        elif up is not None and outcomes.get(up, {}).get("preempted"):
+                            o = outcome(stage, unit, preempted=True)
+                        else:
+                            o = outcome(stage, unit, error=_first_line(exc))
+                    if o.get("preempted"):
+                        stop_all()  # a preemption of one task is one of the job
+                    outcomes[unit] = o
+                    on_done(o)
         return [outcomes[unit_id(s, r)] for s, r, _ in _units(plan)]
     finally:
         if started:
@@ -209,4 +296,4 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["EXECUTORS", "run_serial", "run_ray", "check_executor"]
+__all__ = ["EXECUTORS", "run_serial", "run_ray", "check_executor", "preempt_marker"]

@@ -17,6 +17,13 @@ unit through :func:`lm_experiments.runner.unit.run_one` (rank 0 holds the unit's
 writes every file) and rank 0 writes the outcome as JSON beside the spec. A rank that fails
 ends the job (fail-stop, as under an outer ``torchrun``): the outcome is then a failed run
 with the job's last error line, and a rerun resumes from the checkpoints.
+
+Preemption: every rank runs under the preemption handler
+(:func:`lm_experiments.engine.train_state.preemption_handler`); a SIGTERM of the executor's
+process is forwarded to the ``torchrun`` agent, which sends it on to the ranks (and kills them
+after its own grace period, 30 s by default). The ranks agree on the step (one all-reduce per
+step boundary), write the checkpoint and exit :data:`~lm_experiments.engine.train_state.EXIT_PREEMPTED`
+(75); rank 0's outcome then says ``preempted`` and the executor stops as in one process.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 
 from early_exposure.io import atomic_write_json
 from early_exposure.runs import RunTree
-from lm_experiments.runner.unit import outcome, run_one
+from lm_experiments.runner.unit import outcome, run_one, unit_id
 
 _REPO = Path(__file__).resolve().parents[2]  # the checkout's root (the ranks' PYTHONPATH)
 
@@ -48,6 +55,10 @@ def _last_error_line(text: str) -> str:
 def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
                    upstream: dict[str, Any] | None, nproc: int, unit: str) -> dict[str, Any]:
     """Run one unit with ``torchrun --nproc_per_node nproc``; its outcome (never raises)."""
+    from lm_experiments.engine.train_state import forward_signals_to
+
+    if upstream is not None and upstream.get("preempted"):
+        return outcome(stage, unit, preempted=True)
     if upstream is not None and upstream["failed"]:
         return outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
     work = RunTree(out).units
@@ -59,11 +70,19 @@ def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_ro
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "lm_experiments.runner.launch", str(spec)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode == 0 and result.is_file():
-            return json.loads(result.read_text())
-        return outcome(stage, unit, error=f"torchrun x{nproc} exited {proc.returncode}: "
-                        f"{_last_error_line(proc.stderr or proc.stdout)}")
+        with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+            proc = subprocess.Popen(cmd, env=env, stdout=so, stderr=se, text=True)
+            with forward_signals_to(proc.pid):  # a preemption signal of this process reaches the job
+                returncode = proc.wait()
+            so.seek(0)
+            se.seek(0)
+            stdout, stderr = so.read(), se.read()
+        if result.is_file():
+            o = json.loads(result.read_text())
+            if returncode == 0 or o.get("preempted"):
+                return o
+        return outcome(stage, unit, error=f"torchrun x{nproc} exited {returncode}: "
+                        f"{_last_error_line(stderr or stdout)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,24 +92,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from lm_experiments.engine import distributed
     from lm_experiments.config import config_from_mapping
+    from lm_experiments.engine.train_state import EXIT_PREEMPTED, Preempted, preemption_handler
     from lm_experiments.protocol.context import StageContext
 
     args = sys.argv[1:] if argv is None else argv
     spec = pickle.loads(Path(args[0]).read_bytes())
     hf_logging.disable_progress_bar()
     dctx = distributed.init_from_env()
+    rc = 0
     try:
         cfg = config_from_mapping(json.loads(spec["config_json"]))
         torch.set_num_threads(max(1, cfg.threads))
         with distributed.main_first():  # rank 0 fills the data cache first
             ctx = StageContext.open(cfg, Path(spec["out"]),
                                     cache_root=Path(spec["cache_root"]) if spec["cache_root"] else None)
-        outcome = run_one(ctx, spec["stage"], spec["record"], spec["upstream"])
+        with preemption_handler():
+            try:
+                result = run_one(ctx, spec["stage"], spec["record"], spec["upstream"])
+            except Preempted:  # every rank stopped at the same step, the checkpoint is written
+                result, rc = outcome(spec["stage"], unit_id(spec["stage"], spec["record"]), preempted=True), \
+                    EXIT_PREEMPTED
         if dctx.is_main:
-            atomic_write_json(Path(spec["outcome"]), outcome)
+            atomic_write_json(Path(spec["outcome"]), result)
     finally:
         distributed.shutdown()
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ directory comes from :class:`early_exposure.runs.RunTree` (its docstring shows t
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from early_exposure.frontier import write_frontier
 from early_exposure.io import atomic_write_json, stable_hash
 from lm_experiments.config import PipelineConfig
 from lm_experiments.engine import distributed
+from lm_experiments.engine.train_state import EXIT_PREEMPTED, Preempted
 from lm_experiments.protocol.prepared import data_sizes, prepare
 from lm_experiments.protocol.context import StageContext
 from lm_experiments.protocol.plan import Plan, describe_plan, estimate_seconds, make_plan, post_sequences
@@ -43,7 +46,14 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     """Run every unit of the plan with ``executor`` (:mod:`lm_experiments.runner.executors`; finished
     runs are skipped, failed ones recorded while the rest go on); write the frontier and the
     manifest. ``frontier.csv`` appears only when every run finished (``frontier.partial.csv``
-    while the sweep runs or when some failed: rerun the same command to retry them)."""
+    while the sweep runs or when some failed: rerun the same command to retry them).
+
+    Preemption (SIGTERM; :mod:`lm_experiments.engine.train_state`): the running units write
+    their checkpoints at the current step, the manifest records ``"preempted"`` (the units
+    stopped; none is marked failed), the partial tables are written from the finished runs and
+    :class:`~lm_experiments.engine.train_state.Preempted` is raised: the process exits with
+    :data:`~lm_experiments.engine.train_state.EXIT_PREEMPTED` (75). Rerunning the same command
+    resumes every stopped unit from its checkpoint, bitwise."""
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
@@ -56,6 +66,7 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     status: dict[str, Any] = {s: {"done": 0, "diverged": 0, "failed": 0} for s in STAGE_FUNCTIONS}
     status["complete"] = False
     failed: list[dict[str, Any]] = []
+    preempted: list[dict[str, Any]] = []
     tree = ctx.tree
     atomic_write_json(tree.manifest, {**manifest(ctx, plan, status, 0.0), "executor": executor})
     bar = tqdm(total=plan.tokens["pre"] + plan.tokens["post_max"] + plan.tokens["ft"], desc=f"pipeline ({executor})",
@@ -63,6 +74,9 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     last_partial = [0.0]
 
     def on_done(o: dict[str, Any]) -> None:
+        if o.get("preempted"):  # stopped with its checkpoint: neither done nor failed
+            preempted.append({"stage": o["stage"], "id": o["id"]})
+            return
         st = status[o["stage"]]
         st["done"] += 1
         st["diverged"] += int(o["diverged"])
@@ -75,14 +89,28 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
             integrity.seal(tree.frontier_partial)
             last_partial[0] = time.time()
 
+    stop: Preempted | None = None
     try:
         if executor == "ray":
             run_ray(ctx.cfg, plan, ctx.out, cache_root=cache_root, on_done=on_done, address=address,
                     max_retries=max_retries)
+            if preempted:
+                stop = Preempted(f"{len(preempted)} run(s) stopped with their checkpoints")
         else:
             run_serial(ctx, plan, on_done, cache_root=cache_root)
+    except Preempted as exc:
+        stop = exc
     finally:
         bar.close()
+    if stop is not None:
+        status["complete"] = False
+        write_tables(ctx.out, plan, tree.frontier_partial.name)
+        m = {**manifest(ctx, plan, status, time.time() - t0), "executor": executor, "failed": failed,
+             "preempted": preempted or [{"where": str(stop)}]}
+        atomic_write_json(tree.manifest, m)
+        print(f"preempted ({stop}): checkpoints written; rerun the same command to resume "
+              f"(exit code {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+        raise stop
     status["complete"] = not failed
     if failed:
         write_tables(ctx.out, plan, tree.frontier_partial.name)
@@ -92,6 +120,17 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     m = {**manifest(ctx, plan, status, time.time() - t0), "executor": executor, "failed": failed}
     atomic_write_json(tree.manifest, m)
     return m
+
+
+@contextlib.contextmanager
+def _together_on_preemption() -> Iterator[None]:
+    """Under torchrun: a preempted rank waits at a barrier until rank 0 has written the manifest
+    (``torchrun`` stops the other ranks as soon as one exits). Nothing in one process."""
+    try:
+        yield
+    except Preempted:
+        distributed.barrier()
+        raise
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None = None, dry_run: bool = False,
@@ -142,9 +181,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        run_serial(ctx, plan, lambda _: None)
+        with _together_on_preemption():
+            run_serial(ctx, plan, lambda _: None)
         return {"rank": dctx.rank, "failed": [], "status": {}}
-    m = run_sweep(ctx, plan, executor=executor, address=address, max_retries=max_retries, cache_root=cache_root)
+    with _together_on_preemption():
+        m = run_sweep(ctx, plan, executor=executor, address=address, max_retries=max_retries, cache_root=cache_root)
     m["data_prep_s"] = data_s
     atomic_write_json(ctx.tree.manifest, m)
     st = m["status"]

@@ -49,9 +49,12 @@ def _fault_hooks(unit: str) -> None:
         os._exit(17)  # the worker dies without cleanup, as a lost node would
 
 
-def outcome(stage: str, unit: str, res: Any = None, error: str | None = None, skipped: bool = False) -> dict[str, Any]:
+def outcome(stage: str, unit: str, res: Any = None, error: str | None = None, skipped: bool = False,
+            preempted: bool = False) -> dict[str, Any]:
+    """A unit's outcome. ``preempted``: it stopped on a preemption signal (its checkpoint
+    written; neither failed nor finished: a rerun resumes it)."""
     out = {"stage": stage, "id": unit, "failed": error is not None or skipped, "error": error, "skipped": skipped,
-           "diverged": bool(res.diverged) if res is not None else False}
+           "diverged": bool(res.diverged) if res is not None else False, "preempted": preempted}
     if res is not None and stage == "ft":
         out["ft_budget"] = int(res.record["ft_budget"])
     return out
@@ -76,8 +79,13 @@ def run_locked(ctx: StageContext, stage: str, record: Any, unit: str) -> StageRe
 
 def run_one(ctx: StageContext, stage: str, record: PreRun | PostRun | FtRun,
             upstream: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one unit, never raising (but for ``KeyboardInterrupt``): its outcome as a dict."""
+    """Run one unit, never raising (but for ``KeyboardInterrupt`` and
+    :class:`~lm_experiments.engine.train_state.Preempted`, a ``SystemExit``: the unit wrote its
+    checkpoint and the process is to exit with code 75): its outcome as a dict. A unit whose
+    upstream was preempted is preempted too (not run)."""
     unit = unit_id(stage, record)
+    if upstream is not None and upstream.get("preempted"):
+        return outcome(stage, unit, preempted=True)
     if upstream is not None and upstream["failed"]:
         return outcome(stage, unit, skipped=True, error=f"upstream run {upstream['id']} failed")
     try:
