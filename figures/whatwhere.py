@@ -135,9 +135,15 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
         for c, (metric, label) in enumerate(panels):
             ax = grid[r * per + c // ncol, c % ncol]
             src = geo if metric in ("rel_update_ft", "cosine") else depth
-            for k, (base, colour) in enumerate((("unmixed", "black"), ("mixed", "tab:purple"))):
-                method = base + (f"+{fam}" if fam else "")
-                g = src[(src["method"] == method)]
+            suffix = f"+{fam}" if fam else ""
+            # one bar per arm: unmixed, then every mixed lambda (a preset may pretrain at several)
+            arms = sorted({(m, float(lam)) for m, lam in zip(depth["method"], depth["mix_fraction"])
+                           if m in (f"unmixed{suffix}", f"mixed{suffix}")}, key=lambda a: (a[0] != f"unmixed{suffix}", a[1]))
+            width = 0.76 / max(1, len(arms))
+            shades = plt.get_cmap("Purples")(np.linspace(0.55, 0.95, max(1, len(arms) - 1)))
+            for k, (method, lam) in enumerate(arms):
+                colour = "black" if method.startswith("unmixed") else shades[max(0, k - 1)]
+                g = src[(src["method"] == method) & np.isclose(src["mix_fraction"].astype(float), lam)]
                 if "compute_matched" in g:
                     g = g[~g["compute_matched"].astype(bool)]
                 if "ft_lr" in g and len(depth["ft_lr"].dropna()):
@@ -148,8 +154,8 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
                 n_seeds.update(int(v) for v in g["n_seeds"].dropna())
                 lo = (g[metric] - g.get(f"{metric}_lo", g[metric])).clip(lower=0).fillna(0)
                 hi = (g.get(f"{metric}_hi", g[metric]) - g[metric]).clip(lower=0).fillna(0)
-                ax.bar(x + (k - 0.5) * 0.38, g[metric], 0.38, yerr=[lo, hi], color=colour, alpha=0.8,
-                       label=method, capsize=2)
+                ax.bar(x + (k - (len(arms) - 1) / 2) * width, g[metric], width, yerr=[lo, hi], color=colour, alpha=0.8,
+                       label=f"{method} (lambda={lam:g})", capsize=2)
             ax.axhline(0, color="grey", lw=0.6)
             ax.set_xticks(x, [u.replace("layers.", "layer ") for u in single], fontsize=7, rotation=30)
             ax.set_title(f"{'base' if not fam else '+' + fam}: {label}", fontsize=8)

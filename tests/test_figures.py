@@ -89,3 +89,36 @@ def test_incomparable_eval_sets_are_refused(results, tmp_path, capsys):
     assert _main(["frontiers", "--results", str(d), "--out", str(tmp_path / "out")]) == 0
     listed = json.loads((tmp_path / "out/figures.json").read_text())
     assert any("fig2_lm-p" in f for f in listed["figures"])
+
+
+def test_depth_profile_draws_one_bar_per_arm_when_several_lambdas_are_mixed(tmp_path, monkeypatch):
+    """A preset that pretrains at two mixed lambdas (the synthetic world: 0.5 and 1) has two
+    ``mixed`` rows per unit: the depth profile draws one bar per (method, lambda), with the
+    values of that arm (read back from the bars), instead of failing on duplicate units."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    import figures.whatwhere as fw
+
+    rows = []
+    for method, lam, base in (("unmixed", 0.0, 0.1), ("mixed", 0.5, 0.2), ("mixed", 1.0, 0.3)):
+        for j, unit in enumerate(("embeddings", "layers.0", "layers.1", "final_norm")):
+            rows.append({"pipeline": "p", "method": method, "mix_fraction": lam, "ft_lr": 1e-3, "unit": unit,
+                         "n_seeds": 5, "share_ret_undone": base + j / 100, "share_ft_gain_lost": base / 2})
+    depth = pd.DataFrame(rows)
+    seen = {}
+
+    def grab(fig, out, name):
+        from matplotlib.container import BarContainer
+
+        ax = fig.axes[0]
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+        for container, label in zip(bars, [t.get_text() for t in ax.get_legend().get_texts()]):
+            seen[label] = [round(float(b.get_height()), 6) for b in container]
+        plt.close(fig)
+        return []
+
+    monkeypatch.setattr(fw, "save", grab)
+    fw.depth_profile(depth, None, "p", tmp_path)
+    assert seen == {"unmixed (lambda=0)": [0.1, 0.11, 0.12, 0.13], "mixed (lambda=0.5)": [0.2, 0.21, 0.22, 0.23],
+                    "mixed (lambda=1)": [0.3, 0.31, 0.32, 0.33]}
