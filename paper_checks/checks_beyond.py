@@ -39,7 +39,8 @@ from paper_checks.report import make_check, no_data
 
 SOURCE = "beyond the paper (docs/whatwhere.md)"
 #: (item set, metric, plain name) of the item-level retention rows, in order
-PROTECT_SETS = (("post.mc", "forgetting_chance_adjusted", "D_post k-way items, chance-adjusted"),
+PROTECT_SETS = (("post.em", "forgetting", "D_post exact-match queries, held-out phrasing (a 1->0 is a lost answer)"),
+                ("post.mc", "forgetting_chance_adjusted", "D_post k-way items, chance-adjusted"),
                 ("post.answer", "forgetting", "D_post answers (token accuracy above tau)"),
                 ("post.block", "forgetting", "D_post test blocks (token accuracy above tau)"),
                 ("pre.block", "forgetting", "D_pre test blocks (token accuracy above tau)"))

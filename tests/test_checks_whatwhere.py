@@ -59,3 +59,23 @@ def test_protect_row_fail_and_inconclusive(tmp_path):
     r = _row(beyond_checks(_tree(tmp_path / "b", [0.1, 0.3, 0.2], [0.2, 0.1, 0.25])),
              "lm.quick.whatwhere.protect.post.answer")
     assert r["status"] == "INCONCLUSIVE"   # differences -0.1, 0.2, -0.05: the interval holds 0
+
+
+def test_protect_row_on_the_synthetic_exact_match_items(tmp_path):
+    """The synthetic world's exact-match set (``post.em``) gets its own row, judged like the
+    others: per-seed unmixed - mixed share of answers lost, mixed arms (two lambdas) averaged
+    per seed first."""
+    rows = []
+    for method, lam, vals in (("unmixed", 0.0, [0.6, 0.7, 0.65, 0.62, 0.68]),
+                              ("mixed", 0.5, [0.3, 0.35, 0.32, 0.31, 0.36]), ("mixed", 1.0, [0.2, 0.25, 0.22, 0.21, 0.2])):
+        for seed, v in enumerate(vals):
+            rows.append({"pipeline": "p", "method": method, "mix_fraction": lam, "compute_matched": False,
+                         "seed": seed, "ft_lr": 3e-3, "pair": "post->ft", "set": "post.em", "n": 32, "forgetting": v})
+    w = tmp_path / "lm" / "quick" / "whatwhere"
+    w.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(w / "transitions.csv", index=False)
+    (w / "items.json").write_text(json.dumps({"pipeline": "p"}))
+    r = _row(beyond_checks(tmp_path), "lm.quick.whatwhere.protect.post.em")
+    diffs = [0.6 - 0.25, 0.7 - 0.30, 0.65 - 0.27, 0.62 - 0.26, 0.68 - 0.28]  # by hand: unmixed - mean(mixed)
+    assert r["data"]["per_seed"] == pytest.approx(diffs)
+    assert r["status"] == "PASS" and r["data"]["n_items"] == 32 and "exact-match" in r["claim"]

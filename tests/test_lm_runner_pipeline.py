@@ -212,7 +212,7 @@ def test_dry_run_prints_plan_and_writes_nothing(setup: dict, capsys, tmp_path: P
     assert "estimated time on this machine" in text
 
 
-@pytest.mark.parametrize("preset", ["cpu-quick", "cpu-seeds", "cpu-full", "gpu-135m", "gpu-1b"])
+@pytest.mark.parametrize("preset", ["cpu-quick", "cpu-seeds", "cpu-full", "gpu-135m", "gpu-1b", "gpu-confirm-synth"])
 def test_presets_validate(preset: str) -> None:
     from lm_experiments.config import fallback_config, load_config
     from lm_experiments.engine.model import MODEL_PRESETS
