@@ -226,7 +226,10 @@ def test_presets_validate(preset: str) -> None:
         assert len(cfg.seeds) >= 3 and len(cfg.pre.mix_fraction) >= 3
     else:  # a stage-2 sweep
         assert len(cfg.post.settings()) >= 3
-    if preset.startswith("gpu"):
+    if preset == "gpu-confirm-synth":  # offline by construction: the generated world, no fallback needed
+        assert cfg.precision == "bf16" and cfg.data.pre.source == "synthetic" and cfg.data_fallback is None
+        assert cfg.train.compile and cfg.model.block == "fast" and cfg.matched.enabled and len(cfg.seeds) >= 3
+    elif preset.startswith("gpu"):
         assert cfg.precision == "bf16" and cfg.data.pre.source == "hf"
         fb = fallback_config(cfg)  # the offline fallback is itself a valid config
         assert fb.data.pre.source == "embedded" and fb.data_fallback is None
