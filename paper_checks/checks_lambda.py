@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.frontier import BASE_METHODS
+from early_exposure.runs import RunTree
 from early_exposure.stats import Interval, sign_flip_p, slope, t_interval, t_test_p, tost
 from paper_checks.common import MIN_LAMBDAS_FLAT, CheckOptions, fmt, meaningful, p_fields, usable
 from paper_checks.report import make_check, no_data
@@ -196,12 +197,12 @@ def stage1_losses(run_dir: Path | None, df: pd.DataFrame) -> dict[Any, float]:
     out: dict[Any, float] = {}
     if run_dir is not None:
         table = None
-        csv = Path(run_dir) / "regime.csv"
+        tree = RunTree(run_dir)
         try:
-            if csv.is_file():
-                table = pd.read_csv(csv)
-            elif (Path(run_dir) / "runs").is_dir():
-                from lm_experiments.regime import regime_table
+            if tree.regime.is_file():
+                table = pd.read_csv(tree.regime)
+            elif tree.run_dirs("ft"):
+                from paper_checks.lm_regime import regime_table
 
                 table = regime_table(run_dir)
         except (OSError, ValueError, ImportError, pd.errors.ParserError, pd.errors.EmptyDataError):
