@@ -176,19 +176,15 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
     """Benjamini-Hochberg adjusted p (false discovery rate): with the m finite p sorted
-    ascending, q(i) = min_{j >= i} min(1, m p_(j) / j); NaN entries stay NaN."""
+    ascending, q(i) = min_{j >= i} min(1, m p_(j) / j) (``scipy.stats.false_discovery_control``);
+    NaN entries stay NaN and do not count in m."""
+    from scipy import stats as sps
+
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full(len(p), np.nan)
     idx = np.flatnonzero(np.isfinite(p))
-    m = len(idx)
-    if m == 0:
-        return out.tolist()
-    order = idx[np.argsort(p[idx], kind="stable")]
-    running = 1.0
-    for rank in range(m - 1, -1, -1):
-        i = order[rank]
-        running = min(running, min(1.0, m * p[i] / (rank + 1)))
-        out[i] = running
+    if len(idx):
+        out[idx] = sps.false_discovery_control(p[idx], method="bh")
     return out.tolist()
 
 
