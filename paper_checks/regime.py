@@ -211,7 +211,7 @@ def check_arms(c: dict[str, Any]) -> list[str] | None:
         return [d["baseline"], d["candidate"]]
     if key in ("b.sec41", "b.matched_im"):
         return ["unmixed", "mixed"]
-    if key == "c.sec42":
+    if key.split(".")[0] in ("c1", "c2", "c3"):  # (c) as three checks: the compute-matched base arms
         return ["unmixed (compute-matched)", "mixed (compute-matched)"]
     return None
 
