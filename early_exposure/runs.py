@@ -113,6 +113,14 @@ class RunTree:
     def traj(self, traj_id: str) -> Path:
         return self.run_dir("traj", traj_id)
 
+    def post_eval(self, upstream_id: str) -> Path:
+        """A post-training run's per-example D_post losses and correctness (``eval_post.npz``)."""
+        return self.post(upstream_id) / "eval_post.npz"
+
+    def ft_eval(self, run_id: str) -> Path:
+        """A fine-tuning run's per-example losses and correctness (``eval.npz``)."""
+        return self.ft(run_id) / "eval.npz"
+
     def model(self, stage: str, ident: str) -> Path:
         """The saved model of a run (``model/``, loadable with ``from_pretrained``)."""
         return self.run_dir(stage, ident) / "model"

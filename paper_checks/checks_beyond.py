@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from early_exposure.runs import RunTree
 from early_exposure.stats import sign_flip_p, t_interval, t_test_p
 from paper_checks.checks_items import MIN_ROLLBACK_SHARE, rollback_units, same_items_test
 from paper_checks.report import make_check, no_data
@@ -187,7 +188,7 @@ def _same_items(wdir: Path, prot: pd.DataFrame, trans: pd.DataFrame, info: dict[
         sub = t[t["method"] == m].drop_duplicates("seed")
         runs[m] = dict(zip(sub["seed"], sub["run_id"]))
     seeds = sorted(set(runs["unmixed"]) & set(runs["mixed"]))
-    acc = {(m, s): _block_items(wdir.parent / "runs" / str(runs[m][s]) / "eval.npz") for s in seeds
+    acc = {(m, s): _block_items(RunTree(wdir.parent).ft_eval(str(runs[m][s]))) for s in seeds
            for m in ("unmixed", "mixed")}
     if len(seeds) < 2 or any(v is None for v in acc.values()):
         return make_check(cid, claim, SOURCE, "lm", "INCONCLUSIVE",

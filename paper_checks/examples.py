@@ -20,6 +20,7 @@ import pandas as pd
 
 from early_exposure.frontier import VIEWS
 from early_exposure.pareto import loss_gap_at_matched_x
+from early_exposure.runs import RunTree
 from early_exposure.stats import Interval, seed_doc_bootstrap
 
 #: frontier column -> eval.npz key
@@ -35,13 +36,14 @@ class Examples:
 
     @classmethod
     def from_dir(cls, run_dir: Path | None) -> "Examples | None":
-        if run_dir is None or not any(Path(run_dir).glob("runs/*/eval.npz")):
+        pattern = RunTree(".").ft_eval("*").as_posix()  # runs/*/eval.npz
+        if run_dir is None or not any(Path(run_dir).glob(pattern)):
             return None
         return cls(Path(run_dir))
 
     def run(self, run_id: str) -> dict[str, np.ndarray] | None:
         if run_id not in self._cache:
-            p = self.run_dir / "runs" / str(run_id) / "eval.npz"
+            p = RunTree(self.run_dir).ft_eval(str(run_id))
             try:
                 z = np.load(p)
                 self._cache[run_id] = {c: np.asarray(z[k], dtype=np.float64) for c, k in KEYS.items() if k in z}

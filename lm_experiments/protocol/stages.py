@@ -184,10 +184,10 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
               "wall_s": time.time() - t0, "model_dir": None, "eval_npz": None}
     if not diverged:
         result.update(synthetic_records(ctx, model, "post_stage2"))
-        atomic_write_bytes(d / "eval_post.npz", npz_bytes(**arrays))
+        atomic_write_bytes(ctx.tree.post_eval(r.upstream_id), npz_bytes(**arrays))
         ctx.save_model(model, d / "model", {"stage": "post", "upstream_id": r.upstream_id, "setting": st.as_dict(),
                                             "compute_matched": r.compute_matched})
-        result["model_dir"], result["eval_npz"] = "model", "eval_post.npz"
+        result["model_dir"], result["eval_npz"] = "model", ctx.tree.post_eval(r.upstream_id).name
     write_result(d, result)
     remove_train_state(d)
     return StageResult("post", d, diverged, losses, result)
@@ -250,8 +250,8 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
         if not all(math.isfinite(v) for v in losses.values()):
             diverged, reason = True, "non-finite evaluation loss"
         else:
-            up = np.load(ctx.tree.post(r.post.upstream_id) / "eval_post.npz")
-            atomic_write_bytes(d / "eval.npz", npz_bytes(
+            up = np.load(ctx.tree.post_eval(r.post.upstream_id))
+            atomic_write_bytes(ctx.tree.ft_eval(r.run_id), npz_bytes(
                 post_loss_stage2=up["post_loss_stage2"], post_correct_stage2=up["post_correct_stage2"],
                 post_loss_stage3=np.asarray(ev_post.per_example, dtype=np.float32),
                 post_correct_stage3=np.asarray(ev_post.correct, dtype=bool),
@@ -279,7 +279,7 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
               "wall_s": {"pre": pre_result.get("wall_s"), "post": post_result.get("wall_s"),
                          "ft": time.time() - t0},
               "layerwise_change": layerwise,
-              "files": {"eval_npz": "eval.npz" if (d / "eval.npz").exists() else None,
+              "files": {"eval_npz": ctx.tree.ft_eval(r.run_id).name if ctx.tree.ft_eval(r.run_id).exists() else None,
                         **ctx.tree.upstream_model_links(r.post.pre.pre_id, r.post.upstream_id)}}
     if getattr(ctx.cfg.data, "synthetic", None) is not None:
         # every stage's exact match on D_post's items (NaN-free: a stage that diverged has none)
