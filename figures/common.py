@@ -247,17 +247,23 @@ def finish(fig: plt.Figure) -> None:
         fig.set_layout_engine("constrained")
 
 
-#: what :func:`save` recorded per PNG written: ``{png path: {caption, family, sources, pdf}}``
+#: what :func:`describe` recorded per PNG: ``{png path: {caption, family, sources}}``
 CAPTIONS: dict[str, dict[str, Any]] = {}
 #: called as ``hook(fig, name)`` after :func:`finish` and before writing (tests inspect axes here)
 BEFORE_SAVE: list[Callable[[plt.Figure, str], None]] = []
 
 
-def save(fig: plt.Figure, out: Path, name: str, caption: str = "", family: str = "",
-         sources: Iterable[str] = ()) -> list[Path]:
+def describe(out: Path, name: str, caption: str, family: str, sources: Iterable[str] = ()) -> None:
+    """Record the caption, family and input tables (relative to the results root) of the
+    figure :func:`save` is about to write as ``out/name`` (read back by :func:`manifest`)."""
+    CAPTIONS[str(Path(out) / f"{name}.png")] = {"caption": caption, "family": family,
+                                                "sources": sorted(set(sources))}
+
+
+def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     """Finish the figure (:func:`finish`), run the :data:`BEFORE_SAVE` hooks, write
-    ``name``.png and ``name``.pdf atomically (``name`` follows :data:`NAME_RE`), record the
-    caption in :data:`CAPTIONS`; close the figure."""
+    ``name``.png and ``name``.pdf atomically (``name`` follows :data:`NAME_RE`); close the
+    figure. Its caption is recorded beforehand with :func:`describe`."""
     if not NAME_RE.match(f"{name}.png"):
         raise ValueError(f"figure name {name!r} does not follow <source>_<family>_<name> (figures.style.NAME_RE)")
     finish(fig)
@@ -265,8 +271,6 @@ def save(fig: plt.Figure, out: Path, name: str, caption: str = "", family: str =
         hook(fig, name)
     paths = [atomic_write_figure(out / f"{name}.{ext}", fig, dpi=150, bbox_inches="tight") for ext in ("png", "pdf")]
     plt.close(fig)
-    CAPTIONS[str(paths[0])] = {"caption": caption, "family": family, "sources": sorted(set(sources)),
-                               "pdf": paths[1].name}
     return paths
 
 

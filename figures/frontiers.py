@@ -22,8 +22,8 @@ from early_exposure import interventions
 from early_exposure.frontier import VIEWS, select_arm
 from early_exposure.pareto import pareto_front
 from early_exposure.runs import ResultsRoot, RunTree
-from figures.common import Logger, Skip, assert_comparable, frontier_tables, load_frontier, lm_presets, rel, save
-from figures.style import ALPHA_SEED, LW_MAIN, LW_SEED, arm_colour, fig_name, loss_label, styled
+from figures.common import Logger, Skip, assert_comparable, describe, frontier_tables, load_frontier, lm_presets, rel, save
+from figures.style import ALPHA_SEED, LW_MAIN, LW_SEED, arm_colour, fig_name, loss_label, styled, unit
 
 #: the caption sentence of every frontier figure
 FRONT_NOTE = ("Faint dots: every fine-tuned run (one per upstream checkpoint, fine-tuning learning rate and "
@@ -66,7 +66,7 @@ def legend(ax: plt.Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="grey", lw=LW_SEED, alpha=0.8))
     labels.append("thin: one seed's own front")
-    ax.legend(handles, labels, loc="upper right")
+    ax.legend(handles, labels, loc="best")
 
 
 def _panels(df: pd.DataFrame, title: str, panels: list[tuple[str, str, list[str], str]], out: Path,
@@ -85,8 +85,10 @@ def _panels(df: pd.DataFrame, title: str, panels: list[tuple[str, str, list[str]
         legend(ax)
     fig.suptitle(title)
     n = df["seed"].nunique()
-    return save(fig, out, name, f"{caption} {FRONT_NOTE} {n} seed{'s' if n != 1 else ''} per arm.".strip(),
-                "frontiers", sources)
+    side = str(df["side"].iloc[0])
+    describe(out, name, f"{caption} {FRONT_NOTE} Losses in {unit(side)}; {n} seed{'s' if n != 1 else ''} per arm.",
+             "frontiers", sources)
+    return save(fig, out, name)
 
 
 FIGS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
@@ -181,6 +183,7 @@ def theory_vs_lm(results: Path, out: Path, log: Logger = print) -> list[Path]:
         fig.suptitle("Theory vs LM: (L_ft, L_ret) fronts, mixed vs unmixed")
         cap = ("Theory (left; losses in expected squared error) and LM (right; nats/token) (L_ft, L_ret) "
                f"fronts of mixed and unmixed pretraining, LM preset {p.name}. {FRONT_NOTE}")
-        paths += save(fig, out, fig_name(f"lm-{p.name}", "theory-vs-lm", "frontiers"), cap, "theory_vs_lm",
-                      (rel(results, th_csv), rel(results, RunTree(p).frontier)))
+        name = fig_name(f"lm-{p.name}", "theory-vs-lm", "frontiers")
+        describe(out, name, cap, "theory_vs_lm", (rel(results, th_csv), rel(results, RunTree(p).frontier)))
+        paths += save(fig, out, name)
     return paths

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.runs import ResultsRoot
-from figures.common import Logger, Skip, assert_comparable, frontier_tables, rel, save
-from figures.style import LAMBDA, arm_colour, band_note, fig_name, loss_label, seed_band, series_colours, styled
+from figures.common import Logger, Skip, assert_comparable, describe, frontier_tables, rel, save
+from figures.style import LAMBDA, arm_colour, band_note, fig_name, loss_label, seed_band, series_colours, styled, unit
 
 BASE = ("unmixed", "mixed")
 
@@ -52,7 +52,8 @@ def _lambda_figure(df: pd.DataFrame, compute_matched: bool, title: str, out: Pat
     a2.set_title("after fine-tuning")
     a2.legend()
     fig.suptitle(title)
-    return save(fig, out, name, f"{caption} {band_note(n)}".strip(), "lambda", sources)
+    describe(out, name, f"{caption} {band_note(n)} Losses in {unit(side)}.".strip(), "lambda", sources)
+    return save(fig, out, name)
 
 
 @styled

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from early_exposure.runs import ResultsRoot
-from figures.common import Logger, rel, save
+from figures.common import Logger, describe, rel, save
 from figures.style import LW_MAIN, LW_SEED, ALPHA_SEED, arm_colour, band_note, fig_name, loss_label, seed_band, styled
 
 
@@ -87,5 +87,7 @@ def matched_figures(results: Path, out: Path, log: Logger = print) -> list[Path]
         cap = (f"L_ret against L_im along post-training ({tag}): every stage-2 checkpoint of a seed fine-tuned "
                "alike; an arm whose curve lies lower retains better at the same immediate loss. "
                f"{band_note(sorted(ns))} The mean and band cover the L_im range all seeds share.")
-        paths += save(fig, Path(out), fig_name(tag, "matched", "lret-vs-lim"), cap, "matched", (rel(results, src),))
+        name = fig_name(tag, "matched", "lret-vs-lim")
+        describe(Path(out), name, cap, "matched", (rel(results, src),))
+        paths += save(fig, Path(out), name)
     return paths

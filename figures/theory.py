@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from figures.common import Logger, NotComparable, Skip, plain, rel, save
+from figures.common import Logger, NotComparable, Skip, describe, plain, rel, save
 from figures.style import ALPHA_SEED, LW_MAIN, LW_SEED, arm_colour, fig_name, loss_label, styled
 
 STAGES = ("pre", "post", "ft")
@@ -92,7 +92,8 @@ def spectra_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
            "Thin lines: single modes; thick: the block mean; black unmixed, purple mixed pretraining. "
            "One run per arm (deterministic).")
     srcs = [rel(results, root / nm / f) for nm in runs for f in ("trajectory.csv", "result.json")]
-    return save(fig, out, fig_name("theory", "spectra", "staircase"), cap, "spectra", srcs)
+    describe(out, fig_name("theory", "spectra", "staircase"), cap, "spectra", srcs)
+    return save(fig, out, fig_name("theory", "spectra", "staircase"))
 
 
 #: the assumption flags of a theory sweep, in order of preference: the region where the
@@ -154,4 +155,5 @@ def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     ax.set_title("Theory: phase diagram of $\\Delta = L_{ret} - L_{im}$\n" + note, fontsize=10)
     cap = ("Theory: forgetting Delta = L_ret - L_im (expected squared error) over the mixing fraction alpha "
            f"(the paper's alpha, lambda elsewhere) and beta, mean over any other sweep axis. {note}.")
-    return save(fig, out, fig_name("theory", "phase", "delta"), cap, "phase", (rel(results, f),))
+    describe(out, fig_name("theory", "phase", "delta"), cap, "phase", (rel(results, f),))
+    return save(fig, out, fig_name("theory", "phase", "delta"))

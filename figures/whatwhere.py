@@ -25,7 +25,7 @@ import pandas as pd
 
 from early_exposure import interventions
 from early_exposure.runs import ResultsRoot, RunTree
-from figures.common import Logger, save
+from figures.common import Logger, describe, save
 from figures.style import arm_colour, fig_name, styled
 
 #: item sets shown in the map, in order, with their plain names (absent ones are left out)
@@ -130,8 +130,9 @@ def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
            f"{seeds} seeds with its 95% Student-t interval over seeds clipped to [0, 1] (in brackets); "
            f"* k-way choice items are chance-adjusted.{lr}"
            + (f" Left out: {left}." if left else ""))
-    return save(fig, out, fig_name(f"lm-{preset}", "whatwhere", "map"), cap, "whatwhere",
-                (f"lm/{preset}/whatwhere/forgetting_map.csv",))
+    describe(out, fig_name(f"lm-{preset}", "whatwhere", "map"), cap, "whatwhere",
+             (f"lm/{preset}/whatwhere/forgetting_map.csv",))
+    return save(fig, out, fig_name(f"lm-{preset}", "whatwhere", "map"))
 
 
 @styled
@@ -199,9 +200,10 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
            "and the cosine of the stage-2 and stage-3 updates. One row of panels per arm family; black unmixed, "
            f"purple mixed (darker: larger lambda). Bars: mean over {seeds} seeds; error bars: 95% Student-t "
            f"interval over seeds (n = {seeds}). Fine-tuning lr {lr:g}.")
-    return save(fig, out, fig_name(f"lm-{preset}", "whatwhere", "depth"), cap, "whatwhere",
-                [f"lm/{preset}/whatwhere/depth_profile.csv"]
-                + ([f"lm/{preset}/whatwhere/update_geometry_map.csv"] if geo is not None else []))
+    describe(out, fig_name(f"lm-{preset}", "whatwhere", "depth"), cap, "whatwhere",
+             [f"lm/{preset}/whatwhere/depth_profile.csv"]
+             + ([f"lm/{preset}/whatwhere/update_geometry_map.csv"] if geo is not None else []))
+    return save(fig, out, fig_name(f"lm-{preset}", "whatwhere", "depth"))
 
 
 def make_whatwhere_figures(results: Path, out: Path, log: Logger = print) -> list[Path]:
