@@ -39,7 +39,7 @@ from early_exposure.integrity import check
 from early_exposure.io import atomic_write_figure
 from early_exposure.runs import ResultsRoot, RunTree, read_run
 
-from figures.style import COLOURS, NAME_RE  # noqa: F401 - COLOURS re-exported for the figure modules
+from figures.style import COLOURS, LOSS_RE, NAME_RE  # noqa: F401 - COLOURS re-exported for the figure modules
 
 
 #: where progress notes go (``print`` on the command line, a list in tests)
@@ -194,7 +194,7 @@ def plain(name: str) -> str:
     return words.replace("_", " ")
 
 
-_LOSS_LABEL = re.compile(r"loss|L_\{|L_[a-z]|\\Delta|Delta", re.IGNORECASE)
+_LOSS_LABEL = LOSS_RE
 
 
 def _plotted(ax: plt.Axes, axis: str) -> np.ndarray:

@@ -45,6 +45,8 @@ LW_SEED, LW_MAIN, ALPHA_SEED, ALPHA_BAND, LEVEL = 0.8, 2.2, 0.45, 0.2, 0.95
 UNITS = {"lm": "nats/token", "theory": "expected squared error"}
 #: a loss axis label carries one of these (tests/test_figures_style.py)
 UNIT_RE = re.compile(r"\((" + "|".join(re.escape(u) for u in UNITS.values()) + r")\)")
+#: an axis label that names a loss (it must then carry a unit: :func:`missing_units`)
+LOSS_RE = re.compile(r"loss|L_\{|L_[a-z]|\\Delta|Delta", re.IGNORECASE)
 #: symbol and short description of each loss (the paper's names)
 LOSSES = {"L_pre": ("L_{pre}", "pretraining loss after fine-tuning"),
           "L_im": ("L_{im}", "post-training loss right after post-training"),
@@ -63,6 +65,12 @@ def loss_label(name: str, side: str, short: bool = False) -> str:
     the description."""
     sym, desc = LOSSES[name]
     return f"${sym}$ ({unit(side)})" if short else f"${sym}$ {desc} ({unit(side)})"
+
+
+def missing_units(fig: plt.Figure) -> list[str]:
+    """The axis labels of ``fig`` (colour bars included) that name a loss without a unit."""
+    labels = [lab for ax in fig.axes for lab in (ax.get_xlabel(), ax.get_ylabel())]
+    return [lab for lab in labels if lab and LOSS_RE.search(lab) and not UNIT_RE.search(lab)]
 
 
 LAMBDA = "mixing fraction $\\lambda$"
