@@ -23,7 +23,7 @@ from early_exposure.frontier import VIEWS, select_arm
 from early_exposure.pareto import pareto_front
 from early_exposure.runs import ResultsRoot, RunTree
 from figures.common import Logger, Skip, assert_comparable, describe, frontier_tables, load_frontier, lm_presets, rel, save
-from figures.style import ALPHA_SEED, LW_MAIN, LW_SEED, arm_colour, fig_name, loss_label, styled, unit
+from figures.style import ALPHA_SEED, LW_MAIN, LW_SEED, arm_colour, fig_name, loss_label, styled, unit_note
 
 #: the caption sentence of every frontier figure
 FRONT_NOTE = ("Faint dots: every fine-tuned run (one per upstream checkpoint, fine-tuning learning rate and "
@@ -64,8 +64,9 @@ def draw_frontier(ax: plt.Axes, df: pd.DataFrame, method: str, view: str, dashed
 def legend(ax: plt.Axes) -> None:
     """The arms' legend plus one entry for the thin per-seed fronts."""
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], color="grey", lw=LW_SEED, alpha=0.8))
-    labels.append("thin: one seed's own front")
+    if any(ln.get_linewidth() == LW_SEED for ln in ax.get_lines()):  # per-seed fronts drawn (several seeds)
+        handles.append(Line2D([], [], color="grey", lw=LW_SEED, alpha=0.8))
+        labels.append("thin: one seed's own front")
     ax.legend(handles, labels, loc="best")
 
 
@@ -86,7 +87,7 @@ def _panels(df: pd.DataFrame, title: str, panels: list[tuple[str, str, list[str]
     fig.suptitle(title)
     n = df["seed"].nunique()
     side = str(df["side"].iloc[0])
-    describe(out, name, f"{caption} {FRONT_NOTE} Losses in {unit(side)}; {n} seed{'s' if n != 1 else ''} per arm.",
+    describe(out, name, f"{caption} {FRONT_NOTE} {unit_note(side)} {n} seed{'s' if n != 1 else ''} per arm.",
              "frontiers", sources)
     return save(fig, out, name)
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from early_exposure.runs import ResultsRoot
 from figures.common import Logger, Skip, assert_comparable, describe, frontier_tables, rel, save
-from figures.style import LAMBDA, arm_colour, band_note, fig_name, loss_label, seed_band, series_colours, styled, unit
+from figures.style import LAMBDA, arm_colour, band_note, fig_name, loss_label, seed_band, series_colours, styled, unit_note
 
 BASE = ("unmixed", "mixed")
 
@@ -52,7 +52,7 @@ def _lambda_figure(df: pd.DataFrame, compute_matched: bool, title: str, out: Pat
     a2.set_title("after fine-tuning")
     a2.legend()
     fig.suptitle(title)
-    describe(out, name, f"{caption} {band_note(n)} Losses in {unit(side)}.".strip(), "lambda", sources)
+    describe(out, name, f"{caption} {band_note(n)} {unit_note(side)}".strip(), "lambda", sources)
     return save(fig, out, name)
 
 

@@ -5,7 +5,7 @@ units, one colour per arm, the uncertainty convention and the file-name pattern.
   entry function through :func:`styled` (``matplotlib.style.context``).
 - Losses: :func:`loss_label` spells L_pre, L_im, L_ret, L_ft (and Delta) the same way
   everywhere, with a short description and the unit (:data:`UNITS`: nats/token on the LM
-  side, expected squared error on the theory side).
+  side, the expected squared error on the theory side).
 - Colours: :func:`arm_colour` (unmixed black, mixed purple, each intervention's pair; several
   mixed lambdas in shades of the arm's colour), :func:`series_colours` for other series.
 - Uncertainty: one convention, :func:`seed_band`: one thin line per seed, their mean thick and
@@ -42,17 +42,25 @@ STYLE: dict[str, Any] = {
 LW_SEED, LW_MAIN, ALPHA_SEED, ALPHA_BAND, LEVEL = 0.8, 2.2, 0.45, 0.2, 0.95
 
 #: the unit of a loss, by side (LM: mean token cross-entropy, natural log)
-UNITS = {"lm": "nats/token", "theory": "expected squared error"}
+UNITS = {"lm": "nats/token", "theory": "squared error"}
 #: a loss axis label carries one of these (tests/test_figures_style.py)
 UNIT_RE = re.compile(r"\((" + "|".join(re.escape(u) for u in UNITS.values()) + r")\)")
 #: an axis label that names a loss (it must then carry a unit: :func:`missing_units`)
 LOSS_RE = re.compile(r"loss|L_\{|L_[a-z]|\\Delta|Delta", re.IGNORECASE)
-#: symbol and short description of each loss (the paper's names)
-LOSSES = {"L_pre": ("L_{pre}", "pretraining loss after fine-tuning"),
-          "L_im": ("L_{im}", "post-training loss right after post-training"),
-          "L_ret": ("L_{ret}", "post-training loss after fine-tuning"),
+#: symbol and short description of each loss (the paper's names: L_pre on D_pre, L_im on D_post
+#: right after post-training, L_ret on D_post and L_pre on D_pre after fine-tuning, L_ft on D_ft)
+LOSSES = {"L_pre": ("L_{pre}", "retained pretraining loss"),
+          "L_im": ("L_{im}", "immediate post-training loss"),
+          "L_ret": ("L_{ret}", "retained post-training loss"),
           "L_ft": ("L_{ft}", "fine-tuning loss"),
           "Delta": ("\\Delta = L_{ret} - L_{im}", "forgetting")}
+
+
+def unit_note(side: str) -> str:
+    """The caption sentence naming the loss unit of ``side``."""
+    if str(side).startswith("theory"):
+        return "Losses are the linear model's expected squared error."
+    return "Losses in nats/token (mean token cross-entropy, natural log)."
 
 
 def unit(side: str) -> str:

@@ -28,5 +28,5 @@ def test_per_seed_fronts_and_labels() -> None:
                       "mixed ($\\lambda$=0.5), front of all 3 seeds pooled", "thin: one seed's own front"]
     # the loss axes carry their unit (the rows are LM rows: nats/token)
     assert ax.get_xlabel() == "$L_{ft}$ fine-tuning loss (nats/token)"
-    assert ax.get_ylabel() == "$L_{ret}$ post-training loss after fine-tuning (nats/token)"
+    assert ax.get_ylabel() == "$L_{ret}$ retained post-training loss (nats/token)"
     plt.close(fig)

@@ -120,7 +120,7 @@ def test_every_loss_axis_carries_its_unit(results, tmp_path, seen):
     assert len(loss_labels) >= 20
     assert {n: s["missing"] for n, s in seen.items() if s["missing"]} == {}
     for name, s in seen.items():
-        want = "expected squared error" if name.startswith("theory_") else "nats/token"
+        want = "squared error" if name.startswith("theory_") else "nats/token"
         for lab in s["labels"]:
             if style.LOSS_RE.search(lab) and not name.startswith("lm-cpu-quick_theory-vs-lm"):
                 assert f"({want})" in lab, (name, lab)
