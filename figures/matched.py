@@ -50,7 +50,8 @@ def _panel(ax: plt.Axes, df: pd.DataFrame) -> set[int]:
         colour = arm_colour(method)
         curves = [g.groupby("L_im", as_index=False)["L_ret"].mean().sort_values("L_im") for _, g in arm.groupby("seed")]
         ns.add(len(curves))
-        label = f"{method} ($\\lambda$={lam:g}), mean of {len(curves)} seed{'s' if len(curves) > 1 else ''}"
+        label = (f"{method} ($\\lambda$={lam:g}), mean of {len(curves)} seeds" if len(curves) > 1 else
+                 f"{method} ($\\lambda$={lam:g}), 1 seed")
         lo = max(c["L_im"].min() for c in curves)
         hi = min(c["L_im"].max() for c in curves)
         if len(curves) > 1 and hi > lo:
@@ -60,9 +61,12 @@ def _panel(ax: plt.Axes, df: pd.DataFrame) -> set[int]:
             ys = np.array([np.interp(grid, c["L_im"], c["L_ret"]) for c in curves])
             seed_band(ax, grid, ys, colour, label, marker=None, thin=False)  # thin lines drawn above
             continue
-        for c in curves:
+        if len(curves) == 1:  # one seed: its line is the arm's line
+            ax.plot(curves[0]["L_im"], curves[0]["L_ret"], color=colour, lw=LW_MAIN, marker=".", ms=5, label=label)
+            continue
+        for c in curves:  # seeds whose L_im ranges do not overlap: no common grid for a mean
             ax.plot(c["L_im"], c["L_ret"], color=colour, lw=LW_SEED, alpha=ALPHA_SEED, marker=".", ms=3)
-        ax.plot([], [], color=colour, lw=LW_MAIN, label=label)
+        ax.plot([], [], color=colour, lw=LW_MAIN, label=label + " (ranges do not overlap: no mean)")
     ax.set_xlabel(loss_label("L_im", side))
     ax.set_ylabel(loss_label("L_ret", side))
     ax.set_title(f"{df['pipeline'].iloc[0] if len(df) else ''} (fine-tuning lr {lr:g})")
