@@ -130,7 +130,7 @@ def test_a_new_intervention_is_one_entry_plus_its_wiring(tmp_path):
     assert seen["methods"] == ["mixed", "mixed+noise", "unmixed", "unmixed+noise"]
     assert seen["noisy_ids"] and not set(seen["noisy_ids"]) & set(seen["plain_ids"])
     # a figure legend shows it (the registry's per-intervention figure)
-    noise_legends = [labels for name, labels in seen["legends"] if name.startswith("intervention_noise")]
+    noise_legends = [labels for name, labels in seen["legends"] if "_frontiers_intervention-noise" in name]
     assert noise_legends and {"mixed+noise", "unmixed+noise"} <= {t.split(" ")[0] for t in noise_legends[0]}
     # the (d) checks the entry names exist for it
     assert any(c.endswith("noise_on_top.ret_ft") or "noise_on_top" in c for c in seen["checks"])

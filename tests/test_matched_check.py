@@ -121,5 +121,5 @@ def test_matched_figure_drawn_per_table(tmp_path: Path) -> None:
     notes: list[str] = []
     assert matched_figures(tmp_path / "empty", tmp_path / "f0", notes.append) == [] and notes
     paths = matched_figures(tmp_path, tmp_path / "f")
-    assert sorted(p.name for p in paths) == ["matched_lm-q.pdf", "matched_lm-q.png"]
+    assert sorted(p.name for p in paths) == ["lm-q_matched_lret-vs-lim.pdf", "lm-q_matched_lret-vs-lim.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
