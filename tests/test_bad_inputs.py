@@ -388,7 +388,7 @@ def test_curves_csv_holds_each_runs_history(tmp_path):
 def test_curves_are_off_by_default():
     from lm_experiments.cli import build_parser
 
-    args = build_parser().parse_args(["run", "--config", "x", "--out", "y"])
+    args = build_parser().parse_args(["run", "--config", "cpu-quick", "--out", "y"])
     assert args.curves is None
 
 
