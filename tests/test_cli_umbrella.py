@@ -99,6 +99,15 @@ def test_umbrella_help_imports_no_heavy_module():
     assert "HEAVY []" in r.stdout and "gpu-135m" in r.stdout and "sweep_frontier" in r.stdout
 
 
+def test_nothing_imports_the_umbrella():
+    """early_exposure.cli is the top of the import layers (docs/INTERFACES.md): only its __main__ imports it."""
+    from tests.test_import_layers import imports_of, project_files
+
+    importers = {str(f.relative_to(REPO)) for f in project_files() for _, t in imports_of(f)
+                 if t == "early_exposure.cli"}
+    assert importers == {"early_exposure/__main__.py"}
+
+
 def test_missing_extra_is_one_line_exit_2(monkeypatch, tmp_path, capsys):
     import early_exposure.cli as umbrella
 
