@@ -133,12 +133,12 @@ def _dispatch(argv: list[str] | None) -> int:
     if name not in COMMANDS:
         raise ConfigError(PROG, f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
     cmd = COMMANDS[name]
+    if rest[:1] == ["--version"]:  # the same answer from every command, whatever its parser knows
+        print(f"{PROG} {name} {package_version()}")
+        return 0
     gap = missing_extra(cmd)
     if gap is not None:
         extra, mod = gap
-        if "--version" in rest:
-            print(f"{PROG} {name} {package_version()}")
-            return 0
         if {"-h", "--help"} & set(rest):  # what the command is and what it needs (its parser cannot load)
             print(f"usage: {PROG} {name} [ARGS ...]\n\n{cmd.help} (= {cmd.same_as}).\nNeeds the [{extra}] "
                   f"extra, not installed here ({mod} is missing): pip install 'early-exposure[{extra}]'")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from early_exposure.errors import ConfigError
@@ -48,7 +49,7 @@ def add_version(p: argparse.ArgumentParser, prog: str | None = None) -> None:
                    help="print the package version and exit")
 
 
-def add_no_progress(p: argparse.ArgumentParser, *old: str, help: str = "no progress bars") -> None:  # noqa: A002
+def add_no_progress(p: argparse.ArgumentParser, *old: str, help: str = "no progress bars") -> None:
     """``--no-progress`` (dest ``no_progress``) plus hidden aliases ``old`` (e.g. ``--quiet``)."""
     p.add_argument("--no-progress", action="store_true", help=help)
     for spelling in old:
@@ -73,7 +74,7 @@ def resolve_executor(name: str) -> str:
     return "ray" if (os.cpu_count() or 1) >= 2 else "serial"
 
 
-def add_results(p: argparse.ArgumentParser, help: str) -> None:  # noqa: A002
+def add_results(p: argparse.ArgumentParser, help: str) -> None:
     """``--results DIR`` plus the old positional input (hidden, deprecated): read with :func:`results_arg`."""
     p.add_argument("--results", default=None, metavar="DIR", help=help)
     p.add_argument("results_positional", nargs="?", default=None, metavar="DIR", help=argparse.SUPPRESS)
@@ -149,7 +150,7 @@ def resolve_preset(kind: str, value: str, field: str = "--config") -> str:
                       "or give the path of a config file")
 
 
-def preset_type(kind: str):  # noqa: ANN201 - an argparse type callable
+def preset_type(kind: str) -> Callable[[str], str]:
     """``type=`` of a ``--config`` option: :func:`resolve_preset`, its error as an argparse error
     (one line, exit 2 through :class:`early_exposure.errors.Parser`)."""
 

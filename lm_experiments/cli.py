@@ -14,8 +14,8 @@ the preset's offline fallback corpora are not used silently),
 locally: ``OUT/curves/<stage>-<id>.csv`` or TensorBoard event files under ``OUT/tensorboard/``;
 off by default, nothing leaves the machine), ``--executor auto|serial|ray`` (Ray: every run a task, on every core of
 this machine or, with ``--address``, on a cluster; auto: Ray when installed on 2+ cores), ``--max-retries``.
-``--config`` takes a path or a shipped preset's name (``--config cpu-quick``, :mod:`early_exposure.cliopts`). Rerunning the same command
-skips finished runs and resumes interrupted ones; a run that fails is recorded while the
+``--config`` takes a path or a shipped preset's name (``--config cpu-quick``, :mod:`early_exposure.cliopts`).
+Rerunning the same command skips finished runs and resumes interrupted ones; a run that fails is recorded while the
 others go on, and the command then exits 1. Bad input exits with code 2 and one line naming the field, before
 anything is written to ``--out``.
 
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", default=None, metavar="DIR",
                      help="data cache directory (default: $EARLY_EXPOSURE_CACHE or ~/.cache/early_exposure)")
     run.add_argument("--cache-root", dest="cache_root_deprecated", default=None, help=argparse.SUPPRESS)
-    add_no_progress(run, help="no progress bars (default: a bar per stage and one for the whole sweep with rate and ETA)")
+    add_no_progress(run, help="no progress bars (default: a bar per stage and one for the whole sweep with rate "
+                              "and ETA)")
     run.add_argument("--curves", choices=("csv", "tensorboard"), default=None,
                      help="also write each run's training curve (step, train_loss, lr, grad_norm, val_loss) "
                           "locally: OUT/curves/*.csv or TensorBoard events in OUT/tensorboard/ "

@@ -35,7 +35,8 @@ STATE_BYTES = 16
 RATES: dict[str, dict[str, Any]] = {
     # docs/results/gpu135m_smoke.md: smollm2-135m, bf16, batch 16 x 2048: 129.7k tok/s eager,
     # 209.8k compiled, evaluation 376.9k tok/s (1.232 GFLOP/token)
-    "h100": {"flops": 1.232e9, "train": 209.8e3 * 1.232e9, "train_eager": 129.7e3 * 1.232e9, "eval": 376.9e3 * 1.232e9 / 3,
+    "h100": {"flops": 1.232e9, "train": 209.8e3 * 1.232e9, "train_eager": 129.7e3 * 1.232e9,
+             "eval": 376.9e3 * 1.232e9 / 3,
              "where": "one H100 (recorded for smollm2-135m: 209.8k training tok/s compiled, 129.7k eager, "
                       "376.9k evaluation tok/s; docs/lm_engine.md)"},
     # docs/lm_pipeline.md: cpu-quick stage 1, tiny-1m at seq 64, 1 thread: 11.4k tok/s (4.92 MFLOP/token);
@@ -178,11 +179,13 @@ def static_dry_run(cfg: PipelineConfig, *, executor: str = "serial", log: Callab
         r = RATES[ref]
         rate = r["train"] if (cfg.train.compile or ref == "cpu") else r["train_eager"]
         # a model smaller than the recorded one is not faster than its token rate (it cannot fill the device)
-        train_tps, eval_tps = min(rate / flops, rate / r["flops"]), min(3 * r["eval"] / flops, 3 * r["eval"] / r["flops"])
+        train_tps = min(rate / flops, rate / r["flops"])
+        eval_tps = min(3 * r["eval"] / flops, 3 * r["eval"] / r["flops"])
         seconds = train / train_tps + ev / eval_tps
         est["total_s"] = seconds
-        lines.append(f"  estimated time: {approx}{_hours(seconds)} at most (one run at a time, stage 2 at max_epochs) on {r['where']}, "
-                     f"scaled by FLOPs/token ({flops / 1e9:.3g} GFLOP; a smaller model at most the recorded tokens/s); --dry-run --probe times this machine")
+        lines.append(f"  estimated time: {approx}{_hours(seconds)} at most (one run at a time, stage 2 at max_epochs) "
+                     f"on {r['where']}, scaled by FLOPs/token ({flops / 1e9:.3g} GFLOP; a smaller model at most the "
+                     "recorded tokens/s); --dry-run --probe times this machine")
     models = len(plan.pre) + len(plan.post) + len(plan.traj) * cfg.matched.max_checkpoints + (
         len(plan.ft) if cfg.ft.save_checkpoints else 0)
     per_model = n_params * PARAM_BYTES
