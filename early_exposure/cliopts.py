@@ -8,6 +8,7 @@
   a hidden alias (:func:`add_no_progress`).
 - ``--results DIR`` for inputs, ``--out DIR`` for outputs; a command that took its input as a
   positional keeps it as a hidden, deprecated alias (:func:`add_results`, :func:`results_arg`).
+- ``--offline`` (:func:`go_offline`): no Hugging Face network access.
 - Presets by name: ``--config cpu-quick-synth`` is the shipped ``configs/lm/cpu-quick-synth.yaml``
   (:func:`resolve_preset`); a path still works. The ``configs/`` directory of the repository is
   installed as the package data ``early_exposure.presets`` (pyproject ``package-dir``), so a
@@ -88,6 +89,23 @@ def results_arg(args: argparse.Namespace) -> str:
     if flag is not None and pos is not None and flag != pos:
         raise ConfigError("--results", f"given twice ({flag} and the positional {pos}); give --results DIR once")
     return flag if flag is not None else pos
+
+
+def go_offline() -> None:
+    """``--offline``: no network for Hugging Face (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, inherited by
+    Ray workers and torchrun ranks; also set in the libraries this process already imported), so a
+    corpus or tokenizer missing from the local cache fails at once instead of after Hub retries."""
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:
+        cfgmod = sys.modules["datasets"].config
+        cfgmod.HF_HUB_OFFLINE = True
+        if hasattr(cfgmod, "HF_DATASETS_OFFLINE"):
+            cfgmod.HF_DATASETS_OFFLINE = True
 
 
 # --------------------------------------------------------------------------- presets

@@ -32,7 +32,8 @@ import os
 import sys
 from pathlib import Path
 
-from early_exposure.cliopts import add_executor, add_no_progress, add_version, preset_type, resolve_executor
+from early_exposure.cliopts import (add_executor, add_no_progress, add_version, go_offline, preset_type,
+                                   resolve_executor)
 from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.runs import RunTree
@@ -149,8 +150,6 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--probe", "only with --dry-run (it times a few steps instead of training); add --dry-run")
     out = check_output_dir("--out", args.out)
     if args.offline:  # before anything imports huggingface_hub / datasets
-        from lm_experiments.runner.dryrun import go_offline
-
         go_offline()
     # auto: Ray when installed on 2+ cores; under torchrun every run is data-parallel: serial
     args.executor = "serial" if args.executor == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1 \

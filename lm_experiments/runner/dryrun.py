@@ -14,7 +14,6 @@ it prepares the data and times a few steps on this machine
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -207,18 +206,3 @@ def static_dry_run(cfg: PipelineConfig, *, executor: str = "serial", log: Callab
     log("\n".join(lines))
     return {"dry_run": True, "plan": plan, "estimate": est}
 
-
-def go_offline() -> None:
-    """No network for Hugging Face: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (inherited by Ray
-    workers and torchrun ranks), also in the already imported libraries of this process."""
-    import sys
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    if "huggingface_hub" in sys.modules:
-        sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
-    if "datasets" in sys.modules:
-        cfgmod = sys.modules["datasets"].config
-        cfgmod.HF_HUB_OFFLINE = True
-        if hasattr(cfgmod, "HF_DATASETS_OFFLINE"):
-            cfgmod.HF_DATASETS_OFFLINE = True
