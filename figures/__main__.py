@@ -8,6 +8,9 @@ missing columns) stop the command before anything is drawn: one line naming the 
 to rebuild it, exit 2. Missing data: the figure is skipped with a printed note (exit 0). Inputs that are not
 comparable (several pipelines or evaluation sets in one panel): that figure is refused,
 the others are drawn, and the exit code is 1.
+
+Every file is named ``<source>_<family>_<name>.png|pdf`` and listed in ``figures.json`` with its
+caption (paths relative to --out; docs/figures.md).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from early_exposure.cliopts import add_version
 from early_exposure.configs import check_input_dir, check_output_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_json
-from figures.common import Logger
+from figures.common import Logger, manifest
 
 FAMILIES = ("frontiers", "lambda", "spectra", "phase", "theory_vs_lm", "matched", "whatwhere")
 FAMILY_HELP = {
@@ -162,7 +165,7 @@ def _main(argv: list[str] | None) -> int:
     check_inputs(results, args.which)
     paths, failures = make_figures(results, out, args.which)
     if paths:
-        atomic_write_json(out / "figures.json", {"figures": [str(p) for p in paths], "refused": failures})
+        atomic_write_json(out / "figures.json", manifest(paths, out, failures))
     for p in paths:
         print(p)
     print(f"{len(paths)} files written, {len(failures)} figure(s) refused")

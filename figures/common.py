@@ -7,7 +7,9 @@ or non-UTF-8 ``frontier.csv``, one missing columns, a garbage parquet file) is s
 printed note, never a crash, and a damaged run directory is listed and its rows left out
 (:func:`frontier_tables`).
 
-Every figure goes through :func:`save`, which finishes it the same way: a loss axis whose
+Every figure goes through :func:`save`, which records its caption, family and input
+tables for ``figures.json`` (:data:`CAPTIONS`, :func:`manifest`), runs the :data:`BEFORE_SAVE`
+hooks (tests inspect the finished Axes there) and finishes it the same way: a loss axis whose
 plotted values span more than a decade is put on a log scale (:func:`log_scale_if_wide`:
 theory losses from 0.01 to 40 on a linear axis squash both fronts into one line), and a
 figure with a (possibly two-line) suptitle gets matplotlib's constrained layout so the
@@ -32,15 +34,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.collections import PathCollection
 
-from early_exposure import interventions
 from early_exposure.frontier import read_frontier
 from early_exposure.integrity import check
 from early_exposure.io import atomic_write_figure
 from early_exposure.runs import ResultsRoot, RunTree, read_run
 
-#: one colour per method family, as in the paper (unmixed black, mixed purple), then each
-#: stage-2 intervention's pair (:func:`early_exposure.interventions.colours`)
-COLOURS = interventions.colours()
+from figures.style import COLOURS, LOSS_RE, NAME_RE  # noqa: F401 - COLOURS re-exported for the figure modules
 
 
 #: where progress notes go (``print`` on the command line, a list in tests)
@@ -195,7 +194,7 @@ def plain(name: str) -> str:
     return words.replace("_", " ")
 
 
-_LOSS_LABEL = re.compile(r"loss|L_\{|L_[a-z]|\\Delta|Delta", re.IGNORECASE)
+_LOSS_LABEL = LOSS_RE
 
 
 def _plotted(ax: plt.Axes, axis: str) -> np.ndarray:
@@ -248,13 +247,61 @@ def finish(fig: plt.Figure) -> None:
         fig.set_layout_engine("constrained")
 
 
+#: what :func:`describe` recorded per PNG: ``{png path: {caption, family, sources}}``
+CAPTIONS: dict[str, dict[str, Any]] = {}
+#: called as ``hook(fig, name)`` after :func:`finish` and before writing (tests inspect axes here)
+BEFORE_SAVE: list[Callable[[plt.Figure, str], None]] = []
+
+
+def describe(out: Path, name: str, caption: str, family: str, sources: Iterable[str] = ()) -> None:
+    """Record the caption, family and input tables (relative to the results root) of the
+    figure :func:`save` is about to write as ``out/name`` (read back by :func:`manifest`)."""
+    CAPTIONS[str(Path(out) / f"{name}.png")] = {"caption": caption, "family": family,
+                                                "sources": sorted(set(sources))}
+
+
 def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    """Finish the figure (:func:`finish`), write ``name``.png and ``name``.pdf atomically;
-    close the figure."""
+    """Finish the figure (:func:`finish`), run the :data:`BEFORE_SAVE` hooks, write
+    ``name``.png and ``name``.pdf atomically (``name`` follows :data:`NAME_RE`); close the
+    figure. Its caption is recorded beforehand with :func:`describe`."""
+    if not NAME_RE.match(f"{name}.png"):
+        raise ValueError(f"figure name {name!r} does not follow <source>_<family>_<name> (figures.style.NAME_RE)")
     finish(fig)
-    paths = [atomic_write_figure(out / f"{name}.{ext}", fig, dpi=130, bbox_inches="tight") for ext in ("png", "pdf")]
+    for hook in BEFORE_SAVE:
+        hook(fig, name)
+    paths = [atomic_write_figure(out / f"{name}.{ext}", fig, dpi=150, bbox_inches="tight") for ext in ("png", "pdf")]
     plt.close(fig)
     return paths
+
+
+def manifest(paths: Iterable[Path], out: Path, refused: Iterable[str] = ()) -> dict[str, Any]:
+    """The content of ``figures.json`` for the files ``paths`` written under ``out`` (schema 2,
+    docs/figures.md): ``entries`` one dict per figure (``file``: the PNG relative to ``out``;
+    ``pdf``; ``caption``; ``family``; ``sources``: input tables relative to the results root),
+    ``figures`` every file written, relative to ``out`` (the list earlier readers know), and
+    ``refused``."""
+    def relp(p: Path) -> str:
+        try:
+            return p.resolve().relative_to(Path(out).resolve()).as_posix()
+        except ValueError:
+            return p.name
+
+    paths = [Path(p) for p in paths]
+    entries = []
+    for p in paths:
+        if p.suffix == ".png":
+            rec = CAPTIONS.get(str(p), {})
+            entries.append({"file": relp(p), "pdf": relp(p.with_suffix(".pdf")), "caption": rec.get("caption", ""),
+                            "family": rec.get("family", ""), "sources": rec.get("sources", [])})
+    return {"schema": 2, "entries": entries, "figures": [relp(p) for p in paths], "refused": list(refused)}
+
+
+def rel(results: Path, p: Path) -> str:
+    """``p`` relative to the results root (as figures.json names input tables)."""
+    try:
+        return Path(p).resolve().relative_to(Path(results).resolve()).as_posix()
+    except ValueError:
+        return Path(p).as_posix()
 
 
 def safe_name(s: str) -> str:

@@ -17,10 +17,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from figures.common import Logger, NotComparable, Skip, plain, save
+from figures.common import Logger, NotComparable, Skip, describe, plain, rel, save
+from figures.style import ALPHA_SEED, LW_MAIN, LW_SEED, arm_colour, fig_name, loss_label, styled
 
 STAGES = ("pre", "post", "ft")
-BLOCK_COLOURS = {"invariant": "tab:blue", "inconsistent": "tab:red", "specialized": "tab:green"}
 
 
 def _block_slices(n: int, k: int) -> dict[str, slice]:
@@ -55,6 +55,7 @@ def _load_trajectory(d: Path) -> tuple[pd.DataFrame, int, int]:
     return t, n, int(k)
 
 
+@styled
 def spectra_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     root = results / "theory" / "trajectories"
     runs = {}
@@ -69,26 +70,30 @@ def spectra_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     if len(shapes) != 1:
         raise NotComparable(f"mixed and unmixed trajectories have different (n, k): {sorted(shapes)}")
     n, k = shapes.pop()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharey=True, layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=True, layout="constrained")
     for ax, (block, sl) in zip(axes, _block_slices(n, k).items()):
         for name, (t, _, _) in runs.items():
             s = t[[f"s_{i}" for i in range(n)]].to_numpy()[:, sl]
-            ls = "-" if name == "mixed" else "--"
-            ax.plot(t["global_step"], s, ls=ls, lw=0.6, alpha=0.35, color=BLOCK_COLOURS[block])
-            ax.plot(t["global_step"], s.mean(axis=1), ls=ls, lw=2, color=BLOCK_COLOURS[block], label=name)
+            colour = arm_colour(name)
+            ax.plot(t["global_step"], s, lw=LW_SEED, alpha=ALPHA_SEED, color=colour)
+            ax.plot(t["global_step"], s.mean(axis=1), lw=LW_MAIN, color=colour, label=f"{name}: block mean")
         t0 = next(iter(runs.values()))[0]
         for stage in STAGES[1:]:
             gs = t0.loc[t0["stage"] == stage, "global_step"]
             if len(gs):
                 ax.axvline(gs.min(), color="gray", lw=0.8, ls=":")
-        ax.set_title(f"{block} block ({sl.stop - sl.start} modes)", fontsize=9)
-        ax.set_xlabel("step (pre | post | ft)")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{block} block ({sl.stop - sl.start} modes)")
+        ax.set_xlabel("training step (pre | post | fine-tuning)")
+        ax.legend()
     axes[0].set_ylabel("feature strength diag($U^T\\theta V$)")
-    fig.suptitle("Spectrum trajectories: the staircase of sequential learning\n"
-                 "mixed (solid) vs unmixed (dashed); dotted lines: start of post-training and of fine-tuning",
-                 fontsize=10)
-    return save(fig, out, "theory_spectra")
+    fig.suptitle("Theory: spectrum trajectories, the staircase of sequential learning")
+    cap = ("Theory: the strength diag(U^T theta V) of each feature mode through pretraining, post-training and "
+           "fine-tuning (dotted lines: start of post-training and of fine-tuning), one panel per feature block. "
+           "Thin lines: single modes; thick: the block mean; black unmixed, purple mixed pretraining. "
+           "One run per arm (deterministic).")
+    srcs = [rel(results, root / nm / f) for nm in runs for f in ("trajectory.csv", "result.json")]
+    describe(out, fig_name("theory", "spectra", "staircase"), cap, "spectra", srcs)
+    return save(fig, out, fig_name("theory", "spectra", "staircase"))
 
 
 #: the assumption flags of a theory sweep, in order of preference: the region where the
@@ -109,6 +114,7 @@ def _flag_column(df: pd.DataFrame) -> str | None:
     return None
 
 
+@styled
 def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     f = results / "theory" / "sweep" / "sweep.parquet"
     if not f.is_file():
@@ -132,7 +138,7 @@ def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
     grid = g.pivot(index="beta", columns="alpha", values="Delta").reindex(index=betas, columns=alphas)
     fig, ax = plt.subplots(figsize=(6, 4.6), layout="constrained")
     m = ax.pcolormesh(alphas, betas, grid.to_numpy(), shading="nearest", cmap="viridis")
-    fig.colorbar(m, ax=ax, label="$\\Delta = L_{ret} - L_{im}$")
+    fig.colorbar(m, ax=ax, label=loss_label("Delta", "theory"))
     if flag:
         fl = g.pivot(index="beta", columns="alpha", values=flag).reindex(index=betas, columns=alphas).to_numpy()
         what = plain(flag)
@@ -144,7 +150,10 @@ def phase_figure(results: Path, out: Path, log: Logger = print) -> list[Path]:
             note = f"{what[:1].upper() + what[1:]} {where} on this grid"
     else:
         note = "the sweep records no assumption flags"
-    ax.set_xlabel("mixing fraction $\\alpha$")
+    ax.set_xlabel("mixing fraction $\\alpha$ (= $\\lambda$)")
     ax.set_ylabel("$\\beta$")
-    ax.set_title("Phase diagram of $\\Delta = L_{ret} - L_{im}$\n" + note, fontsize=9)
-    return save(fig, out, "theory_phase_delta")
+    ax.set_title("Theory: phase diagram of $\\Delta = L_{ret} - L_{im}$\n" + note, fontsize=10)
+    cap = ("Theory: forgetting Delta = L_ret - L_im (expected squared error) over the mixing fraction alpha "
+           f"(the paper's alpha, lambda elsewhere) and beta, mean over any other sweep axis. {note}.")
+    describe(out, fig_name("theory", "phase", "delta"), cap, "phase", (rel(results, f),))
+    return save(fig, out, fig_name("theory", "phase", "delta"))

@@ -4,8 +4,10 @@ depth profile per arm, from the tables of ``python -m lm_experiments.analysis.wh
     python -m figures.whatwhere --results results/ --out results/figures
 
 Reads ``results/lm/<preset>/whatwhere/{forgetting_map,depth_profile,update_geometry_map}.csv``;
-writes ``whatwhere_map_<preset>.png/.pdf`` and ``whatwhere_depth_<preset>.png/.pdf``. A preset
-without the tables is skipped with a note.
+writes ``lm-<preset>_whatwhere_map.png/.pdf`` and ``lm-<preset>_whatwhere_depth.png/.pdf``. A
+preset without the tables is skipped with a note. The map leaves out columns with nothing to
+forget (no item right before the stage) and columns where no arm forgot anything (all zero),
+and names them in the caption.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import pandas as pd
 
 from early_exposure import interventions
 from early_exposure.runs import ResultsRoot, RunTree
-from figures.common import Logger, safe_name, save
+from figures.common import Logger, describe, save
+from figures.style import arm_colour, fig_name, styled
 
 #: item sets shown in the map, in order, with their plain names (absent ones are left out)
 SETS = {"post.mc": "D_post k-way choice (chance-adjusted)", "post.answer": "D_post answer tokens",
@@ -36,7 +39,7 @@ ARM_ORDER = ("", *interventions.suffixes())  # the registry's canonical order
 
 
 def _arm_label(method: str, lam: float, cm: bool) -> str:
-    return f"{method} (lambda={lam:g}{', CM' if cm else ''})"
+    return f"{method} ($\\lambda$={lam:g}{', compute-matched' if cm else ''})"
 
 
 def _sorted_arms(df: pd.DataFrame) -> list[tuple[str, float, bool]]:
@@ -49,24 +52,27 @@ def _sorted_arms(df: pd.DataFrame) -> list[tuple[str, float, bool]]:
     return sorted(arms, key=key)
 
 
-def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
-    """Heat map: rows = arms, columns = (stage, item set); cell = mean 1->0 rate over seeds
-    (chance-adjusted for k-way items) with its 95% t-interval written in."""
-    cols, dropped = [], []
+def map_table(fmap: pd.DataFrame) -> dict:
+    """The cells of the forgetting map: ``arms`` (rows), ``cols`` ((pair, set) columns kept),
+    ``vals`` (mean 1->0 rate, chance-adjusted for k-way items), ``text`` (the mean and its 95%
+    t-interval clipped to [0, 1]), ``n_seeds``, ``lr`` (fine-tuning lr shown) and ``dropped``
+    ({(pair, set): why}): a column with nothing right before the stage, or one that is zero
+    (or empty) in every arm, is left out."""
+    cols, dropped = [], {}
     for p in PAIRS:
         for s in SETS:
             g = fmap[(fmap["pair"] == p) & (fmap["set"] == s)]
             if g.empty:
                 continue
-            # a column where no arm had anything right before the stage has nothing to forget
-            (cols if (g["acc_before"].fillna(0) > 0).any() else dropped).append((p, s))
-    if not cols:
-        return []
+            if (g["acc_before"].fillna(0) > 0).any():
+                cols.append((p, s))
+            else:  # no arm had anything right before the stage: nothing to forget
+                dropped[(p, s)] = "nothing right before"
     lrs = sorted(fmap.loc[fmap["pair"] == "post->ft", "ft_lr"].dropna().unique())
     arms = _sorted_arms(fmap)
     vals = np.full((len(arms), len(cols)), np.nan)
     text = [["" for _ in cols] for _ in arms]
-    n_seeds = set()
+    n_seeds: set[int] = set()
     for i, (m, lam, cm) in enumerate(arms):
         for j, (p, s) in enumerate(cols):
             sel = ((fmap["method"] == m) & np.isclose(fmap["mix_fraction"], lam) & (fmap["compute_matched"] == cm)
@@ -84,27 +90,52 @@ def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
             if np.isfinite(lo):  # a share: the t-interval clipped to [0, 1]
                 lo, hi = max(0.0, float(lo)), min(1.0, float(hi))
             text[i][j] = f"{r[metric]:.2f}" + (f"\n[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "")
-    fig, ax = plt.subplots(figsize=(1.55 * len(cols) + 3, 0.55 * len(arms) + 2.2))
-    im = ax.imshow(vals, cmap="magma_r", vmin=0, vmax=max(0.05, float(np.nanmax(vals)) if np.isfinite(vals).any()
-                                                           else 1), aspect="auto")
+    keep = [j for j in range(len(cols)) if (np.abs(np.nan_to_num(vals[:, j])) > 1e-12).any()]
+    for j in range(len(cols)):
+        if j not in keep:
+            dropped[cols[j]] = "zero in every arm"
+    return {"arms": arms, "cols": [cols[j] for j in keep], "vals": vals[:, keep],
+            "text": [[row[j] for j in keep] for row in text], "n_seeds": sorted(n_seeds),
+            "lr": lrs[-1] if lrs else None, "dropped": dropped}
+
+
+@styled
+def forgetting_map(fmap: pd.DataFrame, preset: str, out: Path) -> list[Path]:
+    """Heat map: rows = arms, columns = (stage, item set) with something forgotten in some arm;
+    cell = mean 1->0 rate over seeds (chance-adjusted for k-way items) with its 95%
+    t-interval written in."""
+    t = map_table(fmap)
+    arms, cols, vals, text = t["arms"], t["cols"], t["vals"], t["text"]
+    if not cols:
+        return []
+    fig, ax = plt.subplots(figsize=(max(6.5, 2.1 * len(cols) + 3.5), 0.8 * len(arms) + 2.4))
+    vmax = max(0.05, float(np.nanmax(vals)) if np.isfinite(vals).any() else 1)
+    im = ax.imshow(vals, cmap="magma_r", vmin=0, vmax=vmax, aspect="auto")
     for i in range(len(arms)):
         for j in range(len(cols)):
             if text[i][j]:
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7,
-                        color="white" if vals[i, j] > 0.6 * np.nanmax(vals) else "black")
-    ax.set_xticks(range(len(cols)), [f"{SETS[s]}\n{PAIRS[p].split(' (')[0]}" for p, s in cols], fontsize=7,
-                  rotation=30, ha="right")
-    ax.set_yticks(range(len(arms)), [_arm_label(*a) for a in arms], fontsize=8)
-    fig.colorbar(im, ax=ax, label="share of items forgotten (1->0)")
-    seeds = ", ".join(str(x) for x in sorted(n_seeds)) or "?"
-    lr = f"fine-tuning lr {lrs[-1]:g}" if lrs else ""
-    none = ("; nothing right before, so left out: " + ", ".join(f"{SETS[s]} ({p})" for p, s in dropped)
-            if dropped else "")
-    ax.set_title(f"What is forgotten, {preset}: items right before and wrong after each stage\n"
-                 f"(mean over {seeds} seeds, 95% t-interval clipped to [0, 1]; {lr}{none})", fontsize=8, wrap=True)
-    return save(fig, out, f"whatwhere_map_{safe_name(preset)}")
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=10,
+                        color="white" if vals[i, j] > 0.6 * vmax else "black")
+    ax.set_xticks(range(len(cols)), [f"{SETS[s]}\nin {PAIRS[p].split(' (')[0]}".replace(" (chance-adjusted)", "*")
+                                     for p, s in cols], rotation=20, ha="right")
+    ax.set_yticks(range(len(arms)), [_arm_label(*a) for a in arms])
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label="share of items forgotten (right -> wrong)")
+    ax.set_title(f"What is forgotten, LM {preset}")
+    seeds = ", ".join(map(str, t["n_seeds"])) or "?"
+    lr = f" Fine-tuning rows at fine-tuning lr {t['lr']:g}." if t["lr"] is not None else ""
+    left = ("; ".join(f"{SETS[s]} in {PAIRS[p].split(' (')[0]} ({why})" for (p, s), why in t["dropped"].items()))
+    cap = (f"What is forgotten, LM preset {preset}: rows are arms, columns (item set, stage) pairs; each cell is "
+           "the share of items right before the stage and wrong after it, mean over "
+           f"{seeds} seeds with its 95% Student-t interval over seeds clipped to [0, 1] (in brackets); "
+           f"* k-way choice items are chance-adjusted.{lr}"
+           + (f" Left out: {left}." if left else ""))
+    describe(out, fig_name(f"lm-{preset}", "whatwhere", "map"), cap, "whatwhere",
+             (f"lm/{preset}/whatwhere/forgetting_map.csv",))
+    return save(fig, out, fig_name(f"lm-{preset}", "whatwhere", "map"))
 
 
+@styled
 def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, out: Path) -> list[Path]:
     """Per arm family (rows): share of the L_ret increase undone by restoring one unit to
     theta_post, its cost (share of stage 3's L_ft gain lost), and stage 3's relative update
@@ -140,9 +171,8 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
             arms = sorted({(m, float(lam)) for m, lam in zip(depth["method"], depth["mix_fraction"])
                            if m in (f"unmixed{suffix}", f"mixed{suffix}")}, key=lambda a: (a[0] != f"unmixed{suffix}", a[1]))
             width = 0.76 / max(1, len(arms))
-            shades = plt.get_cmap("Purples")(np.linspace(0.55, 0.95, max(1, len(arms) - 1)))
             for k, (method, lam) in enumerate(arms):
-                colour = "black" if method.startswith("unmixed") else shades[max(0, k - 1)]
+                colour = arm_colour(method, lam, [a[1] for a in arms])
                 g = src[(src["method"] == method) & np.isclose(src["mix_fraction"].astype(float), lam)]
                 if "compute_matched" in g:
                     g = g[~g["compute_matched"].astype(bool)]
@@ -155,17 +185,25 @@ def depth_profile(depth: pd.DataFrame, geo: pd.DataFrame | None, preset: str, ou
                 lo = (g[metric] - g.get(f"{metric}_lo", g[metric])).clip(lower=0).fillna(0)
                 hi = (g.get(f"{metric}_hi", g[metric]) - g[metric]).clip(lower=0).fillna(0)
                 ax.bar(x + (k - (len(arms) - 1) / 2) * width, g[metric], width, yerr=[lo, hi], color=colour, alpha=0.8,
-                       label=f"{method} (lambda={lam:g})", capsize=2)
+                       label=f"{method} ($\\lambda$={lam:g})", capsize=2)
             ax.axhline(0, color="grey", lw=0.6)
-            ax.set_xticks(x, [u.replace("layers.", "layer ") for u in single], fontsize=7, rotation=30)
-            ax.set_title(f"{'base' if not fam else '+' + fam}: {label}", fontsize=8)
+            ax.set_xticks(x, [u.replace("layers.", "layer ") for u in single], rotation=30)
+            ax.set_title(f"{'base' if not fam else '+' + fam}: {label}", fontsize=10)
             if c == 0:
-                ax.legend(fontsize=7)
+                ax.legend()
     lr = float(depth["ft_lr"].dropna().iloc[0]) if len(depth["ft_lr"].dropna()) else float("nan")
-    fig.suptitle(f"Where fine-tuning forgets, {preset}: restore one unit of theta_ft to theta_post\n"
-                 f"(input -> output; mean over {', '.join(map(str, sorted(n_seeds))) or '?'} seeds, 95% t-intervals; "
-                 f"fine-tuning lr {lr:g})", fontsize=9)
-    return save(fig, out, f"whatwhere_depth_{safe_name(preset)}")
+    fig.suptitle(f"Where fine-tuning forgets, LM {preset}: restore one unit of theta_ft to theta_post")
+    seeds = ", ".join(map(str, sorted(n_seeds))) or "?"
+    cap = (f"Where fine-tuning forgets, LM preset {preset}: for each unit (input -> output) restored from the "
+           "fine-tuned weights theta_ft to the post-trained theta_post, the share of the L_ret increase undone "
+           "and its cost (share of the L_ft gain lost); with the update geometry, stage 3's relative update norm "
+           "and the cosine of the stage-2 and stage-3 updates. One row of panels per arm family; black unmixed, "
+           f"purple mixed (darker: larger lambda). Bars: mean over {seeds} seeds; error bars: 95% Student-t "
+           f"interval over seeds (n = {seeds}). Fine-tuning lr {lr:g}.")
+    describe(out, fig_name(f"lm-{preset}", "whatwhere", "depth"), cap, "whatwhere",
+             [f"lm/{preset}/whatwhere/depth_profile.csv"]
+             + ([f"lm/{preset}/whatwhere/update_geometry_map.csv"] if geo is not None else []))
+    return save(fig, out, fig_name(f"lm-{preset}", "whatwhere", "depth"))
 
 
 def make_whatwhere_figures(results: Path, out: Path, log: Logger = print) -> list[Path]:

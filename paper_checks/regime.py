@@ -38,6 +38,7 @@ run set as a whole is reported inside only when every arm is. A figure that is m
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -199,9 +200,30 @@ def regime_report(results: Path, env: Envelope | None = None) -> dict[str, Any]:
             continue
         if table.attrs.get("skipped"):  # damaged run directories, left out of the table
             out.setdefault("skipped_damaged", {})[pdir.name] = list(table.attrs["skipped"])
-        out["presets"][pdir.name] = ({pipe: judge_run_set(g, env) for pipe, g in table.groupby("pipeline")}
-                                     if len(table) else {})
+        sets = {pipe: judge_run_set(g, env) for pipe, g in table.groupby("pipeline")} if len(table) else {}
+        if _calibration_run_set(pdir):  # losses on validation: a knob search's, never judged
+            for v in sets.values():
+                for a in v["arms"].values():
+                    a["failed"].append(CALIBRATION)
+                    a["inside"] = False
+                v["failed"] = sorted({*v["failed"], CALIBRATION})
+                v["inside"] = False
+        out["presets"][pdir.name] = sets
     return out
+
+
+#: why every arm of a calibration run set (``eval.report_split: val``) is outside the envelope
+CALIBRATION = "calibration run set (eval.report_split: val, losses on validation)"
+
+
+def _calibration_run_set(pdir: Path) -> bool:
+    """Whether ``pdir``'s manifest config measured its recorded losses on validation."""
+    try:
+        man = json.loads(RunTree(pdir).manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    ev = ((man.get("config") or {}).get("eval") or {}) if isinstance(man, dict) else {}
+    return isinstance(ev, dict) and ev.get("report_split") == "val"
 
 
 def check_arms(c: dict[str, Any]) -> list[str] | None:

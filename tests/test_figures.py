@@ -44,11 +44,11 @@ def test_frontier_figures(results, tmp_path):
     notes = []
     paths, refused = make_figures(results, tmp_path, "frontiers", log=notes.append)
     assert refused == []
-    _check_files(paths, "fig2_lm-cpu-quick_general-music-chem")
-    _check_files(paths, "fig7_lm-cpu-quick_general-music-chem")
-    _check_files(paths, "fig2_theory_theory")
+    _check_files(paths, "lm-cpu-quick_frontiers_fig2-general-music-chem")
+    _check_files(paths, "lm-cpu-quick_frontiers_fig7-general-music-chem")
+    _check_files(paths, "theory_frontiers_fig2-theory")
     # no replay/dropout rows: Figures 4-6 are skipped with a note, not drawn empty
-    assert not any(p.name.startswith(("fig4", "fig5", "fig6")) for p in paths)
+    assert not any(f"_frontiers_{k}-" in p.name for p in paths for k in ("fig4", "fig5", "fig6"))
     assert any("fig4" in n for n in notes)
 
 
@@ -59,12 +59,12 @@ def test_lambda_theory_and_side_by_side_figures(results, tmp_path):
         p, refused = make_figures(results, tmp_path, fam, log=notes.append)
         assert refused == []
         paths += p
-    _check_files(paths, "fig3b_lm-cpu-quick_general-music-chem")
-    _check_files(paths, "theory_spectra")
+    _check_files(paths, "lm-cpu-quick_lambda_fig3b-general-music-chem")
+    _check_files(paths, "theory_spectra_staircase")
     _check_files(paths, "theory_phase_delta")
-    _check_files(paths, "theory_vs_lm_cpu-quick")
+    _check_files(paths, "lm-cpu-quick_theory-vs-lm_frontiers")
     # the LM table has no non-compute-matched lambda study beyond {0, 0.5}: 3a is drawn from it
-    assert any("fig3a_lm" in p.name for p in paths)
+    assert any(p.name.startswith("lm-cpu-quick_lambda_fig3a-") for p in paths)
 
 
 def test_missing_data_is_skipped_not_a_crash(tmp_path, capsys):
@@ -88,7 +88,8 @@ def test_incomparable_eval_sets_are_refused(results, tmp_path, capsys):
         atomic_write_json(d / f"lm/p/runs/{rid}/result.json", {"eval": {"fingerprint": "A"}})
     assert _main(["frontiers", "--results", str(d), "--out", str(tmp_path / "out")]) == 0
     listed = json.loads((tmp_path / "out/figures.json").read_text())
-    assert any("fig2_lm-p" in f for f in listed["figures"])
+    assert any(e["file"] == "lm-p_frontiers_fig2-general-music-chem.png" for e in listed["entries"])
+    assert "lm-p_frontiers_fig2-general-music-chem.pdf" in listed["figures"]
 
 
 def test_depth_profile_draws_one_bar_per_arm_when_several_lambdas_are_mixed(tmp_path, monkeypatch):
@@ -120,5 +121,5 @@ def test_depth_profile_draws_one_bar_per_arm_when_several_lambdas_are_mixed(tmp_
 
     monkeypatch.setattr(fw, "save", grab)
     fw.depth_profile(depth, None, "p", tmp_path)
-    assert seen == {"unmixed (lambda=0)": [0.1, 0.11, 0.12, 0.13], "mixed (lambda=0.5)": [0.2, 0.21, 0.22, 0.23],
-                    "mixed (lambda=1)": [0.3, 0.31, 0.32, 0.33]}
+    assert seen == {"unmixed ($\\lambda$=0)": [0.1, 0.11, 0.12, 0.13],
+                    "mixed ($\\lambda$=0.5)": [0.2, 0.21, 0.22, 0.23], "mixed ($\\lambda$=1)": [0.3, 0.31, 0.32, 0.33]}

@@ -24,10 +24,10 @@ def _frontier_axes(lo, hi):
 
 def test_wide_loss_axes_go_log_narrow_ones_stay_linear(tmp_path):
     fig, ax = _frontier_axes(0.01, 40)
-    common.save(fig, tmp_path, "wide")
+    common.save(fig, tmp_path, "theory_test_wide")
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
     fig, ax = _frontier_axes(2.5, 4.0)
-    common.save(fig, tmp_path, "narrow")
+    common.save(fig, tmp_path, "theory_test_narrow")
     assert (ax.get_xscale(), ax.get_yscale()) == ("linear", "linear")
     # a zero on the axis (or an axis that is not a loss) keeps it linear
     fig, ax = plt.subplots()

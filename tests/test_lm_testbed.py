@@ -165,6 +165,62 @@ def test_regime_table_baselines_equal_ngram_and_are_cached(synth: dict) -> None:
     assert regime_table(out, cache_root=synth["cache"])["ngram_bigram_pre"].tolist() == pytest.approx([m_pre] * 3)
 
 
+# --------------------------------------------------------------------------- calibration runs (validation)
+
+
+def test_calibration_run_set_reports_validation_and_is_never_judged(synth: dict, tmp_path: Path) -> None:
+    """``eval.report_split: val``: every recorded loss is the saved model's loss on the
+    validation blocks (evaluated here independently), the regime table's baselines are
+    scored on validation, the run ids differ from the reported run set's, and the
+    envelope gate marks every arm outside."""
+    from lm_experiments.analysis import ngram
+    from lm_experiments.engine.checkpoints import load_model
+    from lm_experiments.engine.evaluate import evaluate
+    from paper_checks.lm_regime import regime_table
+    from paper_checks.regime import CALIBRATION, regime_report
+
+    cfg = _config()
+    cfg["eval"]["report_split"] = "val"
+    cfg_path = tmp_path / "calib.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "results" / "lm" / "calib"
+    assert run(["run", "--config", str(cfg_path), "--out", str(out), "--cache", str(synth["cache"]),
+                "--no-progress"]) == 0
+    sp, V = synth["prepared"].splits, len(synth["prepared"].tokenizer)
+    assert not np.array_equal(np.asarray(sp["pre"].val), np.asarray(sp["pre"].report))  # two different splits
+    pre_ids = {r["pre_id"] for _, r in _records(out, "upstream/pre-*")}
+    assert pre_ids and not pre_ids & {r["pre_id"] for _, r in _records(synth["out"], "upstream/pre-*")}
+
+    def val_loss(model_dir: Path, role: str) -> float:
+        m = load_model(model_dir, torch.device("cpu"))
+        return evaluate(m, np.asarray(sp[role].val), batch_size=8, device=torch.device("cpu")).mean_loss
+
+    for d, rec in _records(out, "upstream/pre-*"):
+        assert rec["losses"]["L_pre_stage1"] == pytest.approx(val_loss(d / "model", "pre"), rel=1e-5)
+    for d, rec in _records(out, "upstream/post-*"):
+        assert rec["losses"]["L_im"] == pytest.approx(val_loss(d / "model", "post"), rel=1e-5)
+    for d, rec in _records(out, "runs/*"):
+        assert rec["losses"]["L_ft"] == pytest.approx(val_loss(d / "model", "ft"), rel=1e-5)
+        assert rec["losses"]["L_ret"] == pytest.approx(val_loss(d / "model", "post"), rel=1e-5)
+    t = regime_table(out, cache_root=synth["cache"])
+    for role in ("pre", "ft"):
+        b = ngram.fit(sp[role].train, V).loss(sp[role].val, 2)
+        assert t[f"ngram_bigram_{role}"].tolist() == pytest.approx([b] * len(t), rel=1e-12)
+    verdict = regime_report(tmp_path / "results")["presets"]["calib"]
+    assert verdict and all(CALIBRATION in a["failed"] and not a["inside"]
+                           for v in verdict.values() for a in v["arms"].values())
+
+
+def test_report_split_must_be_test_or_val() -> None:
+    from lm_experiments.config import config_from_mapping
+
+    cfg = _config()
+    cfg["eval"]["report_split"] = "train"
+    with pytest.raises(ConfigError) as exc:
+        config_from_mapping(cfg)
+    assert exc.value.field.endswith("report_split")
+
+
 # --------------------------------------------------------------------------- the frozen envelope
 
 

@@ -238,12 +238,13 @@ def _vocab_of(prepared_or_splits: Any, splits: Mapping[str, Any], roles: Iterabl
 
 
 def baselines(prepared_or_splits: Any, roles: Iterable[str] = ("pre", "post", "ft"), *, k: float = DEFAULT_K,
-              vocab_size: int | None = None, train_override: Mapping[str, Any] | None = None
-              ) -> dict[str, dict[str, Any]]:
+              vocab_size: int | None = None, train_override: Mapping[str, Any] | None = None,
+              report_split: str = "test") -> dict[str, dict[str, Any]]:
     """role -> :func:`role_baselines` for a :class:`~lm_experiments.data.PreparedData` (or a
     mapping role -> object with ``train``, ``val``, ``report`` arrays): fit on
     ``split.train`` (or ``train_override[role]``), weights chosen on ``split.val``, scored
-    on ``split.report`` (test, else validation). ``vocab_size``: default the tokenizer's
+    on ``split.report`` (test, else validation; validation with ``report_split="val"``, the
+    calibration runs' ``eval.report_split``). ``vocab_size``: default the tokenizer's
     size, else the largest id seen + 1."""
     splits = getattr(prepared_or_splits, "splits", prepared_or_splits)
     roles = tuple(roles)
@@ -252,8 +253,9 @@ def baselines(prepared_or_splits: Any, roles: Iterable[str] = ("pre", "post", "f
     for r in roles:
         sp = splits[r]
         train = (train_override or {}).get(r, sp.train)
-        same = getattr(sp, "test", "absent") is None or sp.report is sp.val
-        out[r] = role_baselines(train, sp.val, sp.report, V, k=k, tuned_on_scored_split=bool(same))
+        scored = sp.val if report_split == "val" else sp.report
+        same = report_split == "val" or getattr(sp, "test", "absent") is None or sp.report is sp.val
+        out[r] = role_baselines(train, sp.val, scored, V, k=k, tuned_on_scored_split=bool(same))
     return out
 
 
@@ -273,15 +275,16 @@ def baselines_from_config(cfg: Any, *, cache_root: Path | None = None, roles: It
         cfg = load_config(cfg)
     prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress, log=lambda _: None)
     roles = tuple(roles)
-    out: dict[str, Any] = baselines(prepared, roles, k=k)
+    split = cfg.eval.report_split
+    out: dict[str, Any] = baselines(prepared, roles, k=k, report_split=split)
     sp = prepared.splits
     if "post" in roles and cfg.post.post_train_tokens is not None:
         T = int(sp["post"].train.shape[1])
         idx = post_subset(int(sp["post"].train.shape[0]), cfg.post.post_train_tokens, T)
-        out["post_subset"] = baselines(prepared, ("post",), k=k,
+        out["post_subset"] = baselines(prepared, ("post",), k=k, report_split=split,
                                        train_override={"post": np.asarray(sp["post"].train)[idx]})["post"]
     out["data"] = {"fingerprint": prepared.fingerprint, "fallback_used": data_used["summary"]["fallback_used"],
-                   "vocab_size": len(prepared.tokenizer), "seq_len": int(sp["pre"].train.shape[1])}
+                   "vocab_size": len(prepared.tokenizer), "seq_len": int(sp["pre"].train.shape[1]), "report_split": split}
     return out
 
 

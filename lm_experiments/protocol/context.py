@@ -69,7 +69,9 @@ class StageContext:
         sp = self.prepared.splits
         self.pools = {role: sp[role].train for role in ("pre", "post", "ft")}
         self.val = {role: sp[role].val for role in ("pre", "post", "ft")}        # early stopping
-        self.report_set = {role: sp[role].report for role in ("pre", "post", "ft")}  # reported losses
+        # reported losses: the test split (validation without one), or validation for calibration runs
+        self.report_set = {role: sp[role].val if self.cfg.eval.report_split == "val" else sp[role].report
+                           for role in ("pre", "post", "ft")}
         self.seq_len = int(sp["pre"].train.shape[1])
         self.post_idx = post_subset(int(sp["post"].train.shape[0]), self.cfg.post.post_train_tokens, self.seq_len)
         self.pipeline = self.cfg.pipeline_label(self.data_used["config"])
@@ -90,8 +92,8 @@ class StageContext:
     # ---- helpers ----------------------------------------------------------------------
     def evaluate(self, model: Any, role: str, *, correct: bool = False, split: str = "report") -> Any:
         """Loss of ``model`` on ``role``'s held-out blocks: ``split="report"`` the test split
-        (the validation split when the data config has none), ``"val"`` the validation split
-        that early stopping selects on."""
+        (the validation split when the data config has none, or with ``eval.report_split:
+        val``), ``"val"`` the validation split that early stopping selects on."""
         from lm_experiments.engine.evaluate import evaluate
 
         blocks = self.val[role] if split == "val" else self.report_set[role]

@@ -174,9 +174,11 @@ def _model_key(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def pre_key(cfg: PipelineConfig, fingerprint: str, seed: int, mix_fraction: float, n_post: int) -> str:
-    return stable_hash({"data": fingerprint, "model": _model_key(cfg), "precision": cfg.precision,
-                        "stage1": _pre_key_section(cfg), "mix_fraction": mix_fraction, "seed": seed,
-                        "n_post": n_post})
+    key = {"data": fingerprint, "model": _model_key(cfg), "precision": cfg.precision,
+           "stage1": _pre_key_section(cfg), "mix_fraction": mix_fraction, "seed": seed, "n_post": n_post}
+    if cfg.eval.report_split != "test":  # only then: the ids of reported (test-split) runs are unchanged;
+        key["report_split"] = cfg.eval.report_split  # every downstream id derives from this one
+    return stable_hash(key)
 
 
 def post_key(cfg: PipelineConfig, pre_id: str, setting: PostSetting, compute_matched: bool,
