@@ -39,7 +39,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         subprocess.run([sys.executable, "-m", "lm_experiments", "run", "--config", args.config, "--out",
-                        str(t / "dry"), "--dry-run", "--no-progress"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                        str(t / "dry"), "--dry-run", "--probe", "--no-progress"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         serial = _run(args.config, t / "serial", "--executor", "serial")
         print(f"serial: {serial:7.1f} s")
         ray = _run(args.config, t / "ray", "--executor", "ray")

@@ -1,6 +1,6 @@
 """Draw the paper's figures from saved results.
 
-    python -m figures all --results results/ --out results/figures
+    python -m figures [all] --results results/ --out results/figures
     python -m figures frontiers|lambda|spectra|phase|theory_vs_lm|matched --results DIR --out OUT
 
 Bad arguments and damaged input files (a table that cannot be read: truncated, not UTF-8,
@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from early_exposure.cliopts import add_version
 from early_exposure.configs import check_input_dir, check_output_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_json
@@ -148,11 +149,12 @@ def make_figures(results: Path, out: Path, which: str = "all", log: Logger = pri
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="python -m figures", description=__doc__.split("\n")[0],
                  epilog="figure families: " + "; ".join(f"{k}: {v}" for k, v in FAMILY_HELP.items()))
-    ap.add_argument("which", choices=("all", *FAMILIES), metavar="FAMILY",
-                    help=f"which figures: {', '.join(('all', *FAMILIES))} (described below)")
+    ap.add_argument("which", nargs="?", default="all", choices=("all", *FAMILIES), metavar="FAMILY",
+                    help=f"which figures: {', '.join(('all', *FAMILIES))} (described below; default all)")
     ap.add_argument("--results", required=True,
                     help="results tree (DIR/theory/..., DIR/lm/<preset>/..., as paper_checks reproduce writes it)")
     ap.add_argument("--out", required=True, help="output directory (PNG and PDF files, figures.json)")
+    add_version(ap)
     return ap
 
 

@@ -27,6 +27,7 @@ import io
 import sys
 from pathlib import Path
 
+from early_exposure.cliopts import add_version, preset_type
 from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_bytes, atomic_write_json
@@ -233,7 +234,8 @@ def _compute_matched(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 def _config_options(p: argparse.ArgumentParser, what: str = "YAML/JSON config (default: the built-in default)",
                     example: str = "stages.pre.mix_fraction=0.25") -> None:
-    p.add_argument("--config", default=None, help=what)
+    p.add_argument("--config", default=None, type=preset_type("theory"), metavar="PRESET|FILE",
+                   help=f"{what}; a shipped theory preset's name (e.g. default, sweep_frontier) or a path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"override, e.g. {example}")
 
 
@@ -241,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m linear_theory`` parser."""
     parser = Parser(prog="python -m linear_theory",
                      description="Two-layer linear network simulator for Appendix C of arXiv 2605.12705")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("run", help="simulate pre -> post -> ft for one config")

@@ -5,13 +5,17 @@ Run a preset (CPU, under 15 minutes including data preparation)::
     python -m lm_experiments run --config configs/lm/cpu-quick.yaml --out results/lm/cpu-quick
 
 Options: ``--set post.sweep.lr=[1e-3,3e-3]`` (repeatable overrides of any config field),
-``--dry-run`` (print runs, tokens per stage and an estimated time; train nothing),
+``--dry-run`` (print runs, tokens, estimated time and disk from the config alone, in seconds: no
+network, no data, no model; ``--dry-run --probe`` prepares the data and times a few steps here),
+``--offline`` (no network: a hub corpus or tokenizer missing from the local cache is an error,
+the preset's offline fallback corpora are not used silently),
 ``--cache DIR`` (data cache; default ``$EARLY_EXPOSURE_CACHE`` or ``~/.cache/early_exposure``),
 ``--no-progress``, ``--curves csv|tensorboard`` (after the runs, write each run's training curve
 locally: ``OUT/curves/<stage>-<id>.csv`` or TensorBoard event files under ``OUT/tensorboard/``;
-off by default, nothing leaves the machine), ``--executor serial|ray`` (Ray: every run a task, on every core of this
-machine or, with ``--address``, on a cluster), ``--max-retries``. Rerunning the same command
-skips finished runs and resumes interrupted ones; a run that fails is recorded while the
+off by default, nothing leaves the machine), ``--executor auto|serial|ray`` (Ray: every run a task, on every core of
+this machine or, with ``--address``, on a cluster; auto: Ray when installed on 2+ cores), ``--max-retries``.
+``--config`` takes a path or a shipped preset's name (``--config cpu-quick``, :mod:`early_exposure.cliopts`).
+Rerunning the same command skips finished runs and resumes interrupted ones; a run that fails is recorded while the
 others go on, and the command then exits 1. Bad input exits with code 2 and one line naming the field, before
 anything is written to ``--out``.
 
@@ -24,11 +28,14 @@ writes every file; :mod:`lm_experiments.engine.distributed`)::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from early_exposure.cliopts import (add_executor, add_no_progress, add_version, go_offline, preset_type,
+                                   resolve_executor)
 from early_exposure.configs import check_output_dir
-from early_exposure.errors import ConfigError, cli_main
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.runs import RunTree
 
 #: stages whose result.json keeps the per-step training history (``train.history``), in file order
@@ -36,27 +43,35 @@ _CURVE_STAGES = ("post", "pre", "ft")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lm_experiments",
-                                description="Three-stage LM pipeline: pretrain (mixing) > post-train > fine-tune.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="python -m lm_experiments",
+               description="Three-stage LM pipeline: pretrain (mixing) > post-train > fine-tune.")
+    add_version(p)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", help="run (or --dry-run) a preset sweep")
-    run.add_argument("--config", required=True, help="preset file, e.g. configs/lm/cpu-quick.yaml")
+    run.add_argument("--config", required=True, type=preset_type("lm"), metavar="PRESET|FILE",
+                     help="a shipped preset's name (early-exposure presets lists them), e.g. cpu-quick, "
+                          "or a config file, e.g. configs/lm/cpu-quick.yaml")
     run.add_argument("--out", required=True, help="output directory (frontier.csv, runs/, upstream/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set post.sweep.lr=[1e-3] (repeatable)")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and estimated time; train nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (runs and tokens per stage), an estimated time and disk footprint from the "
+                          "config alone, in seconds (no network, no data, no model); train nothing")
+    run.add_argument("--probe", action="store_true",
+                     help="with --dry-run: also prepare the data and time a few training steps on this machine")
+    run.add_argument("--offline", action="store_true",
+                     help="no network (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE): a hub corpus or tokenizer not in the local "
+                          "cache is an error naming the field, and the preset's data_fallback is not used")
     run.add_argument("--cache", default=None, metavar="DIR",
                      help="data cache directory (default: $EARLY_EXPOSURE_CACHE or ~/.cache/early_exposure)")
     run.add_argument("--cache-root", dest="cache_root_deprecated", default=None, help=argparse.SUPPRESS)
-    run.add_argument("--no-progress", action="store_true",
-                     help="no progress bars (default: a bar per stage and one for the whole sweep with rate and ETA)")
+    add_no_progress(run, help="no progress bars (default: a bar per stage and one for the whole sweep with rate "
+                              "and ETA)")
     run.add_argument("--curves", choices=("csv", "tensorboard"), default=None,
                      help="also write each run's training curve (step, train_loss, lr, grad_norm, val_loss) "
                           "locally: OUT/curves/*.csv or TensorBoard events in OUT/tensorboard/ "
                           "(needs the tensorboard package); default: off")
-    run.add_argument("--executor", choices=("serial", "ray"), default="serial",
-                     help="serial: one run at a time in this process; ray: every run a Ray task "
-                          "(local Ray on every core, or a cluster with --address)")
+    add_executor(run)
     run.add_argument("--address", default=None,
                      help="with --executor ray: join a running Ray cluster ('auto' or HOST:PORT)")
     run.add_argument("--max-retries", type=int, default=2, metavar="N",
@@ -131,7 +146,20 @@ def main(argv: list[str] | None = None) -> int:
         args.cache = args.cache or args.cache_root_deprecated
     if args.max_retries < 0:
         raise ConfigError("--max-retries", f"must be >= 0, got {args.max_retries}")
+    if args.probe and not args.dry_run:
+        raise ConfigError("--probe", "only with --dry-run (it times a few steps instead of training); add --dry-run")
     out = check_output_dir("--out", args.out)
+    if args.offline:  # before anything imports huggingface_hub / datasets
+        go_offline()
+    # auto: Ray when installed on 2+ cores; under torchrun every run is data-parallel: serial
+    args.executor = "serial" if args.executor == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+        else resolve_executor(args.executor)
+    if args.dry_run and not args.probe:  # from the config alone: no network, no data, no model
+        from lm_experiments.config import load_config
+        from lm_experiments.runner.dryrun import static_dry_run
+
+        static_dry_run(load_config(args.config, args.overrides), executor=args.executor, label=Path(args.config).stem)
+        return 0
     from lm_experiments.engine import distributed
     from lm_experiments.config import load_config
     from lm_experiments.data.prepare import default_cache_root
@@ -145,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--curves", "tensorboard is not installed; pip install tensorboard, "
                               "or use --curves csv") from None
     cfg = load_config(args.config, args.overrides)
+    if args.offline and cfg.data_fallback is not None:  # a missing hub corpus is an error, not a silent fallback
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, data_fallback=None, fallback_set=())
     distributed.init_from_env()  # under torchrun: one process group, every run data-parallel over it
     is_main = distributed.context().is_main
     try:

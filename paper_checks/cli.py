@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from early_exposure.cliopts import add_version
 from early_exposure.configs import check_input_dir, check_output_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.frontier import read_frontier
@@ -272,6 +273,7 @@ def _checks_parser() -> argparse.ArgumentParser:
                     help=f"two-sided confidence level of every interval, in (0.5, 1) (default {CheckOptions.level})")
     ap.add_argument("--seed", type=int, default=CheckOptions.seed, help="bootstrap RNG seed")
     ap.add_argument("--quiet", action="store_true", help="do not print the verdict table")
+    add_version(ap)
     return ap
 
 

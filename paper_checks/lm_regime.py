@@ -4,7 +4,7 @@ One row per fine-tuning run, read from the run tree (:class:`early_exposure.runs
 the pre, post and fine-tuning runs' ``result.json`` and theta_pre's safetensors header),
 so it works on any finished or partial sweep::
 
-    python -m paper_checks.lm_regime OUT [--cache DIR]   # print the table (writes OUT/regime.csv)
+    python -m paper_checks.lm_regime --results OUT [--cache DIR]   # print the table (writes OUT/regime.csv)
 
 Columns (losses in nats on the reported held-out split; V = vocabulary size):
 
@@ -53,6 +53,9 @@ from typing import Any
 
 import pandas as pd
 
+from early_exposure.cliopts import add_results, add_version, results_arg
+from early_exposure.configs import check_input_dir
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_bytes, atomic_write_json
 from early_exposure.runs import RunReader, RunTree
 
@@ -236,19 +239,21 @@ def write_regime(out_dir: str | Path, *, cache_root: str | Path | None = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m paper_checks.lm_regime",
-                                 description="Regime table of an LM results directory (writes OUT/regime.csv).")
-    ap.add_argument("out", metavar="OUT", help="an lm_experiments run --out directory")
+    ap = Parser(prog="python -m paper_checks.lm_regime",
+                description="Regime table of an LM results directory (writes DIR/regime.csv).")
+    add_results(ap, "an lm_experiments run --out directory (regime.csv is written into it)")
     ap.add_argument("--cache", default=None, metavar="DIR",
                     help="data cache to rebuild the n-gram baselines from (as lm_experiments run --cache)")
+    add_version(ap)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if not Path(a.out).is_dir():
-        print(f"OUT: {a.out} is not a directory (give an lm_experiments run --out directory)", file=sys.stderr)
-        return 2
+    a.out = str(check_input_dir("--results", results_arg(a)))
+    if not RunTree(a.out).looks_like_run_tree():
+        raise ConfigError("--results", f"{a.out} is not an LM results directory (no frontier.csv, manifest.json "
+                          "or runs/); give the --out of `early-exposure run` (python -m lm_experiments run)")
     df = regime_table(a.out, cache_root=a.cache)
     for s in df.attrs.get("skipped", []):
         print(f"skipped damaged run {s}", file=sys.stderr)
@@ -262,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"wrote {write_regime(a.out, table=df)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``python -m paper_checks.lm_regime``, ``early-exposure regime``): bad input -> one line, exit 2."""
+    return cli_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -315,7 +315,7 @@ def test_console_entry_points_resolve_to_the_module_mains():
     import importlib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    expected = {"linear-theory": "linear_theory", "lm-experiments": "lm_experiments",
+    expected = {"early-exposure": "early_exposure", "linear-theory": "linear_theory", "lm-experiments": "lm_experiments",
                 "lm-experiments-data": "lm_experiments.data", "paper-checks": "paper_checks",
                 "early-exposure-figures": "figures"}
     assert set(scripts) == set(expected)
@@ -388,7 +388,7 @@ def test_curves_csv_holds_each_runs_history(tmp_path):
 def test_curves_are_off_by_default():
     from lm_experiments.cli import build_parser
 
-    args = build_parser().parse_args(["run", "--config", "x", "--out", "y"])
+    args = build_parser().parse_args(["run", "--config", "cpu-quick", "--out", "y"])
     assert args.curves is None
 
 

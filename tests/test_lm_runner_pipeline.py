@@ -151,7 +151,7 @@ def test_fallback_corpora_when_primary_unavailable(setup: dict, capsys, tmp_path
     p = tmp_path / "fb.yaml"
     p.write_text(yaml.safe_dump(cfg))
     rc = run(["run", "--config", str(p), "--out", str(tmp_path / "o"), "--cache", str(setup["cache"]),
-              "--no-progress", "--dry-run"])
+              "--no-progress", "--dry-run", "--probe"])
     text = capsys.readouterr().out
     assert rc == 0 and "using data_fallback" in text and "stage 3: 7 runs (lr [0.001])" in text
 
@@ -204,12 +204,14 @@ def test_bad_input_exits_2_before_training_and_writes_nothing(setup: dict, overr
 
 def test_dry_run_prints_plan_and_writes_nothing(setup: dict, capsys, tmp_path: Path) -> None:
     out = tmp_path / "dry"
-    rc = run(["run", "--config", str(setup["cfg"]), "--out", str(out), "--cache", str(setup["cache"]),
-              "--no-progress", "--dry-run"])
-    text = capsys.readouterr().out
-    assert rc == 0 and not out.exists()
-    assert "stage 1: 3 runs" in text and "stage 2: 7 runs" in text and "stage 3: 14 runs" in text
-    assert "estimated time on this machine" in text
+    for probe in ([], ["--probe"]):  # from the config alone; with the data prepared and a timing probe
+        rc = run(["run", "--config", str(setup["cfg"]), "--out", str(out), "--cache", str(setup["cache"]),
+                  "--no-progress", "--dry-run", *probe])
+        text = capsys.readouterr().out
+        assert rc == 0 and not out.exists()
+        assert "stage 1: 3 runs" in text and "stage 2: 7 runs" in text and "stage 3: 14 runs" in text
+        assert ("estimated time on this machine" in text) == bool(probe)
+        assert ("estimated disk" in text) != bool(probe)
 
 
 @pytest.mark.parametrize("preset", ["cpu-quick", "cpu-seeds", "cpu-full", "gpu-135m", "gpu-1b", "gpu-confirm-synth"])

@@ -295,12 +295,16 @@ def baseline_columns(result: Mapping[str, Any]) -> dict[str, float]:
             for o in ("unigram", "bigram", "trigram") if o in v}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m lm_experiments.analysis.ngram CONFIG.yaml  (n-gram baselines of its data, nats/token)",
-              file=sys.stderr)
-        return 2
+def _main(argv: list[str] | None) -> int:
+    from early_exposure.cliopts import add_version, preset_type
+    from early_exposure.errors import Parser
+
+    ap = Parser(prog="python -m lm_experiments.analysis.ngram",
+                description="n-gram baselines (nats/token) of a pipeline config's data.")
+    ap.add_argument("config", type=preset_type("lm"), metavar="PRESET|FILE",
+                    help="a shipped LM preset's name (e.g. cpu-quick) or a pipeline config file")
+    add_version(ap)
+    args = [ap.parse_args(sys.argv[1:] if argv is None else argv).config]
     res = baselines_from_config(args[0], progress=True)
     print(f"{'role':12s} {'unigram':>8s} {'bigram':>8s} {'trigram':>8s} {'lam':>5s} {'mu':>5s} "
           f"{'tokens':>8s} {'train_tok':>10s}")
@@ -311,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['trigram_mu']:5.2f} {v['tokens']:8d} {v['train_tokens']:10d}")
     print(json.dumps(res["data"]))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input -> one line, exit 2."""
+    from early_exposure.errors import cli_main
+
+    return cli_main(_main, argv)
 
 
 if __name__ == "__main__":

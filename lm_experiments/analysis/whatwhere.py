@@ -51,6 +51,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from early_exposure.cliopts import add_results, add_version, results_arg
+from early_exposure.configs import check_input_dir
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_bytes, atomic_write_json, stable_hash
 from early_exposure.runs import RunTree
 from lm_experiments.analysis import items as it
@@ -334,10 +337,10 @@ def analyse(out: Path, *, k: int = it.DEFAULT_K, rollback_arms: str = "base", ro
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of :func:`main`."""
-    ap = argparse.ArgumentParser(prog="python -m lm_experiments.analysis.whatwhere",
-                                 description="What is forgotten (items) and where (layer rollback) on an LM "
-                                             "run directory.")
-    ap.add_argument("out", help="an lm_experiments run --out directory")
+    ap = Parser(prog="python -m lm_experiments.analysis.whatwhere",
+                description="What is forgotten (items) and where (layer rollback) on an LM run directory "
+                            "(writes DIR/whatwhere/).")
+    add_results(ap, "an lm_experiments run --out directory (the tables go to its whatwhere/)")
     ap.add_argument("--k", type=int, default=it.DEFAULT_K, help="options per multiple-choice item (default 4)")
     ap.add_argument("--rollback-arms", choices=("base", "all"), default="base",
                     help="rollback on the base arms (unmixed, mixed) or every non-compute-matched arm")
@@ -354,30 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "attention / mlp / norms, not only whole layers and module groups)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--cache", default=None, help="data cache directory")
+    add_version(ap)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    a = ap.parse_args(argv)
-    if not Path(a.out).is_dir():
-        print(f"error: {a.out}: not a directory", file=sys.stderr)
-        return 2
+def _main(argv: list[str] | None) -> int:
+    a = build_parser().parse_args(argv)
+    a.out = str(check_input_dir("--results", results_arg(a)))
     if a.k < 2:
-        print("error: --k: must be >= 2", file=sys.stderr)
-        return 2
+        raise ConfigError("--k", f"must be >= 2, got {a.k}")
     try:
         lrs = None if a.lrs is None else ("all" if a.lrs == ["all"] else [float(x) for x in a.lrs])
     except ValueError:
-        print("error: --lrs: numbers or 'all'", file=sys.stderr)
-        return 2
+        raise ConfigError("--lrs", "numbers or 'all'") from None
     try:
         mc_items = None if a.mc_items == "all" else int(a.mc_items)
         if mc_items is not None and mc_items < 1:
             raise ValueError
     except ValueError:
-        print("error: --mc-items: a positive integer or 'all'", file=sys.stderr)
-        return 2
+        raise ConfigError("--mc-items", "a positive integer or 'all'") from None
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -394,9 +392,14 @@ def main(argv: list[str] | None = None) -> int:
                 include_cm=a.include_cm, lrs=lrs, all_units=a.all_units, mc_items=mc_items,
                 cache_root=Path(a.cache) if a.cache else None)
     except ResultsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError("--results", str(exc)) from None
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``python -m lm_experiments.analysis.whatwhere``, ``early-exposure whatwhere``):
+    bad input -> one line, exit 2."""
+    return cli_main(_main, argv)
 
 
 if __name__ == "__main__":

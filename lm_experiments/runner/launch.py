@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     from lm_experiments.protocol.context import StageContext
 
     args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):  # not for people: run_unit_procs starts it under torchrun
+        print("usage: python -m torch.distributed.run --standalone --nproc_per_node N -m lm_experiments.runner.launch "
+              "SPEC.pkl (started by the executors for train.procs_per_run > 1; see the module docstring)",
+              file=sys.stdout if args[:1] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
     spec = pickle.loads(Path(args[0]).read_bytes())
     hf_logging.disable_progress_bar()
     dctx = distributed.init_from_env()
