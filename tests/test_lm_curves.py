@@ -235,18 +235,11 @@ def test_tracker_writer_is_local_and_logs_every_step(kind, module, monkeypatch, 
 
 
 # ---------------------------------------------------------------------------- the pipeline, end to end
-def test_pipeline_writes_live_curves_in_each_run_dir_and_export_matches(tmp_path, capsys):
-    """``--curves csv`` on a tiny sweep: every trained run's ``curves.csv`` (written by the
-    process that trained it) holds its result.json history; the export of the finished runs
-    gives the same bytes; the curve is not part of the run's integrity record; without
-    ``--curves`` no curve is written."""
+def _tiny_config(root: Path) -> Path:
+    """One run per stage (pre, post with early stopping, ft) on the tiny corpora."""
     import yaml
 
-    from early_exposure.runs import RunTree, damage
-    from lm_experiments.analysis.curves import history_of, main as export_main
-    from lm_experiments.cli import run
-
-    paths = write_corpora(tmp_path)
+    paths = write_corpora(root)
     seq = 16
     cfg = {
         "data": {role: {"source": "local", "name": role, "path": p} for role, p in paths.items()}
@@ -257,8 +250,21 @@ def test_pipeline_writes_live_curves_in_each_run_dir_and_export_matches(tmp_path
         "ft": {"lr": [1.0e-3], "tokens": 2 * 4 * seq, "batch_size": 4, "checkpoint_every": 0},
         "eval": {"batch_size": 8}, "seeds": [0], "device": "cpu", "threads": 1,
     }
-    p = tmp_path / "tiny.yaml"
+    p = root / "tiny.yaml"
     p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_pipeline_writes_live_curves_in_each_run_dir_and_export_matches(tmp_path, capsys):
+    """``--curves csv`` on a tiny sweep: every trained run's ``curves.csv`` (written by the
+    process that trained it) holds its result.json history; the export of the finished runs
+    gives the same bytes; the curve is not part of the run's integrity record; without
+    ``--curves`` no curve is written."""
+    from early_exposure.runs import RunTree, damage
+    from lm_experiments.analysis.curves import history_of, main as export_main
+    from lm_experiments.cli import run
+
+    p = _tiny_config(tmp_path)
     out = tmp_path / "out"
     assert run(["run", "--config", str(p), "--out", str(out), "--cache", str(tmp_path / "c"), "--no-progress",
                 "--curves", "csv"]) == 0
@@ -310,3 +316,20 @@ def test_export_of_hand_made_records_keeps_every_value_and_lists_damaged_runs(tm
     empty = tmp_path / "empty"
     (empty / "runs").mkdir(parents=True)
     assert main(["--results", str(empty), "--out", str(tmp_path / "d2")]) == 1
+
+
+@pytest.mark.slow
+def test_ray_workers_write_the_same_live_curves_as_the_serial_executor(tmp_path):
+    """Each Ray task writes the curve of the run it trains, in that run's directory; the files
+    are the serial executor's byte for byte (the runs are bitwise the same)."""
+    from lm_experiments.cli import run
+
+    p = _tiny_config(tmp_path)
+    files = {}
+    for ex in ("serial", "ray"):
+        out = tmp_path / ex
+        assert run(["run", "--config", str(p), "--out", str(out), "--cache", str(tmp_path / "c"), "--no-progress",
+                    "--curves", "csv", "--executor", ex]) == 0
+        files[ex] = {f.relative_to(out).as_posix(): f.read_bytes() for f in sorted(out.rglob("curves.csv"))}
+    assert len(files["serial"]) == 3 and all(len(b.splitlines()) >= 3 for b in files["serial"].values())
+    assert files["ray"] == files["serial"]
