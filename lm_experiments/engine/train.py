@@ -31,7 +31,9 @@ global batch, see :mod:`lm_experiments.engine.distributed`. FLOPs and MFU of eac
 Host work off the critical path: the loss and gradient norm stay on the device and are read
 back (one transfer, :func:`_to_host`) only at the logging steps (``log_every``; evaluation,
 checkpoint and last steps included), where divergence is checked (see :func:`train`); the next
-batch is prepared while the device computes (pinned memory, non-blocking copy on CUDA).
+batch is prepared while the device computes (pinned memory, non-blocking copy on CUDA). The
+optional ``curves`` sink (:mod:`lm_experiments.engine.curves`) gets the new history records at
+those same steps: the run's curve grows on disk while it trains, at no extra device sync.
 
 Preemption: a SIGTERM under :func:`lm_experiments.engine.train_state.preemption_handler` stops
 the loop at the next step boundary with the checkpoint written
