@@ -17,6 +17,9 @@ output directory)::
     OUT/trajectory/<traj_id>/               fine-tuned stage-2 checkpoints: step-NNNNNN/result.json
     OUT/whatwhere/                          the what / where analysis
     OUT/.locks/<stage>-<id>.lock            one lock per unit of work
+    OUT/tensorboard/<stage>-<id>/           live training curves (``--curves tensorboard``)
+    OUT/trackers/                           local tracker files (``--curves trackio|wandb-offline``)
+    <run dir>/curves.csv                    live training curve (``--curves csv``; not sealed)
     OUT/.units/                             scratch of multi-process units
 
 Every run directory (``upstream/pre-*``, ``upstream/post-*``, ``runs/*``, ``trajectory/*``)
@@ -146,6 +149,32 @@ class RunTree:
         """The saved stage-2 checkpoints of a post-training run of the matched study."""
         return Path(post_run) / "trajectory"
 
+    # ---- training curves (lm_experiments.engine.curves) -----------------------------------
+    @staticmethod
+    def curves(run_dir: Path) -> Path:
+        """The live training curve of a run (``--curves csv``): ``<run dir>/curves.csv``; for
+        a trajectory, one per fine-tuned checkpoint (``<traj run>/step-NNNNNN/curves.csv``)."""
+        return Path(run_dir) / CURVES
+
+    def curve_name(self, run_dir: Path) -> str:
+        """``<stage>-<id>`` of a run directory (``pre-<id>``, ``post-<id>``, ``ft-<id>``,
+        ``traj-<id>-step-NNNNNN``): its TensorBoard directory and tracker run name."""
+        rel = self.relative(run_dir)
+        for stage, pattern in STAGE_DIRS.items():
+            prefix = pattern.split("{id}")[0]
+            if rel.startswith(prefix):
+                return f"{stage}-{rel[len(prefix):].replace('/', '-')}"
+        return rel.replace("/", "-")
+
+    def tensorboard(self, run_dir: Path) -> Path:
+        """The TensorBoard directory of a run (``--curves tensorboard``): ``OUT/tensorboard/<stage>-<id>``."""
+        return self.out / "tensorboard" / self.curve_name(run_dir)
+
+    @property
+    def trackers(self) -> Path:
+        """Local tracker files (``--curves trackio`` / ``wandb-offline``): ``OUT/trackers``."""
+        return self.out / "trackers"
+
     def lock(self, stage: str, unit: str) -> Path:
         """The lock file of one run: ``OUT/.locks/<stage>-<id>.lock``."""
         return self.out / ".locks" / f"{stage}-{unit}.lock"
@@ -168,6 +197,8 @@ class RunTree:
 
 #: the record every run directory ends with (written last, atomically)
 RECORD = "result.json"
+#: a run's live training curve (``--curves csv``); a convenience copy of ``train.history``
+CURVES = "curves.csv"
 class ResultsRoot:
     """The main job's results root (``python -m paper_checks reproduce --out RESULTS``): the
     theory studies' directories, one LM results directory (a :class:`RunTree`) per preset,
@@ -214,8 +245,9 @@ class ResultsRoot:
         return self.root / "reproduce.json"
 
 
-#: what a run directory's integrity record leaves out: the record itself, the engine's checkpoint
-NOT_SEALED = (RECORD, "train_state")
+#: what a run directory's integrity record leaves out: the record itself, the engine's checkpoint,
+#: the live training curve (a view of the record's history: editing or deleting it never redoes a run)
+NOT_SEALED = (RECORD, "train_state", CURVES)
 
 
 def sealed(d: Path) -> dict[str, Any]:

@@ -10,9 +10,10 @@ network, no data, no model; ``--dry-run --probe`` prepares the data and times a 
 ``--offline`` (no network: a hub corpus or tokenizer missing from the local cache is an error,
 the preset's offline fallback corpora are not used silently),
 ``--cache DIR`` (data cache; default ``$EARLY_EXPOSURE_CACHE`` or ``~/.cache/early_exposure``),
-``--no-progress``, ``--curves csv|tensorboard`` (after the runs, write each run's training curve
-locally: ``OUT/curves/<stage>-<id>.csv`` or TensorBoard event files under ``OUT/tensorboard/``;
-off by default, nothing leaves the machine), ``--executor auto|serial|ray`` (Ray: every run a task, on every core of
+``--no-progress``, ``--curves csv|tensorboard|trackio|wandb-offline`` (write each run's training
+curve while it trains: ``<run dir>/curves.csv``, TensorBoard events in ``OUT/tensorboard/<stage>-<id>/``
+or a local tracker; off by default, nothing leaves the machine; finished runs' curves:
+``python -m lm_experiments.analysis.curves``), ``--executor auto|serial|ray`` (Ray: every run a task, on every core of
 this machine or, with ``--address``, on a cluster; auto: Ray when installed on 2+ cores), ``--max-retries``.
 ``--config`` takes a path or a shipped preset's name (``--config cpu-quick``, :mod:`early_exposure.cliopts`).
 Rerunning the same command skips finished runs and resumes interrupted ones; a run that fails is recorded while the
@@ -38,8 +39,8 @@ from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.runs import RunTree
 
-#: stages whose result.json keeps the per-step training history (``train.history``), in file order
-_CURVE_STAGES = ("post", "pre", "ft")
+#: ``--curves`` choices (lm_experiments.engine.curves.CURVE_KINDS; kept here so that parsing imports no torch)
+CURVE_CHOICES = ("csv", "tensorboard", "trackio", "wandb-offline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-root", dest="cache_root_deprecated", default=None, help=argparse.SUPPRESS)
     add_no_progress(run, help="no progress bars (default: a bar per stage and one for the whole sweep with rate "
                               "and ETA)")
-    run.add_argument("--curves", choices=("csv", "tensorboard"), default=None,
-                     help="also write each run's training curve (step, train_loss, lr, grad_norm, val_loss) "
-                          "locally: OUT/curves/*.csv or TensorBoard events in OUT/tensorboard/ "
-                          "(needs the tensorboard package); default: off")
+    run.add_argument("--curves", choices=CURVE_CHOICES, default=None,
+                     help="write each run's training curve (step, train_loss, val_loss, lr, grad_norm) while it "
+                          "trains, locally: csv = <run dir>/curves.csv; tensorboard = OUT/tensorboard/<stage>-<id>/ "
+                          "(pip install tensorboard); trackio / wandb-offline = a local tracker; default: off")
     add_executor(run)
     run.add_argument("--address", default=None,
                      help="with --executor ray: join a running Ray cluster ('auto' or HOST:PORT)")
@@ -80,58 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
-def _histories(record: dict) -> dict[str, list[dict]]:
-    """``{stage: per-step history}`` of one result.json (``train.history`` or ``stages.<s>.history``)."""
-    out: dict[str, list[dict]] = {}
-    train = record.get("train")
-    if isinstance(train, dict) and isinstance(train.get("history"), list) and train["history"]:
-        out[str(record.get("stage", "train"))] = train["history"]
-    for stage, summary in (record.get("stages") or {}).items():
-        if isinstance(summary, dict) and isinstance(summary.get("history"), list) and summary["history"]:
-            out[stage] = summary["history"]
-    return out
+def curves_argv(kind: str | None) -> tuple[str, ...]:
+    """The ``run`` arguments that switch live curves on (``()`` for None): what a caller that
+    runs ``python -m lm_experiments run`` as a step (``paper_checks reproduce``) appends."""
+    return () if kind is None else ("--curves", kind)
 
 
-def write_curves(out: Path, kind: str) -> list[Path]:
-    """Write the training curve of every finished run under ``out`` (its ``result.json`` files)
-    as ``out/curves/<stage>-<id>.csv`` or TensorBoard scalars in ``out/tensorboard/<stage>-<id>/``.
-    Unreadable result files are left out (the run is redone by the next run command)."""
-    import csv
-    import io
-    import json
-
-    from early_exposure.io import atomic_write_bytes
-
-    written: list[Path] = []
-    for stage_dirs in (RunTree(out).run_dirs(s) for s in _CURVE_STAGES):
-        for f in (RunTree.record(d) for d in stage_dirs):
-            try:
-                record = json.loads(f.read_bytes().decode("utf-8"))
-            except (OSError, ValueError):
-                continue
-            run_id = f.parent.name
-            for stage, hist in _histories(record).items():
-                name = run_id if run_id.startswith(f"{stage}-") else f"{stage}-{run_id}"
-                cols = sorted({k for h in hist for k in h}, key=lambda c: (c != "step", c))
-                if kind == "csv":
-                    buf = io.StringIO()
-                    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-                    w.writeheader()
-                    w.writerows(hist)
-                    written.append(atomic_write_bytes(out / "curves" / f"{name}.csv", buf.getvalue().encode("utf-8")))
-                else:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    logdir = out / "tensorboard" / name
-                    if logdir.is_dir():  # written by an earlier command: the run is finished, keep it
-                        continue
-                    with SummaryWriter(log_dir=str(logdir)) as tb:
-                        for h in hist:
-                            for k, v in h.items():
-                                if k != "step" and isinstance(v, (int, float)):
-                                    tb.add_scalar(k, v, int(h["step"]))
-                    written.append(logdir)
-    return written
+def _announce_curves(out: Path, kind: str) -> None:
+    """Where the live curves go (printed once before the sweep)."""
+    tree = RunTree(out)
+    where = {"csv": ", ".join(str(RunTree.curves(tree.run_dir(s, "*"))) for s in ("pre", "post", "ft"))
+                    + " (rows appear as each run trains)",
+             "tensorboard": f"{tree.tensorboard(tree.run_dir('ft', '*')).parent} (tensorboard --logdir there)"}
+    print(f"live training curves -> {where.get(kind, f'{tree.trackers} ({kind}, local)')}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,28 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     from lm_experiments.runner.pipeline import run_pipeline
 
     check_output_dir("--cache", args.cache or default_cache_root())
-    if args.curves == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
-        except ImportError:
-            raise ConfigError("--curves", "tensorboard is not installed; pip install tensorboard, "
-                              "or use --curves csv") from None
+    from lm_experiments.engine.curves import require
+
+    require(args.curves)  # the chosen writer's package imports (one line, exit 2, otherwise)
     cfg = load_config(args.config, args.overrides)
     if args.offline and cfg.data_fallback is not None:  # a missing hub corpus is an error, not a silent fallback
         import dataclasses
 
         cfg = dataclasses.replace(cfg, data_fallback=None, fallback_set=())
     distributed.init_from_env()  # under torchrun: one process group, every run data-parallel over it
-    is_main = distributed.context().is_main
+    if args.curves and not args.dry_run and distributed.context().is_main:
+        _announce_curves(out, args.curves)
     try:
         m = run_pipeline(cfg, out, cache_root=Path(args.cache) if args.cache else None, dry_run=args.dry_run,
                          progress=not args.no_progress, executor=args.executor, address=args.address,
-                         max_retries=args.max_retries)
+                         max_retries=args.max_retries, curves=args.curves)
     finally:
         distributed.shutdown()
-        if args.curves and not args.dry_run and out.is_dir() and is_main:
-            n = len(write_curves(out, args.curves))
-            print(f"training curves of {n} run stage(s) -> {out / ('curves' if args.curves == 'csv' else 'tensorboard')}")
     if m.get("failed"):
         print(f"error: {len(m['failed'])} runs failed (listed above and in {out / 'manifest.json'}); "
               "rerun the same command to retry them", file=sys.stderr)

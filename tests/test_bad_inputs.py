@@ -369,22 +369,7 @@ def test_reproduce_lm_steps_run_with_progress(tmp_path):
         assert lm and all("--no-progress" not in s.argv and s.progress == PIPELINE_BAR for s in lm)
 
 
-# --------------------------------------------------------------------------- training curves
-def test_curves_csv_holds_each_runs_history(tmp_path):
-    from lm_experiments.cli import write_curves
-
-    hist = [{"step": 1, "train_loss": 7.5, "lr": 1e-4}, {"step": 2, "train_loss": 7.25, "lr": 2e-4, "val_loss": 7.0}]
-    (tmp_path / "upstream" / "post-abc").mkdir(parents=True)
-    (tmp_path / "upstream" / "post-abc" / "result.json").write_text(json.dumps({"stage": "post", "train": {"history": hist}}))
-    (tmp_path / "upstream" / "pre-bad").mkdir(parents=True)
-    (tmp_path / "upstream" / "pre-bad" / "result.json").write_text('{"stage": "pre", "tr')  # truncated: left out
-    written = write_curves(tmp_path, "csv")
-    assert written == [tmp_path / "curves" / "post-abc.csv"]
-    df = pd.read_csv(written[0])
-    assert list(df.columns) == ["step", "lr", "train_loss", "val_loss"]
-    assert df["train_loss"].tolist() == [7.5, 7.25] and np.isnan(df["val_loss"][0]) and df["val_loss"][1] == 7.0
-
-
+# --------------------------------------------------------------------------- training curves (tests/test_lm_curves.py)
 def test_curves_are_off_by_default():
     from lm_experiments.cli import build_parser
 
@@ -416,53 +401,6 @@ def test_pass_needs_a_meaningful_gain_when_the_fronts_do_not_overlap():
     status, _, data = compare_frontiers(_disjoint_fronts(0.1), "unmixed", "mixed", "ret_ft", "theory", opts)
     assert data["hv_candidate"] - data["hv_baseline"] == pytest.approx(0.07, rel=1e-3)  # 22% of HV(base)
     assert status == "PASS"
-
-
-def test_curves_csv_end_to_end_on_a_tiny_pipeline(tmp_path):
-    """``--curves csv`` after a real (tiny) run: one CSV per trained upstream stage, one row per
-    optimizer step, the losses of the run's own result.json history; without it, none."""
-    import yaml
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from lm_tiny import write_corpora
-
-    paths = write_corpora(tmp_path)
-    seq = 16
-    cfg = {
-        "data": {role: {"source": "local", "name": role, "path": p} for role, p in paths.items()}
-        | {"vocab_size": 300, "seq_len": seq, "val_tokens": 128, "val_fraction": 0.1, "bpe_sample_chars": 20000},
-        "pre": {"tokens": 4 * 4 * seq, "batch_size": 4, "mix_fraction": [0.5], "checkpoint_every": 0},
-        "post": {"max_epochs": 1, "eval_every_epochs": 1.0, "patience": 1, "post_train_tokens": 12 * seq,
-                 "checkpoint_every": 0, "sweep": {"batch_size": [4]}},
-        "ft": {"lr": [1.0e-3], "tokens": 2 * 4 * seq, "batch_size": 4, "checkpoint_every": 0},
-        "eval": {"batch_size": 8}, "seeds": [0], "device": "cpu", "threads": 1,
-    }
-    p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "out"
-    assert _lm(["run", "--config", str(p), "--out", str(out), "--cache", str(tmp_path / "c"), "--no-progress",
-                "--curves", "csv"]) == 0
-    trained = {}
-    for f in sorted(out.glob("upstream/*/result.json")):
-        rec = json.loads(f.read_text())
-        if rec.get("train", {}).get("history"):
-            trained[f.parent.name] = rec["train"]
-    assert {n.split("-")[0] for n in trained} == {"pre", "post"}
-    for f in sorted(out.glob("runs/*/result.json")):  # fine-tuning: its curve in the run's own result
-        rec = json.loads(f.read_text())
-        trained[f"ft-{f.parent.name}"] = rec["stages"]["ft"]
-    assert sum(n.startswith("ft-") for n in trained) == 1
-    csvs = sorted(p.name for p in (out / "curves").glob("*.csv"))
-    assert csvs == sorted(f"{n}.csv" for n in trained)
-    for name, train in trained.items():
-        df = pd.read_csv(out / "curves" / f"{name}.csv")
-        assert df["step"].tolist() == list(range(1, train["steps"] + 1))
-        assert df["train_loss"].tolist() == pytest.approx([h["train_loss"] for h in train["history"]])
-        assert df["train_loss"].iloc[0] > 0 and np.isfinite(df["train_loss"]).all()
-    # the same run without --curves (the default) writes no curves
-    out2 = tmp_path / "out2"
-    assert _lm(["run", "--config", str(p), "--out", str(out2), "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
-    assert not (out2 / "curves").exists() and not (out2 / "tensorboard").exists()
 
 
 def test_figures_refuse_a_sealed_table_cut_at_a_line_end(tmp_path, fixture_tree, capsys):

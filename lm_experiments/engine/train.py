@@ -31,7 +31,9 @@ global batch, see :mod:`lm_experiments.engine.distributed`. FLOPs and MFU of eac
 Host work off the critical path: the loss and gradient norm stay on the device and are read
 back (one transfer, :func:`_to_host`) only at the logging steps (``log_every``; evaluation,
 checkpoint and last steps included), where divergence is checked (see :func:`train`); the next
-batch is prepared while the device computes (pinned memory, non-blocking copy on CUDA).
+batch is prepared while the device computes (pinned memory, non-blocking copy on CUDA). The
+optional ``curves`` sink (:mod:`lm_experiments.engine.curves`) gets the new history records at
+those same steps: the run's curve grows on disk while it trains, at no extra device sync.
 
 Preemption: a SIGTERM under :func:`lm_experiments.engine.train_state.preemption_handler` stops
 the loop at the next step boundary with the checkpoint written
@@ -60,6 +62,7 @@ from early_exposure.errors import ConfigError
 from early_exposure.seeding import int_seed
 from lm_experiments.engine import distributed
 from lm_experiments.config import TrainSection
+from lm_experiments.engine.curves import CurveSink
 from lm_experiments.engine.device import autocast_context, check_precision, device_name, device_peak_tflops
 from lm_experiments.engine.losses import CausalLMLoss, resolve_cross_entropy
 from lm_experiments.engine.optim import OptimConfig, lr_at, make_optimizer
@@ -292,6 +295,7 @@ def train(
     progress: bool = True,
     log_every: int | None = None,
     warmup_steps: int | None = None,
+    curves: CurveSink | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``len(source)`` batches (paper App. B optimisation).
 
@@ -322,6 +326,10 @@ def train(
             Default: :data:`LOG_EVERY` (50) on accelerators, :data:`LOG_EVERY_CPU` (1) on the CPU.
         warmup_steps: steps excluded from the MFU measurement (compilation, allocator and
             kernel warm-up); default ``min(10, len(source) // 10)``, at least 1.
+        curves: where the curve goes while the run trains (:mod:`lm_experiments.engine.curves`;
+            None: nowhere, the default): ``begin(history so far)`` before the first step, then
+            ``log(records)`` after each logging step with the steps' final history records
+            (main process only; host values the loop already read, no extra device sync).
 
     Divergence (a non-finite training loss or gradient norm) is checked at the logging
     steps: at a logging step it is found before that step's update (as before); when it
@@ -436,6 +444,17 @@ def train(
                 torch.manual_seed(int_seed(int(seed), "ddp-rank", rank, step))
             resumed_from = step
 
+        sink = curves if main else None
+        emitted = [len(history)]  # history records already sent to the sink
+
+        def emit() -> None:
+            if len(history) > emitted[0]:
+                sink.log(history[emitted[0]:])
+                emitted[0] = len(history)
+
+        if sink is not None:
+            sink.begin(list(history))
+
         loss_module = CausalLMLoss(model, cross_entropy=ce_mode, chunk_tokens=ce_chunk_tokens, compile=compile)
         step_module = distributed.wrap_ddp(loss_module, device) if world > 1 else loss_module
 
@@ -547,6 +566,8 @@ def train(
                         stopped_early = True
                         break
 
+                if sink is not None:  # this step's record is final (its val_loss included)
+                    emit()
                 if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
                     save_state()
                     interrupted = True
@@ -567,6 +588,8 @@ def train(
                     raise Preempted(f"{desc} at step {step}")
         finally:
             bar.close()
+            if sink is not None:  # a run that stopped (diverged, early, preempted): its last records
+                emit()
 
     wall = wall_before + (time.perf_counter() - t0)
     if not interrupted:

@@ -56,6 +56,8 @@ class StageContext:
 
     ``data_used`` is the summary of :func:`lm_experiments.protocol.prepared.prepare` (which corpora,
     whether the fallback was used); ``cfg`` is the *effective* config (fallback applied).
+    ``curves``: write every run's training curve live (:data:`lm_experiments.engine.curves.CURVE_KINDS`;
+    None, the default: no curves).
     """
 
     cfg: PipelineConfig
@@ -64,6 +66,7 @@ class StageContext:
     device: Any
     data_used: dict[str, Any]
     progress: bool = True
+    curves: str | None = None
 
     def __post_init__(self) -> None:
         sp = self.prepared.splits
@@ -81,13 +84,13 @@ class StageContext:
 
     @classmethod
     def open(cls, cfg: PipelineConfig, out: Path, *, cache_root: Path | None = None,
-             progress: bool = False) -> StageContext:
+             progress: bool = False, curves: str | None = None) -> StageContext:
         """Build the context in a fresh process from the config alone (data from the cache)."""
         from lm_experiments.engine.device import resolve_device
 
         with main_first():  # under torchrun rank 0 fills the data cache, the others then read it
             prepared, data_used, cfg = prepare(cfg, cache_root=cache_root, progress=progress, log=lambda _: None)
-        return cls(cfg, prepared, Path(out), resolve_device(cfg.device), data_used, progress)
+        return cls(cfg, prepared, Path(out), resolve_device(cfg.device), data_used, progress, curves)
 
     # ---- helpers ----------------------------------------------------------------------
     def evaluate(self, model: Any, role: str, *, correct: bool = False, split: str = "report") -> Any:
@@ -117,11 +120,26 @@ class StageContext:
         from lm_experiments.engine import train as engine
 
         _log_training(self.tree, ckpt_dir)
-        return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
-                            precision=self.cfg.precision, speed=self.cfg.train,
-                            stopping=engine.EarlyStop(eval_fn, eval_every, patience, on_eval=on_eval),
-                            checkpoint_every=checkpoint_every, desc=desc, seed=seed,
-                            micro_batch=self.cfg.micro_batch, progress=self.progress)
+        sink = self.curve_sink(Path(ckpt_dir).parent)
+        try:
+            return engine.train(model, source, optim=optim, ckpt_dir=ckpt_dir, device=self.device,
+                                precision=self.cfg.precision, speed=self.cfg.train,
+                                stopping=engine.EarlyStop(eval_fn, eval_every, patience, on_eval=on_eval),
+                                checkpoint_every=checkpoint_every, desc=desc, seed=seed,
+                                micro_batch=self.cfg.micro_batch, progress=self.progress, curves=sink)
+        finally:
+            if sink is not None:
+                sink.close()
+
+    def curve_sink(self, run_dir: Path) -> Any:
+        """The live curve of the run in ``run_dir`` (None without ``curves`` or off rank 0):
+        ``<run dir>/curves.csv``, ``OUT/tensorboard/<stage>-<id>/`` or a local tracker run."""
+        if self.curves is None or not distributed.is_main():
+            return None
+        from lm_experiments.engine.curves import open_curves
+
+        return open_curves(self.curves, csv_path=self.tree.curves(run_dir), tensorboard_dir=self.tree.tensorboard(run_dir),
+                           tracker_root=self.tree.trackers, name=self.tree.curve_name(run_dir))
 
 
 def optim_for(section: OptimSection, *, steps: int, **overrides: Any) -> Any:

@@ -92,7 +92,7 @@ def run_serial(ctx: StageContext, plan: Plan, on_done: Any, cache_root: Path | N
             upstream = outcomes.get(up) if up else None
             if procs > 1:  # each run data-parallel over its own torchrun job (lm_experiments.runner.launch)
                 o = run_unit_procs(stage, record, config_json, str(ctx.out), str(cache_root) if cache_root else None,
-                                   upstream, procs, unit_id(stage, record))
+                                   upstream, procs, unit_id(stage, record), curves=ctx.curves)
                 if o.get("preempted"):
                     raise Preempted(f"{stage} run {o['id']} (torchrun x{procs})")
             else:
@@ -137,36 +137,38 @@ def _preemptible_task(stage: str, record: Any, out: str) -> Any:
 
 # ---- Ray ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
-def _worker_context(config_json: str, out: str, cache_root: str | None) -> StageContext:
-    """One context per (config, output directory) per worker process (data loaded once)."""
+def _worker_context(config_json: str, out: str, cache_root: str | None, curves: str | None = None) -> StageContext:
+    """One context per (config, output directory, curves) per worker process (data loaded once);
+    the worker writes the curves of the runs it trains itself."""
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     cfg = config_from_mapping(json.loads(config_json))
     torch.set_num_threads(max(1, cfg.threads))
-    return StageContext.open(cfg, Path(out), cache_root=Path(cache_root) if cache_root else None)
+    return StageContext.open(cfg, Path(out), cache_root=Path(cache_root) if cache_root else None, curves=curves)
 
 
 def _ray_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
-                    upstream: dict[str, Any] | None, nproc: int) -> dict[str, Any]:
+                    upstream: dict[str, Any] | None, nproc: int, curves: str | None = None) -> dict[str, Any]:
     """A multi-process run: this task holds ``nproc`` GPUs (or CPUs) and runs torchrun on them."""
     with _preemptible_task(stage, record, out) as box:
         if preemption_requested():
             raise Preempted("before it started")
-        o = run_unit_procs(stage, record, config_json, out, cache_root, upstream, nproc, unit_id(stage, record))
+        o = run_unit_procs(stage, record, config_json, out, cache_root, upstream, nproc, unit_id(stage, record),
+                           curves=curves)
     return box[0] or o
 
 
 def _ray_unit(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
-              upstream: dict[str, Any] | None) -> dict[str, Any]:
+              upstream: dict[str, Any] | None, curves: str | None = None) -> dict[str, Any]:
     buf = io.StringIO()
     o: dict[str, Any] = {}
     with contextlib.redirect_stderr(_Tee(buf, sys.stderr)):
         with _preemptible_task(stage, record, out) as box:
             if preemption_requested():  # the driver is stopping: do not start
                 raise Preempted("before it started")
-            ctx = _worker_context(config_json, out, cache_root)
+            ctx = _worker_context(config_json, out, cache_root, curves)
             o = run_one(ctx, stage, record, upstream)
     o = box[0] or o
     # the driver does not see worker output (log_to_driver=False): hand it the one-line notes
@@ -194,8 +196,9 @@ class _Tee(io.TextIOBase):
 
 
 def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | None, on_done: Any,
-            address: str | None = None, max_retries: int = 2) -> list[dict[str, Any]]:
-    """Every unit a Ray task, upstream results as arguments (Ray waits for them)."""
+            address: str | None = None, max_retries: int = 2, curves: str | None = None) -> list[dict[str, Any]]:
+    """Every unit a Ray task, upstream results as arguments (Ray waits for them); ``curves``:
+    each task writes the live curves of its run (:func:`lm_experiments.runner.pipeline.run_pipeline`)."""
     import ray
 
     marker = preempt_marker(out)
@@ -215,7 +218,7 @@ def run_ray(cfg: PipelineConfig, plan: Plan, out: Path, *, cache_root: Path | No
     try:
         gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and _has_cuda())
         procs = cfg.train.procs_per_run  # > 1: one torchrun job per run, on procs GPUs (or CPUs) of one node
-        extra = (procs,) if procs > 1 else ()
+        extra = (procs, curves) if procs > 1 else (curves,)
         task = ray.remote(num_cpus=max(1, cfg.threads) * (1 if gpu else procs), num_gpus=procs if gpu else 0,
                           max_retries=max_retries, retry_exceptions=False)(_ray_unit_procs if procs > 1 else _ray_unit)
         config_json = json.dumps(config_to_dict(cfg), sort_keys=True)

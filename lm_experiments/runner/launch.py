@@ -53,8 +53,9 @@ def _last_error_line(text: str) -> str:
 
 
 def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_root: str | None,
-                   upstream: dict[str, Any] | None, nproc: int, unit: str) -> dict[str, Any]:
-    """Run one unit with ``torchrun --nproc_per_node nproc``; its outcome (never raises)."""
+                   upstream: dict[str, Any] | None, nproc: int, unit: str, curves: str | None = None) -> dict[str, Any]:
+    """Run one unit with ``torchrun --nproc_per_node nproc``; its outcome (never raises).
+    ``curves``: rank 0 writes the run's live training curve (:mod:`lm_experiments.engine.curves`)."""
     from lm_experiments.engine.train_state import forward_signals_to
 
     if upstream is not None and upstream.get("preempted"):
@@ -66,7 +67,8 @@ def run_unit_procs(stage: str, record: Any, config_json: str, out: str, cache_ro
     with tempfile.TemporaryDirectory(dir=work, prefix=f"{stage}-{unit}-") as tmp:
         spec, result = Path(tmp) / "spec.pkl", Path(tmp) / "outcome.json"
         spec.write_bytes(pickle.dumps({"stage": stage, "record": record, "config_json": config_json, "out": out,
-                                       "cache_root": cache_root, "upstream": upstream, "outcome": str(result)}))
+                                       "cache_root": cache_root, "upstream": upstream, "outcome": str(result),
+                                       "curves": curves}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "lm_experiments.runner.launch", str(spec)]
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, cfg.threads))
         with distributed.main_first():  # rank 0 fills the data cache first
             ctx = StageContext.open(cfg, Path(spec["out"]),
-                                    cache_root=Path(spec["cache_root"]) if spec["cache_root"] else None)
+                                    cache_root=Path(spec["cache_root"]) if spec["cache_root"] else None,
+                                    curves=spec.get("curves"))
         with preemption_handler():
             try:
                 result = run_one(ctx, spec["stage"], spec["record"], spec["upstream"])

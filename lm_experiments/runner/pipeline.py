@@ -93,7 +93,7 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     try:
         if executor == "ray":
             run_ray(ctx.cfg, plan, ctx.out, cache_root=cache_root, on_done=on_done, address=address,
-                    max_retries=max_retries)
+                    max_retries=max_retries, curves=ctx.curves)
             if preempted:
                 stop = Preempted(f"{len(preempted)} run(s) stopped with their checkpoints")
         else:
@@ -135,13 +135,20 @@ def _together_on_preemption() -> Iterator[None]:
 
 def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None = None, dry_run: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print, executor: str = "serial",
-                 address: str | None = None, max_retries: int = 2) -> dict[str, Any]:
+                 address: str | None = None, max_retries: int = 2, curves: str | None = None) -> dict[str, Any]:
     """Validate, plan and run (or, with ``dry_run``, only print the plan and a time estimate).
+
+    ``curves``: write every run's training curve while it trains (``csv``: ``<run dir>/curves.csv``;
+    ``tensorboard``: ``OUT/tensorboard/<stage>-<id>/``; ``trackio`` / ``wandb-offline``: a local
+    tracker; :mod:`lm_experiments.engine.curves`), in whichever process trains the run; None: none.
 
     Everything that can reject the input (config, data, budgets, device, executor) runs
     before the first write to ``out_dir``; a ``ConfigError`` leaves ``out_dir`` untouched.
     """
     check_executor(executor, address)
+    from lm_experiments.engine.curves import require
+
+    require(curves)  # the chosen writer's package imports, before any work
     dctx = distributed.context()
     if dctx.active and cfg.train.procs_per_run > 1:
         raise ConfigError("train.procs_per_run", f"must be 1 under torchrun ({dctx.world_size} processes already "
@@ -176,7 +183,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, cache_root: Path | None 
             f"post-training counted at its max_epochs)")
         return {"dry_run": True, "plan": plan, "estimate": est, "pipeline": pipeline}
     out_dir = Path(out_dir)
-    ctx = StageContext(cfg, prepared, out_dir, device, data_used, progress and dctx.is_main)
+    ctx = StageContext(cfg, prepared, out_dir, device, data_used, progress and dctx.is_main, curves=curves)
     if not dctx.is_main:  # the other ranks train every run with rank 0 and write nothing
         from transformers.utils import logging as hf_logging
 

@@ -99,12 +99,14 @@ def run_one(ctx: StageContext, stage: str, record: PreRun | PostRun | FtRun,
 
 
 def run_unit(stage: str, record: PreRun | PostRun | FtRun | TrajRun, cfg: PipelineConfig, out: Path, *,
-             cache_root: Path | None = None, ctx: StageContext | None = None) -> StageResult:
+             cache_root: Path | None = None, ctx: StageContext | None = None,
+             curves: str | None = None) -> StageResult:
     """Execute one run given only its record, the resolved config and the output directory
-    (its upstream runs must be finished). ``ctx`` reuses an open context in this process. The
+    (its upstream runs must be finished). ``ctx`` reuses an open context in this process;
+    ``curves`` (for a new context) writes the run's curve live (:mod:`lm_experiments.engine.curves`). The
     run's lock is held meanwhile (:func:`run_locked`): another process running the same unit
     is waited for and its result reused."""
-    ctx = ctx or StageContext.open(cfg, out, cache_root=cache_root)
+    ctx = ctx or StageContext.open(cfg, out, cache_root=cache_root, curves=curves)
     return run_locked(ctx, stage, record, unit_id(stage, record))
 
 
