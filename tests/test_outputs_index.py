@@ -1,0 +1,158 @@
+"""What a tiny sweep leaves for a user to find their way: ``checkpoints.csv`` (every run
+directory once, each row equal to an independent read of the run's ``result.json``), model
+cards whose front matter carries the run's lineage, and the index refreshed when a sweep is
+resumed. One tiny sweep (CPU, 2 lambdas, the matched study on: every kind of run directory)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lm_experiments.cli import run
+from lm_tiny import write_corpora
+
+SEQ = 16
+
+
+def _config(paths: dict[str, str]) -> dict:
+    return {
+        "data": {role: {"source": "local", "name": role, "path": p} for role, p in paths.items()}
+        | {"vocab_size": 300, "seq_len": SEQ, "val_tokens": 64, "val_fraction": 0.1, "bpe_sample_chars": 20000},
+        "model": {"preset": "tiny-1m"},
+        "pre": {"tokens": 4 * 4 * SEQ, "batch_size": 4, "mix_fraction": [0.0, 0.5], "optim": {"warmup_steps": 1},
+                "checkpoint_every": 0},
+        "post": {"sweep": {"lr": [1.0e-3], "batch_size": [4]}, "max_epochs": 1, "eval_every_epochs": 0.5,
+                 "patience": 2, "post_train_tokens": 12 * SEQ, "optim": {"warmup_steps": 1}},
+        "ft": {"lr": [1.0e-3], "tokens": 2 * 4 * SEQ, "batch_size": 4, "optim": {"warmup_steps": 0},
+               "save_checkpoints": True},
+        "matched": {"enabled": True, "max_checkpoints": 2},
+        "eval": {"batch_size": 8},
+        "seeds": [0],
+        "device": "cpu",
+    }
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("outputs")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(_config(write_corpora(root))))
+    out = root / "out"
+    argv = ["run", "--config", str(cfg), "--out", str(out), "--cache", str(root / "cache"), "--no-progress"]
+    assert run(argv) == 0
+    return {"out": out, "argv": argv}
+
+
+def _index(out: Path) -> list[dict[str, str]]:
+    with open(out / "checkpoints.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _cell(v) -> str:
+    """A value as the csv module writes it (None empty, JSON for a mapping)."""
+    if v is None:
+        return ""
+    return json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)
+
+
+def test_every_run_directory_is_indexed_once_and_matches_its_record(sweep: dict) -> None:
+    out = sweep["out"]
+    rows = _index(out)
+    run_dirs = sorted(p.parent.relative_to(out).as_posix() for p in out.glob("*/*/result.json")
+                      if p.parent.parent.name in ("upstream", "runs", "trajectory"))
+    indexed = [r["run_dir"] for r in rows if r["stage"] != "post-trajectory"]
+    assert sorted(indexed) == run_dirs and len(set(indexed)) == len(indexed)
+    stages = [r["stage"] for r in rows]
+    assert stages.count("pre") == 2 and stages.count("post") == 2 and stages.count("ft") == 2
+    assert stages.count("traj") == 2 and stages.count("post-trajectory") >= 2
+    for r in rows:
+        d = out / r["run_dir"]
+        if r["stage"] == "post-trajectory":
+            meta = json.loads((d / "meta.json").read_text())
+            assert int(r["step"]) == meta["step"] and float(r["L_im"]) == meta["L_im"]
+            assert r["model_dir"] == f"{r['run_dir']}/model"
+            continue
+        rec = json.loads((d / "result.json").read_text())
+        own = {"pre": "pre_id", "post": "upstream_id", "ft": "run_id", "traj": "traj_id"}[r["stage"]]
+        assert r["id"] == rec[own] and d.name.endswith(rec[own])
+        assert r["status"] == ("diverged" if rec["diverged"] else "ok")
+        assert r["seed"] == str(rec["seed"]) and float(r["mix_fraction"]) == rec["mix_fraction"]
+        assert r["pre_id"] == rec["pre_id"]
+        if r["stage"] != "pre":
+            assert r["upstream_id"] == rec["upstream_id"]
+        if r["stage"] in ("post", "ft"):
+            assert r["compute_matched"] == _cell(rec["compute_matched"])
+            setting = rec["setting"] if r["stage"] == "post" else rec["post_hparams"]
+            assert json.loads(r["post_hparams"]) == setting
+        if r["stage"] in ("ft", "traj"):
+            assert float(r["ft_lr"]) == rec["ft_lr"] and r["method"] == rec["method"]
+        if r["stage"] != "traj":
+            assert json.loads(r["losses"]) == rec["losses"]
+            for k in ("L_im", "L_ret", "L_ft", "L_pre"):
+                assert r[k] == _cell(rec["losses"].get(k))
+        model = "model" if r["stage"] == "ft" else rec.get("model_dir")
+        assert r["model_dir"] == (f"{r['run_dir']}/{model}" if model and (d / model).is_dir() else "")
+        if r["model_dir"]:
+            assert (out / r["model_dir"] / "config.json").is_file()
+
+
+def test_model_cards_carry_the_lineage_of_their_run(sweep: dict) -> None:
+    from lm_experiments.engine.model_card import read_front_matter
+
+    out = sweep["out"]
+    cards = 0
+    for r in _index(out):
+        if not r["model_dir"] or r["stage"] == "post-trajectory":
+            continue
+        meta = read_front_matter((out / r["model_dir"] / "README.md").read_text())
+        rec = json.loads((out / r["run_dir"] / "result.json").read_text())
+        lin = meta["early_exposure"]
+        assert meta["license"] == "mit" and meta["library_name"] == "transformers"
+        assert lin["stage"] == r["stage"] and lin["seed"] == rec["seed"] and lin["mix_fraction"] == rec["mix_fraction"]
+        for k in ("pre_id", "upstream_id", "run_id", "compute_matched", "ft_lr"):
+            assert lin.get(k) == rec.get(k), k
+        if r["stage"] == "post":
+            assert lin["setting"] == rec["setting"] and lin["losses"] == rec["losses"]
+            assert lin["train"]["steps"] == rec["train"]["steps"]
+            assert meta["base_model"] == f"upstream/pre-{rec['pre_id']}/model"
+            assert (out / meta["base_model"]).is_dir() and meta["datasets"] == ["local:post"]
+        elif r["stage"] == "pre":
+            assert lin["losses"] == rec["losses"] and lin["train"]["tokens"] == rec["train"]["tokens"]
+            assert "base_model" not in meta
+            assert meta["datasets"] == (["local:pre", "local:post"] if rec["mix_fraction"] > 0 else ["local:pre"])
+        else:  # ft: the four losses of the frontier, the upstream theta_post
+            assert lin["setting"] == rec["post_hparams"] and meta["datasets"] == ["local:ft"]
+            assert all(math.isclose(lin["losses"][k], rec["losses"][k]) for k in ("L_ret", "L_ft", "L_pre"))
+            assert meta["base_model"] == f"upstream/post-{rec['upstream_id']}/model"
+            assert lin["train"]["tokens"] == rec["stages"]["ft"]["tokens"]
+        cards += 1
+    assert cards == 6
+
+
+def test_resumed_sweep_refreshes_the_index(sweep: dict, tmp_path: Path) -> None:
+    """A run redone on resume and a stale index (rows of a run removed since) are both fixed
+    by the next sweep's end."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(sweep["out"], out)
+    victim = next(r for r in _index(out) if r["stage"] == "ft")
+    shutil.rmtree(out / victim["run_dir"])
+    (out / "checkpoints.csv").write_text("stale\n")
+    argv = list(sweep["argv"])
+    argv[argv.index("--out") + 1] = str(out)
+    assert run(argv) == 0
+    again, first = _index(out), _index(sweep["out"])
+    assert [r["run_dir"] for r in again] == [r["run_dir"] for r in first]
+    loss_cols = ("L_im", "L_ret", "L_ft", "L_pre", "losses")
+    for a, b in zip(again, first):  # the redone run: the same losses up to float noise
+        assert {k: v for k, v in a.items() if k not in loss_cols} == {k: v for k, v in b.items() if k not in loss_cols}
+        for k in loss_cols[:4]:
+            assert (a[k] == b[k] == "") or math.isclose(float(a[k]), float(b[k]), rel_tol=1e-6)
