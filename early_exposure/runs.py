@@ -184,17 +184,27 @@ class ResultsRoot:
         """``RESULTS/theory/<study>`` (verify, sweep, frontier, compute_matched, matched, latent, ...)."""
         return self.theory_root / study
 
+    @property
+    def lm_root(self) -> Path:
+        """``RESULTS/lm``: one LM results directory per preset."""
+        return self.root / "lm"
+
     def lm(self, preset: str) -> RunTree:
         """The LM results directory of ``preset``: ``RESULTS/lm/<preset>``."""
-        return RunTree(self.root / "lm" / preset)
+        return RunTree(self.lm_root / preset)
 
     def lm_trees(self) -> list[RunTree]:
         """Every LM results directory that holds a complete frontier table, sorted by preset."""
-        return [RunTree(p.parent) for p in sorted((self.root / "lm").glob(f"*/{RunTree('.').frontier.name}"))]
+        return [RunTree(p.parent) for p in sorted(self.lm_root.glob(f"*/{RunTree('.').frontier.name}"))]
 
     def lm_dirs_with(self, sub: str) -> list[Path]:
         """``RESULTS/lm/*/<sub>`` that exist, sorted (e.g. ``whatwhere``)."""
-        return sorted((self.root / "lm").glob(f"*/{sub}"))
+        return sorted(self.lm_root.glob(f"*/{sub}"))
+
+    @property
+    def guide(self) -> Path:
+        """``RESULTS/README.md``: what every file and directory of the tree is (``paper_checks.results_guide``)."""
+        return self.root / "README.md"
 
     @property
     def figures(self) -> Path:

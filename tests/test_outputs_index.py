@@ -156,3 +156,60 @@ def test_resumed_sweep_refreshes_the_index(sweep: dict, tmp_path: Path) -> None:
         assert {k: v for k, v in a.items() if k not in loss_cols} == {k: v for k, v in b.items() if k not in loss_cols}
         for k in loss_cols[:4]:
             assert (a[k] == b[k] == "") or math.isclose(float(a[k]), float(b[k]), rel_tol=1e-6)
+
+
+def _results_root(sweep: dict, root: Path) -> Path:
+    """A results root around the tiny sweep: the theory, figures, report, logs and record of
+    the main job (small stand-ins), the sweep as preset ``tiny`` and one file of the user's."""
+    import shutil
+
+    shutil.copytree(sweep["out"], root / "lm" / "tiny")
+    (root / "lm" / "tiny" / "checkpoints.csv").unlink()  # a sweep from before the index
+    for rel in ("theory/verify/theorems.json", "theory/sweep/sweep.parquet", "theory/matched/matched.csv",
+                "figures/fig2_theory.png", "figures/fig2_theory.pdf", "report/report.md", "report/report.json",
+                "report/verdicts.csv", "logs/01_theory_verify.log", "reproduce.json", "notes.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("{}")
+    (root / "report/report.json").write_text(json.dumps({"checks": [], "summary": {}}))
+    return root
+
+
+def _links(md: str) -> list[str]:
+    import re
+
+    return re.findall(r"\]\(([^)#]+)\)", md)
+
+
+def test_reproduce_leaves_a_guide_to_every_entry_of_the_results(sweep: dict, tmp_path: Path, monkeypatch) -> None:
+    """``reproduce`` ends with RESULTS/README.md (and the index of a preset that lacks one):
+    every path the guide names exists, every top-level entry and every entry of a preset's
+    directory is described, each stage's run directories are counted."""
+    import re
+
+    import paper_checks.reproduce as rp
+
+    root = _results_root(sweep, tmp_path / "results")
+    import sys
+
+    noop = rp.Step("noop", (sys.executable, "-c", "pass"), ())  # the real steps ran before
+    monkeypatch.setattr(rp, "plan", lambda preset, out, executor="serial": [noop])
+    assert rp.reproduce_main(["--out", str(root), "--executor", "serial"]) == 0
+    guide = (root / "README.md").read_text()
+    links = _links(guide)
+    assert links and all((root / p).exists() for p in links), [p for p in links if not (root / p).exists()]
+    top = guide[guide.index("## What is here"):].split("\n\n")[1]
+    described = {m.rstrip("/") for m in re.findall(r"^\| \[[^]]+\]\(([^)]+)\)", top, re.M)}
+    assert described == {p.name for p in root.iterdir()}  # README.md, notes.txt included
+    assert "| [notes.txt](notes.txt) | not written by the main job" in guide
+    tiny = root / "lm" / "tiny"
+    assert (tiny / "checkpoints.csv").is_file()  # written for the preset that had none
+    for p in tiny.iterdir():
+        assert f"[lm/tiny/{p.name}](lm/tiny/{p.name}{'/' if p.is_dir() else ''})" in guide, p.name
+    counts = {s: len(list(tiny.glob(g))) for s, g in (("pre", "upstream/pre-*"), ("post", "upstream/post-*"),
+                                                        ("ft", "runs/*"), ("traj", "trajectory/*"))}
+    assert f"({counts['pre']} pretraining, {counts['post']} post-training runs)" in guide
+    assert f"one directory per fine-tuning run: `runs/<run_id>/` ({counts['ft']} runs)" in guide
+    for rel in ("report/report.md", "report/verdicts.csv", "figures/fig2_theory.png", "logs/01_theory_verify.log",
+                "lm/tiny/checkpoints.csv", "theory/verify/"):
+        assert f"]({rel})" in guide, rel
+    assert "No `checkpoints.csv` yet" not in guide
