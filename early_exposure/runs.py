@@ -7,7 +7,7 @@ output directory)::
     OUT/manifest.json                       resolved config, plan, status, data, provenance
     OUT/frontier.csv (+ .manifest.json)     the frontier table (frontier.partial.csv before)
     OUT/matched.csv                         the matched-L_im table (when the study is on)
-    OUT/checkpoints.csv                     index of every saved model
+    OUT/checkpoints.csv                     index of every run directory (hash -> stage, lambda, seed, ...)
     OUT/regime.csv                          regime diagnostics of every fine-tuning run
     OUT/baselines.json                      n-gram baselines of the data (beside regime.csv)
     OUT/upstream/pre-<pre_id>/              theta_pre: model/, result.json
