@@ -213,3 +213,33 @@ def test_reproduce_leaves_a_guide_to_every_entry_of_the_results(sweep: dict, tmp
                 "lm/tiny/checkpoints.csv", "theory/verify/"):
         assert f"]({rel})" in guide, rel
     assert "No `checkpoints.csv` yet" not in guide
+
+
+def test_a_sweep_with_failed_runs_still_writes_the_index(sweep: dict, tmp_path: Path, monkeypatch) -> None:
+    """A fine-tuning run that fails (an exception in training) is recorded and the sweep goes
+    on; the partial sweep's index lists every run directory there is, not the failed one."""
+    import shutil
+
+    import lm_experiments.engine.train as engine
+
+    out = tmp_path / "partial"
+    shutil.copytree(sweep["out"], out)
+    ft_dirs = sorted(p.parent for p in out.glob("runs/*/result.json"))
+    for d in ft_dirs:
+        shutil.rmtree(d)
+    (out / "checkpoints.csv").unlink()
+    real = engine.train
+
+    def failing(model, source, **kw):
+        if kw["desc"].startswith("ft"):
+            raise RuntimeError("injected failure")
+        return real(model, source, **kw)
+
+    monkeypatch.setattr(engine, "train", failing)
+    argv = list(sweep["argv"])
+    argv[argv.index("--out") + 1] = str(out)
+    assert run(argv) != 0
+    assert (out / "frontier.partial.csv").exists()  # the partial sweep's tables
+    rows = _index(out)
+    assert not any(r["stage"] == "ft" for r in rows)
+    assert [r["run_dir"] for r in rows] == [r["run_dir"] for r in _index(sweep["out"]) if r["stage"] != "ft"]
