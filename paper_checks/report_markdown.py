@@ -217,7 +217,7 @@ def _details(checks: list[dict[str, Any]]) -> list[str]:
     for c in checks:
         lines += [f"<details><summary><a id=\"{anchor(c['id'])}\"></a><code>{_html(c['id'])}</code>: "
                   f"<b>{c['status']}</b> ({_html(c['source'])})</summary>", "",
-                  f"{_html(c['claim'])}.", "", _html(c["evidence"]), "", "</details>", ""]
+                  f"{_html(c['claim'])}.", "", _html(c["evidence"]).replace("*", "\\*"), "", "</details>", ""]
     return lines
 
 
