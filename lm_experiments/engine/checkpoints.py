@@ -41,6 +41,7 @@ INDEX_COLUMNS: tuple[str, ...] = (
 #: the four losses of the frontier, flat columns of the index where a run has them
 FRONT_LOSSES = ("L_im", "L_ret", "L_ft", "L_pre")
 
+
 def load_model(path: str | os.PathLike[str], device: Any = None, *, for_training: bool = True) -> Any:
     """``AutoModelForCausalLM.from_pretrained(path)`` on ``device``; ``for_training`` turns the
     saved ``use_cache=True`` (for ``generate``) off, as :func:`lm_experiments.engine.model.build_model`
@@ -52,15 +53,7 @@ def load_model(path: str | os.PathLike[str], device: Any = None, *, for_training
     return model.to(device) if device is not None else model
 
 
-
 # ---- the index ----------------------------------------------------------------------------
-def _read(p: Path) -> dict[str, Any]:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc})") from None
-
-
 def _post_method(mix_fraction: Any, setting: dict[str, Any] | None) -> str:
     s = setting or {}
     return method_name(mixed=float(mix_fraction or 0) > 0,
@@ -142,8 +135,8 @@ def checkpoint_rows(out_dir: str | os.PathLike[str], *, verify: bool = True) -> 
                 row("post", rec.get("upstream_id"), d_run, _model_dir(d_run, rec), **common,
                     **_losses(rec.get("losses")))
                 for m in sorted(RunTree.post_trajectory(d_run).glob("step-*/meta.json")):  # matched-L_im study
-                    if (m.parent / "model").is_dir():
-                        meta = _read(m)
+                    meta = integrity.read_json(m)[0]
+                    if (m.parent / "model").is_dir() and isinstance(meta, dict):  # unreadable: left out
                         row("post-trajectory", rec.get("upstream_id"), m.parent, m.parent / "model", **common,
                             step=meta.get("step"), L_im=meta.get("L_im"))
             elif stage == "ft":
