@@ -7,7 +7,7 @@ output directory)::
     OUT/manifest.json                       resolved config, plan, status, data, provenance
     OUT/frontier.csv (+ .manifest.json)     the frontier table (frontier.partial.csv before)
     OUT/matched.csv                         the matched-L_im table (when the study is on)
-    OUT/checkpoints.csv                     index of every saved model
+    OUT/checkpoints.csv                     index of every run directory (hash -> stage, lambda, seed, ...)
     OUT/regime.csv                          regime diagnostics of every fine-tuning run
     OUT/baselines.json                      n-gram baselines of the data (beside regime.csv)
     OUT/upstream/pre-<pre_id>/              theta_pre: model/, result.json
@@ -215,17 +215,27 @@ class ResultsRoot:
         """``RESULTS/theory/<study>`` (verify, sweep, frontier, compute_matched, matched, latent, ...)."""
         return self.theory_root / study
 
+    @property
+    def lm_root(self) -> Path:
+        """``RESULTS/lm``: one LM results directory per preset."""
+        return self.root / "lm"
+
     def lm(self, preset: str) -> RunTree:
         """The LM results directory of ``preset``: ``RESULTS/lm/<preset>``."""
-        return RunTree(self.root / "lm" / preset)
+        return RunTree(self.lm_root / preset)
 
     def lm_trees(self) -> list[RunTree]:
         """Every LM results directory that holds a complete frontier table, sorted by preset."""
-        return [RunTree(p.parent) for p in sorted((self.root / "lm").glob(f"*/{RunTree('.').frontier.name}"))]
+        return [RunTree(p.parent) for p in sorted(self.lm_root.glob(f"*/{RunTree('.').frontier.name}"))]
 
     def lm_dirs_with(self, sub: str) -> list[Path]:
         """``RESULTS/lm/*/<sub>`` that exist, sorted (e.g. ``whatwhere``)."""
-        return sorted((self.root / "lm").glob(f"*/{sub}"))
+        return sorted(self.lm_root.glob(f"*/{sub}"))
+
+    @property
+    def guide(self) -> Path:
+        """``RESULTS/README.md``: what every file and directory of the tree is (``paper_checks.results_guide``)."""
+        return self.root / "README.md"
 
     @property
     def figures(self) -> Path:

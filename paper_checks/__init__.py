@@ -11,7 +11,9 @@
 - :mod:`early_exposure.stats`      -- (shared) t-intervals, t / sign-flip / TOST tests, Holm, bootstraps.
 - :mod:`paper_checks.analyses`      -- sample-wise forgetting, layerwise change.
 - :mod:`paper_checks.report`        -- report.json / report.md / verdicts.csv, Holm families, self-tests.
+- :mod:`paper_checks.report_markdown` -- report.md: claim x side matrix, key figures, verdicts with evidence.
 - :mod:`paper_checks.reproduce`     -- the one-command main job.
+- :mod:`paper_checks.results_guide` -- RESULTS/README.md, a guide to every file of a results tree.
 
 ``python -m paper_checks --results DIR --out OUT``;
 ``python -m paper_checks reproduce --preset quick --out results/``.

@@ -20,8 +20,9 @@ rollback) are not findings about the paper: :func:`split_self_tests` moves them 
 (``lm.<label>.*``) that records a p (``data["p"]``) is one family; :func:`adjust_families`
 adds Holm's adjusted p (``data["p_adjusted"]``) and turns a PASS whose adjusted p is not
 below alpha into INCONCLUSIVE (a FAIL says "no meaningful effect" and is not a discovery, so
-it is not adjusted). ``verdicts.csv`` has one row per verdict: id, claim, side, status,
-estimate, lo, hi, n_seeds, p, p_adjusted.
+it is not adjusted). ``verdicts.csv`` has one row per verdict, flat columns
+:data:`VERDICT_COLUMNS`; ``report.md`` opens with the claim x side matrix and the key
+figures (:mod:`paper_checks.report_markdown`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def no_data(id: str, claim: str, source: str, side: str, what: str,
 #: ids of software self-tests (checks of the code, not of the paper's claims)
 SELF_TEST_IDS = ("theory.saxe_closed_form", "theory.basis_invariance")
 SELF_TEST_SUFFIXES = (".rollback_exact",)
-VERDICT_COLUMNS = ("id", "claim", "side", "status", "estimate", "lo", "hi", "n_seeds", "p", "p_adjusted")
+#: the columns of ``verdicts.csv``: ``preset`` the LM preset (empty for the theory), ``claim_key`` the row of
+#: the claim x side matrix, ``paper_ref`` where the paper states it, ``statistic`` what ``estimate`` [``lo``,
+#: ``hi``] measures, ``reason`` the evidence's first clauses (the full evidence: report.json / report.md)
+VERDICT_COLUMNS = ("id", "side", "preset", "pipeline", "claim_key", "claim", "paper_ref", "verdict", "statistic",
+                   "estimate", "lo", "hi", "p", "p_adjusted", "n_seeds", "reason")
 
 
 def is_self_test(c: dict[str, Any]) -> bool:
@@ -103,19 +108,41 @@ def adjust_families(checks: list[dict[str, Any]], alpha: float = 0.05) -> dict[s
     return {f: len(m) for f, m in fams.items()}
 
 
-def _primary(c: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """(estimate, lo, hi, n_seeds) of the statistic a check decides on, where it records one."""
+def primary(c: dict[str, Any]) -> dict[str, Any]:
+    """The statistic a check decides on, where it records one: ``{"statistic", "estimate",
+    "lo", "hi", "n_seeds"}`` (None where absent); ``statistic`` names it (``data["statistic"]``,
+    else the data key it was read from)."""
     d = c.get("data") or {}
-    est = d.get("estimate")
+    est, name = d.get("estimate"), "estimate"
     if not isinstance(est, dict):
         for key in ("loss_gap", "difference", "interval", "delta_L_ret", "delta_L_im"):
             if isinstance(d.get(key), dict) and "point" in d[key]:
-                est = d[key]
+                est, name = d[key], key
                 break
     if not isinstance(est, dict):
-        return None, None, None, d.get("n_seeds")
-    n = d.get("n_seeds", est.get("n_valid"))
-    return est.get("point"), est.get("lo"), est.get("hi"), n
+        return {"statistic": None, "estimate": None, "lo": None, "hi": None, "n_seeds": d.get("n_seeds")}
+    return {"statistic": d.get("statistic") if isinstance(d.get("statistic"), str) else name,
+            "estimate": est.get("point"), "lo": est.get("lo"), "hi": est.get("hi"),
+            "n_seeds": d.get("n_seeds", est.get("n_valid"))}
+
+
+def _primary(c: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(estimate, lo, hi, n_seeds) of :func:`primary`."""
+    p = primary(c)
+    return p["estimate"], p["lo"], p["hi"], p["n_seeds"]
+
+
+def verdict_row(c: dict[str, Any]) -> dict[str, str]:
+    """One row of ``verdicts.csv`` (:data:`VERDICT_COLUMNS`, flat text cells)."""
+    from paper_checks.report_markdown import claim_key, column_of, short_reason
+
+    p, d = primary(c), c.get("data") or {}
+    return {"id": c["id"], "side": c["side"], "preset": column_of(c) if c["side"] == "lm" else "",
+            "pipeline": c.get("pipeline") or "", "claim_key": claim_key(c), "claim": c["claim"],
+            "paper_ref": c["source"], "verdict": c["status"], "statistic": p["statistic"] or "",
+            "estimate": _num(p["estimate"]), "lo": _num(p["lo"]), "hi": _num(p["hi"]), "p": _num(d.get("p")),
+            "p_adjusted": _num(d.get("p_adjusted")), "n_seeds": "" if p["n_seeds"] is None else str(p["n_seeds"]),
+            "reason": short_reason(c["evidence"])}
 
 
 def verdicts_csv(checks: list[dict[str, Any]]) -> str:
@@ -124,13 +151,10 @@ def verdicts_csv(checks: list[dict[str, Any]]) -> str:
     import io
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(VERDICT_COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=list(VERDICT_COLUMNS), lineterminator="\n")
+    w.writeheader()
     for c in checks:
-        est, lo, hi, n = _primary(c)
-        d = c.get("data") or {}
-        w.writerow([c["id"], c["claim"], c["side"], c["status"], _num(est), _num(lo), _num(hi),
-                    "" if n is None else n, _num(d.get("p")), _num(d.get("p_adjusted"))])
+        w.writerow(verdict_row(c))
     return buf.getvalue()
 
 
@@ -144,83 +168,33 @@ def summarise(checks: list[dict[str, Any]]) -> dict[str, int]:
     return {s: sum(c["status"] == s for c in checks) for s in STATUSES}
 
 
-def _md_escape(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+def render_markdown(report: dict[str, Any], *, figures_dir: Path | None = None,
+                    report_dir: Path | None = None) -> str:
+    """report.md: the claim x side matrix, the key figures, the verdict table with the evidence
+    in collapsible blocks, then self-tests, regime, theory errata and analyses
+    (:mod:`paper_checks.report_markdown`)."""
+    from paper_checks.report_markdown import render_markdown as render
+
+    return render(report, figures_dir=figures_dir, report_dir=report_dir)
 
 
-def _matrix(report: dict[str, Any]) -> list[str]:
-    side_by_side = [c for c in report["checks"] if c.get("analogue")]
-    if not side_by_side:
-        return []
-    lines = ["## Theory and LM side by side (claim x side)", "", "| claim | source | theory | LM |",
-             "|---|---|---|---|"]
-    rows: dict[str, dict[str, Any]] = {}
-    for c in side_by_side:
-        size = c["data"].get("post_data_size")
-        claim = c["claim"].replace(f" ({size})", "") if size else c["claim"]
-        r = rows.setdefault(c["analogue"], {"claim": claim, "source": c["source"], "theory": [], "lm": []})
-        where = c["id"].split(".")[1] + ": " if c["side"] == "lm" else ""
-        r[c["side"]].append(f"{c['status']} ({where}{c['pipeline'] or 'all'}{', ' + size if size else ''})")
-    for key, r in rows.items():
-        lines.append(f"| ({key}) {_md_escape(r['claim'])} | {_md_escape(r['source'])} | "
-                     f"{_md_escape('; '.join(r['theory']) or '-')} | {_md_escape('; '.join(r['lm']) or '-')} |")
-    return lines + [""]
+def results_figures(report: dict[str, Any]) -> Path | None:
+    """The figures directory of the results a report was read from (``RESULTS/figures``), if any."""
+    from early_exposure.runs import ResultsRoot
+
+    rd = report.get("results_dir")
+    d = ResultsRoot(rd).figures if rd else None
+    return d if d is not None and d.is_dir() else None
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: the claim x side matrix first, then the verdict table (with raw and
-    Holm-adjusted p), the self-tests apart, errata and analyses."""
-    lines = ["# Paper checks: verdicts", "",
-             f"Results read from `{report['results_dir']}`. Summary (verdicts on the paper's claims; "
-             "self-tests apart): " + ", ".join(f"{k} {v}" for k, v in report["summary"].items()), ""]
-    lines += _matrix(report)
-    lines += ["## Verdicts", "", "| id | side | source | status | p | p (Holm) | sign-flip p | claim | evidence |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for c in report["checks"]:
-        d = c.get("data") or {}
-        lines.append("| " + " | ".join(_md_escape(x) for x in (
-            c["id"], c["side"], c["source"], c["status"], _num(d.get("p")) or "-", _num(d.get("p_adjusted")) or "-",
-            _num(d.get("sign_flip_p")) or "-", c["claim"], c["evidence"])) + " |")
-    if report.get("self_tests"):
-        lines += ["", "## Software self-tests (not verdicts on the paper)", "", "| id | status | what | evidence |",
-                  "|---|---|---|---|"]
-        for c in report["self_tests"]:
-            lines.append("| " + " | ".join(_md_escape(x) for x in (c["id"], c["status"], c["claim"], c["evidence"]))
-                         + " |")
-    if report.get("not_planned"):
-        lines += ["", "## Claims a pipeline did not plan (judged in another pipeline)", ""]
-        lines += [f"- `{n['id']}`: judged in {', '.join(f'`{j}`' for j in n['judged_in'])}" for n in report["not_planned"]]
-    if report.get("regime", {}).get("presets"):
-        from paper_checks.regime import regime_markdown
-
-        lines += regime_markdown(report["regime"])
-    if report["errata"]:
-        lines += ["", "## Errata", "", "| id | location | printed | corrected | observed |",
-                  "|---|---|---|---|---|"]
-        for e in report["errata"]:
-            lines.append("| " + " | ".join(_md_escape(e.get(k, "")) for k in (
-                "id", "location", "printed", "corrected", "observed")) + " |")
-    for name, body in report.get("analyses", {}).items():
-        lines += ["", f"## Analysis: {name}", ""]
-        rows = body.get("table", []) if isinstance(body, dict) else []
-        if not rows:
-            lines.append(f"{body.get('note', 'no data') if isinstance(body, dict) else body}")
-            continue
-        cols = list(rows[0])
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in rows:
-            lines.append("| " + " | ".join(
-                f"{r.get(c):.4g}" if isinstance(r.get(c), float) else _md_escape(r.get(c, "")) for c in cols) + " |")
-        if body.get("note"):
-            lines += ["", body["note"]]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Atomically write ``OUT/report.json``, ``OUT/report.md`` and ``OUT/verdicts.csv``."""
+def write_report(report: dict[str, Any], out: str | Path, *, figures_dir: Path | None = None) -> tuple[Path, Path]:
+    """Atomically write ``OUT/report.json``, ``OUT/report.md`` and ``OUT/verdicts.csv``;
+    ``report.md`` shows the figures of ``figures_dir`` (default: :func:`results_figures`)
+    with links relative to ``OUT``."""
     out = Path(out)
+    figures_dir = figures_dir if figures_dir is not None else results_figures(report)
     pj = atomic_write_json(out / "report.json", report)
-    pm = atomic_write_text(out / "report.md", render_markdown(report))
+    pm = atomic_write_text(out / "report.md", render_markdown(report, figures_dir=figures_dir, report_dir=out))
     atomic_write_bytes(out / "verdicts.csv", verdicts_csv(report["checks"]).encode())
     return pj, pm
 

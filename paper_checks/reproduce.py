@@ -9,7 +9,8 @@ log file) in ``OUT/reproduce.json`` after each step. Rerunning skips the produce
 recorded as finished with the same command whose outputs still exist (the LM and sweep
 producers also resume inside a step); figures and checks always rerun (seconds). A
 failed step is recorded and the others go on; the job then ends with a non-zero exit.
-It ends by printing the verdict table and the paths of the figures.
+It ends by writing ``OUT/README.md`` (a guide to every file of the tree,
+:mod:`paper_checks.results_guide`) and printing the verdict table and the paths of the figures.
 
 Progress: the LM steps run with their progress bars on (into the step's log); while such a
 step runs, its sweep-wide bar (runs done, tokens, rate and ETA) is relayed here: redrawn in
@@ -202,7 +203,8 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
         tty = sys.stdout.isatty()
     state_path = ResultsRoot(out).state
     prev = {s["name"]: s for s in _load_state(state_path).get("steps", [])}
-    record: dict[str, Any] = {"preset": preset, "out": str(out), "steps": [], "provenance": provenance()}
+    record: dict[str, Any] = {"preset": preset, "out": str(out), "steps": [], "total_wall_s": 0.0,
+                              "provenance": provenance()}
     t_all = time.perf_counter()
     for i, step in enumerate(steps, 1):
         p = prev.get(step.name, {})
@@ -270,6 +272,21 @@ def run_plan(steps: list[Step], out: Path, preset: str, log: Logger = print, hea
     return record
 
 
+def finish_tree(out: Path) -> Path:
+    """After the steps: ``checkpoints.csv`` for every LM preset directory that lacks one (a
+    sweep from before the index; the sweeps write their own) and the guide ``OUT/README.md``
+    (:mod:`paper_checks.results_guide`); returns the guide's path."""
+    from lm_experiments.engine.checkpoints import write_checkpoint_index
+    from paper_checks.results_guide import write_results_guide
+
+    root = ResultsRoot(out)
+    for d in sorted(root.lm_root.glob("*")):
+        tree = root.lm(d.name)
+        if d.is_dir() and tree.looks_like_run_tree() and not tree.checkpoint_index.is_file():
+            write_checkpoint_index(tree.out, verify=False)
+    return write_results_guide(out)
+
+
 def reproduce_main(argv: list[str] | None) -> int:
     ap = Parser(prog="python -m paper_checks reproduce", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="quick", choices=PRESETS,
@@ -289,6 +306,7 @@ def reproduce_main(argv: list[str] | None) -> int:
             print(f"[{i}/{len(steps)}] {s.name}: {' '.join(s.argv)}")
         return 0
     record = run_plan(steps, out, args.preset)
+    guide = finish_tree(out)
     failed = [s["name"] for s in record["steps"] if s["status"] == "failed"]
     report = ResultsRoot(out).report / "report.json"
     if report.is_file() and "paper checks" not in failed:
@@ -303,6 +321,7 @@ def reproduce_main(argv: list[str] | None) -> int:
         for f in listed.get("figures", []):
             if f.endswith(".png"):
                 print(f"  {f}")
+    print(f"guide to every file of the results: {guide}")
     print(f"total wall time {record['total_wall_s']:.1f} s; record: {ResultsRoot(out).state}")
     if failed:
         print(f"FAILED steps: {', '.join(failed)} (see their logs; rerun the same command to resume)", file=sys.stderr)

@@ -125,7 +125,7 @@ def test_missing_data_is_inconclusive_and_cli_writes_report(tmp_path, capsys):
         assert c["status"] in STATUSES and c["side"] in ("theory", "lm")
     assert sum(rep["summary"].values()) == len(rep["checks"])
     md = (out / "report.md").read_text()
-    assert "| id | side |" in md and "Theory and LM side by side" in md
+    assert "## Claims x sides" in md and "| id | claim | column | verdict |" in md
 
 
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):

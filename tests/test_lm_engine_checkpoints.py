@@ -4,6 +4,7 @@ KV cache, model card) and a sweep's checkpoints are indexed in ``checkpoints.csv
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import os
 import stat
@@ -13,7 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from early_exposure.io import atomic_write_json
-from lm_experiments.engine.checkpoints import INDEX_COLUMNS, load_model, write_checkpoint_index
+from lm_experiments.engine.checkpoints import INDEX_COLUMNS, load_model, main, write_checkpoint_index
+from lm_experiments.engine.model_card import card_extra, model_card, read_front_matter
 from lm_experiments.data.tokenizer import train_bpe
 from lm_experiments.engine.evaluate import save_checkpoint
 from lm_experiments.engine.model import build_model
@@ -67,12 +69,39 @@ def test_checkpoint_has_special_ids_generation_config_and_cache(tok, saved):
 def test_model_card_states_the_lineage(saved):
     _, out = saved
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert card.startswith("---\nlicense: mit\nlibrary_name: transformers\n")
     for s in ("Post-training (stage 2) checkpoint", "upstream_id: u123", "pre_id: p456", "seed: 3",
               "mix_fraction: 0.25", "setting: lr=0.002, dropout=0.1", "compute_matched: false", "L_im: 2.5",
               "eos=1"):
         assert s in card, s
-    assert len(card.splitlines()) < 50
+    meta = read_front_matter(card)
+    assert meta["license"] == "mit" and meta["library_name"] == "transformers"
+    lineage = meta["early_exposure"]
+    assert {k: lineage[k] for k in EXTRA} == EXTRA  # the whole lineage, machine-readable
+    assert lineage["package_version"] == importlib.metadata.version("early-exposure")
+    assert len(card.splitlines()) < 80
+
+
+def test_card_extra_picks_the_lineage_datasets_and_upstream():
+    data = {"pre": {"source": "hf", "name": "org/web"}, "post": {"source": "local", "name": "post"},
+            "ft": {"source": "synthetic", "name": "ft"}}
+    post = {"stage": "post", "upstream_id": "u1", "pre_id": "p1", "seed": 2, "mix_fraction": 0.5,
+            "compute_matched": False, "setting": {"lr": 0.001, "replay": 0.1}, "losses": {"L_im": 1.5},
+            "train": {"steps": 7, "tokens": 448, "tokens_by_source": {"post": 400, "pre": 48}, "wall_s": 3.2,
+                      "history": [1]}, "wall_s": 9.0, "items": {"x": 1}}
+    e = card_extra(post, data)
+    assert e["datasets"] == ["local:post", "org/web"]  # D_post, and D_pre replayed
+    assert e["base_model"] == "upstream/pre-p1/model"
+    assert e["train"] == {"steps": 7, "tokens": 448, "tokens_by_source": {"post": 400, "pre": 48}}
+    assert "wall_s" not in e and "items" not in e  # deterministic lineage only
+    pre = card_extra({"stage": "pre", "pre_id": "p1", "seed": 2, "mix_fraction": 0.0, "losses": {}}, data)
+    assert pre["datasets"] == ["org/web"] and "base_model" not in pre
+    ft = card_extra({"run_id": "r1", "upstream_id": "u1", "post_hparams": {"lr": 0.001}, "ft_lr": 1e-4}, data,
+                    stage="ft")
+    assert ft["datasets"] == ["synthetic:ft"] and ft["base_model"] == "upstream/post-u1/model"
+    assert ft["setting"] == {"lr": 0.001} and ft["ft_lr"] == 1e-4
+    meta = read_front_matter(model_card(e))
+    assert meta["datasets"] == e["datasets"] and meta["base_model"] == e["base_model"]
 
 
 def test_checkpoint_files_follow_the_umask(tok, tmp_path):
@@ -140,6 +169,11 @@ def _tree(out):
                     "diverged": False, "losses": {"L_im": 3.5}}, model=False)
 
 
+def _rows(p):
+    with open(p, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def test_checkpoint_index(tmp_path):
     out = tmp_path / "sweep"
     _tree(out)
@@ -148,22 +182,55 @@ def test_checkpoint_index(tmp_path):
     with open(p, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == list(INDEX_COLUMNS)
-    got = [(r["stage"], r["id"], r["method"], r["mix_fraction"], r["seed"], r["compute_matched"], r["L_im"],
-            r["step"], r["model_dir"]) for r in rows]
+    got = [(r["stage"], r["id"], r["run_dir"], r["status"], r["method"], r["mix_fraction"], r["seed"],
+            r["compute_matched"], r["L_im"], r["step"], r["model_dir"]) for r in rows]
     assert got == [
-        ("pre", "pa", "mixed", "0.5", "0", "", "", "", "upstream/pre-pa/model"),
-        ("post", "ua", "mixed+replay", "0.5", "0", "False", "2.5", "", "upstream/post-ua/model"),
-        ("post-trajectory", "ua", "mixed+replay", "0.5", "0", "False", "2.9", "10",
-         "upstream/post-ua/trajectory/step-000010/model"),
-        ("post", "ub", "unmixed+lora", "0.0", "1", "True", "3.5", "", "upstream/post-ub/model"),
-        ("ft", "ra", "mixed+replay", "0.5", "0", "False", "2.5", "", "runs/ra/model"),
+        ("pre", "pa", "upstream/pre-pa", "ok", "mixed", "0.5", "0", "", "", "", "upstream/pre-pa/model"),
+        ("pre", "pb", "upstream/pre-pb", "diverged", "unmixed", "0.0", "1", "", "", "", ""),
+        ("post", "ua", "upstream/post-ua", "ok", "mixed+replay", "0.5", "0", "False", "2.5", "",
+         "upstream/post-ua/model"),
+        ("post-trajectory", "ua", "upstream/post-ua/trajectory/step-000010", "ok", "mixed+replay", "0.5", "0",
+         "False", "2.9", "10", "upstream/post-ua/trajectory/step-000010/model"),
+        ("post", "ub", "upstream/post-ub", "ok", "unmixed+lora", "0.0", "1", "True", "3.5", "",
+         "upstream/post-ub/model"),
+        ("ft", "ra", "runs/ra", "ok", "mixed+replay", "0.5", "0", "False", "2.5", "", "runs/ra/model"),
+        ("ft", "rb", "runs/rb", "ok", "unmixed+lora", "0.0", "1", "True", "3.5", "", ""),  # model not kept
     ]
-    post = rows[1]
+    post = rows[2]
     assert json.loads(post["post_hparams"]) == {"lr": 0.002, "replay": 0.01, "lora": False}
     assert post["pre_id"] == "pa" and post["upstream_id"] == "ua" and post["ft_lr"] == ""
-    assert rows[4]["ft_lr"] == "0.0001" and json.loads(rows[4]["post_hparams"]) == {"lr": 0.002, "replay": 0.01}
-    assert rows[0]["post_hparams"] == ""
+    ra = rows[5]
+    assert ra["ft_lr"] == "0.0001" and json.loads(ra["post_hparams"]) == {"lr": 0.002, "replay": 0.01}
+    assert (ra["L_ret"], ra["L_ft"]) == ("3.1", "") and json.loads(ra["losses"]) == {"L_im": 2.5, "L_ret": 3.1}
+    assert json.loads(rows[0]["losses"]) == {"L_post_stage1": 4.0} and rows[0]["post_hparams"] == ""
     for r in rows:
-        assert (out / r["model_dir"]).is_dir()
+        assert not r["model_dir"] or (out / r["model_dir"]).is_dir()
+        assert (out / r["run_dir"]).is_dir()
     # an empty output directory gives a header-only index
+    (tmp_path / "empty").mkdir()
     assert write_checkpoint_index(tmp_path / "empty").read_text().strip() == ",".join(INDEX_COLUMNS)
+
+
+def test_damaged_run_is_listed_as_damaged(tmp_path):
+    out = tmp_path / "sweep"
+    _tree(out)
+    (out / "runs/ra/result.json").write_text("{not json")
+    rows = _rows(write_checkpoint_index(out))
+    ra = next(r for r in rows if r["run_dir"] == "runs/ra")
+    assert (ra["status"], ra["id"], ra["seed"], ra["model_dir"]) == ("damaged", "ra", "", "")
+    assert len(rows) == 7
+
+
+def test_index_command_rebuilds_every_preset_of_a_results_root(tmp_path, capsys):
+    for preset in ("p1", "p2"):
+        _tree(tmp_path / "res" / "lm" / preset)
+    assert main(["--results", str(tmp_path / "res")]) == 0
+    printed = capsys.readouterr().out
+    for preset in ("p1", "p2"):
+        idx = tmp_path / "res" / "lm" / preset / "checkpoints.csv"
+        assert f"{idx}: 7 run(s)" in printed
+        assert len(_rows(idx)) == 7
+    assert main(["--results", str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "bare").mkdir()
+    assert main(["--results", str(tmp_path / "bare")]) == 2
+    assert "no LM results directory" in capsys.readouterr().err

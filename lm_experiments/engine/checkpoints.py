@@ -1,12 +1,17 @@
-"""The saved models of a sweep: their model cards, an index of them, loading one to train.
+"""The saved models of a sweep: their model cards, an index of every run, loading one to train.
 
-* :func:`model_card` -- the ``README.md`` that :func:`lm_experiments.engine.evaluate.save_checkpoint`
-  writes into every checkpoint: architecture and lineage (stage, run ids, mixing fraction,
-  post-training setting, seed, losses) from the ``extra`` dict it is given.
-* :func:`write_checkpoint_index` -- ``OUT/checkpoints.csv``: one row per saved model of a
-  sweep's output directory (``upstream/pre-*``, ``upstream/post-*`` and their stage-2
-  trajectory, ``runs/*`` when fine-tuned models were kept), read from the runs'
-  ``result.json`` files (:mod:`lm_experiments.protocol.stages`).
+* :func:`model_card` (:mod:`lm_experiments.engine.model_card`) -- the ``README.md`` that
+  :func:`lm_experiments.engine.evaluate.save_checkpoint` writes into every checkpoint: Hub
+  front matter and the run's lineage (stage, run ids, mixing fraction, post-training setting,
+  seed, losses, steps and tokens, data sources, upstream model).
+* :func:`write_checkpoint_index` -- ``OUT/checkpoints.csv``: one row per run directory of a
+  sweep (``upstream/pre-*``, ``upstream/post-*`` and each saved stage-2 checkpoint of its
+  trajectory, ``runs/*``, ``trajectory/*``) mapping the hash to what the run is (stage,
+  lambda, seed, setting, compute-matching, fine-tuning lr, upstream ids, losses, model
+  directory), read from the runs' ``result.json`` files; damaged runs are listed as such.
+  The runner writes it at the end of every sweep (also a partial or preempted one);
+  ``python -m lm_experiments.engine.checkpoints --results DIR`` rebuilds it for an existing
+  results directory (an LM output directory, or a results root with ``lm/<preset>/``).
 * :func:`load_model` -- ``AutoModelForCausalLM.from_pretrained`` with ``use_cache=False`` for
   training: checkpoints are saved with ``use_cache=True`` for ``generate``.
 """
@@ -21,79 +26,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from early_exposure import interventions
+from early_exposure import integrity, interventions
+from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.frontier import method_name
 from early_exposure.io import atomic_write_text
-from early_exposure.runs import RunTree, read_run
+from early_exposure.runs import STAGE_DIRS, ResultsRoot, RunTree, read_run
+from lm_experiments.engine.model_card import card_extra, model_card, read_front_matter  # noqa: F401 (re-exported)
 
 #: the columns of ``checkpoints.csv``, in order
 INDEX_COLUMNS: tuple[str, ...] = (
-    "stage", "id", "pre_id", "upstream_id", "method", "mix_fraction", "post_hparams", "seed", "compute_matched",
-    "ft_lr", "step", "L_im", "model_dir",
+    "stage", "id", "run_dir", "status", "pre_id", "upstream_id", "method", "mix_fraction", "seed",
+    "compute_matched", "post_hparams", "ft_lr", "step", "L_im", "L_ret", "L_ft", "L_pre", "losses", "model_dir",
 )
-
-_STAGE_WORDS = {"pre": "pretraining (stage 1)", "post": "post-training (stage 2)",
-                "post-trajectory": "post-training (stage 2), intermediate checkpoint",
-                "ft": "fine-tuning (stage 3)"}
-_LINEAGE_KEYS = ("pre_id", "upstream_id", "run_id", "traj_id", "seed", "mix_fraction", "compute_matched", "setting",
-                 "post_hparams", "ft_lr", "step")
-
-
-def _capital(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v).lower() if isinstance(v, bool) else "null"
-    if isinstance(v, float):
-        return "nan" if not math.isfinite(v) else f"{v:.6g}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items()) or "(defaults)"
-    return str(v)
-
-
-def model_card(extra: dict[str, Any], *, config: Any = None, special_ids: dict[str, int | None] | None = None) -> str:
-    """A short, factual model card (Markdown with Hugging Face front matter) for a checkpoint
-    saved with ``extra`` (its lineage: ``stage``, ``pre_id`` / ``upstream_id`` / ``run_id``,
-    ``mix_fraction``, ``setting``, ``seed``, ``losses`` when present; other scalar entries
-    are listed as they are, nested ones are left to ``extra.json``)."""
-    stage = str(extra.get("stage", "")) or None
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-             "tags: [early-exposure, arxiv:2605.12705]", "---", "",
-             f"# {_capital(_STAGE_WORDS.get(stage, stage or 'model'))} checkpoint", ""]
-    if config is not None:
-        arch = getattr(config, "architectures", None) or [getattr(config, "model_type", "causal LM")]
-        lines.append(f"A {arch[0]} ({getattr(config, 'num_hidden_layers', '?')} layers, hidden size "
-                     f"{getattr(config, 'hidden_size', '?')}, vocabulary {getattr(config, 'vocab_size', '?')}, "
-                     f"context {getattr(config, 'max_position_embeddings', '?')} tokens) trained by the "
-                     "early-exposure pipeline (a reproduction of arXiv 2605.12705: pretraining with a fraction "
-                     "of the post-training data mixed in, post-training, then fine-tuning on a new task).")
-        lines.append("")
-    lines += ["## Lineage", ""]
-    if stage:
-        lines.append(f"- stage: `{stage}`" + (f", {_STAGE_WORDS[stage]}" if stage in _STAGE_WORDS else ""))
-    for k in _LINEAGE_KEYS:
-        if k in extra:
-            lines.append(f"- {k}: {_fmt(extra[k])}")
-    for k, v in extra.items():
-        if k in _LINEAGE_KEYS or k in ("stage", "losses") or isinstance(v, (dict, list, tuple)):
-            continue
-        lines.append(f"- {k}: {_fmt(v)}")
-    losses = extra.get("losses")
-    if isinstance(losses, dict) and losses:
-        lines += ["", "## Losses (mean token cross-entropy, nats, held-out sets)", ""]
-        lines += [f"- {k}: {_fmt(v)}" for k, v in losses.items()]
-    if special_ids:
-        ids = ", ".join(f"{k.removesuffix('_token_id')}={v}" for k, v in special_ids.items() if v is not None)
-        if ids:
-            lines += ["", f"Special tokens: {ids} (`generate` stops at EOS)."]
-    lines += ["", "## Use", "", "```python",
-              "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/directory\")",
-              "tok = AutoTokenizer.from_pretrained(\"path/to/this/directory\")",
-              "```", "", "The full record of the run is in `extra.json` (and the run's `result.json`).", ""]
-    return "\n".join(lines)
+#: the four losses of the frontier, flat columns of the index where a run has them
+FRONT_LOSSES = ("L_im", "L_ret", "L_ft", "L_pre")
 
 
 def load_model(path: str | os.PathLike[str], device: Any = None, *, for_training: bool = True) -> Any:
@@ -108,106 +54,168 @@ def load_model(path: str | os.PathLike[str], device: Any = None, *, for_training
 
 
 # ---- the index ----------------------------------------------------------------------------
-def _read(p: Path) -> dict[str, Any]:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc})") from None
-
-
 def _post_method(mix_fraction: Any, setting: dict[str, Any] | None) -> str:
     s = setting or {}
     return method_name(mixed=float(mix_fraction or 0) > 0,
                        **{i.name: bool(s.get(i.name) or i.default) for i in interventions.registry()})
 
 
-def _model_dir(run_dir: Path, rec: dict[str, Any]) -> Path | None:
-    name = rec.get("model_dir")
+def _model_dir(run_dir: Path, rec: dict[str, Any], default: str | None = None) -> Path | None:
+    name = rec.get("model_dir", default)
     if not name:
         return None
     d = run_dir / name
     return d if d.is_dir() else None
 
 
-def _hparams(h: Any) -> str:
-    return "" if h is None else json.dumps(h, sort_keys=True)
+def _json(h: Any) -> str | None:
+    return None if h is None else json.dumps(h, sort_keys=True)
 
 
-def checkpoint_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of :func:`write_checkpoint_index` (dicts over :data:`INDEX_COLUMNS`; None
-    where a value does not apply). Damaged run directories (:mod:`early_exposure.runs`)
-    are left out."""
+def _losses(losses: Any) -> dict[str, Any]:
+    """The flat loss columns and the ``losses`` column (every loss of the record, JSON)."""
+    if not isinstance(losses, dict) or not losses:
+        return {}
+    out: dict[str, Any] = {k: losses[k] for k in FRONT_LOSSES if k in losses}
+    out["losses"] = json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                                for k, v in losses.items()}, sort_keys=True)
+    return out
+
+
+def _ident(stage: str, run_dir: Path) -> str:
+    """The run id in a run directory's name (``upstream/pre-<id>`` -> ``<id>``)."""
+    prefix = STAGE_DIRS[stage].format(id="").rsplit("/", 1)[-1]
+    return run_dir.name.removeprefix(prefix)
+
+
+def _best_row(rec: dict[str, Any]) -> dict[str, Any]:
+    rows = [r for r in rec.get("rows") or [] if isinstance(r, dict)]
+    best = [r for r in rows if r.get("best")]
+    return (best or rows[-1:] or [{}])[0]
+
+
+def checkpoint_rows(out_dir: str | os.PathLike[str], *, verify: bool = True) -> list[dict[str, Any]]:
+    """The rows of :func:`write_checkpoint_index`: dicts over :data:`INDEX_COLUMNS`, None
+    where a value does not apply; one per run directory (stages ``pre``, ``post``, ``ft``,
+    ``traj``, in that order, each sorted by directory) and one per saved stage-2 checkpoint
+    of a post-training trajectory (``post-trajectory``, after its run). ``status``: ``ok``,
+    ``diverged`` or ``damaged`` (its ``result.json`` does not match the directory,
+    :mod:`early_exposure.runs`: only its id is given). ``verify=False`` reads each
+    ``result.json`` without checking the directory's files against it (no hashing of the
+    models: what the runner does right after the sweep checked them); damaged then means an
+    unreadable ``result.json``."""
     out = Path(out_dir)
     tree = RunTree(out)
     rows: list[dict[str, Any]] = []
 
-    def row(**kw: Any) -> None:
+    def row(stage: str, ident: Any, run_dir: Path, model: Path | None, **kw: Any) -> None:
         r = dict.fromkeys(INDEX_COLUMNS)
-        r.update(kw)
-        r["model_dir"] = Path(os.path.relpath(kw["model_dir"], out)).as_posix()
+        r.update(kw, stage=stage, id=ident, run_dir=tree.relative(run_dir),
+                 model_dir=None if model is None else Path(os.path.relpath(model, out)).as_posix())
         rows.append(r)
 
-    for d_run in tree.run_dirs("pre"):
-        rec = read_run(d_run, strict=False)[0]  # None: damaged (redone by the next run), left out
-        if rec is None:
-            continue
-        d = _model_dir(d_run, rec)
-        if d is None or rec.get("diverged"):
-            continue
-        row(stage="pre", id=rec.get("pre_id"), pre_id=rec.get("pre_id"), method=method_name(
-            mixed=float(rec.get("mix_fraction") or 0) > 0), mix_fraction=rec.get("mix_fraction"),
-            seed=rec.get("seed"), model_dir=d)
-    for d_run in tree.run_dirs("post"):
-        rec = read_run(d_run, strict=False)[0]  # None: damaged (redone by the next run), left out
-        if rec is None:
-            continue
-        if rec.get("diverged"):
-            continue
-        common = dict(pre_id=rec.get("pre_id"), upstream_id=rec.get("upstream_id"),
-                      method=_post_method(rec.get("mix_fraction"), rec.get("setting")),
-                      mix_fraction=rec.get("mix_fraction"), post_hparams=_hparams(rec.get("setting")),
-                      seed=rec.get("seed"), compute_matched=rec.get("compute_matched"))
-        d = _model_dir(d_run, rec)
-        if d is not None:
-            row(stage="post", id=rec.get("upstream_id"), L_im=(rec.get("losses") or {}).get("L_im"), model_dir=d,
-                **common)
-        for m in sorted(RunTree.post_trajectory(d_run).glob("step-*/meta.json")):  # the matched-L_im study's checkpoints
-            if (m.parent / "model").is_dir():
-                meta = _read(m)
-                row(stage="post-trajectory", id=rec.get("upstream_id"), step=meta.get("step"), L_im=meta.get("L_im"),
-                    model_dir=m.parent / "model", **common)
-    for d_run in tree.run_dirs("ft"):
-        rec = read_run(d_run, strict=False)[0]  # None: damaged (redone by the next run), left out
-        if rec is None:
-            continue
-        d = d_run / "model"
-        if not d.is_dir() or rec.get("diverged"):
-            continue
-        row(stage="ft", id=rec.get("run_id"), pre_id=rec.get("pre_id"), upstream_id=rec.get("upstream_id"),
-            method=rec.get("method"), mix_fraction=rec.get("mix_fraction"),
-            post_hparams=_hparams(rec.get("post_hparams")), seed=rec.get("seed"),
-            compute_matched=rec.get("compute_matched"), ft_lr=rec.get("ft_lr"),
-            L_im=(rec.get("losses") or {}).get("L_im"), model_dir=d)
+    for stage in ("pre", "post", "ft", "traj"):
+        for d_run in tree.run_dirs(stage):
+            rec, _ = read_run(d_run, strict=False) if verify else integrity.read_json(RunTree.record(d_run))
+            rec = rec if isinstance(rec, dict) else None
+            if rec is None:
+                row(stage, _ident(stage, d_run), d_run, None, status="damaged")
+                continue
+            status = "diverged" if rec.get("diverged") else "ok"
+            common = dict(status=status, pre_id=rec.get("pre_id"), seed=rec.get("seed"),
+                          mix_fraction=rec.get("mix_fraction"))
+            if stage == "pre":
+                row("pre", rec.get("pre_id"), d_run, _model_dir(d_run, rec),
+                    method=method_name(mixed=float(rec.get("mix_fraction") or 0) > 0), **common,
+                    **_losses(rec.get("losses")))
+            elif stage == "post":
+                common.update(upstream_id=rec.get("upstream_id"), compute_matched=rec.get("compute_matched"),
+                              method=_post_method(rec.get("mix_fraction"), rec.get("setting")),
+                              post_hparams=_json(rec.get("setting")))
+                row("post", rec.get("upstream_id"), d_run, _model_dir(d_run, rec), **common,
+                    **_losses(rec.get("losses")))
+                for m in sorted(RunTree.post_trajectory(d_run).glob("step-*/meta.json")):  # matched-L_im study
+                    meta = integrity.read_json(m)[0]
+                    if (m.parent / "model").is_dir() and isinstance(meta, dict):  # unreadable: left out
+                        row("post-trajectory", rec.get("upstream_id"), m.parent, m.parent / "model", **common,
+                            step=meta.get("step"), L_im=meta.get("L_im"))
+            elif stage == "ft":
+                row("ft", rec.get("run_id"), d_run, _model_dir(d_run, {}, "model"), **common,
+                    upstream_id=rec.get("upstream_id"), method=rec.get("method"),
+                    compute_matched=rec.get("compute_matched"), post_hparams=_json(rec.get("post_hparams")),
+                    ft_lr=rec.get("ft_lr"), **_losses(rec.get("losses")))
+            else:  # the fine-tuning of a trajectory's checkpoints: the early-stopping checkpoint's losses
+                best = _best_row(rec)
+                row("traj", rec.get("traj_id"), d_run, None, **common, upstream_id=rec.get("upstream_id"),
+                    method=rec.get("method"), ft_lr=rec.get("ft_lr"), step=best.get("post_step"),
+                    **_losses({k: best[k] for k in FRONT_LOSSES if k in best}))
     return rows
 
 
-def write_checkpoint_index(out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``out_dir/checkpoints.csv`` (atomically) listing every saved model of a sweep
-    and return its path.
-
-    One row per model directory that exists: ``upstream/pre-*`` (stage ``pre``),
-    ``upstream/post-*`` (``post``) and its ``trajectory/step-*`` checkpoints
-    (``post-trajectory``, with ``step``), ``runs/*`` (``ft``, present when ``ft.save_checkpoints``
-    was on); diverged runs have none. Columns :data:`INDEX_COLUMNS`: ``id`` is the run's own id
-    (pre_id / upstream_id / run_id), ``post_hparams`` the post-training setting as JSON (empty
-    for pretraining), ``L_im`` the post-training loss where known (stage 2 and later),
-    ``model_dir`` the model directory relative to ``out_dir``. An empty sweep gives a header-only
-    file. Call it on one process (rank 0 under ``torchrun``).
-    """
-    out = Path(out_dir)
+def index_csv(rows: list[dict[str, Any]]) -> str:
+    """``checkpoints.csv``'s text for ``rows`` (empty cells for None)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(INDEX_COLUMNS), lineterminator="\n")
     w.writeheader()
-    for r in checkpoint_rows(out):
+    for r in rows:
         w.writerow({k: "" if v is None else v for k, v in r.items()})
-    return atomic_write_text(RunTree(out).checkpoint_index, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_checkpoint_index(out_dir: str | os.PathLike[str], *, verify: bool = True) -> Path:
+    """Write ``out_dir/checkpoints.csv`` (atomically): one row per run directory of a sweep
+    (:func:`checkpoint_rows`) and return its path.
+
+    Columns :data:`INDEX_COLUMNS`: ``id`` is the run's own id (pre_id / upstream_id / run_id /
+    traj_id: the hash in its directory name), ``run_dir`` its directory relative to
+    ``out_dir``, ``status`` ok | diverged | damaged, ``mix_fraction`` lambda,
+    ``post_hparams`` the post-training setting as JSON (empty for pretraining), ``L_im`` ..
+    ``L_pre`` the frontier's losses where the run has them and ``losses`` all of its losses
+    (JSON), ``model_dir`` the saved model relative to ``out_dir`` (empty when none was kept:
+    fine-tuned models only with ``ft.save_checkpoints``; diverged runs have none). An empty
+    sweep gives a header-only file. ``verify``: see :func:`checkpoint_rows`. Call it on one
+    process (rank 0 under ``torchrun``).
+    """
+    out = Path(out_dir)
+    return atomic_write_text(RunTree(out).checkpoint_index, index_csv(checkpoint_rows(out, verify=verify)))
+
+
+def index_results(results: str | os.PathLike[str]) -> list[Path]:
+    """Rebuild ``checkpoints.csv`` for an existing results directory: an LM output directory
+    (``lm_experiments run --out``), or a results root (``python -m paper_checks reproduce
+    --out``: every ``lm/<preset>/``). Returns the files written; ConfigError when ``results``
+    holds neither."""
+    p = Path(results)
+    if not p.is_dir():
+        raise ConfigError("--results", f"{p}: not a directory")
+    if RunTree(p).looks_like_run_tree():
+        return [write_checkpoint_index(p)]
+    trees = [RunTree(d) for d in sorted((ResultsRoot(p).root / "lm").glob("*")) if RunTree(d).looks_like_run_tree()]
+    if not trees:
+        raise ConfigError("--results", f"{p}: no LM results directory (manifest.json, frontier table or runs/) "
+                          "in it or under its lm/")
+    return [write_checkpoint_index(t.out) for t in trees]
+
+
+def _main(argv: list[str] | None) -> int:
+    ap = Parser(prog="python -m lm_experiments.engine.checkpoints",
+                description="Rebuild checkpoints.csv (the index of every run directory: hash -> stage, lambda, "
+                            "seed, setting, losses, model) of an existing results directory.")
+    ap.add_argument("--results", required=True,
+                    help="an LM output directory (lm_experiments run --out) or a results root (reproduce --out)")
+    a = ap.parse_args(argv)
+    for p in index_results(a.results):
+        n = p.read_text(encoding="utf-8").count("\n") - 1
+        print(f"{p}: {n} run(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lm_experiments.engine.checkpoints --results DIR``; exit 2 with one line on bad input."""
+    return cli_main(_main, argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -142,8 +142,9 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
     Writes ``config.json`` + ``model.safetensors`` (``save_pretrained``), the tokenizer
     (``save_pretrained`` for a ``transformers`` tokenizer, ``tokenizer.json`` for a raw
     ``tokenizers.Tokenizer``; skipped when None), ``extra.json`` (``extra``, e.g. the
-    resolved config, seed, losses, provenance) and a model card ``README.md`` (the lineage
-    in ``extra``, :func:`lm_experiments.engine.checkpoints.model_card`). Atomic: everything goes
+    run's lineage, :func:`lm_experiments.engine.model_card.card_extra`) and a model card
+    ``README.md`` (Hub front matter and the lineage in ``extra``,
+    :func:`lm_experiments.engine.model_card.model_card`). Atomic: everything goes
     to a sibling temp directory that is renamed onto ``out_dir`` (an existing ``out_dir``
     is replaced); files and directories get the umask's modes (``early_exposure.io``).
     A ``PeftModel`` is merged on a copy first.
@@ -159,7 +160,7 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, out_dir: Path, extra: dict
     from transformers import GenerationConfig
 
     from early_exposure.io import atomic_dir, atomic_write_text
-    from lm_experiments.engine.checkpoints import model_card
+    from lm_experiments.engine.model_card import model_card
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ import numpy as np
 from early_exposure.frontier import method_name
 from early_exposure.seeding import int_seed
 from lm_experiments.engine.distributed import collective_stage
+from lm_experiments.engine.model_card import card_extra
 from lm_experiments.protocol.context import (
     StageContext, StageResult, atomic_write_bytes, finished, npz_bytes, optim_for, remove_train_state, train_summary,
     write_result,
@@ -101,8 +102,7 @@ def run_pre(ctx: StageContext, r: PreRun) -> StageResult:
               "data_fingerprint": ctx.prepared.fingerprint, "model_dir": None}
     if not res.diverged:
         result.update(synthetic_records(ctx, model, "post_stage1"))
-        ctx.save_model(model, d / "model", {"stage": "pre", "pre_id": r.pre_id, "seed": r.seed,
-                                            "mix_fraction": r.mix_fraction})
+        ctx.save_model(model, d / "model", card_extra(result, ctx.data_used["summary"]["config"]))
         result["model_dir"] = "model"
     write_result(d, result)
     remove_train_state(d)
@@ -185,8 +185,7 @@ def run_post(ctx: StageContext, r: PostRun) -> StageResult:
     if not diverged:
         result.update(synthetic_records(ctx, model, "post_stage2"))
         atomic_write_bytes(ctx.tree.post_eval(r.upstream_id), npz_bytes(**arrays))
-        ctx.save_model(model, d / "model", {"stage": "post", "upstream_id": r.upstream_id, "setting": st.as_dict(),
-                                            "compute_matched": r.compute_matched})
+        ctx.save_model(model, d / "model", card_extra(result, ctx.data_used["summary"]["config"]))
         result["model_dir"], result["eval_npz"] = "model", ctx.tree.post_eval(r.upstream_id).name
     write_result(d, result)
     remove_train_state(d)
@@ -260,7 +259,9 @@ def run_ft(ctx: StageContext, r: FtRun) -> StageResult:
             layerwise = layerwise_change(theta_post, model.to_hf() if ctx.cfg.model.block == "fast" else model)
             synth = synthetic_records(ctx, model, "post_stage3")
             if sec.save_checkpoints:
-                ctx.save_model(model, d / "model", {"stage": "ft", "run_id": r.run_id})
+                ctx.save_model(model, d / "model", card_extra(
+                    {**base, "losses": losses, "train": train_summary(res, source, optim)},
+                    ctx.data_used["summary"]["config"], stage="ft"))
     # the frontier's four losses (NaN where a stage diverged), after the earlier stages' losses
     row = {"L_im": post_result.get("losses", {}).get("L_im", float("nan")), "L_ret": float("nan"),
            "L_ft": float("nan"), "L_pre": float("nan")}

@@ -15,6 +15,7 @@ from early_exposure.runs import RunTree
 from early_exposure.seeding import int_seed
 from lm_experiments.engine import distributed
 from lm_experiments.engine.distributed import collective_stage
+from lm_experiments.engine.model_card import card_extra
 from lm_experiments.protocol.context import (
     StageContext, StageResult, atomic_write_json, finished, optim_for, remove_train_state, write_result,
 )
@@ -28,7 +29,11 @@ def trajectory_saver(ctx: StageContext, d: Path, r: PostRun) -> Any:
     split) under ``trajectory/step-NNNNNN/`` (meta.json last; a resumed run rewrites it)."""
     def save(step: int, model: Any, val: float) -> None:
         sd = RunTree.step_dir(RunTree.post_trajectory(d), step)
-        ctx.save_model(model, sd / "model", {"stage": "post-trajectory", "upstream_id": r.upstream_id, "step": step})
+        ctx.save_model(model, sd / "model", card_extra(
+            {"upstream_id": r.upstream_id, "pre_id": r.pre.pre_id, "seed": r.pre.seed,
+             "mix_fraction": r.pre.mix_fraction, "compute_matched": r.compute_matched,
+             "setting": r.setting.as_dict(), "step": step,
+             "losses": {"val_loss": val}}, ctx.data_used["summary"]["config"], stage="post-trajectory"))
         atomic_write_json(sd / "meta.json", {"step": step, "val_loss": val,
                                              "L_im": ctx.evaluate(model, "post").mean_loss})
     return save

@@ -23,6 +23,7 @@ from early_exposure.frontier import write_frontier
 from early_exposure.io import atomic_write_json, stable_hash
 from lm_experiments.config import PipelineConfig
 from lm_experiments.engine import distributed
+from lm_experiments.engine.checkpoints import write_checkpoint_index
 from lm_experiments.engine.train_state import EXIT_PREEMPTED, Preempted
 from lm_experiments.protocol.prepared import data_sizes, prepare
 from lm_experiments.protocol.context import StageContext
@@ -44,8 +45,8 @@ def manifest(ctx: StageContext, plan: Plan, status: dict[str, Any], wall_s: floa
 def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", address: str | None = None,
               max_retries: int = 2, cache_root: Path | None = None) -> dict[str, Any]:
     """Run every unit of the plan with ``executor`` (:mod:`lm_experiments.runner.executors`; finished
-    runs are skipped, failed ones recorded while the rest go on); write the frontier and the
-    manifest. ``frontier.csv`` appears only when every run finished (``frontier.partial.csv``
+    runs are skipped, failed ones recorded while the rest go on); write the frontier, the
+    manifest and ``checkpoints.csv`` (every run directory, also after a partial sweep). ``frontier.csv`` appears only when every run finished (``frontier.partial.csv``
     while the sweep runs or when some failed: rerun the same command to retry them).
 
     Preemption (SIGTERM; :mod:`lm_experiments.engine.train_state`): the running units write
@@ -105,6 +106,7 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     if stop is not None:
         status["complete"] = False
         write_tables(ctx.out, plan, tree.frontier_partial.name)
+        write_checkpoint_index(ctx.out, verify=False)  # the runs so far: hash -> lambda, seed, setting, model
         m = {**manifest(ctx, plan, status, time.time() - t0), "executor": executor, "failed": failed,
              "preempted": preempted or [{"where": str(stop)}]}
         atomic_write_json(tree.manifest, m)
@@ -117,6 +119,7 @@ def run_sweep(ctx: StageContext, plan: Plan, *, executor: str = "serial", addres
     else:
         write_tables(ctx.out, plan, tree.frontier.name)
         integrity.unseal(tree.frontier_partial)
+    write_checkpoint_index(ctx.out, verify=False)  # every run directory: hash -> lambda, seed, setting, model
     m = {**manifest(ctx, plan, status, time.time() - t0), "executor": executor, "failed": failed}
     atomic_write_json(tree.manifest, m)
     return m
