@@ -1,10 +1,12 @@
 """Theory-only installs: collect only the theory test modules.
 
-``pip install -e '.[theory]'`` installs the simulator and what both halves share, not the
-language-model pipeline (torch, transformers, ...) nor the checks' statistics (scipy, rich).
-There the test modules of the other halves cannot even be imported, so pytest collects only
-the modules listed in :data:`THEORY_TEST_MODULES` (the simulator, sweeps, configs, Pareto
-tools, atomic files and the theory CLI's bad-input tests), and says so in its header. They
+``pip install -e '.[theory]'`` installs the simulator (jax) and what both halves share
+(numpy, pandas, pyarrow, pyyaml, moocore, scipy, safetensors, filelock), not the
+language-model pipeline (torch, transformers, ...), the parallel executor (ray) nor the
+checks' verdict table (rich). There the test modules of the other halves cannot even be
+imported, so pytest collects only the modules listed in :data:`THEORY_TEST_MODULES` (the
+simulator, sweeps, configs, Pareto tools, atomic files, integrity checks and locks, the
+statistics and the theory CLI's bad-input tests), and says so in its header. They
 are left out of collection, not skipped: with the full ``[test]`` install nothing is left out
 and every test runs (no test is ever skipped).
 
@@ -20,10 +22,11 @@ from pathlib import Path
 #: modules that need only the [theory] extra (plus pytest)
 THEORY_TEST_MODULES = (
     "test_theory_*.py", "test_sweep_*.py", "test_pareto.py", "test_common.py", "test_io_umask.py",
-    "test_integrity_theory.py", "test_forgetting.py", "test_bad_inputs_theory.py",
+    "test_integrity_theory.py", "test_integrity_unit.py", "test_stats_tests.py", "test_forgetting.py",
+    "test_bad_inputs_theory.py",
 )
 #: top-level modules of the extras beyond [theory] that the other test modules import
-OTHER_EXTRAS = ("torch", "transformers", "peft", "tokenizers", "datasets", "safetensors", "scipy", "rich")
+OTHER_EXTRAS = ("torch", "transformers", "peft", "tokenizers", "datasets", "ray", "rich")
 
 _MISSING = [m for m in OTHER_EXTRAS if importlib.util.find_spec(m) is None]
 _TESTS = Path(__file__).resolve().parent / "tests"

@@ -8,38 +8,40 @@ run's ``result.json``, :func:`records`). On reuse the artefact is checked agains
 manifest (:func:`check`, :func:`check_records`); an artefact without a manifest (written
 before manifests existed, or a crash between the artefact and its manifest) gets a
 structural check instead (:func:`structural_check`: JSON parses, a zip / npz / ``torch.save``
-file has its central directory and CRCs, a safetensors file holds the bytes its header
-announces, a parquet file has its footer, a gzip stream ends). A damaged artefact is
+file has its central directory and CRCs, a safetensors file opens with
+``safetensors.safe_open`` (which checks that its header parses and that its tensors cover
+the file exactly), a parquet file has its footer, a gzip stream ends). A damaged artefact is
 reported in one line (:func:`report`: which file, what is wrong, what happens now) and
 redone by the caller, never trusted and never a traceback.
 
-Verifying a file reads it once; the digest of a large one (>= 1 MiB) is remembered per
+Verifying a file reads it once (``hashlib.file_digest``); the digest of a large one (>= 1 MiB) is remembered per
 process for an unchanged file (same inode, size, modification and change times), so a
 theta_post read by every fine-tuning run of a sweep is hashed once.
 
-Locks. :func:`unit_lock` holds an exclusive ``fcntl.flock`` on one lock file per unit
-(a run of the LM pipeline, a chunk of a theory sweep): a second process on the same output
-directory waits for the holder, then finds the unit finished and reuses its verified
-result instead of running it again. The kernel releases a flock when its holder dies, so
-a killed process never leaves a stale lock; lock files are left in place (removing them
-would race with a waiting process).
+Locks. :func:`unit_lock` holds an exclusive ``filelock.FileLock`` on one lock file per
+unit (a run of the LM pipeline, a chunk of a theory sweep; an ``fcntl.flock`` on Linux and
+macOS, ``msvcrt.locking`` on Windows): a second process on the same output directory waits
+for the holder, then finds the unit finished and reuses its verified result instead of
+running it again. The kernel releases the lock when its holder dies, so a killed process
+never leaves a stale lock; lock files are left in place (removing them would race with a
+waiting process).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
 import os
-import struct
 import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 from early_exposure.io import atomic_write_json
 
@@ -50,14 +52,9 @@ _MEMO_MIN_BYTES = 1 << 20  # smaller files are simply hashed again
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, read through one reused 1 MiB buffer (memory flat in the file's size)."""
-    h = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
+    """SHA-256 of a file (``hashlib.file_digest``: one reused buffer, memory flat in the file's size)."""
     with open(path, "rb") as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _hash(path: Path) -> tuple[int, str]:
@@ -220,18 +217,17 @@ def _zip(path: Path) -> str | None:
 
 
 def _safetensors(path: Path) -> str | None:
-    size = path.stat().st_size
+    """``safe_open`` validates the header (its length, JSON, dtypes, shapes, contiguous offsets)
+    and that the tensors end exactly at the end of the file: a truncated file, one with bytes
+    appended, or a damaged header is refused. No tensor is read."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            if n > size - 8:
-                raise ValueError("header runs past the end of the file")
-            header = json.loads(fh.read(n))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, OSError) as exc:
-        return f"{path} is not a readable safetensors file ({exc}: truncated or corrupted)"
-    if 8 + n + end != size:
-        return f"{path} has {size} bytes, its header announces {8 + n + end} (truncated)"
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError, ValueError) as exc:
+        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        return f"{path} is not a readable safetensors file ({why}: truncated or corrupted)"
     return None
 
 
@@ -327,38 +323,38 @@ def report(reason: str, action: str = "redoing it", log: Callable[[str], None] |
 @contextlib.contextmanager
 def unit_lock(path: str | os.PathLike[str], *, on_wait: Callable[[str], None] | None = None,
               blocking: bool = True, optional: bool = False) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on ``path`` (created with its folder) for the block.
+    """Hold an exclusive lock (``filelock.FileLock``: ``flock`` on POSIX) on ``path`` (created
+    with its folder, mode ``0o666`` minus the umask; left in place) for the block.
 
     A non-blocking try first; when another process holds it, ``on_wait`` is called with a
     one-line note and (``blocking``) the call waits for it, or (not ``blocking``) yields False
     without the lock. Yields True while the lock is held. ``optional``: where the lock file
     cannot be created (a read-only cache) the block runs without it."""
     path = Path(path)
+    lock = filelock.FileLock(path, thread_local=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        lock.acquire(timeout=0)
+        held_elsewhere = False
+    except filelock.Timeout:  # (a subclass of OSError)
+        held_elsewhere = True
     except OSError:
         if not optional:
             raise
         yield True
         return
+    if held_elsewhere:
+        if on_wait is not None:
+            on_wait(f"{path.name}: another process is running this unit; "
+                    + ("waiting for it to finish" if blocking else "leaving it to that process"))
+        if not blocking:
+            yield False
+            return
+        lock.acquire()
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait(f"{path.name}: another process is running this unit; "
-                        + ("waiting for it to finish" if blocking else "leaving it to that process"))
-            if not blocking:
-                yield False
-                return
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield True
     finally:
-        os.close(fd)
+        lock.release()
 
 
 __all__ = ["MANIFEST_SUFFIX", "sha256_file", "file_record", "tree_files", "records", "check_records",

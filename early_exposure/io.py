@@ -6,14 +6,13 @@ over the target (``os.replace`` is atomic on POSIX). Directories are built the s
 (:func:`make_temp_dir` + :func:`replace_dir`, or :func:`atomic_dir`).
 
 Permissions: ``tempfile.mkstemp`` / ``mkdtemp`` create 0600 files / 0700 directories
-whatever the umask, which the rename would carry onto the result. Every temp file and
-directory made here is chmod-ed to the mode a plain ``open()`` / ``mkdir()`` would give
-(``0o666`` / ``0o777`` minus the umask: 0644 / 0755 under umask 022) before it is
-renamed into place. The umask is read by :func:`current_umask`: from the ``Umask:`` line of
-``/proc/self/status`` (Linux >= 4.7), which reads it without changing it, so it is
-thread-safe and follows later ``os.umask`` calls; where that file is absent, the value
-read once at import time by setting and restoring it with ``os.umask`` (not thread-safe,
-so done only then, while the module is imported, before a writer thread can race it).
+whatever the umask, which the rename would carry onto the result. So the temp files and
+directories here are made like a plain ``open()`` / ``mkdir()`` makes them: a file with
+``os.open(path, O_CREAT | O_EXCL, 0o666)``, a directory with ``os.mkdir`` (mode 0o777), and the
+kernel applies the umask (and a default ACL) -- 0644 / 0755 under umask 022. The umask is
+never read nor changed (``os.umask`` sets it process-wide, which is not thread-safe). A tree
+written by third-party code that makes 0600 files gets the modes read off a new probe
+directory (:func:`apply_umask_modes`).
 """
 
 from __future__ import annotations
@@ -23,65 +22,66 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+_TRIES = 100  # random names tried before giving up (each collision is a 2^-48 event)
 
-def _umask_from_proc() -> int | None:
+
+def _create_file(parent: Path, prefix: str, suffix: str) -> tuple[Path, int]:
+    """A new empty file ``parent/<prefix><random><suffix>`` created with mode 0o666, which
+    the kernel cuts by the umask; returns it with the mode it got."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_TRIES):
+        p = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(p, flags, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return p, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    raise FileExistsError(f"no free temp file name in {parent}")
+
+
+def _create_dir(parent: Path, prefix: str, suffix: str) -> Path:
+    """A new directory ``parent/<prefix><random><suffix>`` made by ``os.mkdir`` (0o777 cut by
+    the umask)."""
+    for _ in range(_TRIES):
+        p = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        return p
+    raise FileExistsError(f"no free temp directory name in {parent}")
+
+
+def new_modes(where: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(file mode, directory mode)`` that a plain ``open()`` / ``mkdir()`` gives in the
+    directory ``where`` (0644 / 0755 under umask 022): read off a probe directory made there
+    and removed (a file gets the directory's mode without its execute bits)."""
+    probe = _create_dir(Path(where), ".umask.", ".tmp")
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _umask_by_swap() -> int:
-    old = os.umask(0o022)  # not thread-safe: done once, at import
-    os.umask(old)
-    return old
-
-
-def _import_umask() -> int:
-    m = _umask_from_proc()
-    return _umask_by_swap() if m is None else m
-
-
-#: the umask at import time: :func:`current_umask`'s answer where /proc is unavailable
-_IMPORT_UMASK: int = _import_umask()
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it (``/proc/self/status``) where the OS
-    allows, else the value at import time (see the module docstring)."""
-    m = _umask_from_proc()
-    return _IMPORT_UMASK if m is None else m
-
-
-def file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: ``0o666 & ~umask``."""
-    return 0o666 & ~current_umask()
-
-
-def dir_mode() -> int:
-    """The mode ``os.mkdir`` gives a new directory: ``0o777 & ~umask``."""
-    return 0o777 & ~current_umask()
+        dm = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.rmdir()
+    return dm & 0o666, dm
 
 
 def make_temp_dir(parent: str | os.PathLike[str], prefix: str = ".", suffix: str = ".tmp") -> Path:
-    """``tempfile.mkdtemp`` in ``parent`` (created if needed) with the umask's directory
-    mode (:func:`dir_mode`) instead of mkdtemp's 0700: for building a directory that is
-    then renamed into place (:func:`replace_dir`)."""
+    """A new directory in ``parent`` (created if needed) with the mode ``mkdir`` gives (the
+    umask's) instead of mkdtemp's 0700: for building a directory that is then renamed into
+    place (:func:`replace_dir`)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
-    os.chmod(tmp, dir_mode())
-    return tmp
+    return _create_dir(parent, prefix, suffix)
 
 
 def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
@@ -101,11 +101,12 @@ def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Pa
 
 
 def apply_umask_modes(root: str | os.PathLike[str]) -> None:
-    """Give every file under ``root`` the umask's file mode (executables: ``0o777 & ~umask``)
-    and every directory (``root`` included) the directory mode: for trees written by
-    third-party code that makes 0600 files (e.g. ``save_pretrained``'s safetensors shards,
-    written through a temp file and renamed). Symbolic links are left alone."""
-    fm, dm = file_mode(), dir_mode()
+    """Give every file under ``root`` the mode a new file gets there (executables: a new
+    directory's) and every directory (``root`` included) a new directory's mode
+    (:func:`new_modes`): for trees written by third-party code that makes 0600 files (e.g.
+    ``save_pretrained``'s safetensors shards, written through a temp file and renamed).
+    Symbolic links are left alone."""
+    fm, dm = new_modes(root)
     os.chmod(root, dm)
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
@@ -141,16 +142,17 @@ def atomic_write_via(path: str | os.PathLike[str], write: Callable[[str], None])
 
     For writers that want a file name (``torch.save``, ``DataFrame.to_parquet``); the temp
     file is removed if ``write`` raises, so ``path`` is either the old or the new content.
-    The result has the umask's file mode (:func:`file_mode`, 0644 under umask 022), not
-    mkstemp's 0600.
+    The temp file is created with ``os.open(..., 0o666)`` (the umask applies: 0644 under umask
+    022), and given that mode again after ``write`` in case the writer replaced it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp_path, mode = _create_file(path.parent, f".{path.name}.", ".tmp")
+    tmp = str(tmp_path)
     try:
         write(tmp)
-        os.chmod(tmp, file_mode())  # after write: a writer may have replaced the file
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that recreated the file
+            os.chmod(tmp, mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -2,8 +2,10 @@
 
 Every claim the checks judge, and every rate the what / where tables summarise, is a
 statistic computed on each seed alone; :func:`t_interval` gives its mean with the
-two-sided Student-t interval over seeds and :func:`sign_flip_p` the exact paired
-sign-flip (permutation) p of mean zero; :func:`slope` is the least-squares slope in lambda.
+two-sided Student-t interval over seeds (``scipy.stats.ttest_1samp(...).confidence_interval``)
+and :func:`sign_flip_p` the exact paired sign-flip p of mean zero
+(``scipy.stats.permutation_test``); :func:`slope` is the least-squares slope in lambda
+(``scipy.stats.linregress``).
 Also: :func:`t_test_p` (the t-test matching the interval), :func:`bounded_t_interval` (the
 interval cut to the statistic's attainable range), :func:`tost` (equivalence: two one-sided
 t-tests), :func:`holm` and :func:`benjamini_hochberg` (multiplicity), and
@@ -17,6 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
+
+#: sign flips are enumerated exactly up to this many values (2^16 patterns), sampled beyond
+EXACT_SIGN_FLIP_MAX_N = 16
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,9 @@ def slope(x: np.ndarray, y: np.ndarray) -> float:
     y = np.asarray(y, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    if len(np.unique(x)) < 2:
+    if len(np.unique(x)) < 2:  # linregress raises on a constant x
         return float("nan")
-    xc = x - x.mean()
-    return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    return float(sps.linregress(x, y).slope)
 
 
 def t_interval(values: Sequence[float], *, level: float = 0.95) -> Interval:
@@ -55,52 +60,65 @@ def t_interval(values: Sequence[float], *, level: float = 0.95) -> Interval:
     are dropped; with fewer than two left the interval is NaN. ``n_boot`` is 0 (no
     resampling) and ``n_valid`` the number of units used.
     """
-    from scipy import stats as sps
-
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    v = _finite(values)
     n = len(v)
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0, 0)
     m = float(v.mean())
     if n < 2:
         return Interval(m, float("nan"), float("nan"), 0, n)
-    half = float(sps.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
-    return Interval(m, m - half, m + half, 0, n)
+    if _no_spread(v):  # scipy warns (catastrophic cancellation) and answers NaN: the mean is the answer
+        return Interval(m, m, m, 0, n)
+    ci = sps.ttest_1samp(v, 0.0).confidence_interval(confidence_level=level)
+    return Interval(m, float(ci.low), float(ci.high), 0, n)
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    return np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+
+
+def _no_spread(v: np.ndarray) -> bool:
+    """All values equal up to rounding (sd <= 1e-12 of the mean's scale)."""
+    return float(v.std(ddof=1)) <= 1e-12 * max(1.0, abs(float(v.mean())))
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
 
 
 def sign_flip_p(values: Sequence[float], *, n_mc: int = 20000, seed: int = 0) -> float:
-    """Two-sided exact sign-flip (paired permutation) test of mean zero: the share of the
-    2^n sign patterns whose |mean| is at least the observed one (all patterns for n <= 16,
-    ``n_mc`` seeded random ones beyond). With n values the smallest attainable p is 2 / 2^n
-    (0.25 for 3 seeds, 0.0625 for 5): reported beside the t-interval, it shows how much
-    evidence a handful of seeds can hold."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    """Two-sided exact sign-flip (paired permutation) test of mean zero
+    (``scipy.stats.permutation_test`` with ``permutation_type="samples"`` on one sample): the
+    share of the 2^n sign patterns whose |mean| is at least the observed one (the null
+    distribution is symmetric, so scipy's ``2 min(P(T <= t), P(T >= t))`` is that share).
+    All patterns for n <= :data:`EXACT_SIGN_FLIP_MAX_N`, ``n_mc`` random ones (seeded) beyond,
+    where scipy's p is (hits + 1) / (n_mc + 1). With n values the smallest attainable p is
+    2 / 2^n (0.25 for 3 seeds, 0.0625 for 5): reported beside the t-interval, it shows how
+    much evidence a handful of seeds can hold."""
+    v = _finite(values)
     n = len(v)
     if n == 0:
         return float("nan")
-    obs = abs(v.mean())
-    if n <= 16:
-        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
-    else:
-        signs = np.random.default_rng(seed).choice([-1, 1], size=(n_mc, n))
-    means = np.abs((signs * v).mean(axis=1))
-    return float(np.mean(means >= obs - 1e-12 * max(obs, 1.0)))
+    if n == 1:  # scipy needs two values; both patterns (+v, -v) have the observed |mean|
+        return 1.0
+    exact = n <= EXACT_SIGN_FLIP_MAX_N
+    res = sps.permutation_test((v,), _mean, permutation_type="samples", vectorized=True, alternative="two-sided",
+                               n_resamples=2**n if exact else n_mc,
+                               rng=None if exact else np.random.default_rng(seed))
+    return float(res.pvalue)
 
 
 def t_test_p(values: Sequence[float], *, null: float = 0.0) -> float:
     """Two-sided one-sample Student-t p of mean ``null`` (as ``scipy.stats.ttest_1samp``); the
     test that matches :func:`t_interval` (the level-``L`` interval excludes ``null`` exactly
     when p < 1 - L). NaN with fewer than two finite values; 0 or 1 for zero spread."""
-    from scipy import stats as sps
-
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    v = _finite(values)
     if len(v) < 2:
         return float("nan")
-    m, sd = float(v.mean()), float(v.std(ddof=1))
-    if sd <= 1e-12 * max(1.0, abs(m)):  # no spread (up to rounding): the mean is the answer
+    m = float(v.mean())
+    if _no_spread(v):  # no spread (up to rounding): the mean is the answer
         return 0.0 if abs(m - null) > 1e-12 * max(1.0, abs(m)) else 1.0
-    t = (m - null) / (sd / np.sqrt(len(v)))
-    return float(2 * sps.t.sf(abs(t), len(v) - 1))
+    return float(sps.ttest_1samp(v, null).pvalue)
 
 
 def bounded_t_interval(values: Sequence[float], lo: float, hi: float, *, level: float = 0.95) -> Interval:
@@ -138,8 +156,6 @@ def tost(values: Sequence[float], margin: float, *, alpha: float = 0.05) -> Tost
     P(T_{n-1} >= t_l), t_u = (m - margin) / se with p_upper = P(T_{n-1} <= t_u), p = max of
     the two. ``lo``/``hi`` is the (1 - 2 alpha) t-interval, which lies inside (-margin, margin)
     exactly when p < alpha. NaN p with fewer than two values."""
-    from scipy import stats as sps
-
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
     n = len(v)
     nan = float("nan")
@@ -178,8 +194,6 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
     """Benjamini-Hochberg adjusted p (false discovery rate): with the m finite p sorted
     ascending, q(i) = min_{j >= i} min(1, m p_(j) / j) (``scipy.stats.false_discovery_control``);
     NaN entries stay NaN and do not count in m."""
-    from scipy import stats as sps
-
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full(len(p), np.nan)
     idx = np.flatnonzero(np.isfinite(p))

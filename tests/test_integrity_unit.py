@@ -153,3 +153,81 @@ def test_a_changed_file_is_hashed_again(tmp_path: Path, big: bool) -> None:
     os.replace(q, p)  # same size and name, new content (as an atomic writer leaves it)
     second = integrity.file_record(p)
     assert second["size"] == first["size"] and second["sha256"] == hashlib.sha256(b"b" * n).hexdigest()
+
+
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    h = json.dumps(header).encode()
+    return len(h).to_bytes(8, "little") + h + data
+
+
+def test_safetensors_check_refuses_each_damage_and_passes_bf16(tmp_path: Path) -> None:
+    """safe_open validates the header and the file's extent: a bf16 checkpoint (numpy has no
+    bf16; no tensor is read) passes; appended bytes, a cut or bad header, overlapping offsets
+    and a file shorter than its tensors are each refused in one line."""
+    good = {"w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"format": "pt"}}
+    cases = {
+        "intact": (_safetensors_bytes(good, bytes(12)), True),
+        "appended": (_safetensors_bytes(good, bytes(14)), False),
+        "short": (_safetensors_bytes(good, bytes(10)), False),
+        "header length past the end": ((10**6).to_bytes(8, "little") + b"{}", False),
+        "header cut": (_safetensors_bytes(good, bytes(12))[:20], False),
+        "bad offsets": (_safetensors_bytes({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),
+                        False),
+        "empty": (b"", False),
+    }
+    for name, (data, ok) in cases.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.safetensors"
+        p.write_bytes(data)
+        why = integrity.structural_check(p)
+        assert (why is None) == ok, (name, why)
+        assert ok or (str(p) in why and "truncated or corrupted" in why and "\n" not in why), (name, why)
+
+
+def test_sha256_file_streams_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "f.bin"
+    data = os.urandom(3 * (1 << 20) + 17)  # several buffers and a partial one
+    p.write_bytes(data)
+    assert integrity.sha256_file(p) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert integrity.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def test_lock_waits_for_the_holder_with_a_note_and_leaves_its_file(tmp_path: Path) -> None:
+    """A second holder (another open of the same lock file, as in another process) is told
+    and waits until the first releases; the lock file stays where it was asked for."""
+    import threading
+    import time
+
+    lock = tmp_path / "locks" / "u.lock"
+    ready, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with integrity.unit_lock(lock):
+            ready.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        timer = threading.Timer(0.4, release.set)
+        timer.start()
+        notes: list[str] = []
+        t0 = time.monotonic()
+        with integrity.unit_lock(lock, on_wait=notes.append) as got:
+            waited = time.monotonic() - t0
+            assert got is True and release.is_set()
+    finally:
+        release.set()
+        holder.join(30)
+    assert waited >= 0.3 and notes == ["u.lock: another process is running this unit; waiting for it to finish"]
+    assert sorted(p.name for p in lock.parent.iterdir()) == ["u.lock"]
+
+
+def test_optional_lock_runs_without_a_lock_file_that_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with integrity.unit_lock(blocker / "u.lock", optional=True) as got:
+        assert got is True
+    with pytest.raises(OSError), integrity.unit_lock(blocker / "u.lock"):
+        pass

@@ -80,3 +80,75 @@ def test_t_test_p_equals_scipy() -> None:
 
     x = [0.3, -0.1, 0.25, 0.4, 0.05]
     assert t_test_p(x, null=0.04) == pytest.approx(stats.ttest_1samp(x, 0.04).pvalue, rel=1e-9)
+
+
+# ---- the scipy-backed helpers against the hand-written formulas they replaced --------------
+def _enumerated_sign_flip_p(v: np.ndarray) -> float:
+    """The share of the 2^n sign patterns whose |mean| reaches the observed one (the former code)."""
+    n = len(v)
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    means = np.abs((signs * v).mean(axis=1))
+    obs = abs(v.mean())
+    return float(np.mean(means >= obs - 1e-12 * max(obs, 1.0)))
+
+
+def _samples(n_each: int = 150):
+    rng = np.random.default_rng(11)
+    for i in range(n_each):
+        n = 2 + i % 10
+        yield rng.normal(rng.normal(), 1.0, n)                       # continuous
+        yield rng.integers(-3, 4, n).astype(float)                     # many ties (equal |mean| patterns)
+        yield np.round(rng.normal(0.1, 0.2, n), 2)                     # rounded rates, like per-seed gaps
+
+
+def test_sign_flip_p_is_the_full_enumeration() -> None:
+    from early_exposure.stats import sign_flip_p
+
+    for v in _samples():
+        assert sign_flip_p(v) == _enumerated_sign_flip_p(v), v
+    assert sign_flip_p([0.3]) == 1.0 and sign_flip_p([0.0, 0.0, 0.0]) == 1.0 and math.isnan(sign_flip_p([]))
+    assert sign_flip_p([0.1, 0.2, 0.15, 0.3, 0.25]) == 2 / 32  # 5 seeds, all positive: the smallest p
+
+
+def test_sign_flip_p_beyond_exact_enumeration_is_seeded_monte_carlo() -> None:
+    from early_exposure.stats import EXACT_SIGN_FLIP_MAX_N, sign_flip_p
+
+    v = np.random.default_rng(2).normal(0.25, 1.0, EXACT_SIGN_FLIP_MAX_N + 4)
+    p = sign_flip_p(v, n_mc=4000, seed=1)
+    assert p == sign_flip_p(v, n_mc=4000, seed=1)                # reproducible
+    assert p == pytest.approx(_enumerated_sign_flip_p(v), abs=0.03)  # 2^20 patterns, enumerated here
+
+
+def test_t_interval_and_t_test_p_match_the_closed_forms() -> None:
+    from scipy import stats
+
+    from early_exposure.stats import t_interval
+
+    for v in _samples(60):
+        n, m, sd = len(v), v.mean(), v.std(ddof=1)
+        iv = t_interval(v, level=0.9)
+        if sd == 0:
+            assert iv.lo == iv.hi == iv.point == m
+            continue
+        half = stats.t.ppf(0.95, n - 1) * sd / math.sqrt(n)
+        assert iv.lo == pytest.approx(m - half, rel=1e-12, abs=1e-14)
+        assert iv.hi == pytest.approx(m + half, rel=1e-12, abs=1e-14)
+        t = (m - 0.05) / (sd / math.sqrt(n))
+        assert t_test_p(v, null=0.05) == pytest.approx(2 * stats.t.sf(abs(t), n - 1), rel=1e-10, abs=1e-15)
+    flat = t_interval([0.5, 0.5, 0.5])  # no spread: the mean itself, no warning (the suite errors on one)
+    assert (flat.lo, flat.hi, flat.point) == (0.5, 0.5, 0.5)
+
+
+def test_slope_matches_the_centred_least_squares_formula() -> None:
+    from early_exposure.stats import slope
+
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        x = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], 6)
+        y = rng.normal(size=6)
+        xc = x - x.mean()
+        want = (xc * (y - y.mean())).sum() / (xc * xc).sum() if len(set(x)) > 1 else float("nan")
+        got = slope(x, y)
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12, abs=1e-14)
+    assert slope(np.array([0.0, 1.0, np.nan, 2.0]), np.array([1.0, 3.0, 7.0, 5.0])) == pytest.approx(2.0)
+    assert math.isnan(slope(np.array([1.0, 1.0]), np.array([0.0, 2.0])))

@@ -32,7 +32,6 @@ non-default RoPE scaling, activations other than SiLU, KV caches) is refused wit
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -389,11 +388,11 @@ def _split_sizes(config: LlamaConfig, fused: str) -> list[int]:
 
 
 def saved_keys(path: str | os.PathLike[str]) -> list[str]:
-    """Tensor names in ``path``/model.safetensors (its JSON header; no tensor is read)."""
-    with open(Path(path) / "model.safetensors", "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    return sorted(k for k in header if k != "__metadata__")
+    """Tensor names in ``path``/model.safetensors (``safe_open`` reads its header; no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) / "model.safetensors"), framework="numpy") as f:
+        return sorted(f.keys())
 
 
 def apply_fast_llama(model: LlamaForCausalLM) -> FastLlamaForCausalLM:
