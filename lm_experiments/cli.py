@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--curves", choices=CURVE_CHOICES, default=None,
                      help="write each run's training curve (step, train_loss, val_loss, lr, grad_norm) while it "
                           "trains, locally: csv = <run dir>/curves.csv; tensorboard = OUT/tensorboard/<stage>-<id>/ "
-                          "(pip install tensorboard); trackio / wandb-offline = a local tracker; default: off")
+                          "(pip install 'early-exposure[tracking]'); trackio / wandb-offline = a local tracker; default: off")
     add_executor(run)
     run.add_argument("--address", default=None,
                      help="with --executor ray: join a running Ray cluster ('auto' or HOST:PORT)")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from early_exposure.cliopts import add_executor, add_version, presets_root, resolve_executor
 from early_exposure.configs import check_output_dir
 from early_exposure.errors import ConfigError, Parser
 from early_exposure.io import atomic_write_json
@@ -96,32 +97,24 @@ class ProgressTail:
 
 
 def _config(*candidates: str) -> str:
-    """The first existing config among ``candidates`` (relative to the repository)."""
+    """The first of ``candidates`` (clone-relative ``configs/...`` paths) that ships as a preset
+    (``early_exposure.cliopts.presets_root``: the installed package data, else the clone's
+    ``configs/``); each command resolves such a path to the shipped file from any directory."""
+    root = presets_root()
     for c in candidates:
-        if (REPO / c).is_file():
+        if (root / Path(c).relative_to("configs")).is_file():
             return c
     return candidates[-1]
 
 
-def resolve_executor(name: str) -> str:
-    """``auto``: Ray when it is installed and this machine has 2+ cores (the LM runs then use
-    every core), else serial."""
-    if name not in ("auto", "serial", "ray"):
-        raise ConfigError("--executor", f"must be one of auto, serial, ray, got {name!r}")
-    if name != "auto":
-        return name
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return "serial"
-    return "ray" if (os.cpu_count() or 1) >= 2 else "serial"
-
-
-def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
+def plan(preset: str, out: Path, executor: str = "serial", curves: str | None = None) -> list[Step]:
     """The ordered steps of ``preset`` writing under ``out`` (absolute); the LM steps run with
-    ``executor`` (``serial`` or ``ray``)."""
+    ``executor`` (``serial`` or ``ray``) and write training curves live when ``curves`` is set
+    (``lm_experiments run --curves``)."""
     if preset not in PRESETS:
         raise ConfigError("--preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
+    from lm_experiments.cli import curves_argv  # parsing only: no torch (the LM steps run as subprocesses)
+
     py = (sys.executable,)
     root = ResultsRoot(out)
     t = root.theory_root
@@ -162,10 +155,10 @@ def plan(preset: str, out: Path, executor: str = "serial") -> list[Step]:
         tree = root.lm(lm)
         steps += [
             Step(f"LM {lm}", (*py, "-m", "lm_experiments", "run", "--config", f"configs/lm/{lm}.yaml",
-                              "--out", str(tree.out), "--executor", executor),
+                              "--out", str(tree.out), "--executor", executor, *curves_argv(curves)),
                  (tree.frontier.relative_to(out).as_posix(),), progress=PIPELINE_BAR),
             # beyond the paper: what is forgotten (items) and where (layer rollback), docs/whatwhere.md
-            Step(f"LM {lm} whatwhere", (*py, "-m", "lm_experiments.analysis.whatwhere", str(tree.out)),
+            Step(f"LM {lm} whatwhere", (*py, "-m", "lm_experiments.analysis.whatwhere", "--results", str(tree.out)),
                  ((tree.whatwhere / "items.json").relative_to(out).as_posix(),)),
         ]
     steps += [
@@ -288,18 +281,24 @@ def finish_tree(out: Path) -> Path:
 
 
 def reproduce_main(argv: list[str] | None) -> int:
+    from lm_experiments.cli import CURVE_CHOICES  # parsing only: no torch
+
     ap = Parser(prog="python -m paper_checks reproduce", description=__doc__.split("\n")[0])
+    add_version(ap)
     ap.add_argument("--preset", default="quick", choices=PRESETS,
-                    help="quick: CPU, under 25 min on 2 cores (LM cpu-quick-flan-chem and cpu-quick-flan-music); "
-                         "full: CPU, hours (LM cpu-full, finer theory grids); gpu: LM gpu-135m (default: quick)")
+                    help=f"quick: CPU, under 25 min on 2 cores (LM {', '.join(LM_PRESETS['quick'])}); "
+                         f"full: CPU, hours (LM {', '.join(LM_PRESETS['full'])}, finer theory grids); "
+                         f"gpu: LM {', '.join(LM_PRESETS['gpu'])} (default: quick)")
     ap.add_argument("--out", default="results", help="results directory (resumed if it exists; default: results)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    ap.add_argument("--executor", default="auto", choices=("auto", "serial", "ray"),
-                    help="how the LM steps run their runs: auto (Ray on 2+ cores when installed), serial, ray")
+    add_executor(ap, default="auto")
+    ap.add_argument("--curves", choices=CURVE_CHOICES, default=None,
+                    help="the LM steps write each run's training curve while it trains (lm_experiments run "
+                         "--curves): csv = <run dir>/curves.csv, tensorboard, trackio, wandb-offline; default: off")
     args = ap.parse_args(argv)
     out = check_output_dir("--out", args.out).resolve()
     executor = resolve_executor(args.executor)
-    steps = plan(args.preset, out, executor)
+    steps = plan(args.preset, out, executor, curves=args.curves)
     print(f"LM executor: {executor}")
     if args.dry_run:
         for i, s in enumerate(steps, 1):
@@ -320,7 +319,7 @@ def reproduce_main(argv: list[str] | None) -> int:
         print("figures:")
         for f in listed.get("figures", []):
             if f.endswith(".png"):
-                print(f"  {f}")
+                print(f"  {ResultsRoot(out).figures / f}")
     print(f"guide to every file of the results: {guide}")
     print(f"total wall time {record['total_wall_s']:.1f} s; record: {ResultsRoot(out).state}")
     if failed:

@@ -181,12 +181,20 @@ def write_results_guide(results: str | os.PathLike[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m paper_checks.results_guide RESULTS``: (re)write ``RESULTS/README.md``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m paper_checks.results_guide RESULTS (an existing results directory)", file=sys.stderr)
+    """``python -m paper_checks.results_guide --results RESULTS``: (re)write ``RESULTS/README.md``."""
+    from early_exposure.cliopts import add_version
+    from early_exposure.errors import Parser
+
+    ap = Parser(prog="python -m paper_checks.results_guide",
+                description="(re)write RESULTS/README.md: what every file of a results tree is")
+    add_version(ap)
+    ap.add_argument("--results", required=True, metavar="DIR", help="an existing results directory (the main job's --out)")
+    args = ap.parse_args(argv)
+    if not Path(args.results).is_dir():
+        print(f"error: --results: {args.results} is not a directory; give the main job's --out directory",
+              file=sys.stderr)
         return 2
-    print(write_results_guide(args[0]))
+    print(write_results_guide(args.results))
     return 0
 
 

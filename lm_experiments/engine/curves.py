@@ -46,7 +46,7 @@ CURVE_KINDS = ("csv", "tensorboard", "trackio", "wandb-offline")
 #: kind -> (module that must import, install hint)
 _NEEDS = {"tensorboard": ("tensorboard", "pip install tensorboard (or early-exposure[tracking])"),
           "trackio": ("trackio", "pip install trackio (or early-exposure[tracking])"),
-          "wandb-offline": ("wandb", "pip install wandb")}
+          "wandb-offline": ("wandb", "pip install wandb (or early-exposure[tracking])")}
 #: the project name of the tracker runs
 TRACKER_PROJECT = "early-exposure"
 

@@ -285,7 +285,8 @@ def check_executor(executor: str, address: str | None) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise ConfigError("--executor", "ray is not installed; pip install ray, or use --executor serial") from None
+            raise ConfigError("--executor", "ray is not installed; pip install 'early-exposure[ray]' "
+                              "(or pip install ray), or use --executor serial") from None
 
 
 def _first_line(exc: BaseException) -> str:
