@@ -290,3 +290,17 @@ def test_synthetic_preset_has_the_arms_the_claims_need() -> None:
     assert 0.0 in cm and any(x > 0 for x in cm)  # claim (c): compute-matched arms
     assert cfg.threads == 1 and cfg.device == "cpu"
     assert math.isfinite(cfg.post.patience) and cfg.post.max_epochs >= 2  # early stopping can trigger
+
+
+def test_every_cpu_preset_model_has_at_least_four_layers() -> None:
+    """Issue 21: a depth profile needs depth; every shipped CPU preset's model has >= 4 layers
+    (read from the built model, not from the preset table)."""
+    from lm_experiments.config import load_config
+    from lm_experiments.engine.model import build_model
+
+    cpu = [p for p in sorted((REPO / "configs" / "lm").glob("*.yaml")) if load_config(p).device == "cpu"]
+    assert len(cpu) >= 8
+    for p in cpu:
+        cfg = load_config(p)
+        m = build_model(cfg.model.preset, vocab_size=64, max_seq_len=16, seed=0)
+        assert len(m.model.layers) >= 4, p.name

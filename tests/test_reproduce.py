@@ -33,7 +33,7 @@ def test_plan_order_and_commands(tmp_path):
     ww = steps[names.index("LM cpu-quick-synth whatwhere")]  # reads the LM step's output directory
     assert "lm_experiments.analysis.whatwhere" in ww.argv and str(tmp_path / "lm" / "cpu-quick-synth") in ww.argv
     full = [s.name for s in plan("full", tmp_path)]
-    for name in ("cpu-quick-synth", "cpu-full", "cpu-full-flan-music"):  # natural text: the longer preset
+    for name in ("cpu-quick-synth", "cpu-natural-flan-music", "cpu-full", "cpu-full-flan-music"):  # natural text: longer
         assert f"LM {name}" in full and (Path(__file__).resolve().parent.parent / "configs" / "lm" / f"{name}.yaml").is_file()
     assert [s.name for s in plan("gpu", tmp_path)][10] == "LM gpu-135m"
 
