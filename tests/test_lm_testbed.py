@@ -19,8 +19,9 @@ from lm_experiments.cli import run
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ = 16
-#: seeds the synthetic preset's calibration used (docs/lm_calibration.md): never the preset's
-CALIBRATION_SEEDS = {100, 101, 102}
+#: seeds the synthetic preset's calibration used (docs/lm_calibration.md, rounds 1 and 2) and the
+#: seeds of the first confirmatory run (0-4, before round 2): never the preset's
+CALIBRATION_SEEDS = {100, 101, 102, 103, 104, 105} | {0, 1, 2, 3, 4}
 
 
 def _config() -> dict:
