@@ -78,8 +78,9 @@ def _finite(values: Sequence[float]) -> np.ndarray:
 
 
 def _no_spread(v: np.ndarray) -> bool:
-    """All values equal up to rounding (sd <= 1e-12 of the mean's scale)."""
-    return float(v.std(ddof=1)) <= 1e-12 * max(1.0, abs(float(v.mean())))
+    """All values equal up to rounding: sd <= 1e-12 of the values' own magnitude (relative, so
+    that values of any scale with a real spread, e.g. 1e-30 +- 1e-30, keep their interval)."""
+    return float(v.std(ddof=1)) <= 1e-12 * float(np.max(np.abs(v)))
 
 
 def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -36,6 +36,17 @@ def test_t_interval_known_sample() -> None:
     assert np.isnan(t_interval([1.0]).lo) and np.isnan(t_interval([]).point)
 
 
+def test_t_interval_is_scale_free() -> None:
+    """The same sample at 1e-30 of the scale has the same interval scaled (tiny values with a
+    real spread are not 'equal up to rounding'; the theory's L_im changes are ~1e-31), while
+    values equal up to rounding collapse to the mean."""
+    base = t_interval([1.0, 2.0, 3.0, 6.0])
+    tiny = t_interval([1e-30, 2e-30, 3e-30, 6e-30])
+    assert tiny.lo == pytest.approx(base.lo * 1e-30, rel=1e-9) and tiny.hi == pytest.approx(base.hi * 1e-30, rel=1e-9)
+    flat = t_interval([0.5, 0.5, 0.5 + 1e-17])
+    assert flat.lo == flat.hi == flat.point
+
+
 def test_sign_flip_hand_examples() -> None:
     assert sign_flip_p([1.0, 2.0, 3.0]) == 0.25          # only all-plus and all-minus reach |mean| 2
     assert sign_flip_p([1.0, -1.0]) == 1.0
