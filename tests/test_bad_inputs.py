@@ -363,7 +363,7 @@ def test_reproduce_relays_the_lm_progress_bar(tmp_path, capsys, tty):
 def test_reproduce_lm_steps_run_with_progress(tmp_path):
     from paper_checks.reproduce import PIPELINE_BAR, plan
 
-    for preset, n in (("quick", 1), ("full", 3)):  # the quick preset's one pipeline (synthetic); the longer one's three
+    for preset, n in (("quick", 1), ("full", 4)):  # the quick preset's one pipeline (synthetic); the longer one's four
         lm = [s for s in plan(preset, tmp_path) if s.argv[1:4] == ("-m", "lm_experiments", "run")]
         assert len(lm) == n  # the pipelines (their what/where steps are not training runs)
         assert lm and all("--no-progress" not in s.argv and s.progress == PIPELINE_BAR for s in lm)

@@ -149,7 +149,7 @@ def test_the_default_imports_no_writer_package():
     code = ("import sys\n"
             "from lm_experiments.cli import build_parser\n"
             "import lm_experiments.engine.train, lm_experiments.runner.pipeline, lm_experiments.analysis.curves\n"
-            "assert build_parser().parse_args(['run', '--config', 'x', '--out', 'y']).curves is None\n"
+            "assert build_parser().parse_args(['run', '--config', 'cpu-quick', '--out', 'y']).curves is None\n"
             "print(sorted(m for m in ('tensorboard', 'torch.utils.tensorboard', 'trackio', 'wandb') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parent.parent)

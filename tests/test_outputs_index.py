@@ -192,7 +192,7 @@ def test_reproduce_leaves_a_guide_to_every_entry_of_the_results(sweep: dict, tmp
     import sys
 
     noop = rp.Step("noop", (sys.executable, "-c", "pass"), ())  # the real steps ran before
-    monkeypatch.setattr(rp, "plan", lambda preset, out, executor="serial": [noop])
+    monkeypatch.setattr(rp, "plan", lambda preset, out, executor="serial", curves=None: [noop])
     assert rp.reproduce_main(["--out", str(root), "--executor", "serial"]) == 0
     guide = (root / "README.md").read_text()
     links = _links(guide)
