@@ -45,7 +45,6 @@ Columns (losses in nats on the reported held-out split; V = vocabulary size):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -57,6 +56,7 @@ from early_exposure.cliopts import add_results, add_version, results_arg
 from early_exposure.configs import check_input_dir
 from early_exposure.errors import ConfigError, Parser, cli_main
 from early_exposure.io import atomic_write_bytes, atomic_write_json
+from early_exposure.integrity import read_json
 from early_exposure.runs import RunReader, RunTree
 
 ROLES = ("pre", "post", "ft")
@@ -72,11 +72,9 @@ COLUMNS = ("run_id", "upstream_id", "pipeline", "method", "mix_fraction", "compu
            *SYNTH_COLUMNS, "diverged")
 
 
-def _read(p: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _read(p: Path) -> Any:
+    """The JSON object in ``p``, or None when it is missing or unreadable."""
+    return read_json(p)[0]
 
 
 def count_params(model_dir: Path) -> int | None:

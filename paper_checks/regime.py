@@ -38,7 +38,6 @@ run set as a whole is reported inside only when every arm is. A figure that is m
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any
 import pandas as pd
 
 from early_exposure.errors import ConfigError
+from early_exposure.integrity import read_json
 from early_exposure.runs import ResultsRoot, RunTree
 
 #: the committed, frozen thresholds (with their reasons)
@@ -218,10 +218,7 @@ CALIBRATION = "calibration run set (eval.report_split: val, losses on validation
 
 def _calibration_run_set(pdir: Path) -> bool:
     """Whether ``pdir``'s manifest config measured its recorded losses on validation."""
-    try:
-        man = json.loads(RunTree(pdir).manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    man, _ = read_json(RunTree(pdir).manifest)
     ev = ((man.get("config") or {}).get("eval") or {}) if isinstance(man, dict) else {}
     return isinstance(ev, dict) and ev.get("report_split") == "val"
 

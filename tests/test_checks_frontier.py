@@ -17,7 +17,9 @@ from paper_checks.synthetic import frontier_rows, write_fixture
 OPTS = CheckOptions()
 
 
-def _table(points_by_seed: dict[str, dict[int, list[tuple[float, float]]]]) -> pd.DataFrame:
+def frontier_table(points_by_seed: dict[str, dict[int, list[tuple[float, float]]]]) -> pd.DataFrame:
+    """An LM frontier table: per method, per seed, (L_ft, L_ret) points at ft lrs 1e-4, 3e-4 (also used by
+    tests/test_stats_intervals.py)."""
     rows = []
     for method, by_seed in points_by_seed.items():
         for s, pts in by_seed.items():
@@ -38,8 +40,8 @@ def test_gap_in_nats_decides_not_the_area():
         base = {s: [(1.0, 3.0), (3.0, 1.0)] for s in range(5)}
         wob = [0.002, -0.002, 0.001, -0.001, 0.0]
         cand = {s: [(1.0, 3.0 - d - wob[s]), (3.0, 1.0 - d - wob[s])] for s in range(5)}
-        status, ev, data = compare_frontiers(_table({"unmixed": base, "mixed": cand}), "unmixed", "mixed", "ret_ft",
-                                             "lm", OPTS)
+        table = frontier_table({"unmixed": base, "mixed": cand})
+        status, ev, data = compare_frontiers(table, "unmixed", "mixed", "ret_ft", "lm", OPTS)
         assert data["loss_gap"]["point"] == pytest.approx(d, abs=1e-9)
         assert data["min_effect_gap"] == MEANINGFUL_NATS
         assert data["hv_diff"]["lo"] > 0  # the area is larger either way
@@ -52,7 +54,8 @@ def test_hv_interval_stays_in_its_range():
     base = {s: [(1.0, 3.0), (3.0, 1.0)] for s in range(5)}
     cand = {0: [(1.0, 1.0), (1.0, 1.0)], 1: [(2.9, 2.9), (2.9, 2.9)], 2: [(1.0, 1.05), (1.05, 1.0)],
             3: [(1.0, 1.0), (1.0, 1.0)], 4: [(1.0, 1.0), (1.0, 1.0)]}
-    _, _, data = compare_frontiers(_table({"unmixed": base, "mixed": cand}), "unmixed", "mixed", "ret_ft", "lm", OPTS)
+    table = frontier_table({"unmixed": base, "mixed": cand})
+    _, _, data = compare_frontiers(table, "unmixed", "mixed", "ret_ft", "lm", OPTS)
     per_seed = list(data["per_seed"]["hv_diff"].values())
     assert t_interval(per_seed).hi > HV_RANGE  # the plain t-interval claims an impossible value
     assert data["hv_diff"]["hi"] == HV_RANGE and data["hv_diff"]["lo"] == pytest.approx(t_interval(per_seed).lo)
@@ -80,7 +83,7 @@ def test_l_im_confound_is_stated():
     reflect post-training; equal L_im: no such note."""
     base = {s: [(1.0, 3.0), (3.0, 1.0)] for s in range(5)}
     cand = {s: [(1.0, 2.8 - 0.001 * s), (3.0, 0.8 - 0.001 * s)] for s in range(5)}
-    df = _table({"unmixed": base, "mixed": cand})
+    df = frontier_table({"unmixed": base, "mixed": cand})
     _, ev, data = compare_frontiers(df, "unmixed", "mixed", "ret_ft", "lm", OPTS)
     assert data["L_im_difference"] == 0.0 and "post-training as well as retention" not in ev
     df.loc[df["method"] == "mixed", "L_im"] = 2.0 - 0.45
@@ -95,7 +98,7 @@ def test_without_overlap_the_area_test_gives_p():
 
     base = {s: [(3.0, 2.0), (4.0, 1.0)] for s in range(5)}
     cand = {s: [(1.0, 1.5 + 0.01 * s), (2.0, 0.5)] for s in range(5)}
-    status, _, data = compare_frontiers(_table({"unmixed": base, "mixed": cand}), "unmixed", "mixed", "ret_ft",
+    status, _, data = compare_frontiers(frontier_table({"unmixed": base, "mixed": cand}), "unmixed", "mixed", "ret_ft",
                                         "lm", OPTS)
     hv = list(data["per_seed"]["hv_diff"].values())
     assert data["statistic"] == "hv_diff" and status == "PASS"

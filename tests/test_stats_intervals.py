@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from early_exposure.frontier import FRONTIER_COLUMNS
 from paper_checks.checks_frontier import CheckOptions, check_sec41, compare_frontiers
 from early_exposure.stats import sign_flip_p, t_interval
+from tests.test_checks_frontier import frontier_table
 from paper_checks.synthetic import frontier_rows, lambda_rows
 
 OPTS = CheckOptions()
@@ -55,16 +55,8 @@ def test_sign_flip_hand_examples() -> None:
 
 
 def _table(points: dict[str, list[tuple[float, float]]], seeds: list[int]) -> pd.DataFrame:
-    rows = []
-    for method, pts in points.items():
-        for s in seeds:
-            for j, (l_ft, l_ret) in enumerate(pts):
-                rows.append({"side": "lm", "pipeline": "p", "method": method,
-                             "mix_fraction": 0.0 if method == "unmixed" else 1.0, "compute_matched": False,
-                             "upstream_id": f"{method}-{s}", "post_hparams": "{}", "ft_lr": [1e-4, 3e-4][j],
-                             "ft_budget": 1.0, "seed": s, "L_im": 2.0, "L_ret": l_ret, "L_ft": l_ft, "L_pre": 4.0,
-                             "diverged": False, "run_id": f"{method}-{s}-{j}"})
-    return pd.DataFrame(rows, columns=list(FRONTIER_COLUMNS))
+    """The same points for every seed in ``seeds``."""
+    return frontier_table({method: {s: pts for s in seeds} for method, pts in points.items()})
 
 
 def test_hypervolume_hand_computed() -> None:

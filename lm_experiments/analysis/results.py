@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
+from early_exposure.integrity import read_json
 from early_exposure.runs import RunTree, read_run
 from lm_experiments.config import config_from_mapping
 from lm_experiments.protocol.prepared import prepare
@@ -23,11 +23,9 @@ class ResultsError(ValueError):
     """The directory is not an analysable ``lm_experiments run --out`` directory (exit 2)."""
 
 
-def _read(p: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _read(p: Path) -> Any:
+    """The JSON object in ``p``, or None when it is missing or unreadable."""
+    return read_json(p)[0]
 
 
 # ---- the results directory ------------------------------------------------------------------
